@@ -1,0 +1,1 @@
+//! Code generation (issues #4, #5).

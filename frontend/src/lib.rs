@@ -1,0 +1,1 @@
+//! The tracing frontend (see the crate README / issue #2).

@@ -1,0 +1,1 @@
+//! The runtime (issues #4, #5).

@@ -1,0 +1,2 @@
+//! Kiln facade (filled in as stages land).
+pub use ir;
