@@ -50,8 +50,20 @@ impl Value {
     }
 }
 
-/// Runs `g` on `inputs` (in the order of `g.inputs()`), returning its outputs.
+/// Runs `g` on `inputs` (in the order of `g.inputs()`), returning its outputs. Inputs are
+/// rounded to their dtype first.
 pub fn run(g: &Graph, inputs: &[Value]) -> Result<Vec<Value>> {
+    run_with(g, inputs, true)
+}
+
+/// Like [`run`], but takes the inputs' f64 values as they are: the interpreter is an ideal
+/// machine with no rounding at buffer boundaries, so a kernel graph (and a fused body)
+/// interpreted piecewise gives exactly what the whole graph gives.
+pub fn run_unrounded(g: &Graph, inputs: &[Value]) -> Result<Vec<Value>> {
+    run_with(g, inputs, false)
+}
+
+fn run_with(g: &Graph, inputs: &[Value], round_inputs: bool) -> Result<Vec<Value>> {
     if inputs.len() != g.inputs().len() {
         return Err(IrError::Interp(format!("graph @{} takes {} inputs, {} given", g.name(), g.inputs().len(), inputs.len())));
     }
@@ -64,7 +76,8 @@ pub fn run(g: &Graph, inputs: &[Value]) -> Result<Vec<Value>> {
                 g.input_name(id).unwrap_or("?"), n.dtype, n.shape, v.dtype, v.shape
             )));
         }
-        vals[id.index()] = Some(Value { dtype: v.dtype, shape: v.shape.clone(), data: v.data.iter().map(|&x| v.dtype.quantize(x)).collect() });
+        let data = if round_inputs { v.data.iter().map(|&x| v.dtype.quantize(x)).collect() } else { v.data.clone() };
+        vals[id.index()] = Some(Value { dtype: v.dtype, shape: v.shape.clone(), data });
     }
     let live = g.live();
     for (id, n) in g.nodes() {
@@ -279,7 +292,7 @@ fn eval(op: &Op, dtype: DType, shape: &Shape, a: &[&Value]) -> Result<Vec<f64>> 
         Op::FlashAttention { causal, scale } => attention(a[0], a[1], a[2], *causal, scale.0, shape),
         Op::Fused(body) => {
             let ins: Vec<Value> = a.iter().map(|v| (*v).clone()).collect();
-            let mut outs = run(&body.0, &ins)?;
+            let mut outs = run_unrounded(&body.0, &ins)?;
             let v = outs.pop().ok_or_else(|| IrError::Interp("fused body has no output".into()))?;
             if v.dtype != dtype || v.shape != *shape {
                 return Err(IrError::Interp("fused body output type differs from the node".into()));

@@ -195,18 +195,21 @@ impl KernelGraph {
         Ok(())
     }
 
-    /// Runs the kernel graph with the reference interpreter, kernel by kernel.
+    /// Runs the kernel graph with the reference interpreter, kernel by kernel. Inputs are
+    /// rounded to their dtypes once; buffers between kernels are not rounded (see
+    /// [`interp::run_unrounded`]), so the result equals interpreting the original graph.
     pub fn interpret(&self, inputs: &[interp::Value]) -> Result<Vec<interp::Value>> {
         if inputs.len() != self.inputs.len() {
             return Err(IrError::Interp(format!("kernel graph takes {} inputs, {} given", self.inputs.len(), inputs.len())));
         }
         let mut vals: Vec<Option<interp::Value>> = vec![None; self.buffers.len()];
         for (&b, v) in self.inputs.iter().zip(inputs) {
-            vals[b.0 as usize] = Some(v.clone());
+            let d = self.buffer(b).dtype;
+            vals[b.0 as usize] = Some(interp::Value { data: v.data.iter().map(|&x| d.quantize(x)).collect(), ..v.clone() });
         }
         for k in &self.kernels {
             let ins: Vec<interp::Value> = k.inputs.iter().map(|b| vals[b.0 as usize].clone().expect("verified order")).collect();
-            for (b, v) in k.outputs.iter().zip(interp::run(&k.body, &ins)?) {
+            for (b, v) in k.outputs.iter().zip(interp::run_unrounded(&k.body, &ins)?) {
                 vals[b.0 as usize] = Some(v);
             }
         }

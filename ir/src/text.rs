@@ -208,6 +208,8 @@ fn lex(src: &str) -> Result<Vec<Token>> {
             let text: String = chars[start..i].iter().collect();
             if let Ok(v) = text.parse::<u64>() {
                 Tok::Int(v)
+            } else if text.chars().all(|c| c.is_ascii_digit()) {
+                return Err(err(l0, c0, format!("integer {text} is too large")));
             } else {
                 match text.as_str() {
                     "-inf" => Tok::Float(f64::NEG_INFINITY),
@@ -370,6 +372,7 @@ impl Parser {
                     }
                     ids.insert(v, id);
                 }
+                None => return Err(self.err("unexpected end of input: the graph has no 'return'")),
                 _ => return Err(self.err("expected '%name = ...' or 'return'")),
             }
         }
