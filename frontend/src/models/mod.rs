@@ -1,0 +1,7 @@
+//! Models used across Kiln's tests and benchmarks.
+
+pub mod gpt2;
+pub mod mlp;
+
+pub use gpt2::{AttentionSpelling, Block, CausalSelfAttention, Gpt2, Gpt2Config, Gpt2Mlp};
+pub use mlp::{Mlp, MlpConfig};
