@@ -37,6 +37,7 @@
 mod elementwise;
 mod error;
 mod linalg;
+pub mod aten;
 pub mod models;
 pub mod module;
 mod movement;
