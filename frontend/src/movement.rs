@@ -11,19 +11,25 @@ pub trait Sizes {
     fn to_sizes(self) -> Vec<isize>;
 }
 
+/// An integer as a PyTorch size or dim, saturating (a huge `usize` stays huge, not `-1`).
+pub(crate) fn to_isize<T: TryInto<isize> + PartialOrd + Default>(d: T) -> isize {
+    let negative = d < T::default();
+    d.try_into().unwrap_or(if negative { isize::MIN } else { isize::MAX })
+}
+
 macro_rules! sizes_impl {
     ($($t:ty),*) => {$(
         impl<const N: usize> Sizes for [$t; N] {
-            fn to_sizes(self) -> Vec<isize> { self.iter().map(|&d| d as isize).collect() }
+            fn to_sizes(self) -> Vec<isize> { self.iter().map(|&d| to_isize(d)).collect() }
         }
         impl Sizes for &[$t] {
-            fn to_sizes(self) -> Vec<isize> { self.iter().map(|&d| d as isize).collect() }
+            fn to_sizes(self) -> Vec<isize> { self.iter().map(|&d| to_isize(d)).collect() }
         }
         impl Sizes for Vec<$t> {
-            fn to_sizes(self) -> Vec<isize> { self.iter().map(|&d| d as isize).collect() }
+            fn to_sizes(self) -> Vec<isize> { self.iter().map(|&d| to_isize(d)).collect() }
         }
         impl Sizes for &Vec<$t> {
-            fn to_sizes(self) -> Vec<isize> { self.iter().map(|&d| d as isize).collect() }
+            fn to_sizes(self) -> Vec<isize> { self.iter().map(|&d| to_isize(d)).collect() }
         }
     )*};
 }
@@ -31,7 +37,7 @@ sizes_impl!(isize, i32, i64, usize);
 
 impl Sizes for &Shape {
     fn to_sizes(self) -> Vec<isize> {
-        self.dims().iter().map(|&d| d as isize).collect()
+        self.dims().iter().map(|&d| to_isize(d)).collect()
     }
 }
 impl Sizes for Shape {

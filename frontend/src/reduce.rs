@@ -2,6 +2,7 @@
 //! (`softmax log_softmax layer_norm rms_norm`).
 
 use crate::error::{FrontendError, Result};
+use crate::movement::to_isize;
 use crate::tracer::Tensor;
 use ir::{DType, Op, ReduceOp};
 
@@ -14,19 +15,19 @@ pub trait Dims {
 macro_rules! dims_impl {
     ($($t:ty),*) => {$(
         impl Dims for $t {
-            fn to_dims(self) -> Vec<isize> { vec![self as isize] }
+            fn to_dims(self) -> Vec<isize> { vec![to_isize(self)] }
         }
         impl<const N: usize> Dims for [$t; N] {
-            fn to_dims(self) -> Vec<isize> { self.iter().map(|&d| d as isize).collect() }
+            fn to_dims(self) -> Vec<isize> { self.iter().map(|&d| to_isize(d)).collect() }
         }
         impl Dims for &[$t] {
-            fn to_dims(self) -> Vec<isize> { self.iter().map(|&d| d as isize).collect() }
+            fn to_dims(self) -> Vec<isize> { self.iter().map(|&d| to_isize(d)).collect() }
         }
         impl Dims for Vec<$t> {
-            fn to_dims(self) -> Vec<isize> { self.iter().map(|&d| d as isize).collect() }
+            fn to_dims(self) -> Vec<isize> { self.iter().map(|&d| to_isize(d)).collect() }
         }
         impl Dims for &Vec<$t> {
-            fn to_dims(self) -> Vec<isize> { self.iter().map(|&d| d as isize).collect() }
+            fn to_dims(self) -> Vec<isize> { self.iter().map(|&d| to_isize(d)).collect() }
         }
     )*};
 }
