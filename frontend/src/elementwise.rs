@@ -20,7 +20,7 @@ pub(crate) fn broadcast_shapes(op: &'static str, shapes: &[&Shape]) -> Result<Sh
     let mut out = shapes[0].clone();
     for s in &shapes[1..] {
         out = Shape::broadcast(op, &out, s)
-            .map_err(|_| FrontendError::Broadcast { op, lhs: out.clone(), rhs: (*s).clone() })?;
+            .map_err(|_| FrontendError::Broadcast { op, lhs: out.clone().into(), rhs: (*s).clone().into() })?;
     }
     Ok(out)
 }
@@ -294,7 +294,7 @@ impl Tensor {
         }
         let value = match value.into() {
             Operand::Tensor(t) if t.rank() != 0 => {
-                return Err(FrontendError::Rank { op: "masked_fill", expected: "a 0-dim value tensor", shape: t.shape().clone() })
+                return Err(FrontendError::Rank { op: "masked_fill", expected: "a 0-dim value tensor", shape: t.shape().clone().into() })
             }
             v => v.materialize(self.tracer(), self.dtype())?,
         };
@@ -305,7 +305,7 @@ impl Tensor {
     /// A bool `[rows, cols]` mask, true where `col - row` satisfies `keep` against `diagonal`.
     fn triangle_mask(&self, op: &'static str, diagonal: i64, c: CmpOp) -> Result<Tensor> {
         if self.rank() < 2 {
-            return Err(FrontendError::Rank { op, expected: "a tensor of rank >= 2", shape: self.shape().clone() });
+            return Err(FrontendError::Rank { op, expected: "a tensor of rank >= 2", shape: self.shape().clone().into() });
         }
         let r = self.rank();
         let shape = Shape::new([self.dims()[r - 2], self.dims()[r - 1]]);

@@ -30,9 +30,6 @@
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 
-// Errors carry the offending shapes (two `Shape`s are ~130 bytes); they are cold, and the
-// structured fields are worth more than a smaller `Result`.
-#![allow(clippy::result_large_err)]
 
 mod elementwise;
 mod error;

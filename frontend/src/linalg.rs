@@ -20,7 +20,7 @@ impl Tensor {
     fn matmul_nd(&self, op: &'static str, other: &Tensor) -> Result<Tensor> {
         let (a, b) = (self.dims(), other.dims());
         let (ra, rb) = (a.len(), b.len());
-        let err = || FrontendError::MatMul { op, lhs: self.shape().clone(), rhs: other.shape().clone() };
+        let err = || FrontendError::MatMul { op, lhs: self.shape().clone().into(), rhs: other.shape().clone().into() };
         if a[ra - 1] != b[rb - 2] {
             return Err(err());
         }
@@ -35,9 +35,9 @@ impl Tensor {
         const OP: &str = "matmul";
         self.check_contraction(OP, other)?;
         if self.rank() == 0 || other.rank() == 0 {
-            return Err(FrontendError::MatMul { op: OP, lhs: self.shape().clone(), rhs: other.shape().clone() });
+            return Err(FrontendError::MatMul { op: OP, lhs: self.shape().clone().into(), rhs: other.shape().clone().into() });
         }
-        let mm_err = || FrontendError::MatMul { op: OP, lhs: self.shape().clone(), rhs: other.shape().clone() };
+        let mm_err = || FrontendError::MatMul { op: OP, lhs: self.shape().clone().into(), rhs: other.shape().clone().into() };
         match (self.rank(), other.rank()) {
             (1, 1) => {
                 if self.dims()[0] != other.dims()[0] {
@@ -64,11 +64,11 @@ impl Tensor {
         self.check_contraction(OP, other)?;
         for t in [self, other] {
             if t.rank() != 3 {
-                return Err(FrontendError::Rank { op: OP, expected: "a 3-D tensor", shape: t.shape().clone() });
+                return Err(FrontendError::Rank { op: OP, expected: "a 3-D tensor", shape: t.shape().clone().into() });
             }
         }
         if self.dims()[0] != other.dims()[0] {
-            return Err(FrontendError::MatMul { op: OP, lhs: self.shape().clone(), rhs: other.shape().clone() });
+            return Err(FrontendError::MatMul { op: OP, lhs: self.shape().clone().into(), rhs: other.shape().clone().into() });
         }
         self.matmul_nd(OP, other)
     }
@@ -80,10 +80,10 @@ impl Tensor {
         const OP: &str = "linear";
         self.check_contraction(OP, weight)?;
         if weight.rank() != 2 {
-            return Err(FrontendError::Rank { op: OP, expected: "a 2-D weight [out_features, in_features]", shape: weight.shape().clone() });
+            return Err(FrontendError::Rank { op: OP, expected: "a 2-D weight [out_features, in_features]", shape: weight.shape().clone().into() });
         }
         if self.rank() == 0 {
-            return Err(FrontendError::Rank { op: OP, expected: "an input of rank >= 1", shape: self.shape().clone() });
+            return Err(FrontendError::Rank { op: OP, expected: "an input of rank >= 1", shape: self.shape().clone().into() });
         }
         let (out_f, in_f) = (weight.dims()[0], weight.dims()[1]);
         let features = self.dims()[self.rank() - 1];

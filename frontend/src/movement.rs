@@ -55,7 +55,7 @@ pub fn cat(tensors: &[&Tensor], dim: isize) -> Result<Tensor> {
     let refs: Vec<&Operand> = ops.iter().collect();
     let (_, ts) = promote("cat", &refs, None)?;
     if first.rank() == 0 {
-        return Err(FrontendError::Rank { op: "cat", expected: "tensors of rank >= 1", shape: first.shape().clone() });
+        return Err(FrontendError::Rank { op: "cat", expected: "tensors of rank >= 1", shape: first.shape().clone().into() });
     }
     let axis = first.dim_index("cat", dim)?;
     for t in &ts[1..] {
@@ -111,7 +111,7 @@ impl Tensor {
     }
 
     fn reshape_named(&self, op: &'static str, target: Vec<isize>) -> Result<Tensor> {
-        let err = |reason: String| FrontendError::Reshape { op, shape: self.shape().clone(), target: target.clone(), reason };
+        let err = |reason: String| FrontendError::Reshape { op, shape: self.shape().clone().into(), target: target.clone(), reason };
         let mut infer = None;
         let mut known: u128 = 1;
         for (i, &d) in target.iter().enumerate() {
@@ -219,7 +219,7 @@ impl Tensor {
         match self.rank() {
             0 | 1 => Ok(self.clone()),
             2 => self.transpose(0, 1),
-            _ => Err(FrontendError::Rank { op: "t", expected: "a tensor of rank <= 2", shape: self.shape().clone() }),
+            _ => Err(FrontendError::Rank { op: "t", expected: "a tensor of rank <= 2", shape: self.shape().clone().into() }),
         }
     }
 
@@ -281,7 +281,7 @@ impl Tensor {
             return Err(invalid("slice", "step must be at least 1"));
         }
         if self.rank() == 0 {
-            return Err(FrontendError::Rank { op: "slice", expected: "a tensor of rank >= 1", shape: self.shape().clone() });
+            return Err(FrontendError::Rank { op: "slice", expected: "a tensor of rank >= 1", shape: self.shape().clone().into() });
         }
         let axis = self.dim_index("slice", dim)?;
         let n = self.dims()[axis] as isize;
@@ -299,7 +299,7 @@ impl Tensor {
     /// `x.narrow(dim, start, length)`: `start` may be negative; the range must fit.
     pub fn narrow(&self, dim: isize, start: isize, length: usize) -> Result<Tensor> {
         if self.rank() == 0 {
-            return Err(FrontendError::Rank { op: "narrow", expected: "a tensor of rank >= 1", shape: self.shape().clone() });
+            return Err(FrontendError::Rank { op: "narrow", expected: "a tensor of rank >= 1", shape: self.shape().clone().into() });
         }
         let axis = self.dim_index("narrow", dim)?;
         let n = self.dims()[axis];
@@ -317,7 +317,7 @@ impl Tensor {
             return Err(invalid("split", "split_size must be at least 1"));
         }
         if self.rank() == 0 {
-            return Err(FrontendError::Rank { op: "split", expected: "a tensor of rank >= 1", shape: self.shape().clone() });
+            return Err(FrontendError::Rank { op: "split", expected: "a tensor of rank >= 1", shape: self.shape().clone().into() });
         }
         let axis = self.dim_index("split", dim)?;
         let n = self.dims()[axis];

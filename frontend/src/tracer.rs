@@ -61,7 +61,7 @@ pub(crate) fn check_numel(op: &'static str, shape: &Shape) -> Result<()> {
         n = n.saturating_mul(d as u128);
     }
     if n >= 1u128 << MAX_NUMEL_BITS {
-        return Err(FrontendError::TooLarge { op, shape: shape.clone() });
+        return Err(FrontendError::TooLarge { op, shape: shape.clone().into() });
     }
     Ok(())
 }
@@ -96,7 +96,7 @@ impl Tracer {
         if let Some(id) = existing {
             let (d, s) = self.type_of(id);
             if d != dtype || s != shape {
-                return Err(FrontendError::ParamConflict { name, dtype: d, shape: s, requested_dtype: dtype, requested: shape });
+                return Err(FrontendError::ParamConflict { name, dtype: d, shape: s.into(), requested_dtype: dtype, requested: shape.into() });
             }
             return Ok(self.wrap(id, d, s));
         }

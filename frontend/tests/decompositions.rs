@@ -1,5 +1,6 @@
 //! Every decomposition, run through the reference interpreter, against hand-computed values
 //! and an independent f64 implementation, on odd shapes with seeded random inputs.
+#![allow(clippy::cloned_ref_to_slice_refs)] // `&[x.clone()]` reads better in tests
 
 mod common;
 

@@ -122,7 +122,7 @@ impl Gpt2Config {
 fn check_input(cfg: &Gpt2Config, op: &'static str, x: &Tensor) -> Result<(usize, usize)> {
     cfg.validate()?;
     if x.rank() != 3 {
-        return Err(FrontendError::Rank { op, expected: "an input [batch, seq, n_embd] of rank 3", shape: x.shape().clone() });
+        return Err(FrontendError::Rank { op, expected: "an input [batch, seq, n_embd] of rank 3", shape: x.shape().clone().into() });
     }
     let (b, t, c) = (x.dims()[0], x.dims()[1], x.dims()[2]);
     if c != cfg.n_embd {
