@@ -31,7 +31,8 @@ pub enum AttentionSpelling {
     /// `q = q * hs ** -0.5; att = q @ k.transpose(-2, -1)`, then nanoGPT's masked_fill.
     ScaleQ,
     /// nanoGPT's scores and mask, then `F.softmax(att.float(), dim=-1).to(v.dtype)`
-    /// (the usual spelling for bf16/f16 models).
+    /// (the usual spelling for bf16/f16 models; for f32 models the casts vanish and this is
+    /// `MaskedFillTril`).
     Fp32Softmax,
 }
 
@@ -149,43 +150,93 @@ impl CausalSelfAttention {
         let qkv = Linear::new(c, 3 * c, cfg.bias).forward(&vars.pp("c_attn"), x)?;
         let parts = qkv.split(c, 2)?;
         let heads = |t_: &Tensor| t_.view([b, t, nh, hs])?.transpose(1, 2); // (B, nh, T, hs)
-        let (mut q, k, v) = (heads(&parts[0])?, heads(&parts[1])?, heads(&parts[2])?);
+        let (q, k, v) = (heads(&parts[0])?, heads(&parts[1])?, heads(&parts[2])?);
 
-        use AttentionSpelling::*;
-        let spelling = cfg.attention;
-        if spelling == ScaleQ {
-            q = q.mul((hs as f64).powf(-0.5))?;
-        }
-        let scores = q.matmul(&k.transpose(-2, -1)?)?;
-        let att = match spelling {
-            MaskedFillTril | WhereMask | AddNegInfTriangle | Fp32Softmax => scores.mul(1.0 / (k.size(-1)? as f64).sqrt())?,
-            DivSqrtD => scores.div((hs as f64).sqrt())?,
-            ScaleQ => scores,
-        };
-        let att = match spelling {
-            MaskedFillTril | DivSqrtD | ScaleQ | Fp32Softmax => {
-                // nanoGPT's buffer: tril(ones(block_size, block_size)).view(1, 1, bs, bs)
-                let bs = cfg.block_size;
-                let bias = x.tracer().ones(DType::F32, [bs, bs])?.tril(0)?.view([1, 1, bs, bs])?;
-                let mask = bias.slice(2, 0, t as isize, 1)?.slice(3, 0, t as isize, 1)?.eq(0)?;
-                att.masked_fill(&mask, f64::NEG_INFINITY)?
-            }
-            WhereMask => {
-                let mask = x.tracer().ones(DType::Bool, [t, t])?.tril(0)?;
-                mask.where_(&att, f64::NEG_INFINITY)?
-            }
-            AddNegInfTriangle => {
-                let tri = x.tracer().full(f64::NEG_INFINITY, att.dtype(), [t, t])?.triu(1)?;
-                att.add(&tri)?
-            }
-        };
-        let att = match spelling {
-            Fp32Softmax => att.float()?.softmax(-1)?.to_dtype(v.dtype())?,
-            _ => att.softmax(-1)?,
-        };
-        let y = att.matmul(&v)?; // (B, nh, T, hs)
+        let y = causal_attention(&q, &k, &v, cfg.attention, cfg.block_size)?; // (B, nh, T, hs)
         let y = y.transpose(1, 2)?.contiguous()?.view([b, t, c])?;
         Linear::new(c, c, cfg.bias).forward(&vars.pp("c_proj"), &y)
+    }
+}
+
+/// Causal attention over `q, k, v [.., T, hs]` written out in one spelling:
+/// `softmax(q @ k^T / sqrt(hs) + causal mask) @ v`. `block_size` sizes nanoGPT's mask buffer
+/// (`T <= block_size`). This is the part the optimizer must recognise as flash attention.
+pub fn causal_attention(q: &Tensor, k: &Tensor, v: &Tensor, spelling: AttentionSpelling, block_size: usize) -> Result<Tensor> {
+    const OP: &str = "causal_attention";
+    if q.rank() < 2 || k.rank() != q.rank() || v.rank() != q.rank() {
+        return Err(FrontendError::Rank { op: OP, expected: "q, k, v of one rank >= 2", shape: q.shape().clone().into() });
+    }
+    let t = q.size(-2)?;
+    if k.size(-2)? != t {
+        return Err(invalid(OP, format!("q has {t} positions but k has {} (causal attention here is self-attention)", k.size(-2)?)));
+    }
+    if t > block_size {
+        return Err(invalid(OP, format!("sequence length {t} is longer than block_size {block_size}")));
+    }
+    let hs = q.size(-1)?;
+    let mut q = q.clone();
+    use AttentionSpelling::*;
+    if spelling == ScaleQ {
+        q = q.mul((hs as f64).powf(-0.5))?;
+    }
+    let scores = q.matmul(&k.transpose(-2, -1)?)?;
+    let att = match spelling {
+        MaskedFillTril | WhereMask | AddNegInfTriangle | Fp32Softmax => scores.mul(1.0 / (k.size(-1)? as f64).sqrt())?,
+        DivSqrtD => scores.div((hs as f64).sqrt())?,
+        ScaleQ => scores,
+    };
+    let att = match spelling {
+        MaskedFillTril | DivSqrtD | ScaleQ | Fp32Softmax => {
+            // nanoGPT's buffer: tril(ones(block_size, block_size)).view(1, 1, bs, bs)
+            let bs = block_size;
+            let mut view = vec![1; q.rank() - 2];
+            view.extend([bs, bs]);
+            let bias = q.tracer().ones(DType::F32, [bs, bs])?.tril(0)?.view(view)?;
+            let mask = bias.slice(-2, 0, t as isize, 1)?.slice(-1, 0, t as isize, 1)?.eq(0)?;
+            att.masked_fill(&mask, f64::NEG_INFINITY)?
+        }
+        WhereMask => {
+            let mask = q.tracer().ones(DType::Bool, [t, t])?.tril(0)?;
+            mask.where_(&att, f64::NEG_INFINITY)?
+        }
+        AddNegInfTriangle => {
+            let tri = q.tracer().full(f64::NEG_INFINITY, att.dtype(), [t, t])?.triu(1)?;
+            att.add(&tri)?
+        }
+    };
+    let att = match spelling {
+        Fp32Softmax => att.float()?.softmax(-1)?.to_dtype(v.dtype())?,
+        _ => att.softmax(-1)?,
+    };
+    att.matmul(v)
+}
+
+/// Just the attention core as a module: inputs `q, k, v [B, n_head, T, head_size]`, output
+/// [`causal_attention`] in the given spelling (for attention-discovery tests).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct AttentionCore {
+    pub spelling: AttentionSpelling,
+    pub block_size: usize,
+    pub dtype: DType,
+}
+
+impl AttentionCore {
+    /// Input specs `q`, `k`, `v` of shape `[batch, n_head, seq, head_size]`.
+    pub fn input_specs(&self, batch: usize, n_head: usize, seq: usize, head_size: usize) -> Vec<InputSpec> {
+        ["q", "k", "v"].iter().map(|n| InputSpec::new(*n, self.dtype, [batch, n_head, seq, head_size])).collect()
+    }
+}
+
+impl Module for AttentionCore {
+    fn name(&self) -> String {
+        "attention".into()
+    }
+    fn forward(&self, _vars: &Vars, inputs: &[Tensor]) -> Result<Vec<Tensor>> {
+        expect_inputs("attention", inputs, 3)?;
+        Ok(vec![causal_attention(&inputs[0], &inputs[1], &inputs[2], self.spelling, self.block_size)?])
+    }
+    fn param_dtype(&self) -> DType {
+        self.dtype
     }
 }
 
