@@ -196,29 +196,25 @@ fn gpt2_reference(cfg: &Gpt2Config, t: &Traced, inputs: &[Value], b: usize, tt: 
 fn attention_core_spellings_match_a_reference() {
     use frontend::models::AttentionCore;
     let (b, nh, t, hs) = (2, 3, 7, 12);
-    let mut want: Option<Value> = None;
+    let specs = AttentionCore { spelling: AttentionSpelling::MaskedFillTril, block_size: 16, dtype: DType::F32 }.input_specs(b, nh, t, hs);
+    let vals: Vec<Value> = specs.iter().map(|s| s.random_value(9)).collect();
+    let (q, k, v) = (&vals[0].data, &vals[1].data, &vals[2].data);
+    let mut want = vec![0.0; b * nh * t * hs];
+    for bh in 0..b * nh {
+        let o = bh * t * hs;
+        for i in 0..t {
+            let mut s: Vec<f64> =
+                (0..=i).map(|j| (0..hs).map(|e| q[o + i * hs + e] * k[o + j * hs + e]).sum::<f64>() / (hs as f64).sqrt()).collect();
+            softmax_line(&mut s);
+            for e in 0..hs {
+                want[o + i * hs + e] = (0..=i).map(|j| s[j] * v[o + j * hs + e]).sum();
+            }
+        }
+    }
     for spelling in AttentionSpelling::ALL {
         let core = AttentionCore { spelling, block_size: 16, dtype: DType::F32 };
-        let traced = trace(&core, &core.input_specs(b, nh, t, hs)).unwrap();
-        let vals = traced.random_inputs(9);
+        let traced = trace(&core, &specs).unwrap();
         let got = traced.interpret(&vals).unwrap().pop().unwrap();
-        if want.is_none() {
-            let (q, k, v) = (&vals[0].data, &vals[1].data, &vals[2].data);
-            let mut r = vec![0.0; b * nh * t * hs];
-            for bh in 0..b * nh {
-                let o = bh * t * hs;
-                for i in 0..t {
-                    let mut s: Vec<f64> = (0..=i).map(|j| (0..hs).map(|e| q[o + i * hs + e] * k[o + j * hs + e]).sum::<f64>() / (hs as f64).sqrt()).collect();
-                    softmax_line(&mut s);
-                    for e in 0..hs {
-                        r[o + i * hs + e] = (0..=i).map(|j| s[j] * v[o + j * hs + e]).sum();
-                    }
-                }
-            }
-            assert_close(&got, &[b, nh, t, hs], &r, 1e-6);
-            want = Some(got);
-        } else {
-            assert_close(&got, &[b, nh, t, hs], &want.as_ref().unwrap().data, 1e-6);
-        }
+        assert_close(&got, &[b, nh, t, hs], &want, 1e-6);
     }
 }
