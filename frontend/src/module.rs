@@ -181,6 +181,11 @@ impl Traced {
     pub fn random_inputs(&self, seed: u64) -> Vec<Value> {
         self.inputs.iter().map(|s| s.random_value(seed)).collect()
     }
+    /// Seeded random values for the parameters only, in graph order (the same values
+    /// `random_inputs` gives them).
+    pub fn random_params(&self, seed: u64) -> Vec<Value> {
+        self.params().map(|s| s.random_value(seed)).collect()
+    }
     /// Runs the graph in the reference interpreter.
     pub fn interpret(&self, inputs: &[Value]) -> Result<Vec<Value>> {
         Ok(ir::interp::run(&self.graph, inputs)?)
