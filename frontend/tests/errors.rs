@@ -340,3 +340,25 @@ proptest! {
         }
     }
 }
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 64, ..ProptestConfig::default() })]
+
+    /// Any GPT-2 configuration and input shape traces or returns an error; never a panic.
+    #[test]
+    fn random_gpt2_configs_never_panic(
+        n_layer in 0usize..3, n_head in 0usize..5, n_embd in 0usize..40, block_size in 0usize..10,
+        dims in prop::collection::vec(0usize..10, 0..5), spelling in 0usize..6, huge in any::<bool>(),
+    ) {
+        let n_embd = if huge { usize::MAX / 2 } else { n_embd };
+        let cfg = Gpt2Config {
+            n_layer, n_head, n_embd, block_size,
+            attention: frontend::models::AttentionSpelling::ALL[spelling],
+            ..Gpt2Config::tiny()
+        };
+        let _ = trace(&Gpt2::new(cfg), &[InputSpec::new("x", DType::F32, dims.clone())]);
+        let _ = trace(&frontend::models::Block::new(cfg), &[InputSpec::new("x", DType::F32, dims.clone())]);
+        let mlp = Mlp::new(MlpConfig { in_features: n_embd, hidden: block_size, out_features: n_head, ..MlpConfig::default() });
+        let _ = trace(&mlp, &[InputSpec::new("x", DType::F32, dims)]);
+    }
+}

@@ -249,6 +249,10 @@ pub struct Gpt2Mlp {
 impl Gpt2Mlp {
     pub fn forward(&self, vars: &Vars, x: &Tensor) -> Result<Tensor> {
         let c = self.cfg.n_embd;
+        let features = x.size(-1)?;
+        if features != c {
+            return Err(FrontendError::Features { op: "gpt2 mlp", input: features, expected: c });
+        }
         let h = Linear::new(c, 4 * c, self.cfg.bias).forward(&vars.pp("c_fc"), x)?;
         let h = h.gelu_with(self.cfg.gelu)?;
         Linear::new(4 * c, c, self.cfg.bias).forward(&vars.pp("c_proj"), &h)
