@@ -54,6 +54,11 @@ impl From<i32> for Operand {
         Operand::Int(v as i64)
     }
 }
+impl From<usize> for Operand {
+    fn from(v: usize) -> Operand {
+        Operand::Int(i64::try_from(v).unwrap_or(i64::MAX))
+    }
+}
 impl From<bool> for Operand {
     fn from(v: bool) -> Operand {
         Operand::Bool(v)
