@@ -1,0 +1,253 @@
+"""Capture (make_fx at the ATen level) and the guarded cache of compiled plans."""
+
+from __future__ import annotations
+
+import functools
+import os
+import threading
+import warnings
+from typing import Any, Callable, Dict, List, Optional, Tuple
+
+import torch
+import torch.nn as nn
+from torch.utils._pytree import tree_flatten, tree_unflatten
+
+from ._errors import KilnError, KilnWarning
+from ._plan import _DTYPES, Plan, build_plan, dtype_name
+
+aten = torch.ops.aten
+
+# PyTorch decompositions Kiln asks for: ops it does not map itself but whose decompositions
+# are made of ops it does. Everything else reaches the importer as PyTorch emits it (so
+# `_softmax`, `native_layer_norm`, `gelu`, `addmm`, `var_mean` use Kiln's own
+# decompositions, shared with the Rust tracing API), or runs in PyTorch.
+_DECOMPOSE = [
+    "addcmul", "addcdiv", "lerp", "baddbmm", "addmv", "hardsigmoid", "hardswish", "hardshrink",
+    "softshrink", "threshold", "relu6", "glu", "logsumexp", "std_mean", "trunc", "frac", "logit",
+    "xlogy", "sign", "sgn", "exp2", "log2", "log10", "sinh", "cosh", "hypot", "nan_to_num",
+    "new_zeros", "new_ones", "new_full", "fill", "_safe_softmax", "linalg_vector_norm", "norm",
+    "_native_batch_norm_legit_no_training", "native_group_norm", "mish", "where", "square",
+]
+
+
+@functools.lru_cache(maxsize=1)
+def decompositions() -> Dict[Any, Callable]:
+    from torch._decomp import decomposition_table
+
+    packets = {getattr(aten, n) for n in _DECOMPOSE if hasattr(aten, n)}
+    return {k: v for k, v in decomposition_table.items() if getattr(k, "overloadpacket", None) in packets}
+
+
+def capture(fn: Callable, n_state: int, flat_example: List[torch.Tensor]) -> torch.fx.GraphModule:
+    """Traces ``fn(*flat_tensors) -> list`` into a functional ATen graph (fake tensors: no data
+    is read, so data-dependent Python control flow fails the capture instead of being baked in)."""
+    from torch.fx.experimental.proxy_tensor import make_fx
+
+    traced = torch.func.functionalize(fn, remove="mutations_and_views")
+    with torch.no_grad():
+        return make_fx(traced, decomposition_table=decompositions(), tracing_mode="fake")(*flat_example)
+
+
+def _describe_key_diff(old: tuple, new: tuple, names: List[str]) -> str:
+    """Names the first input whose guarded property changed between two signatures."""
+    if len(old) != len(new):
+        return f"the number of tensor inputs changed from {len(old)} to {len(new)}"
+    props = ("dtype", "device", "shape", "contiguous", "requires_grad")
+    for i, (a, b) in enumerate(zip(old, new)):
+        for p, x, y in zip(props, a, b):
+            if x != y:
+                nm = names[i] if i < len(names) else f"input {i}"
+                return f"{nm}: {p} {x} -> {y}"
+    return "a non-tensor argument, the argument structure or grad mode changed"
+
+
+_MISS = object()
+
+
+class Compiled:
+    """The callable ``kiln.compile`` returns. Guards each call; compiles on a miss."""
+
+    def __init__(self, fn: Callable, *, strict: bool = False, recompile_limit: int = 8, name: Optional[str] = None):
+        self._fn = fn
+        self._module = fn if isinstance(fn, nn.Module) else None
+        self._strict = strict
+        self._limit = recompile_limit
+        self._name = name or getattr(fn, "__name__", None) or type(fn).__name__
+        self._cache: Dict[tuple, Any] = {}
+        self._last_key: Optional[tuple] = None
+        self._warned: set = set()
+        self._lock = threading.Lock()
+        self._state_refs: Optional[List[Tuple[dict, str]]] = None
+        self._state_names: List[str] = []
+        if self._module is None and hasattr(fn, "__name__"):
+            functools.update_wrapper(self, fn, updated=())
+
+    # ---- state (parameters and buffers, lifted to graph inputs) ----
+    def _state(self) -> Tuple[List[str], List[torch.Tensor]]:
+        m = self._module
+        if m is None:
+            return [], []
+        if self._state_refs is None:
+            refs, names, seen = [], [], set()
+            for mod_name, mod in m.named_modules(remove_duplicate=False):
+                for d in (mod._parameters, mod._buffers):
+                    for k, v in d.items():
+                        if v is None:
+                            continue
+                        full = f"{mod_name}.{k}" if mod_name else k
+                        if full in seen:
+                            continue
+                        seen.add(full)
+                        refs.append((d, k))
+                        names.append(full)
+            self._state_refs, self._state_names = refs, names
+        ts = []
+        for d, k in self._state_refs:
+            t = d.get(k)
+            if t is None:  # the module changed shape: rebuild the list
+                self._state_refs = None
+                return self._state()
+            ts.append(t)
+        return self._state_names, ts
+
+    # ---- guards ----
+    def _key(self, tensors: List[torch.Tensor], consts: tuple, spec) -> tuple:
+        grad = torch.is_grad_enabled()
+        return (
+            grad,
+            spec,
+            consts,
+            tuple((t.dtype, t.device, tuple(t.shape), t.is_contiguous(), t.requires_grad and grad) for t in tensors),
+        )
+
+    def _warn_once(self, tag: str, msg: str) -> None:
+        if tag not in self._warned:
+            self._warned.add(tag)
+            warnings.warn(f"kiln: {self._name}: {msg}", KilnWarning, stacklevel=4)
+
+    def _eager(self, args, kwargs):
+        return self._fn(*args, **kwargs)
+
+    def __call__(self, *args, **kwargs):
+        state_names, state = self._state()
+        flat, spec = tree_flatten((args, kwargs))
+        tensors: List[torch.Tensor] = []
+        consts = []
+        for i, a in enumerate(flat):
+            if isinstance(a, torch.Tensor):
+                tensors.append(a)
+            else:
+                try:
+                    hash(a)
+                except TypeError:
+                    return self._refuse(f"argument {i} of type {type(a).__name__} is not hashable, so it cannot be guarded", args, kwargs)
+                consts.append((i, type(a), a))
+        all_tensors = state + tensors
+        key = self._key(all_tensors, tuple(consts), spec)
+        entry = self._cache.get(key, _MISS)
+        if entry is _MISS:
+            entry = self._miss(key, state_names, all_tensors, flat, spec, args, kwargs)
+        if entry is None:
+            return self._eager(args, kwargs)
+        plan, out_spec, out_consts = entry
+        outs = plan(all_tensors)
+        leaves = list(out_consts)
+        it = iter(outs)
+        for i, c in enumerate(leaves):
+            if c is _TENSOR:
+                leaves[i] = next(it)
+        return tree_unflatten(leaves, out_spec)
+
+    def _refuse(self, msg: str, args, kwargs):
+        if self._strict:
+            raise KilnError(f"{self._name}: {msg}")
+        self._warn_once(msg, msg + "; running eagerly")
+        return self._eager(args, kwargs)
+
+    def _input_names(self, state_names: List[str], n: int) -> List[str]:
+        names = [f"parameter {s!r}" for s in state_names]
+        return names + [f"input {i}" for i in range(n - len(names))]
+
+    def _miss(self, key, state_names, all_tensors, flat, spec, args, kwargs):
+        with self._lock:
+            names = self._input_names(state_names, len(all_tensors))
+            # inputs Kiln cannot take at all
+            for nm, t in zip(names, all_tensors):
+                if t.dtype not in _DTYPES:
+                    return self._bad(key, f"{nm}: expected dtype one of float32, float16, bfloat16, int32, int64, bool; got {dtype_name(t.dtype)}")
+                if t.device.type not in ("cpu", "cuda"):
+                    return self._bad(key, f"{nm}: expected a CPU or CUDA tensor, got device {t.device}")
+                if t.requires_grad and torch.is_grad_enabled():
+                    return self._bad(key, f"{nm}: requires_grad=True under grad mode (training); Kiln compiles inference only "
+                                          "(call under torch.no_grad() or torch.inference_mode())")
+            if len(self._cache) >= self._limit:
+                why = _describe_key_diff(self._last_key[3], key[3], names) if self._last_key else "a new signature"
+                msg = (f"recompile limit ({self._limit}) reached (last change: {why}); "
+                       "this and further new signatures run eagerly")
+                if self._strict:
+                    raise KilnError(f"{self._name}: {msg}")
+                self._warn_once("limit", msg)
+                return None
+            try:
+                entry = self._compile(state_names, all_tensors, flat, spec)
+            except KilnError:
+                raise
+            except Exception as e:  # capture failed: eager decides whether this is a user error
+                if self._strict:
+                    raise KilnError(f"{self._name}: capture failed: {type(e).__name__}: {e}") from e
+                entry = None
+                self._warn_once(f"capture:{type(e).__name__}", f"capture failed ({type(e).__name__}: {str(e)[:300]}); running eagerly")
+            self._cache[key] = entry
+            self._last_key = key
+            return entry
+
+    def _bad(self, key, msg: str):
+        if self._strict:
+            raise KilnError(f"{self._name}: {msg}")
+        self._warn_once(msg, msg + "; running eagerly")
+        self._cache[key] = None
+        return None
+
+    def _compile(self, state_names, all_tensors, flat, spec):
+        n_state = len(state_names)
+        module = self._module
+        fn = self._fn
+        tensor_pos = [i for i, a in enumerate(flat) if isinstance(a, torch.Tensor)]
+        box: Dict[str, Any] = {}
+
+        def flat_fn(*ts):
+            leaves = list(flat)
+            for i, t in zip(tensor_pos, ts[n_state:]):
+                leaves[i] = t
+            a, kw = tree_unflatten(leaves, spec)
+            if module is not None:
+                out = torch.func.functional_call(module, dict(zip(state_names, ts[:n_state])), tuple(a), kw, strict=False, tie_weights=True)
+            else:
+                out = fn(*a, **kw)
+            out_flat, out_spec = tree_flatten(out)
+            box["spec"] = out_spec
+            box["consts"] = [_TENSOR if isinstance(o, torch.Tensor) else o for o in out_flat]
+            return [o for o in out_flat if isinstance(o, torch.Tensor)]
+
+        gm = capture(flat_fn, n_state, all_tensors)
+        plan = build_plan(gm, strict=self._strict, name=self._name)
+        if plan.fallbacks and os.environ.get("KILN_DEBUG"):
+            pass
+        return plan, box["spec"], box["consts"]
+
+    # ---- introspection ----
+    def plans(self) -> List[Plan]:
+        """The compiled plans, one per guard signature seen."""
+        return [e[0] for e in self._cache.values() if e is not None]
+
+    @property
+    def cache_size(self) -> int:
+        return len(self._cache)
+
+
+class _TensorMarker:
+    def __repr__(self):
+        return "<tensor>"
+
+
+_TENSOR = _TensorMarker()
