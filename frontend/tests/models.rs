@@ -107,6 +107,12 @@ fn bf16_spellings_agree_within_bf16_tolerance() {
         let diff = got.max_rel_diff(&want);
         assert!(diff <= 4.0 * DType::BF16.tolerance(), "{spelling:?}: {diff}");
     }
+    // in bf16 every spelling is a different graph
+    let texts: std::collections::HashSet<String> = AttentionSpelling::ALL
+        .iter()
+        .map(|&sp| trace(&Gpt2::new(base.with_attention(sp)), &[base.input_spec(1, 7)]).unwrap().graph.to_string())
+        .collect();
+    assert_eq!(texts.len(), AttentionSpelling::ALL.len());
     // the fp32-softmax spelling really upcasts the scores
     let t = trace(&Gpt2::new(base.with_attention(AttentionSpelling::Fp32Softmax)), &[base.input_spec(1, 7)]).unwrap();
     assert!(t.graph.nodes().any(|(_, n)| n.op == ir::Op::Cast { to: DType::F32 }));

@@ -30,9 +30,12 @@ pub enum AttentionSpelling {
     DivSqrtD,
     /// `q = q * hs ** -0.5; att = q @ k.transpose(-2, -1)`, then nanoGPT's masked_fill.
     ScaleQ,
-    /// nanoGPT's scores and mask, then `F.softmax(att.float(), dim=-1).to(v.dtype)`
-    /// (the usual spelling for bf16/f16 models; for f32 models the casts vanish and this is
-    /// `MaskedFillTril`).
+    /// Scores upcast right after the matmul, scaled, masked and softmaxed in f32, cast back
+    /// before `@ v`: `att = (q @ k.transpose(-2, -1)).float() * (1.0 / math.sqrt(hs))`;
+    /// nanoGPT's masked_fill; `att = F.softmax(att, dim=-1).to(v.dtype)`. (Upcasting only
+    /// at the softmax, `F.softmax(att.float(), -1).to(v.dtype)`, gives exactly the
+    /// `MaskedFillTril` graph, since half-type softmax already computes in f32. For f32
+    /// models the casts vanish and this is `MaskedFillTril` too.)
     Fp32Softmax,
 }
 
@@ -179,7 +182,10 @@ pub fn causal_attention(q: &Tensor, k: &Tensor, v: &Tensor, spelling: AttentionS
     if spelling == ScaleQ {
         q = q.mul((hs as f64).powf(-0.5))?;
     }
-    let scores = q.matmul(&k.transpose(-2, -1)?)?;
+    let mut scores = q.matmul(&k.transpose(-2, -1)?)?;
+    if spelling == Fp32Softmax {
+        scores = scores.float()?;
+    }
     let att = match spelling {
         MaskedFillTril | WhereMask | AddNegInfTriangle | Fp32Softmax => scores.mul(1.0 / (k.size(-1)? as f64).sqrt())?,
         DivSqrtD => scores.div((hs as f64).sqrt())?,
@@ -205,7 +211,7 @@ pub fn causal_attention(q: &Tensor, k: &Tensor, v: &Tensor, spelling: AttentionS
         }
     };
     let att = match spelling {
-        Fp32Softmax => att.float()?.softmax(-1)?.to_dtype(v.dtype())?,
+        Fp32Softmax => att.softmax(-1)?.to_dtype(v.dtype())?,
         _ => att.softmax(-1)?,
     };
     att.matmul(v)
