@@ -26,7 +26,7 @@ _DECOMPOSE = [
     "softshrink", "threshold", "relu6", "glu", "logsumexp", "std_mean", "trunc", "frac", "logit",
     "xlogy", "sign", "sgn", "exp2", "log2", "log10", "sinh", "cosh", "hypot", "nan_to_num",
     "new_zeros", "new_ones", "new_full", "fill", "_safe_softmax", "linalg_vector_norm", "norm",
-    "_native_batch_norm_legit_no_training", "native_group_norm", "mish", "where", "square",
+    "_native_batch_norm_legit_no_training", "native_group_norm", "mish", "square",
 ]
 
 
@@ -45,7 +45,7 @@ def capture(fn: Callable, n_state: int, flat_example: List[torch.Tensor]) -> tor
 
     traced = torch.func.functionalize(fn, remove="mutations_and_views")
     with torch.no_grad():
-        return make_fx(traced, decomposition_table=decompositions(), tracing_mode="fake")(*flat_example)
+        return make_fx(traced, decomposition_table=decompositions(), tracing_mode="fake", _allow_non_fake_inputs=True)(*flat_example)
 
 
 def _describe_key_diff(old: tuple, new: tuple, names: List[str]) -> str:
@@ -88,16 +88,16 @@ class Compiled:
         if m is None:
             return [], []
         if self._state_refs is None:
+            # one entry per distinct tensor: tied weights are one graph input
+            # (functional_call's tie_weights binds the other names)
             refs, names, seen = [], [], set()
             for mod_name, mod in m.named_modules(remove_duplicate=False):
                 for d in (mod._parameters, mod._buffers):
                     for k, v in d.items():
-                        if v is None:
+                        if v is None or id(v) in seen:
                             continue
                         full = f"{mod_name}.{k}" if mod_name else k
-                        if full in seen:
-                            continue
-                        seen.add(full)
+                        seen.add(id(v))
                         refs.append((d, k))
                         names.append(full)
             self._state_refs, self._state_names = refs, names
