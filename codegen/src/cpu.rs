@@ -1,0 +1,217 @@
+//! The CPU pipeline: `KernelGraph -> runtime::Artifact`.
+//!
+//! Each kernel is lowered ([`crate::lower`]) to loop kernels and library calls; all loop
+//! kernels of the graph go into one LLVM module, optimized at O3 for the host CPU, emitted as
+//! an object file and linked into a shared library with the system linker driver (`cc`,
+//! overridable). The artifact carries that library's bytes, the step list and the arena plan.
+
+use crate::kir::LoopKernel;
+use crate::llvm::{self, HostTarget};
+use crate::lower::{self, Slot, Unit, View};
+use crate::CodegenError;
+use ir::{DType, KernelGraph};
+use runtime::plan::{self, Request};
+use runtime::{Artifact, AttentionStep, BufferDesc, GemmStep, Location, LoopStep, MatView, Step};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+/// Options of the CPU backend.
+#[derive(Clone, Debug)]
+pub struct CpuOptions {
+    /// The C compiler driver that links the object file into a shared library
+    /// (default: `$KILN_LINKER`, else `cc`).
+    pub linker: PathBuf,
+    /// Write each graph's kernel IR (`.kir`) and optimized LLVM IR (`.ll`) here
+    /// (default: `$KILN_DUMP`).
+    pub dump_dir: Option<PathBuf>,
+}
+
+impl Default for CpuOptions {
+    fn default() -> CpuOptions {
+        CpuOptions {
+            linker: std::env::var_os("KILN_LINKER").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("cc")),
+            dump_dir: std::env::var_os("KILN_DUMP").map(PathBuf::from),
+        }
+    }
+}
+
+/// The target id of this host (`triple/cpu/features`), as artifacts and cache keys carry it.
+pub fn host_target_id() -> Result<String, CodegenError> {
+    Ok(HostTarget::new()?.id())
+}
+
+/// Everything codegen decided before LLVM: steps, buffers and loop kernels.
+struct Plan {
+    buffers: Vec<(DType, Vec<usize>)>,
+    steps: Vec<Step>,
+    loops: Vec<(String, LoopKernel)>,
+}
+
+fn plan_graph(kg: &KernelGraph) -> Result<Plan, CodegenError> {
+    let mut buffers: Vec<(DType, Vec<usize>)> = kg.buffers.iter().map(|b| (b.dtype, b.shape.dims().to_vec())).collect();
+    let mut steps = Vec::new();
+    let mut loops = Vec::new();
+    for (ki, k) in kg.kernels.iter().enumerate() {
+        let low = lower::lower(&format!("k{ki}"), &k.body)?;
+        let base = buffers.len();
+        for s in &low.scratch {
+            buffers.push((s.dtype, s.dims.clone()));
+        }
+        let map = |s: Slot| -> u32 {
+            match s {
+                Slot::Input(i) => k.inputs[i].0,
+                Slot::Output(j) => k.outputs[j].0,
+                Slot::Scratch(s) => (base + s) as u32,
+            }
+        };
+        let mv = |v: &View| MatView { buffer: map(v.slot), offset: v.offset, batch_strides: v.batch_strides.clone(), row_stride: v.row_stride, col_stride: v.col_stride };
+        for (ui, u) in low.units.into_iter().enumerate() {
+            match u {
+                Unit::Loop { kernel, args } => {
+                    let symbol = format!("kiln_k{ki}_{ui}");
+                    steps.push(Step::Loop(LoopStep {
+                        kernel: k.name.clone(),
+                        symbol: symbol.clone(),
+                        outer: kernel.outer_count(),
+                        work_per_iter: kernel.work_per_iter(),
+                        args: args.into_iter().map(map).collect(),
+                    }));
+                    loops.push((symbol, kernel));
+                }
+                Unit::Gemm { batch, m, n, k: kk, a, b, c } => {
+                    if batch.contains(&0) || m == 0 || n == 0 {
+                        continue;
+                    }
+                    if kk == 0 {
+                        return Err(CodegenError::Unsupported { kernel: k.name.clone(), reason: "a matmul with an empty contraction dim".into() });
+                    }
+                    steps.push(Step::Gemm(GemmStep { kernel: k.name.clone(), batch, m, n, k: kk, a: mv(&a), b: mv(&b), c: mv(&c) }));
+                }
+                Unit::Attention { batch, sq, sk, d, dv, causal, scale, q, k: kv, v, o } => {
+                    if batch.contains(&0) || sq == 0 || dv == 0 {
+                        continue;
+                    }
+                    steps.push(Step::Attention(AttentionStep { kernel: k.name.clone(), batch, sq, sk, d, dv, causal, scale, q: mv(&q), k: mv(&kv), v: mv(&v), o: mv(&o) }));
+                }
+            }
+        }
+    }
+    Ok(Plan { buffers, steps, loops })
+}
+
+/// The kernel IR of every loop kernel of the graph, as text (for golden tests and dumps).
+pub fn kernel_ir(kg: &KernelGraph) -> Result<String, CodegenError> {
+    kg.verify()?;
+    let p = plan_graph(kg)?;
+    Ok(p.loops.iter().map(|(_, k)| k.to_string()).collect::<Vec<_>>().join("\n"))
+}
+
+static BUILD: AtomicU64 = AtomicU64::new(0);
+
+/// Compiles a kernel graph for the host CPU.
+pub fn compile(kg: &KernelGraph, opts: &CpuOptions) -> Result<Artifact, CodegenError> {
+    kg.verify()?;
+    let target = HostTarget::new()?;
+    let Plan { mut buffers, mut steps, loops } = plan_graph(kg)?;
+
+    // Homes: graph inputs and outputs live in the caller's tensors, the rest in the arena.
+    let mut loc: Vec<Option<Location>> = vec![None; buffers.len()];
+    for (i, b) in kg.inputs.iter().enumerate() {
+        loc[b.0 as usize] = Some(Location::Input(i));
+    }
+    let mut outputs = Vec::new();
+    for (j, b) in kg.outputs.iter().enumerate() {
+        if loc[b.0 as usize].is_none() {
+            loc[b.0 as usize] = Some(Location::Output(j));
+            outputs.push(b.0);
+        } else {
+            // An output that is an input, or a buffer returned twice: copy it at the end.
+            let nb = buffers.len() as u32;
+            buffers.push(buffers[b.0 as usize].clone());
+            loc.push(Some(Location::Output(j)));
+            steps.push(Step::Copy { from: b.0, to: nb });
+            outputs.push(nb);
+        }
+    }
+
+    // Liveness over steps, then the arena plan.
+    let mut live: Vec<Option<(usize, usize)>> = vec![None; buffers.len()];
+    let mut touch = |b: u32, s: usize| {
+        let l = &mut live[b as usize];
+        *l = Some(match *l {
+            None => (s, s),
+            Some((a, _)) => (a, s),
+        });
+    };
+    for (s, step) in steps.iter().enumerate() {
+        match step {
+            Step::Loop(l) => l.args.iter().for_each(|&b| touch(b, s)),
+            Step::Gemm(g) => [&g.a, &g.b, &g.c].iter().for_each(|v| touch(v.buffer, s)),
+            Step::Attention(a) => [&a.q, &a.k, &a.v, &a.o].iter().for_each(|v| touch(v.buffer, s)),
+            Step::Copy { from, to } => {
+                touch(*from, s);
+                touch(*to, s);
+            }
+        }
+    }
+    let bytes = |i: usize| buffers[i].1.iter().product::<usize>() * buffers[i].0.size_bytes();
+    let arena: Vec<usize> = (0..buffers.len()).filter(|&i| loc[i].is_none()).collect();
+    let reqs: Vec<Request> = arena.iter().map(|&i| Request { bytes: bytes(i), live: live[i].unwrap_or((0, 0)) }).collect();
+    let (offsets, arena_bytes) = plan::plan(&reqs);
+    for (&i, &off) in arena.iter().zip(&offsets) {
+        loc[i] = Some(Location::Arena { offset: off });
+    }
+    let unplanned_bytes = arena.iter().map(|&i| bytes(i)).sum();
+    let descs: Vec<BufferDesc> = buffers
+        .iter()
+        .enumerate()
+        .map(|(i, (d, s))| BufferDesc { dtype: *d, shape: s.clone(), location: loc[i].clone().expect("every buffer placed"), live: live[i].unwrap_or((0, 0)) })
+        .collect();
+
+    // Native code.
+    let refs: Vec<(String, &LoopKernel)> = loops.iter().map(|(s, k)| (s.clone(), k)).collect();
+    let (object, ir_text) = llvm::compile(&refs, &target, opts.dump_dir.is_some())?;
+    if let (Some(dir), Some(text)) = (&opts.dump_dir, ir_text) {
+        let _ = std::fs::create_dir_all(dir);
+        let kir: String = loops.iter().map(|(_, k)| k.to_string()).collect::<Vec<_>>().join("\n");
+        let _ = std::fs::write(dir.join(format!("{}.kir", kg.name)), kir);
+        let _ = std::fs::write(dir.join(format!("{}.ll", kg.name)), text);
+    }
+    let library = link(&object, opts)?;
+    Ok(Artifact {
+        name: kg.name.clone(),
+        target: target.id(),
+        kiln_version: runtime::KILN_VERSION.to_string(),
+        library,
+        buffers: descs,
+        inputs: kg.inputs.iter().map(|b| b.0).collect(),
+        input_names: kg.input_names.clone(),
+        outputs,
+        arena_bytes,
+        unplanned_bytes,
+        steps,
+    })
+}
+
+/// Links an object file into a shared library and returns its bytes.
+fn link(object: &[u8], opts: &CpuOptions) -> Result<Vec<u8>, CodegenError> {
+    let dir = std::env::temp_dir().join(format!("kiln-cg-{}-{}", std::process::id(), BUILD.fetch_add(1, Ordering::Relaxed)));
+    let io = |p: &std::path::Path| {
+        let p = p.display().to_string();
+        move |e| CodegenError::Io { path: p, source: e }
+    };
+    std::fs::create_dir_all(&dir).map_err(io(&dir))?;
+    let (obj, so) = (dir.join("kernels.o"), dir.join("kernels.so"));
+    std::fs::write(&obj, object).map_err(io(&obj))?;
+    let mut cmd = std::process::Command::new(&opts.linker);
+    cmd.arg("-shared").arg("-o").arg(&so).arg(&obj).arg("-lm");
+    let command = format!("{cmd:?}");
+    let out = cmd.output().map_err(|e| CodegenError::Link { command: command.clone(), message: e.to_string() })?;
+    if !out.status.success() {
+        let _ = std::fs::remove_dir_all(&dir);
+        return Err(CodegenError::Link { command, message: String::from_utf8_lossy(&out.stderr).into_owned() });
+    }
+    let bytes = std::fs::read(&so).map_err(io(&so))?;
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok(bytes)
+}

@@ -1,0 +1,711 @@
+//! Kernel IR -> LLVM IR (inkwell) -> native object code for the host CPU.
+//!
+//! Each [`LoopKernel`] becomes `void @sym(ptr args, i64 start, i64 end)` (the runtime's
+//! `LOOP_ABI`) wrapping an internal function whose buffer parameters are `noalias`, so the O3
+//! pipeline vectorizes inner loops without runtime alias checks. Floats are computed in f32;
+//! `exp`, `log`, `tanh` and `erf` are inline polynomials (vectorizable, no libm call);
+//! reductions carry `reassoc` so their loops vectorize too.
+
+use crate::kir::{BufId, Expr, ExprId, LoopKernel, Ty};
+use crate::CodegenError;
+use inkwell::builder::{Builder, BuilderError};
+use inkwell::context::Context;
+use inkwell::intrinsics::Intrinsic;
+use inkwell::module::{Linkage, Module};
+use inkwell::passes::PassBuilderOptions;
+use inkwell::targets::{CodeModel, FileType, InitializationConfig, RelocMode, Target, TargetMachine};
+use inkwell::types::{BasicMetadataTypeEnum, BasicTypeEnum};
+use inkwell::values::{BasicValueEnum, FloatValue, FunctionValue, IntValue, PointerValue};
+use inkwell::{AddressSpace, FloatPredicate, IntPredicate, OptimizationLevel};
+use ir::{BinaryOp, CmpOp, DType, ReduceOp, UnaryOp};
+use std::collections::HashMap;
+
+impl From<BuilderError> for CodegenError {
+    fn from(e: BuilderError) -> CodegenError {
+        CodegenError::Llvm { stage: "building IR", message: e.to_string() }
+    }
+}
+
+type R<T> = Result<T, CodegenError>;
+
+/// The host CPU as LLVM sees it.
+#[derive(Debug)]
+pub struct HostTarget {
+    pub machine: TargetMachine,
+    pub triple: String,
+    pub cpu: String,
+    pub features: String,
+}
+
+impl HostTarget {
+    pub fn new() -> R<HostTarget> {
+        Target::initialize_x86(&InitializationConfig::default());
+        let triple = TargetMachine::get_default_triple();
+        let target = Target::from_triple(&triple).map_err(|e| CodegenError::Llvm { stage: "target lookup", message: e.to_string() })?;
+        let cpu = TargetMachine::get_host_cpu_name().to_string();
+        let features = TargetMachine::get_host_cpu_features().to_string();
+        let machine = target
+            .create_target_machine(&triple, &cpu, &features, OptimizationLevel::Aggressive, RelocMode::PIC, CodeModel::Default)
+            .ok_or_else(|| CodegenError::Llvm { stage: "target machine", message: format!("no target machine for {triple}") })?;
+        Ok(HostTarget { machine, triple: triple.as_str().to_string_lossy().into_owned(), cpu, features })
+    }
+
+    /// `triple/cpu/features`: part of the cache key and checked by the executor.
+    pub fn id(&self) -> String {
+        format!("{}/{}/{}", self.triple, self.cpu, self.features)
+    }
+}
+
+/// Builds one module holding every kernel, optimizes it at O3 and returns
+/// `(object bytes, optimized LLVM IR text if asked)`.
+pub fn compile(kernels: &[(String, &LoopKernel)], target: &HostTarget, want_ir: bool) -> R<(Vec<u8>, Option<String>)> {
+    let ctx = Context::create();
+    let module = ctx.create_module("kiln");
+    module.set_triple(&target.machine.get_triple());
+    module.set_data_layout(&target.machine.get_target_data().get_data_layout());
+    for (sym, k) in kernels {
+        emit_kernel(&ctx, &module, target, sym, k)?;
+    }
+    module.verify().map_err(|e| CodegenError::Llvm { stage: "verifying generated IR", message: e.to_string() })?;
+    module
+        .run_passes("default<O3>", &target.machine, PassBuilderOptions::create())
+        .map_err(|e| CodegenError::Llvm { stage: "O3 pipeline", message: e.to_string() })?;
+    let ir = want_ir.then(|| module.print_to_string().to_string());
+    let buf = target
+        .machine
+        .write_to_memory_buffer(&module, FileType::Object)
+        .map_err(|e| CodegenError::Llvm { stage: "object emission", message: e.to_string() })?;
+    Ok((buf.as_slice().to_vec(), ir))
+}
+
+struct Gen<'ctx, 'a> {
+    ctx: &'ctx Context,
+    module: &'a Module<'ctx>,
+    b: Builder<'ctx>,
+    k: &'a LoopKernel,
+    func: FunctionValue<'ctx>,
+    params: Vec<PointerValue<'ctx>>,
+    locals: Vec<PointerValue<'ctx>>,
+    vars: HashMap<u32, IntValue<'ctx>>,
+    memo: HashMap<ExprId, BasicValueEnum<'ctx>>,
+    entry_allocas: Builder<'ctx>,
+}
+
+fn emit_kernel<'ctx>(ctx: &'ctx Context, module: &Module<'ctx>, target: &HostTarget, sym: &str, k: &LoopKernel) -> R<()> {
+    let ptr = ctx.ptr_type(AddressSpace::default());
+    let i64t = ctx.i64_type();
+    let mut ptys: Vec<BasicMetadataTypeEnum> = k.params.iter().map(|_| ptr.into()).collect();
+    ptys.push(i64t.into());
+    ptys.push(i64t.into());
+    let body_ty = ctx.void_type().fn_type(&ptys, false);
+    let body = module.add_function(&format!("{sym}.body"), body_ty, Some(Linkage::Internal));
+    let noalias = ctx.create_enum_attribute(inkwell::attributes::Attribute::get_named_enum_kind_id("noalias"), 0);
+    let nounwind = ctx.create_enum_attribute(inkwell::attributes::Attribute::get_named_enum_kind_id("nounwind"), 0);
+    for i in 0..k.params.len() {
+        body.add_attribute(inkwell::attributes::AttributeLoc::Param(i as u32), noalias);
+    }
+    let wrapper = module.add_function(sym, ctx.void_type().fn_type(&[ptr.into(), i64t.into(), i64t.into()], false), None);
+    for f in [body, wrapper] {
+        f.add_attribute(inkwell::attributes::AttributeLoc::Function, ctx.create_string_attribute("target-cpu", &target.cpu));
+        f.add_attribute(inkwell::attributes::AttributeLoc::Function, ctx.create_string_attribute("target-features", &target.features));
+        f.add_attribute(inkwell::attributes::AttributeLoc::Function, nounwind);
+    }
+
+    // Wrapper: unpack the argument table.
+    let b = ctx.create_builder();
+    let entry = ctx.append_basic_block(wrapper, "entry");
+    b.position_at_end(entry);
+    let args = wrapper.get_nth_param(0).unwrap().into_pointer_value();
+    let mut call_args: Vec<inkwell::values::BasicMetadataValueEnum> = Vec::new();
+    for i in 0..k.params.len() {
+        // SAFETY: index within the argument table the runtime passes.
+        let slot = unsafe { b.build_in_bounds_gep(ptr, args, &[i64t.const_int(i as u64, false)], "slot")? };
+        call_args.push(b.build_load(ptr, slot, "p")?.into());
+    }
+    call_args.push(wrapper.get_nth_param(1).unwrap().into());
+    call_args.push(wrapper.get_nth_param(2).unwrap().into());
+    b.build_call(body, &call_args, "")?;
+    b.build_return(None)?;
+
+    // Body.
+    let entry = ctx.append_basic_block(body, "entry");
+    let start_bb = ctx.append_basic_block(body, "start");
+    let eb = ctx.create_builder();
+    eb.position_at_end(entry);
+    let b = ctx.create_builder();
+    b.position_at_end(start_bb);
+    let params = (0..k.params.len()).map(|i| body.get_nth_param(i as u32).unwrap().into_pointer_value()).collect();
+    let mut g = Gen { ctx, module, b, k, func: body, params, locals: Vec::new(), vars: HashMap::new(), memo: HashMap::new(), entry_allocas: eb };
+    let kk = k.outer.len();
+    for l in &k.locals {
+        let n: usize = l.dims[kk.min(l.dims.len())..].iter().product::<usize>().max(1);
+        let ty = g.reg_storage_type(l.ty);
+        let a = g.entry_allocas.build_array_alloca(ty, i64t.const_int(n as u64, false), "local")?;
+        g.locals.push(a);
+    }
+    let start = body.get_nth_param(k.params.len() as u32).unwrap().into_int_value();
+    let end = body.get_nth_param(k.params.len() as u32 + 1).unwrap().into_int_value();
+    g.for_range(start, end, &mut |g: &mut Gen<'ctx, '_>, o: IntValue<'ctx>| {
+        // Decompose the flat outer index into the outer loop variables.
+        let mut rest = o;
+        for d in (0..kk).rev() {
+            let n = i64t.const_int(k.outer[d] as u64, false);
+            let v = if d == 0 { rest } else { g.b.build_int_unsigned_rem(rest, n, "o")? };
+            g.vars.insert(d as u32, v);
+            if d > 0 {
+                rest = g.b.build_int_unsigned_div(rest, n, "o")?;
+            }
+        }
+        for s in 0..k.stages.len() {
+            g.stage(s)?;
+        }
+        Ok(())
+    })?;
+    g.b.build_return(None)?;
+    g.entry_allocas.build_unconditional_branch(start_bb)?;
+    Ok(())
+}
+
+type Body<'x, 'ctx, 'a> = dyn FnMut(&mut Gen<'ctx, 'a>, IntValue<'ctx>) -> R<()> + 'x;
+
+impl<'ctx, 'a> Gen<'ctx, 'a> {
+    fn i64c(&self, v: i64) -> IntValue<'ctx> {
+        self.ctx.i64_type().const_int(v as u64, true)
+    }
+    fn f32c(&self, v: f32) -> FloatValue<'ctx> {
+        self.ctx.f32_type().const_float(v as f64)
+    }
+
+    fn reg_type(&self, t: Ty) -> BasicTypeEnum<'ctx> {
+        match t {
+            Ty::F32 => self.ctx.f32_type().into(),
+            Ty::I32 => self.ctx.i32_type().into(),
+            Ty::I64 => self.ctx.i64_type().into(),
+            Ty::Bool => self.ctx.bool_type().into(),
+        }
+    }
+    fn reg_storage_type(&self, t: Ty) -> BasicTypeEnum<'ctx> {
+        self.storage_type(t.storage())
+    }
+    fn storage_type(&self, d: DType) -> BasicTypeEnum<'ctx> {
+        match d {
+            DType::F32 => self.ctx.f32_type().into(),
+            DType::F16 => self.ctx.f16_type().into(),
+            DType::BF16 => self.ctx.i16_type().into(),
+            DType::I32 => self.ctx.i32_type().into(),
+            DType::I64 => self.ctx.i64_type().into(),
+            DType::Bool => self.ctx.i8_type().into(),
+        }
+    }
+
+    /// `for i in lo..hi { body(i) }`, leaving the builder after the loop.
+    fn for_range(&mut self, lo: IntValue<'ctx>, hi: IntValue<'ctx>, body: &mut Body<'_, 'ctx, 'a>) -> R<()> {
+        let pre = self.b.get_insert_block().unwrap();
+        let header = self.ctx.append_basic_block(self.func, "loop");
+        let exit = self.ctx.append_basic_block(self.func, "exit");
+        let c0 = self.b.build_int_compare(IntPredicate::SLT, lo, hi, "guard")?;
+        self.b.build_conditional_branch(c0, header, exit)?;
+        self.b.position_at_end(header);
+        let phi = self.b.build_phi(self.ctx.i64_type(), "i")?;
+        phi.add_incoming(&[(&lo, pre)]);
+        let i = phi.as_basic_value().into_int_value();
+        body(self, i)?;
+        let latch = self.b.get_insert_block().unwrap();
+        let next = self.b.build_int_add(i, self.i64c(1), "next")?;
+        let c = self.b.build_int_compare(IntPredicate::SLT, next, hi, "cont")?;
+        self.b.build_conditional_branch(c, header, exit)?;
+        phi.add_incoming(&[(&next, latch)]);
+        self.b.position_at_end(exit);
+        Ok(())
+    }
+
+    /// Nested loops over `(var, extent)`, innermost last.
+    fn nest(&mut self, loops: &[(u32, usize)], body: &mut dyn FnMut(&mut Gen<'ctx, 'a>) -> R<()>) -> R<()> {
+        let Some(&(v, n)) = loops.first() else { return body(self) };
+        let (lo, hi) = (self.i64c(0), self.i64c(n as i64));
+        self.for_range(lo, hi, &mut |g: &mut Gen<'ctx, 'a>, i| {
+            g.vars.insert(v, i);
+            g.nest(&loops[1..], body)
+        })
+    }
+
+    fn stage(&mut self, s: usize) -> R<()> {
+        let k = self.k;
+        let st = &k.stages[s];
+        let kk = k.outer.len();
+        let loops: Vec<(u32, usize)> = (kk..st.dims.len()).map(|d| (d as u32, st.dims[d])).collect();
+        let rank = st.dims.len();
+        match &st.reduce {
+            None => self.nest(&loops, &mut |g: &mut Gen<'ctx, 'a>| {
+                g.memo.clear();
+                let v = g.expr(st.value)?;
+                let idx: Vec<IntValue> = (0..rank as u32).map(|d| g.vars[&d]).collect();
+                g.store(st.target, &idx, v)
+            }),
+            Some((op, red)) => {
+                let ty = k.ty(st.value);
+                let acc = self.entry_allocas.build_alloca(self.reg_type(ty), "acc")?;
+                let rloops: Vec<(u32, usize)> = red.iter().enumerate().map(|(j, &n)| (crate::kir::RED + j as u32, n)).collect();
+                let op = *op;
+                self.nest(&loops, &mut |g: &mut Gen<'ctx, 'a>| {
+                    let init = g.reduce_init(op, ty);
+                    g.b.build_store(acc, init)?;
+                    g.nest(&rloops, &mut |g: &mut Gen<'ctx, 'a>| {
+                        g.memo.clear();
+                        let v = g.expr(st.value)?;
+                        let a = g.b.build_load(g.reg_type(ty), acc, "acc")?;
+                        let r = g.reduce_step(op, ty, a, v)?;
+                        g.b.build_store(acc, r)?;
+                        Ok(())
+                    })?;
+                    let a = g.b.build_load(g.reg_type(ty), acc, "acc")?;
+                    let idx: Vec<IntValue> = (0..rank as u32).map(|d| g.vars[&d]).collect();
+                    g.store(st.target, &idx, a)
+                })
+            }
+        }
+    }
+
+    fn reduce_init(&self, op: ReduceOp, ty: Ty) -> BasicValueEnum<'ctx> {
+        match (op, ty) {
+            (ReduceOp::Sum, Ty::F32) => self.f32c(0.0).into(),
+            (ReduceOp::Max, Ty::F32) => self.f32c(f32::NEG_INFINITY).into(),
+            (ReduceOp::Sum, t) => self.reg_type(t).into_int_type().const_zero().into(),
+            (ReduceOp::Max, Ty::I32) => self.ctx.i32_type().const_int(i32::MIN as u64, true).into(),
+            (ReduceOp::Max, _) => self.ctx.i64_type().const_int(i64::MIN as u64, true).into(),
+        }
+    }
+
+    fn reduce_step(&mut self, op: ReduceOp, ty: Ty, a: BasicValueEnum<'ctx>, v: BasicValueEnum<'ctx>) -> R<BasicValueEnum<'ctx>> {
+        Ok(match (op, ty) {
+            (ReduceOp::Sum, Ty::F32) => {
+                let r = self.b.build_float_add(a.into_float_value(), v.into_float_value(), "sum")?;
+                self.flags(r, inkwell::values::FastMathFlags::AllowReassoc | inkwell::values::FastMathFlags::AllowContract);
+                r.into()
+            }
+            (ReduceOp::Max, Ty::F32) => self.call("llvm.maximum", &[self.ctx.f32_type().into()], &[a, v])?,
+            (ReduceOp::Sum, _) => self.b.build_int_add(a.into_int_value(), v.into_int_value(), "sum")?.into(),
+            (ReduceOp::Max, t) => self.call("llvm.smax", &[self.reg_type(t)], &[a, v])?,
+        })
+    }
+
+    fn flags(&self, v: FloatValue<'ctx>, f: inkwell::values::FastMathFlags) {
+        if let Some(i) = inkwell::values::AnyValue::as_any_value_enum(&v).into_float_value().as_instruction() {
+            let _ = i.set_fast_math_flags(f);
+        }
+    }
+
+    fn call(&mut self, name: &str, tys: &[BasicTypeEnum<'ctx>], args: &[BasicValueEnum<'ctx>]) -> R<BasicValueEnum<'ctx>> {
+        let intr = Intrinsic::find(name).ok_or_else(|| CodegenError::Llvm { stage: "intrinsics", message: format!("LLVM has no intrinsic {name}") })?;
+        let f = intr
+            .get_declaration(self.module, tys)
+            .ok_or_else(|| CodegenError::Llvm { stage: "intrinsics", message: format!("cannot declare {name}") })?;
+        let a: Vec<inkwell::values::BasicMetadataValueEnum> = args.iter().map(|&x| x.into()).collect();
+        let r = self.b.build_call(f, &a, name)?;
+        r.try_as_basic_value().basic().ok_or_else(|| CodegenError::Llvm { stage: "intrinsics", message: format!("{name} returns nothing") })
+    }
+
+    fn f1(&mut self, name: &str, x: FloatValue<'ctx>) -> R<FloatValue<'ctx>> {
+        Ok(self.call(name, &[self.ctx.f32_type().into()], &[x.into()])?.into_float_value())
+    }
+
+    fn address(&mut self, buf: BufId, idx: &[IntValue<'ctx>]) -> R<(PointerValue<'ctx>, BasicTypeEnum<'ctx>, DType)> {
+        let k = self.k;
+        let (base, dims, skip, dtype) = match buf {
+            BufId::Param(p) => {
+                let p_ = &k.params[p as usize];
+                (self.params[p as usize], &p_.dims, 0, p_.dtype)
+            }
+            BufId::Local(l) => {
+                let l_ = &k.locals[l as usize];
+                (self.locals[l as usize], &l_.dims, k.outer.len(), l_.ty.storage())
+            }
+        };
+        let mut flat = self.i64c(0);
+        let mut stride = 1i64;
+        for d in (skip..dims.len()).rev() {
+            if dims[d] != 1 {
+                let t = self.b.build_int_nsw_mul(idx[d], self.i64c(stride), "ix")?;
+                flat = self.b.build_int_nsw_add(flat, t, "ix")?;
+            }
+            stride *= dims[d] as i64;
+        }
+        let ety = self.storage_type(dtype);
+        // SAFETY: indices are in bounds by construction of the kernel IR.
+        let ptr = unsafe { self.b.build_in_bounds_gep(ety, base, &[flat], "addr")? };
+        Ok((ptr, ety, dtype))
+    }
+
+    fn store(&mut self, buf: BufId, idx: &[IntValue<'ctx>], v: BasicValueEnum<'ctx>) -> R<()> {
+        let (ptr, _, dtype) = self.address(buf, idx)?;
+        let s: BasicValueEnum = match dtype {
+            DType::F32 | DType::I32 | DType::I64 => v,
+            DType::F16 => self.b.build_float_trunc(v.into_float_value(), self.ctx.f16_type(), "h")?.into(),
+            DType::BF16 => self.to_bf16_bits(v.into_float_value())?.into(),
+            DType::Bool => self.b.build_int_z_extend(v.into_int_value(), self.ctx.i8_type(), "b")?.into(),
+        };
+        self.b.build_store(ptr, s)?;
+        Ok(())
+    }
+
+    /// f32 -> bf16 bits, round to nearest even, NaN kept quiet.
+    fn to_bf16_bits(&mut self, x: FloatValue<'ctx>) -> R<IntValue<'ctx>> {
+        let i32t = self.ctx.i32_type();
+        let bits = self.b.build_bit_cast(x, i32t, "bits")?.into_int_value();
+        let lsb = self.b.build_right_shift(bits, i32t.const_int(16, false), false, "lsb")?;
+        let lsb = self.b.build_and(lsb, i32t.const_int(1, false), "lsb")?;
+        let bias = self.b.build_int_add(lsb, i32t.const_int(0x7fff, false), "bias")?;
+        let r = self.b.build_int_add(bits, bias, "r")?;
+        let r = self.b.build_right_shift(r, i32t.const_int(16, false), false, "r")?;
+        let nan = self.b.build_float_compare(FloatPredicate::UNO, x, x, "nan")?;
+        let r = self.b.build_select(nan, i32t.const_int(0x7fc0, false), r, "r")?.into_int_value();
+        Ok(self.b.build_int_truncate(r, self.ctx.i16_type(), "bf")?)
+    }
+
+    fn from_bf16_bits(&mut self, h: IntValue<'ctx>) -> R<FloatValue<'ctx>> {
+        let i32t = self.ctx.i32_type();
+        let w = self.b.build_int_z_extend(h, i32t, "w")?;
+        let w = self.b.build_left_shift(w, i32t.const_int(16, false), "w")?;
+        Ok(self.b.build_bit_cast(w, self.ctx.f32_type(), "f")?.into_float_value())
+    }
+
+    fn expr(&mut self, e: ExprId) -> R<BasicValueEnum<'ctx>> {
+        if let Some(&v) = self.memo.get(&e) {
+            return Ok(v);
+        }
+        let (ex, ty) = self.k.exprs[e as usize].clone();
+        let v: BasicValueEnum = match ex {
+            Expr::Var(v) => self.vars.get(&v).copied().ok_or_else(|| CodegenError::Llvm { stage: "building IR", message: format!("loop variable {v} is not bound in kernel {}", self.k.name) })?.into(),
+            Expr::Int(c) => self.i64c(c).into(),
+            Expr::Const(t, c) => match t {
+                Ty::F32 => self.f32c(c.0 as f32).into(),
+                Ty::Bool => self.ctx.bool_type().const_int((c.0 != 0.0) as u64, false).into(),
+                t => self.reg_type(t).into_int_type().const_int(c.0 as i64 as u64, true).into(),
+            },
+            Expr::Load(buf, idx) => {
+                let iv: Vec<IntValue> = idx.iter().map(|&i| self.expr(i).map(|v| v.into_int_value())).collect::<R<_>>()?;
+                let (ptr, ety, dtype) = self.address(buf, &iv)?;
+                let raw = self.b.build_load(ety, ptr, "ld")?;
+                match dtype {
+                    DType::F32 | DType::I32 | DType::I64 => raw,
+                    DType::F16 => self.b.build_float_ext(raw.into_float_value(), self.ctx.f32_type(), "x")?.into(),
+                    DType::BF16 => self.from_bf16_bits(raw.into_int_value())?.into(),
+                    DType::Bool => self.b.build_int_compare(IntPredicate::NE, raw.into_int_value(), self.ctx.i8_type().const_zero(), "b")?.into(),
+                }
+            }
+            Expr::Unary(u, a) => {
+                let a = self.expr(a)?;
+                self.unary(u, ty, a)?
+            }
+            Expr::Binary(op, x, y) => {
+                let yc = match self.k.exprs[y as usize].0 {
+                    Expr::Int(c) => Some(c),
+                    _ => None,
+                };
+                let (x, y) = (self.expr(x)?, self.expr(y)?);
+                self.binary(op, ty, x, y, yc)?
+            }
+            Expr::Rem(x, y) => {
+                let (x, y) = (self.expr(x)?, self.expr(y)?);
+                self.b.build_int_unsigned_rem(x.into_int_value(), y.into_int_value(), "rem")?.into()
+            }
+            Expr::Compare(c, x, y) => {
+                let t = self.k.ty(x);
+                let (x, y) = (self.expr(x)?, self.expr(y)?);
+                self.compare(c, t, x, y)?
+            }
+            Expr::Select(c, x, y) => {
+                let c = self.expr(c)?.into_int_value();
+                let (x, y) = (self.expr(x)?, self.expr(y)?);
+                self.b.build_select(c, x, y, "sel")?
+            }
+            Expr::Cast(to, a) => {
+                let from = self.k.ty(a);
+                let a = self.expr(a)?;
+                self.cast(from, to, a)?
+            }
+        };
+        self.memo.insert(e, v);
+        Ok(v)
+    }
+
+    fn unary(&mut self, u: UnaryOp, ty: Ty, a: BasicValueEnum<'ctx>) -> R<BasicValueEnum<'ctx>> {
+        if ty != Ty::F32 {
+            let x = a.into_int_value();
+            return Ok(match u {
+                UnaryOp::Not => self.b.build_not(x, "not")?.into(),
+                UnaryOp::Neg => self.b.build_int_neg(x, "neg")?.into(),
+                UnaryOp::Abs => {
+                    let f = self.ctx.bool_type().const_zero();
+                    self.call("llvm.abs", &[self.reg_type(ty)], &[x.into(), f.into()])?
+                }
+                other => return Err(CodegenError::Unsupported { kernel: self.k.name.clone(), reason: format!("{} on {}", other.name(), ty.name()) }),
+            });
+        }
+        let x = a.into_float_value();
+        let one = self.f32c(1.0);
+        Ok(match u {
+            UnaryOp::Neg => self.b.build_float_neg(x, "neg")?.into(),
+            UnaryOp::Abs => self.f1("llvm.fabs", x)?.into(),
+            UnaryOp::Exp => self.exp(x)?.into(),
+            UnaryOp::Log => self.log(x)?.into(),
+            UnaryOp::Sqrt => self.f1("llvm.sqrt", x)?.into(),
+            UnaryOp::Rsqrt => {
+                let s = self.f1("llvm.sqrt", x)?;
+                self.b.build_float_div(one, s, "rsqrt")?.into()
+            }
+            UnaryOp::Recip => self.b.build_float_div(one, x, "recip")?.into(),
+            UnaryOp::Tanh => self.tanh(x)?.into(),
+            UnaryOp::Erf => self.erf(x)?.into(),
+            UnaryOp::Sin => self.f1("llvm.sin", x)?.into(),
+            UnaryOp::Cos => self.f1("llvm.cos", x)?.into(),
+            UnaryOp::Floor => self.f1("llvm.floor", x)?.into(),
+            UnaryOp::Not => return Err(CodegenError::Unsupported { kernel: self.k.name.clone(), reason: "not on floats".into() }),
+        })
+    }
+
+    fn binary(&mut self, op: BinaryOp, ty: Ty, x: BasicValueEnum<'ctx>, y: BasicValueEnum<'ctx>, yconst: Option<i64>) -> R<BasicValueEnum<'ctx>> {
+        let b = &self.b;
+        if ty == Ty::F32 {
+            let (x, y) = (x.into_float_value(), y.into_float_value());
+            return Ok(match op {
+                BinaryOp::Add => b.build_float_add(x, y, "add")?.into(),
+                BinaryOp::Sub => b.build_float_sub(x, y, "sub")?.into(),
+                BinaryOp::Mul => b.build_float_mul(x, y, "mul")?.into(),
+                BinaryOp::Div => b.build_float_div(x, y, "div")?.into(),
+                BinaryOp::Max => self.call("llvm.maximum", &[self.ctx.f32_type().into()], &[x.into(), y.into()])?,
+                BinaryOp::Min => self.call("llvm.minimum", &[self.ctx.f32_type().into()], &[x.into(), y.into()])?,
+                BinaryOp::Pow => self.call("llvm.pow", &[self.ctx.f32_type().into()], &[x.into(), y.into()])?,
+                BinaryOp::And | BinaryOp::Or => return Err(CodegenError::Unsupported { kernel: self.k.name.clone(), reason: "logical op on floats".into() }),
+            });
+        }
+        let (x, y) = (x.into_int_value(), y.into_int_value());
+        let it = x.get_type();
+        Ok(match op {
+            BinaryOp::Add => b.build_int_add(x, y, "add")?.into(),
+            BinaryOp::Sub => b.build_int_sub(x, y, "sub")?.into(),
+            BinaryOp::Mul => b.build_int_mul(x, y, "mul")?.into(),
+            BinaryOp::And => b.build_and(x, y, "and")?.into(),
+            BinaryOp::Or => b.build_or(x, y, "or")?.into(),
+            BinaryOp::Div if yconst.is_some_and(|c| c > 0) => b.build_int_signed_div(x, y, "div")?.into(),
+            BinaryOp::Div => {
+                // Truncating division; x / 0 = 0 and MIN / -1 wraps (no UB).
+                let zero = it.const_zero();
+                let m1 = it.const_all_ones();
+                let is0 = b.build_int_compare(IntPredicate::EQ, y, zero, "is0")?;
+                let ism1 = b.build_int_compare(IntPredicate::EQ, y, m1, "ism1")?;
+                let bad = b.build_or(is0, ism1, "bad")?;
+                let safe = b.build_select(bad, it.const_int(1, false), y, "safe")?.into_int_value();
+                let q = b.build_int_signed_div(x, safe, "q")?;
+                let neg = b.build_int_neg(x, "negx")?;
+                let q = b.build_select(ism1, neg, q, "q")?.into_int_value();
+                b.build_select(is0, zero, q, "div")?
+            }
+            BinaryOp::Max => self.call("llvm.smax", &[it.into()], &[x.into(), y.into()])?,
+            BinaryOp::Min => self.call("llvm.smin", &[it.into()], &[x.into(), y.into()])?,
+            BinaryOp::Pow => {
+                let f64t = self.ctx.f64_type();
+                let xf = self.b.build_signed_int_to_float(x, f64t, "xf")?;
+                let yf = self.b.build_signed_int_to_float(y, f64t, "yf")?;
+                let p = self.call("llvm.pow", &[f64t.into()], &[xf.into(), yf.into()])?;
+                self.call("llvm.fptosi.sat", &[it.into(), f64t.into()], &[p])?
+            }
+        })
+    }
+
+    fn compare(&mut self, c: CmpOp, t: Ty, x: BasicValueEnum<'ctx>, y: BasicValueEnum<'ctx>) -> R<BasicValueEnum<'ctx>> {
+        if t == Ty::F32 {
+            let p = match c {
+                CmpOp::Eq => FloatPredicate::OEQ,
+                CmpOp::Ne => FloatPredicate::UNE,
+                CmpOp::Lt => FloatPredicate::OLT,
+                CmpOp::Le => FloatPredicate::OLE,
+                CmpOp::Gt => FloatPredicate::OGT,
+                CmpOp::Ge => FloatPredicate::OGE,
+            };
+            return Ok(self.b.build_float_compare(p, x.into_float_value(), y.into_float_value(), "cmp")?.into());
+        }
+        let unsigned = t == Ty::Bool;
+        let p = match (c, unsigned) {
+            (CmpOp::Eq, _) => IntPredicate::EQ,
+            (CmpOp::Ne, _) => IntPredicate::NE,
+            (CmpOp::Lt, false) => IntPredicate::SLT,
+            (CmpOp::Le, false) => IntPredicate::SLE,
+            (CmpOp::Gt, false) => IntPredicate::SGT,
+            (CmpOp::Ge, false) => IntPredicate::SGE,
+            (CmpOp::Lt, true) => IntPredicate::ULT,
+            (CmpOp::Le, true) => IntPredicate::ULE,
+            (CmpOp::Gt, true) => IntPredicate::UGT,
+            (CmpOp::Ge, true) => IntPredicate::UGE,
+        };
+        Ok(self.b.build_int_compare(p, x.into_int_value(), y.into_int_value(), "cmp")?.into())
+    }
+
+    fn round_to(&mut self, to: DType, x: FloatValue<'ctx>) -> R<FloatValue<'ctx>> {
+        Ok(match to {
+            DType::F16 => {
+                let h = self.b.build_float_trunc(x, self.ctx.f16_type(), "h")?;
+                self.b.build_float_ext(h, self.ctx.f32_type(), "x")?
+            }
+            DType::BF16 => {
+                let h = self.to_bf16_bits(x)?;
+                self.from_bf16_bits(h)?
+            }
+            _ => x,
+        })
+    }
+
+    fn cast(&mut self, from: Ty, to: DType, a: BasicValueEnum<'ctx>) -> R<BasicValueEnum<'ctx>> {
+        let tt = Ty::of(to);
+        let f32t = self.ctx.f32_type();
+        Ok(match (from, tt) {
+            (Ty::F32, Ty::F32) => self.round_to(to, a.into_float_value())?.into(),
+            (Ty::F32, Ty::Bool) => self.b.build_float_compare(FloatPredicate::UNE, a.into_float_value(), self.f32c(0.0), "nz")?.into(),
+            (Ty::F32, t) => self.call("llvm.fptosi.sat", &[self.reg_type(t), f32t.into()], &[a])?,
+            (Ty::Bool, Ty::F32) => {
+                let f = self.b.build_unsigned_int_to_float(a.into_int_value(), f32t, "f")?;
+                f.into()
+            }
+            (Ty::Bool, Ty::Bool) => a,
+            (Ty::Bool, t) => self.b.build_int_z_extend(a.into_int_value(), self.reg_type(t).into_int_type(), "z")?.into(),
+            (_, Ty::F32) => {
+                let f = self.b.build_signed_int_to_float(a.into_int_value(), f32t, "f")?;
+                self.round_to(to, f)?.into()
+            }
+            (_, Ty::Bool) => {
+                let x = a.into_int_value();
+                self.b.build_int_compare(IntPredicate::NE, x, x.get_type().const_zero(), "nz")?.into()
+            }
+            (f, t) if f == t => a,
+            (Ty::I32, Ty::I64) => self.b.build_int_s_extend(a.into_int_value(), self.ctx.i64_type(), "s")?.into(),
+            (Ty::I64, Ty::I32) => {
+                // Saturate like the reference (a C cast through f64).
+                let x = a.into_int_value();
+                let i64t = self.ctx.i64_type();
+                let lo = i64t.const_int(i32::MIN as i64 as u64, true);
+                let hi = i64t.const_int(i32::MAX as u64, false);
+                let x = self.call("llvm.smax", &[i64t.into()], &[x.into(), lo.into()])?;
+                let x = self.call("llvm.smin", &[i64t.into()], &[x, hi.into()])?;
+                self.b.build_int_truncate(x.into_int_value(), self.ctx.i32_type(), "t")?.into()
+            }
+            _ => unreachable!("all register type pairs are covered"),
+        })
+    }
+
+    // ---- inline math (f32, vectorizable) ----
+
+    fn fma(&mut self, a: FloatValue<'ctx>, b: FloatValue<'ctx>, c: FloatValue<'ctx>) -> R<FloatValue<'ctx>> {
+        Ok(self.call("llvm.fmuladd", &[self.ctx.f32_type().into()], &[a.into(), b.into(), c.into()])?.into_float_value())
+    }
+
+    fn poly(&mut self, x: FloatValue<'ctx>, coeffs: &[f32]) -> R<FloatValue<'ctx>> {
+        let mut acc = self.f32c(coeffs[0]);
+        for &c in &coeffs[1..] {
+            let cc = self.f32c(c);
+            acc = self.fma(acc, x, cc)?;
+        }
+        Ok(acc)
+    }
+
+    /// Cephes `expf`: 2^n * p(r), |error| about 1 ulp; overflow to inf, underflow to 0, NaN kept.
+    fn exp(&mut self, x: FloatValue<'ctx>) -> R<FloatValue<'ctx>> {
+        let f32t = self.ctx.f32_type();
+        let i32t = self.ctx.i32_type();
+        let xc = self.f1_2("llvm.minnum", x, self.f32c(88.3762626647949))?;
+        let xc = self.f1_2("llvm.maxnum", xc, self.f32c(-87.3365447505531))?;
+        let t = self.fma(xc, self.f32c(std::f32::consts::LOG2_E), self.f32c(0.5))?;
+        let n = self.f1("llvm.floor", t)?;
+        let r = self.fma(n, self.f32c(-0.693359375), xc)?;
+        let r = self.fma(n, self.f32c(2.12194440e-4), r)?;
+        let p = self.poly(r, &[1.9875691500E-4, 1.3981999507E-3, 8.3334519073E-3, 4.1665795894E-2, 1.6666665459E-1, 5.0000001201E-1])?;
+        let r2 = self.b.build_float_mul(r, r, "r2")?;
+        let p = self.fma(p, r2, r)?;
+        let p = self.b.build_float_add(p, self.f32c(1.0), "p")?;
+        let ni = self.b.build_float_to_signed_int(n, i32t, "n")?;
+        let e = self.b.build_int_add(ni, i32t.const_int(127, false), "e")?;
+        let e = self.b.build_left_shift(e, i32t.const_int(23, false), "e")?;
+        let scale = self.b.build_bit_cast(e, f32t, "s")?.into_float_value();
+        let y = self.b.build_float_mul(p, scale, "exp")?;
+        let big = self.b.build_float_compare(FloatPredicate::OGT, x, self.f32c(88.3762626647949), "big")?;
+        let small = self.b.build_float_compare(FloatPredicate::OLT, x, self.f32c(-87.3365447505531), "small")?;
+        let nan = self.b.build_float_compare(FloatPredicate::UNO, x, x, "nan")?;
+        let y = self.b.build_select(big, self.f32c(f32::INFINITY), y, "y")?.into_float_value();
+        let y = self.b.build_select(small, self.f32c(0.0), y, "y")?.into_float_value();
+        Ok(self.b.build_select(nan, x, y, "y")?.into_float_value())
+    }
+
+    fn f1_2(&mut self, name: &str, x: FloatValue<'ctx>, y: FloatValue<'ctx>) -> R<FloatValue<'ctx>> {
+        Ok(self.call(name, &[self.ctx.f32_type().into()], &[x.into(), y.into()])?.into_float_value())
+    }
+
+    /// Cephes `logf` on normal numbers; log(0) = -inf, log(<0) = NaN, log(inf) = inf.
+    fn log(&mut self, x: FloatValue<'ctx>) -> R<FloatValue<'ctx>> {
+        let f32t = self.ctx.f32_type();
+        let i32t = self.ctx.i32_type();
+        let bits = self.b.build_bit_cast(x, i32t, "bits")?.into_int_value();
+        let e = self.b.build_right_shift(bits, i32t.const_int(23, false), false, "e")?;
+        let e = self.b.build_and(e, i32t.const_int(0xff, false), "e")?;
+        let e = self.b.build_int_sub(e, i32t.const_int(126, false), "e")?;
+        let m = self.b.build_and(bits, i32t.const_int(0x807f_ffff, false), "m")?;
+        let m = self.b.build_or(m, i32t.const_int(0x3f00_0000, false), "m")?;
+        let m = self.b.build_bit_cast(m, f32t, "m")?.into_float_value();
+        let ef = self.b.build_signed_int_to_float(e, f32t, "ef")?;
+        let lt = self.b.build_float_compare(FloatPredicate::OLT, m, self.f32c(std::f32::consts::FRAC_1_SQRT_2), "lt")?;
+        let ef1 = self.b.build_float_sub(ef, self.f32c(1.0), "ef1")?;
+        let ef = self.b.build_select(lt, ef1, ef, "ef")?.into_float_value();
+        let m2 = self.b.build_float_add(m, m, "m2")?;
+        let mm = self.b.build_select(lt, m2, m, "mm")?.into_float_value();
+        let m = self.b.build_float_sub(mm, self.f32c(1.0), "m")?;
+        let z = self.b.build_float_mul(m, m, "z")?;
+        let p = self.poly(m, &[7.0376836292E-2, -1.1514610310E-1, 1.1676998740E-1, -1.2420140846E-1, 1.4249322787E-1, -1.6668057665E-1, 2.0000714765E-1, -2.4999993993E-1, 3.3333331174E-1])?;
+        let y = self.b.build_float_mul(p, m, "y")?;
+        let y = self.b.build_float_mul(y, z, "y")?;
+        let y = self.fma(ef, self.f32c(-2.12194440e-4), y)?;
+        let y = self.fma(z, self.f32c(-0.5), y)?;
+        let r = self.b.build_float_add(m, y, "r")?;
+        let r = self.fma(ef, self.f32c(0.693359375), r)?;
+        let zero = self.b.build_float_compare(FloatPredicate::OEQ, x, self.f32c(0.0), "zero")?;
+        let neg = self.b.build_float_compare(FloatPredicate::ULT, x, self.f32c(0.0), "neg")?;
+        let inf = self.b.build_float_compare(FloatPredicate::OEQ, x, self.f32c(f32::INFINITY), "inf")?;
+        let r = self.b.build_select(inf, self.f32c(f32::INFINITY), r, "r")?.into_float_value();
+        let r = self.b.build_select(zero, self.f32c(f32::NEG_INFINITY), r, "r")?.into_float_value();
+        let nanv = self.b.build_float_add(x, self.f32c(f32::NAN), "nanv")?;
+        let _ = f32t;
+        Ok(self.b.build_select(neg, nanv, r, "log")?.into_float_value())
+    }
+
+    /// tanh(x) = sign(x) (1 - 2 / (exp(2|x|) + 1)).
+    fn tanh(&mut self, x: FloatValue<'ctx>) -> R<FloatValue<'ctx>> {
+        let ax = self.f1("llvm.fabs", x)?;
+        let two = self.b.build_float_mul(ax, self.f32c(2.0), "2x")?;
+        let e = self.exp(two)?;
+        let d = self.b.build_float_add(e, self.f32c(1.0), "d")?;
+        let q = self.b.build_float_div(self.f32c(2.0), d, "q")?;
+        let t = self.b.build_float_sub(self.f32c(1.0), q, "t")?;
+        // Small |x|: the odd series avoids cancellation.
+        let x2 = self.b.build_float_mul(x, x, "x2")?;
+        let s = self.poly(x2, &[0.05396825, -0.13333334, 0.33333334])?;
+        let s = self.b.build_float_mul(s, x2, "s")?;
+        let s = self.fma(s, ax, ax)?;
+        let small = self.b.build_float_compare(FloatPredicate::OLT, ax, self.f32c(0.02), "small")?;
+        let t = self.b.build_select(small, s, t, "t")?.into_float_value();
+        Ok(self.call("llvm.copysign", &[self.ctx.f32_type().into()], &[t.into(), x.into()])?.into_float_value())
+    }
+
+    /// erf by Abramowitz & Stegun 7.1.26 (|error| < 1.5e-7), odd.
+    fn erf(&mut self, x: FloatValue<'ctx>) -> R<FloatValue<'ctx>> {
+        let ax = self.f1("llvm.fabs", x)?;
+        let d = self.fma(ax, self.f32c(0.3275911), self.f32c(1.0))?;
+        let t = self.b.build_float_div(self.f32c(1.0), d, "t")?;
+        let p = self.poly(t, &[1.061405429, -1.453152027, 1.421413741, -0.284496736, 0.254829592])?;
+        let p = self.b.build_float_mul(p, t, "p")?;
+        let x2 = self.b.build_float_mul(ax, ax, "x2")?;
+        let nx2 = self.b.build_float_neg(x2, "nx2")?;
+        let e = self.exp(nx2)?;
+        let pe = self.b.build_float_mul(p, e, "pe")?;
+        let y = self.b.build_float_sub(self.f32c(1.0), pe, "y")?;
+        let y = self.call("llvm.copysign", &[self.ctx.f32_type().into()], &[y.into(), x.into()])?.into_float_value();
+        let nan = self.b.build_float_compare(FloatPredicate::UNO, x, x, "nan")?;
+        Ok(self.b.build_select(nan, x, y, "erf")?.into_float_value())
+    }
+}

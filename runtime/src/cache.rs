@@ -1,0 +1,1 @@
+//! On-disk compile cache (filled in below).
