@@ -11,7 +11,7 @@ fn main() {
     let t = frontend::trace(&Gpt2::new(cfg), &[cfg.input_spec(1, if small { 64 } else { 8 })]).unwrap();
     let e = passes::explain(&t.graph, &passes::DeviceProfile::h200()).unwrap();
     println!("{e}");
-    println!("{:?}", e.report.rules_applied);
+    println!("{:?} {} iters {}", e.report.rules_applied, e.report.stop_reason, e.report.iterations);
     if args.iter().any(|a| a == "kernels") {
         println!("{}", e.kernels);
     }

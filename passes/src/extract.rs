@@ -2,20 +2,22 @@
 //!
 //! 1. **Cost per class, bottom-up** (egg's fixpoint): an e-node costs its own estimate (from
 //!    the [`DeviceProfile`]: a matmul or attention is a kernel, an elementwise op one pass
-//!    over its output, movement and sources almost nothing) plus the costs of its children.
-//!    Costs are exact integers (femtoseconds, `u128`, saturating), so sums that grow with
-//!    the depth of a residual stream never lose the small differences that decide between
-//!    alternatives (with f64 a 48-layer model would round `flash` and its decomposition to
-//!    the same cost). Every tensor node costs at least 1 fs, so a choice's children are
-//!    strictly cheaper than the choice and the chosen graph is acyclic.
+//!    over its output, movement and sources almost nothing) plus, for each operand, the
+//!    operand's cost divided by the number of uses it has in the *input* graph. A value read
+//!    by k ops is thus paid once in total (each reader pays 1/k), instead of k times as in
+//!    egg's tree cost, which also grows exponentially along a residual stream (measured: a
+//!    factor of ~600 per GPT-2 layer, overflowing even f64 at 12 layers). Uses are counted
+//!    in the input graph, not the e-graph, so an alternative (a `flash_attention` next to
+//!    the written-out attention) does not dilute the share of the values it reads.
 //! 2. **Sharing**: the chosen DAG is laid out in topological order, and every live class
 //!    switches to an alternative whose operands are all already live *earlier* in that order
-//!    when its own cost is lower: a value computed anyway is paid once, not again per use
-//!    (a tree cost alone would charge it at every use). Switching only to earlier operands
-//!    keeps the order valid, so the result stays acyclic. Dead classes drop out on emission.
+//!    when its own cost is lower: a value computed anyway is paid once. Switching only to
+//!    earlier operands keeps the order valid, so the result stays acyclic.
 //!
-//! Classes are processed in `Id` order, nodes in the e-graph's sorted order, and only a
-//! strictly smaller cost replaces a choice: the same graph gives the same extraction.
+//! Because shares divide costs, a choice could close a cycle (x = permute(permute(x))); the
+//! chosen graph is checked and a cycle-closing node is banned before re-solving. Classes are
+//! processed in `Id` order, nodes in the e-graph's sorted order, and only a strictly smaller
+//! cost replaces a choice: the same graph gives the same extraction on every run.
 
 use crate::cost::DeviceProfile;
 use crate::lang::{Data, EGraph, Kiln};
@@ -24,11 +26,8 @@ use egg::{Id, Language, RecExpr};
 use std::collections::{HashMap, HashSet};
 
 /// Own cost of an e-node in femtoseconds (at least 1 for every tensor op).
-fn own_cost(eg: &EGraph, n: &Kiln, p: &DeviceProfile) -> u128 {
-    match n {
-        Kiln::Attr(_) | Kiln::Root(_) | Kiln::Input(_) => 0,
-        _ => ((own_seconds(eg, n, p) * 1e15).round() as u128).max(1),
-    }
+fn own_cost(eg: &EGraph, n: &Kiln, p: &DeviceProfile) -> f64 {
+    own_seconds(eg, n, p)
 }
 
 /// Own cost of an e-node, in (estimated) seconds.
@@ -66,7 +65,8 @@ fn own_seconds(eg: &EGraph, n: &Kiln, p: &DeviceProfile) -> f64 {
             };
             p.kernel_seconds(bytes, flops)
         }
-        Kiln::Softmax(x) => 4.0 * elem_bytes(*x) / p.bandwidth,
+        // A matching aid only: its decomposition is always in the same class.
+        Kiln::Softmax(_) => f64::INFINITY,
         Kiln::Sum([_, _, x]) | Kiln::MaxReduce([_, _, x]) => elem_bytes(*x) / p.bandwidth + TINY,
         other => {
             // Elementwise: one pass over the largest operand (an upper bound on its output).
@@ -77,19 +77,31 @@ fn own_seconds(eg: &EGraph, n: &Kiln, p: &DeviceProfile) -> f64 {
 }
 
 /// Extracts the cheapest graph below `root` as a `RecExpr` (DAG, shared nodes once).
-pub fn extract(eg: &EGraph, root: Id, p: &DeviceProfile) -> Result<RecExpr<Kiln>, PassError> {
+/// `uses` gives, per class of the input graph, how many operand slots read it there (other
+/// classes count 1).
+pub fn extract(eg: &EGraph, root: Id, uses: &HashMap<Id, f64>, p: &DeviceProfile) -> Result<RecExpr<Kiln>, PassError> {
     let mut classes: Vec<Id> = eg.classes().map(|c| c.id).collect();
     classes.sort();
-    let own: HashMap<(Id, usize), u128> = classes
+    let own: HashMap<(Id, usize), f64> = classes
         .iter()
         .flat_map(|&c| eg[c].nodes.iter().enumerate().map(move |(i, n)| ((c, i), n)))
         .map(|(k, n)| (k, own_cost(eg, n, p)))
         .collect();
     let mut banned: HashSet<(Id, usize)> = HashSet::new();
     for _attempt in 0..64 {
-        let mut best = best_nodes(eg, &classes, &own, &banned);
+        let mut best = best_nodes(eg, &classes, uses, &own, &banned);
         match find_cycle(eg, root, &best)? {
             None => {
+                if std::env::var("KILN_DEBUG_EXTRACT").is_ok() {
+                    for &c in &classes {
+                        for (i, n) in eg[c].nodes.iter().enumerate() {
+                            if matches!(n, Kiln::Flash(_)) {
+                                let ch: f64 = n.children().iter().map(|x| best.get(&eg.find(*x)).map(|b| b.0).unwrap_or(0.0)).sum();
+                                eprintln!("class {c}: flash own {} + children {ch} = {}; chosen {:?} node {}", own[&(c, i)], own[&(c, i)] + ch, best[&c], eg[c].nodes[best[&c].1]);
+                            }
+                        }
+                    }
+                }
                 share(eg, root, &mut best, &own);
                 return Ok(emit(eg, root, &best));
             }
@@ -102,8 +114,8 @@ pub fn extract(eg: &EGraph, root: Id, p: &DeviceProfile) -> Result<RecExpr<Kiln>
     Err(PassError::Internal { stage: "extract", what: "could not find an acyclic extraction".into() })
 }
 
-fn best_nodes(eg: &EGraph, classes: &[Id], own: &HashMap<(Id, usize), u128>, banned: &HashSet<(Id, usize)>) -> HashMap<Id, (u128, usize)> {
-    let mut best: HashMap<Id, (u128, usize)> = HashMap::new();
+fn best_nodes(eg: &EGraph, classes: &[Id], uses: &HashMap<Id, f64>, own: &HashMap<(Id, usize), f64>, banned: &HashSet<(Id, usize)>) -> HashMap<Id, (f64, usize)> {
+    let mut best: HashMap<Id, (f64, usize)> = HashMap::new();
     for _pass in 0..1000 {
         let mut changed = false;
         for &c in classes {
@@ -114,8 +126,9 @@ fn best_nodes(eg: &EGraph, classes: &[Id], own: &HashMap<(Id, usize), u128>, ban
                 let mut cost = own[&(c, i)];
                 let mut ok = true;
                 for ch in n.children() {
-                    match best.get(&eg.find(*ch)) {
-                        Some(&(cc, _)) => cost = cost.saturating_add(cc),
+                    let ch = eg.find(*ch);
+                    match best.get(&ch) {
+                        Some(&(cc, _)) => cost += cc / uses.get(&ch).copied().unwrap_or(1.0).max(1.0),
                         None => {
                             ok = false;
                             break;
@@ -142,7 +155,7 @@ fn best_nodes(eg: &EGraph, classes: &[Id], own: &HashMap<(Id, usize), u128>, ban
 }
 
 /// Phase 2: switch live classes to cheaper alternatives over already-live earlier values.
-fn share(eg: &EGraph, root: Id, best: &mut HashMap<Id, (u128, usize)>, own: &HashMap<(Id, usize), u128>) {
+fn share(eg: &EGraph, root: Id, best: &mut HashMap<Id, (f64, usize)>, own: &HashMap<(Id, usize), f64>) {
     let order = topo_order(eg, root, best);
     let pos: HashMap<Id, usize> = order.iter().enumerate().map(|(i, &c)| (c, i)).collect();
     for &c in &order {
@@ -161,7 +174,7 @@ fn share(eg: &EGraph, root: Id, best: &mut HashMap<Id, (u128, usize)>, own: &Has
 }
 
 /// Classes reachable from the root under the current choice, children before parents.
-fn topo_order(eg: &EGraph, root: Id, best: &HashMap<Id, (u128, usize)>) -> Vec<Id> {
+fn topo_order(eg: &EGraph, root: Id, best: &HashMap<Id, (f64, usize)>) -> Vec<Id> {
     let mut order = Vec::new();
     let mut seen: HashSet<Id> = HashSet::new();
     let mut stack: Vec<(Id, bool)> = vec![(eg.find(root), false)];
@@ -185,7 +198,7 @@ fn topo_order(eg: &EGraph, root: Id, best: &HashMap<Id, (u128, usize)>) -> Vec<I
 }
 
 /// Iterative DFS over the chosen nodes; returns a `(class, node)` closing a cycle, if any.
-fn find_cycle(eg: &EGraph, root: Id, best: &HashMap<Id, (u128, usize)>) -> Result<Option<(Id, usize)>, PassError> {
+fn find_cycle(eg: &EGraph, root: Id, best: &HashMap<Id, (f64, usize)>) -> Result<Option<(Id, usize)>, PassError> {
     #[derive(Clone, Copy, PartialEq)]
     enum Mark {
         Open,
@@ -219,7 +232,7 @@ fn find_cycle(eg: &EGraph, root: Id, best: &HashMap<Id, (u128, usize)>) -> Resul
 }
 
 /// Post-order emission of the chosen DAG.
-fn emit(eg: &EGraph, root: Id, best: &HashMap<Id, (u128, usize)>) -> RecExpr<Kiln> {
+fn emit(eg: &EGraph, root: Id, best: &HashMap<Id, (f64, usize)>) -> RecExpr<Kiln> {
     let mut expr = RecExpr::default();
     let mut done: HashMap<Id, Id> = HashMap::new();
     let mut stack: Vec<(Id, bool)> = vec![(eg.find(root), false)];
