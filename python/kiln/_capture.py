@@ -39,13 +39,22 @@ def decompositions() -> Dict[Any, Callable]:
 
 
 def capture(fn: Callable, n_state: int, flat_example: List[torch.Tensor]) -> torch.fx.GraphModule:
-    """Traces ``fn(*flat_tensors) -> list`` into a functional ATen graph (fake tensors: no data
-    is read, so data-dependent Python control flow fails the capture instead of being baked in)."""
+    """Traces ``fn(*flat_tensors) -> list`` into a functional ATen graph.
+
+    Two passes: the first applies Kiln's decomposition table (decompositions may mutate views
+    of fresh tensors, e.g. circular padding), the second functionalizes the result, so the
+    graph Kiln partitions has no aliasing and no mutation except final copies into mutated
+    inputs. Fake tensors: no data is read, so data-dependent Python control flow fails the
+    capture instead of being baked in."""
     from torch.fx.experimental.proxy_tensor import make_fx
 
-    traced = torch.func.functionalize(fn, remove="mutations_and_views")
     with torch.no_grad():
-        return make_fx(traced, decomposition_table=decompositions(), tracing_mode="fake", _allow_non_fake_inputs=True)(*flat_example)
+        decomposed = make_fx(fn, decomposition_table=decompositions(), tracing_mode="fake", _allow_non_fake_inputs=True)(*flat_example)
+        functional = torch.func.functionalize(decomposed, remove="mutations_and_views")
+        gm = make_fx(functional, tracing_mode="fake", _allow_non_fake_inputs=True)(*flat_example)
+    gm.graph.eliminate_dead_code()
+    gm.recompile()
+    return gm
 
 
 def _describe_key_diff(old: tuple, new: tuple, names: List[str]) -> str:
@@ -62,6 +71,20 @@ def _describe_key_diff(old: tuple, new: tuple, names: List[str]) -> str:
 
 
 _MISS = object()
+
+
+def _draws_random(n) -> bool:
+    if torch.Tag.nondeterministic_seeded not in getattr(n.target, "tags", ()):
+        return False
+    if "scaled_dot_product" in str(n.target):  # random only with dropout
+        from ._plan import _named_args
+
+        return float(_named_args(n).get("dropout_p", 0.0) or 0.0) != 0.0
+    return True
+
+
+class _RunEager(Exception):
+    """This signature runs eagerly, for the reason given."""
 
 
 class Compiled:
@@ -192,6 +215,11 @@ class Compiled:
                 entry = self._compile(state_names, all_tensors, flat, spec)
             except KilnError:
                 raise
+            except _RunEager as e:
+                if self._strict:
+                    raise KilnError(f"{self._name}: {e}") from None
+                self._warn_once(f"eager:{e}", str(e))
+                entry = None
             except Exception as e:  # capture failed: eager decides whether this is a user error
                 if self._strict:
                     raise KilnError(f"{self._name}: capture failed: {type(e).__name__}: {e}") from e
@@ -230,6 +258,11 @@ class Compiled:
             return [o for o in out_flat if isinstance(o, torch.Tensor)]
 
         gm = capture(flat_fn, n_state, all_tensors)
+        random_ops = sorted({str(n.target) for n in gm.graph.nodes if n.op == "call_function" and _draws_random(n)})
+        if random_ops:
+            # the captured graph would not replay the Python-side RNG effects (seeding,
+            # the order random numbers are drawn in) exactly as eager does
+            raise _RunEager(f"it draws random numbers ({', '.join(random_ops)}); it runs eagerly")
         plan = build_plan(gm, strict=self._strict, name=self._name)
         if plan.fallbacks and os.environ.get("KILN_DEBUG"):
             pass

@@ -323,7 +323,9 @@ def build_plan(gm: fx.GraphModule, *, strict: bool = False, name: str = "graph")
         groups = _groups(compute, reasons, stages)
         failed = False
         for k, members in groups.items():
-            text, _, _ = _serialize(gm, members, nodes, f"{name}_r{k}")
+            text, _, r_out = _serialize(gm, members, nodes, f"{name}_r{k}")
+            if not r_out:
+                continue
             try:
                 _native.import_graph(text)
             except _native.UnsupportedNode as e:
@@ -345,6 +347,8 @@ def build_plan(gm: fx.GraphModule, *, strict: bool = False, name: str = "graph")
     infos: List[RegionInfo] = []
     for k, members in sorted(groups.items()):
         text, r_in, r_out = _serialize(gm, members, nodes, f"{name}_r{k}")
+        if not r_out:
+            continue  # nothing reads it
         try:
             native = _native.Region(text, _backend_for(device))
         except _native.CompileError as e:
@@ -370,7 +374,7 @@ def build_plan(gm: fx.GraphModule, *, strict: bool = False, name: str = "graph")
             print(native.kernels_text())
 
     # a region that failed to compile leaves its nodes to PyTorch: recompute the schedule
-    if any(k not in regions for k in groups):
+    if any(k not in regions and m in reasons for k, ms in groups.items() for m in ms):
         stages, fstages = _stages(nodes, reasons)
 
     # the schedule: fallback stage k, then region k
@@ -450,18 +454,31 @@ def _settle(compute: List[fx.Node], reasons: Dict[fx.Node, str], dep: Dict[fx.No
                 changed = True
 
 
+def _mutates(n: fx.Node) -> bool:
+    return n.target is not operator.getitem and bool(getattr(n.target, "_schema", None)) and n.target._schema.is_mutable
+
+
 def _stages(nodes: List[fx.Node], reasons: Dict[fx.Node, str]) -> Tuple[Dict[fx.Node, int], Dict[fx.Node, int]]:
-    stage: Dict[fx.Node, int] = {}
-    fstage: Dict[fx.Node, int] = {}
-    for n in nodes:
-        if n.op != "call_function":
-            continue
-        ins = [a for a in n.all_input_nodes if a.op == "call_function"]
-        if n in reasons:
-            fstage[n] = max([stage[a] + 1 if a in stage else fstage[a] for a in ins], default=0)
-        else:
-            stage[n] = max([stage[a] if a in stage else fstage[a] for a in ins], default=0)
-    return stage, fstage
+    """Stage of each Kiln node and fallback stage of each PyTorch node (see the module doc).
+    Mutating PyTorch ops (copies into mutated inputs) run after every region, in order."""
+    last: Optional[int] = None
+    while True:
+        stage: Dict[fx.Node, int] = {}
+        fstage: Dict[fx.Node, int] = {}
+        for n in nodes:
+            if n.op != "call_function":
+                continue
+            ins = [a for a in n.all_input_nodes if a.op == "call_function"]
+            if n in reasons:
+                fstage[n] = max([stage[a] + 1 if a in stage else fstage[a] for a in ins], default=0)
+                if last is not None and _mutates(n):
+                    fstage[n] = max(fstage[n], last)
+            else:
+                stage[n] = max([stage[a] if a in stage else fstage[a] for a in ins], default=0)
+        top = max(list(stage.values()) + list(fstage.values()), default=0) + 1
+        if last is not None or not any(_mutates(n) for n in fstage):
+            return stage, fstage
+        last = top
 
 
 def _groups(compute: List[fx.Node], reasons: Dict[fx.Node, str], stages: Dict[fx.Node, int]) -> Dict[int, List[fx.Node]]:

@@ -1,0 +1,158 @@
+"""Guards, recompiles, errors, strict mode, and torch.compile(backend="kiln")."""
+
+import warnings
+
+import pytest
+import torch
+import torch.nn as nn
+
+import kiln
+from conftest import assert_same, plan_of
+from models import MLP
+
+
+def test_new_shape_recompiles_same_shape_hits():
+    c = kiln.compile(lambda x: (x * 2).softmax(-1), strict=True)
+    with torch.no_grad():
+        for n in (3, 3, 5, 3, 5):
+            x = torch.randn(n, 7)
+            assert_same(c(x), (x * 2).softmax(-1))
+    assert c.cache_size == 2
+
+
+def test_dtype_and_layout_are_guarded():
+    c = kiln.compile(lambda x: x.exp() + 1, strict=True)
+    x = torch.randn(4, 6)
+    for t in (x, x.half(), x.t(), x[:, ::2]):
+        assert_same(c(t), t.exp() + 1)
+    assert c.cache_size == 4
+
+
+def test_recompile_limit_runs_eager_with_a_warning_that_says_why():
+    c = kiln.compile(lambda x: x.sum(0), recompile_limit=2)
+    with warnings.catch_warnings(record=True) as w:
+        warnings.simplefilter("always")
+        for n in (2, 3, 4, 5):
+            x = torch.randn(n, 3)
+            assert_same(c(x), x.sum(0))
+    msgs = [str(m.message) for m in w if issubclass(m.category, kiln.KilnWarning)]
+    assert len(msgs) == 1, msgs
+    assert "recompile limit (2)" in msgs[0] and "shape (3, 3) -> (4, 3)" in msgs[0], msgs[0]
+    assert c.cache_size == 2
+
+
+def test_recompile_limit_strict_raises_kiln_error():
+    c = kiln.compile(lambda x: x.sum(0), recompile_limit=1, strict=True)
+    c(torch.randn(2, 3))
+    with pytest.raises(kiln.KilnError, match=r"input 0: shape \(2, 3\) -> \(4, 3\)"):
+        c(torch.randn(4, 3))
+
+
+def test_bad_inputs_raise_kiln_error_naming_the_input():
+    c = kiln.compile(lambda x, y: x + y, strict=True)
+    with pytest.raises(kiln.KilnError, match=r"input 1: expected dtype .*float32.*got float64"):
+        c(torch.randn(3), torch.randn(3, dtype=torch.float64))
+    with pytest.raises(kiln.KilnError, match=r"input 0: requires_grad=True under grad mode"):
+        c(torch.randn(3, requires_grad=True), torch.randn(3))
+    with pytest.raises(kiln.KilnError, match=r"argument 1 of type .* not hashable"):
+        kiln.compile(lambda x, s: x * len(s), strict=True)(torch.randn(2), {1})
+
+
+def test_module_parameter_named_in_errors():
+    m = MLP()
+    with pytest.raises(kiln.KilnError, match=r"parameter 'fc1.weight': requires_grad=True"):
+        kiln.compile(m, strict=True)(torch.randn(2, 13))
+
+
+def test_non_strict_falls_back_with_warning():
+    m = MLP()  # parameters require grad: training falls back to eager
+    c = kiln.compile(m)
+    x = torch.randn(2, 13)
+    with pytest.warns(kiln.KilnWarning, match="training"):
+        y = c(x)
+    assert y.requires_grad
+    y.sum().backward()  # autograd works: it was eager
+    assert m.fc1.weight.grad is not None
+    with torch.no_grad():
+        assert_same(c(x), m(x))
+    assert plan_of(c).regions
+
+
+def test_capture_failure_strict_raises_else_eager():
+    def f(x):
+        if x.sum() > 0:  # data-dependent control flow cannot be captured
+            return x * 2
+        return x - 1
+
+    with pytest.raises(kiln.KilnError, match="capture failed"):
+        kiln.compile(f, strict=True)(torch.randn(4))
+    c = kiln.compile(f)
+    x = torch.randn(4)
+    with pytest.warns(kiln.KilnWarning, match="capture failed"):
+        assert_same(c(x), f(x))
+    assert_same(c(-x.abs()), f(-x.abs()))  # not baked in: each call runs eagerly
+
+
+def test_user_errors_propagate():
+    c = kiln.compile(lambda a, b: a @ b)
+    with pytest.raises(RuntimeError):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            c(torch.randn(2, 3), torch.randn(4, 5))
+
+
+def test_decorator_forms():
+    @kiln.compile
+    def f(x):
+        return x.relu()
+
+    @kiln.compile(strict=True, recompile_limit=3)
+    def g(x):
+        return x.sigmoid()
+
+    x = torch.randn(5)
+    assert_same(f(x), x.relu())
+    assert_same(g(x), x.sigmoid())
+    assert f.__name__ == "f"
+
+
+def test_torch_compile_backend_kiln_by_entry_point():
+    from importlib.metadata import entry_points
+
+    eps = entry_points(group="torch_dynamo_backends") if hasattr(entry_points(), "select") else entry_points()["torch_dynamo_backends"]
+    assert any(e.name == "kiln" and e.value == "kiln.dynamo:backend" for e in eps)
+    torch._dynamo.reset()
+    m = nn.Sequential(nn.Linear(8, 16), nn.GELU(), nn.Linear(16, 4), nn.LayerNorm(4)).eval()
+    cm = torch.compile(m, backend="kiln")
+    with torch.no_grad():
+        for n in (5, 5, 3):
+            x = torch.randn(n, 8)
+            assert_same(cm(x), m(x))
+
+
+def test_torch_compile_backend_partitions_unsupported():
+    torch._dynamo.reset()
+    from kiln import dynamo
+
+    seen = []
+    orig = dynamo._fx_compiler
+
+    def spy(gm, ex):
+        r = orig(gm, ex)
+        seen.append(getattr(r, "plan", None))
+        return r
+
+    dynamo._fx_compiler = spy
+    try:
+        def f(x):
+            return torch.cumsum(x.exp(), -1).softmax(-1)
+
+        cf = torch.compile(f, backend="kiln")
+        x = torch.randn(3, 6)
+        with torch.no_grad():
+            assert_same(cf(x), f(x))
+    finally:
+        dynamo._fx_compiler = orig
+    plan = seen[0]
+    assert plan is not None and len(plan.regions) == 2
+    assert [fb.target for fb in plan.fallbacks] == ["aten.cumsum.default"]
