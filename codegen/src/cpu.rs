@@ -12,6 +12,7 @@ use crate::CodegenError;
 use ir::{DType, KernelGraph};
 use runtime::plan::{self, Request};
 use runtime::{Artifact, AttentionStep, BufferDesc, GemmStep, Location, LoopStep, MatView, Step};
+use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -24,6 +25,8 @@ pub struct CpuOptions {
     /// Write each graph's kernel IR (`.kir`) and optimized LLVM IR (`.ll`) here
     /// (default: `$KILN_DUMP`).
     pub dump_dir: Option<PathBuf>,
+    /// Threads compiling LLVM modules in parallel (default: all cores).
+    pub threads: Option<usize>,
 }
 
 impl Default for CpuOptions {
@@ -31,6 +34,7 @@ impl Default for CpuOptions {
         CpuOptions {
             linker: std::env::var_os("KILN_LINKER").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("cc")),
             dump_dir: std::env::var_os("KILN_DUMP").map(PathBuf::from),
+            threads: None,
         }
     }
 }
@@ -168,16 +172,36 @@ pub fn compile(kg: &KernelGraph, opts: &CpuOptions) -> Result<Artifact, CodegenE
         .map(|(i, (d, s))| BufferDesc { dtype: *d, shape: s.clone(), location: loc[i].clone().expect("every buffer placed"), live: live[i].unwrap_or((0, 0)) })
         .collect();
 
-    // Native code.
-    let refs: Vec<(String, &LoopKernel)> = loops.iter().map(|(s, k)| (s.clone(), k)).collect();
-    let (object, ir_text) = llvm::compile(&refs, &target, opts.dump_dir.is_some())?;
+    // Native code: identical loop kernels (a transformer's repeated layers) compile once.
+    let mut unique: HashMap<String, String> = HashMap::new();
+    let mut refs: Vec<(String, &LoopKernel)> = Vec::new();
+    for (sym, k) in &loops {
+        let key = LoopKernel { name: String::new(), ..k.clone() }.to_string();
+        match unique.get(&key) {
+            Some(first) => {
+                for st in steps.iter_mut() {
+                    if let Step::Loop(l) = st {
+                        if l.symbol == *sym {
+                            l.symbol = first.clone();
+                        }
+                    }
+                }
+            }
+            None => {
+                unique.insert(key, sym.clone());
+                refs.push((sym.clone(), k));
+            }
+        }
+    }
+    let threads = opts.threads.unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1));
+    let (objects, ir_text) = llvm::compile(&refs, threads, opts.dump_dir.is_some())?;
     if let (Some(dir), Some(text)) = (&opts.dump_dir, ir_text) {
         let _ = std::fs::create_dir_all(dir);
         let kir: String = loops.iter().map(|(_, k)| k.to_string()).collect::<Vec<_>>().join("\n");
         let _ = std::fs::write(dir.join(format!("{}.kir", kg.name)), kir);
         let _ = std::fs::write(dir.join(format!("{}.ll", kg.name)), text);
     }
-    let library = link(&object, opts)?;
+    let library = link(&objects, opts)?;
     Ok(Artifact {
         name: kg.name.clone(),
         target: target.id(),
@@ -194,17 +218,22 @@ pub fn compile(kg: &KernelGraph, opts: &CpuOptions) -> Result<Artifact, CodegenE
 }
 
 /// Links an object file into a shared library and returns its bytes.
-fn link(object: &[u8], opts: &CpuOptions) -> Result<Vec<u8>, CodegenError> {
+fn link(objects: &[Vec<u8>], opts: &CpuOptions) -> Result<Vec<u8>, CodegenError> {
     let dir = std::env::temp_dir().join(format!("kiln-cg-{}-{}", std::process::id(), BUILD.fetch_add(1, Ordering::Relaxed)));
     let io = |p: &std::path::Path| {
         let p = p.display().to_string();
         move |e| CodegenError::Io { path: p, source: e }
     };
     std::fs::create_dir_all(&dir).map_err(io(&dir))?;
-    let (obj, so) = (dir.join("kernels.o"), dir.join("kernels.so"));
-    std::fs::write(&obj, object).map_err(io(&obj))?;
+    let so = dir.join("kernels.so");
     let mut cmd = std::process::Command::new(&opts.linker);
-    cmd.arg("-shared").arg("-o").arg(&so).arg(&obj).arg("-lm");
+    cmd.arg("-shared").arg("-o").arg(&so);
+    for (i, object) in objects.iter().enumerate() {
+        let obj = dir.join(format!("kernels{i}.o"));
+        std::fs::write(&obj, object).map_err(io(&obj))?;
+        cmd.arg(&obj);
+    }
+    cmd.arg("-lm");
     let command = format!("{cmd:?}");
     let out = cmd.output().map_err(|e| CodegenError::Link { command: command.clone(), message: e.to_string() })?;
     if !out.status.success() {

@@ -56,15 +56,40 @@ impl HostTarget {
     }
 }
 
-/// Builds one module holding every kernel, optimizes it at O3 and returns
-/// `(object bytes, optimized LLVM IR text if asked)`.
-pub fn compile(kernels: &[(String, &LoopKernel)], target: &HostTarget, want_ir: bool) -> R<(Vec<u8>, Option<String>)> {
+/// Compiles kernels to object files: the kernels are split into up to `threads` modules
+/// compiled in parallel (each with its own LLVM context), every module optimized at O3.
+/// Returns the object files and, if asked, the optimized LLVM IR text.
+pub fn compile(kernels: &[(String, &LoopKernel)], threads: usize, want_ir: bool) -> R<(Vec<Vec<u8>>, Option<String>)> {
+    let parts = threads.clamp(1, kernels.len().max(1));
+    let chunk = kernels.len().div_ceil(parts).max(1);
+    let results: Vec<R<(Vec<u8>, Option<String>)>> = if parts == 1 {
+        vec![compile_module(kernels, want_ir)]
+    } else {
+        std::thread::scope(|s| {
+            let hs: Vec<_> = kernels.chunks(chunk).map(|c| s.spawn(move || compile_module(c, want_ir))).collect();
+            hs.into_iter().map(|h| h.join().unwrap_or_else(|_| Err(CodegenError::Llvm { stage: "compiling a module", message: "the compile thread panicked".into() }))).collect()
+        })
+    };
+    let mut objects = Vec::new();
+    let mut ir = want_ir.then(String::new);
+    for r in results {
+        let (o, t) = r?;
+        objects.push(o);
+        if let (Some(all), Some(t)) = (ir.as_mut(), t) {
+            all.push_str(&t);
+        }
+    }
+    Ok((objects, ir))
+}
+
+fn compile_module(kernels: &[(String, &LoopKernel)], want_ir: bool) -> R<(Vec<u8>, Option<String>)> {
+    let target = HostTarget::new()?;
     let ctx = Context::create();
     let module = ctx.create_module("kiln");
     module.set_triple(&target.machine.get_triple());
     module.set_data_layout(&target.machine.get_target_data().get_data_layout());
     for (sym, k) in kernels {
-        emit_kernel(&ctx, &module, target, sym, k)?;
+        emit_kernel(&ctx, &module, &target, sym, k)?;
     }
     module.verify().map_err(|e| CodegenError::Llvm { stage: "verifying generated IR", message: e.to_string() })?;
     module

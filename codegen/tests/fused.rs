@@ -1,0 +1,187 @@
+//! Fused kernel bodies (one kernel each) against the reference interpreter, plus golden
+//! kernel IR for softmax.
+
+mod common;
+use common::{check_fused, fused};
+use ir::{BinaryOp, DType, Graph, NodeId, Op, ReduceOp, Scalar, Shape, UnaryOp};
+
+fn bin(g: &mut Graph, op: BinaryOp, a: NodeId, b: NodeId) -> NodeId {
+    g.add(Op::Binary(op), &[a, b]).unwrap()
+}
+fn un(g: &mut Graph, op: UnaryOp, a: NodeId) -> NodeId {
+    g.add(Op::Unary(op), &[a]).unwrap()
+}
+
+pub fn softmax(g: &mut Graph, x: NodeId, axis: usize) -> NodeId {
+    let m = g.add(Op::Reduce { op: ReduceOp::Max, axes: vec![axis], keepdim: true }, &[x]).unwrap();
+    let d = bin(g, BinaryOp::Sub, x, m);
+    let e = un(g, UnaryOp::Exp, d);
+    let s = g.add(Op::Reduce { op: ReduceOp::Sum, axes: vec![axis], keepdim: true }, &[e]).unwrap();
+    bin(g, BinaryOp::Div, e, s)
+}
+
+fn layer_norm(g: &mut Graph, x: NodeId, w: NodeId, b: NodeId) -> NodeId {
+    let r = g.node(x).shape.rank();
+    let n = g.node(x).shape.dims()[r - 1] as f64;
+    let dt = g.node(x).dtype;
+    let inv_n = g.full(1.0 / n, dt, Shape::scalar());
+    let s = g.add(Op::Reduce { op: ReduceOp::Sum, axes: vec![r - 1], keepdim: true }, &[x]).unwrap();
+    let mean = bin(g, BinaryOp::Mul, s, inv_n);
+    let xc = bin(g, BinaryOp::Sub, x, mean);
+    let sq = bin(g, BinaryOp::Mul, xc, xc);
+    let vs = g.add(Op::Reduce { op: ReduceOp::Sum, axes: vec![r - 1], keepdim: true }, &[sq]).unwrap();
+    let var = bin(g, BinaryOp::Mul, vs, inv_n);
+    let eps = g.full(1e-5, dt, Shape::scalar());
+    let ve = bin(g, BinaryOp::Add, var, eps);
+    let rs = un(g, UnaryOp::Rsqrt, ve);
+    let y = bin(g, BinaryOp::Mul, xc, rs);
+    let y = bin(g, BinaryOp::Mul, y, w);
+    bin(g, BinaryOp::Add, y, b)
+}
+
+fn gelu(g: &mut Graph, x: NodeId) -> NodeId {
+    let dt = g.node(x).dtype;
+    let c = g.full(std::f64::consts::FRAC_1_SQRT_2, dt, Shape::scalar());
+    let h = g.full(0.5, dt, Shape::scalar());
+    let one = g.full(1.0, dt, Shape::scalar());
+    let t = bin(g, BinaryOp::Mul, x, c);
+    let e = un(g, UnaryOp::Erf, t);
+    let e1 = bin(g, BinaryOp::Add, e, one);
+    let hx = bin(g, BinaryOp::Mul, x, h);
+    bin(g, BinaryOp::Mul, hx, e1)
+}
+
+#[test]
+fn softmax_fused() {
+    for (dt, shape) in [(DType::F32, vec![50, 783]), (DType::F32, vec![3, 7, 4097]), (DType::F16, vec![3, 783]), (DType::BF16, vec![50, 50])] {
+        let mut g = Graph::new("softmax");
+        let x = g.input("x", dt, shape.clone()).unwrap();
+        let y = softmax(&mut g, x, shape.len() - 1);
+        g.set_outputs(vec![y]);
+        check_fused(&g, 21, false);
+    }
+    // Over a leading axis (no row fusion possible; still one kernel body).
+    let mut g = Graph::new("softmax_axis0");
+    let x = g.input("x", DType::F32, [50, 3, 7]).unwrap();
+    let y = softmax(&mut g, x, 0);
+    g.set_outputs(vec![y]);
+    check_fused(&g, 22, false);
+}
+
+#[test]
+fn softmax_is_one_row_fused_loop_kernel() {
+    let mut g = Graph::new("softmax");
+    let x = g.input("x", DType::F32, [4, 8]).unwrap();
+    let y = softmax(&mut g, x, 1);
+    g.set_outputs(vec![y]);
+    let text = codegen::cpu::kernel_ir(&fused(&g)).unwrap();
+    let expected = include_str!("golden/softmax.kir");
+    if std::env::var_os("KILN_BLESS").is_some() {
+        std::fs::write(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/golden/softmax.kir"), &text).unwrap();
+    } else {
+        assert_eq!(text, expected, "kernel IR changed (KILN_BLESS=1 to accept)");
+    }
+    assert_eq!(text.matches("loop_kernel").count(), 1, "{text}");
+}
+
+#[test]
+fn layer_norm_fused() {
+    for (dt, shape) in [(DType::F32, vec![3, 50, 783]), (DType::F16, vec![50, 768]), (DType::BF16, vec![7, 4097])] {
+        let d = *shape.last().unwrap();
+        let mut g = Graph::new("layer_norm");
+        let x = g.input("x", dt, shape).unwrap();
+        let w = g.input("w", dt, [d]).unwrap();
+        let b = g.input("b", dt, [d]).unwrap();
+        let y = layer_norm(&mut g, x, w, b);
+        g.set_outputs(vec![y]);
+        check_fused(&g, 23, false);
+        let text = codegen::cpu::kernel_ir(&fused(&g)).unwrap();
+        assert_eq!(text.matches("loop_kernel").count(), 1, "{text}");
+    }
+}
+
+#[test]
+fn elementwise_chains_fused() {
+    let mut g = Graph::new("gelu_chain");
+    let x = g.input("x", DType::F32, [50, 4097]).unwrap();
+    let a = g.input("a", DType::F32, [4097]).unwrap();
+    let y = bin(&mut g, BinaryOp::Mul, x, a);
+    let y = gelu(&mut g, y);
+    let t = un(&mut g, UnaryOp::Tanh, y);
+    let z = bin(&mut g, BinaryOp::Add, t, x);
+    g.set_outputs(vec![z, y]);
+    check_fused(&g, 24, false);
+    // sigmoid(x * a + b) * x
+    let mut g = Graph::new("silu_like");
+    let x = g.input("x", DType::F16, [3, 783]).unwrap();
+    let a = g.input("a", DType::F16, [783]).unwrap();
+    let b = g.input("b", DType::F16, [3, 1]).unwrap();
+    let t = bin(&mut g, BinaryOp::Mul, x, a);
+    let t = bin(&mut g, BinaryOp::Add, t, b);
+    let n = un(&mut g, UnaryOp::Neg, t);
+    let e = un(&mut g, UnaryOp::Exp, n);
+    let one = g.full(1.0, DType::F16, Shape::scalar());
+    let d = bin(&mut g, BinaryOp::Add, e, one);
+    let s = un(&mut g, UnaryOp::Recip, d);
+    let y = bin(&mut g, BinaryOp::Mul, s, x);
+    g.set_outputs(vec![y]);
+    check_fused(&g, 25, false);
+}
+
+#[test]
+fn gemm_with_epilogue_fused() {
+    for dt in [DType::F32, DType::BF16] {
+        let mut g = Graph::new("gemm_bias_gelu");
+        let x = g.input("x", dt, [50, 33]).unwrap();
+        let w = g.input("w", dt, [17, 33]).unwrap();
+        let b = g.input("b", dt, [17]).unwrap();
+        let wt = g.add(Op::Permute { perm: vec![1, 0] }, &[w]).unwrap();
+        let m = g.add(Op::MatMul, &[x, wt]).unwrap();
+        let y = bin(&mut g, BinaryOp::Add, m, b);
+        let y = gelu(&mut g, y);
+        g.set_outputs(vec![y]);
+        check_fused(&g, 26, false);
+    }
+    // Residual epilogue over a batched matmul.
+    let mut g = Graph::new("gemm_residual");
+    let x = g.input("x", DType::F32, [3, 50, 33]).unwrap();
+    let w = g.input("w", DType::F32, [33, 33]).unwrap();
+    let m = g.add(Op::MatMul, &[x, w]).unwrap();
+    let y = bin(&mut g, BinaryOp::Add, m, x);
+    g.set_outputs(vec![y]);
+    check_fused(&g, 27, false);
+}
+
+#[test]
+fn attention_with_epilogue_fused() {
+    let mut g = Graph::new("attention");
+    // q, k, v as [b, s, h, d] permuted to [b, h, s, d] (strided views, not copies).
+    let q = g.input("q", DType::F32, [2, 50, 3, 16]).unwrap();
+    let k = g.input("k", DType::F32, [2, 50, 3, 16]).unwrap();
+    let v = g.input("v", DType::F32, [2, 50, 3, 16]).unwrap();
+    let p = |g: &mut Graph, t| g.add(Op::Permute { perm: vec![0, 2, 1, 3] }, &[t]).unwrap();
+    let (qp, kp, vp) = (p(&mut g, q), p(&mut g, k), p(&mut g, v));
+    let o = g.add(Op::FlashAttention { causal: true, scale: Scalar(0.25) }, &[qp, kp, vp]).unwrap();
+    let ot = g.add(Op::Permute { perm: vec![0, 2, 1, 3] }, &[o]).unwrap();
+    let r = g.add(Op::Reshape { shape: Shape::from([2, 50, 48]) }, &[ot]).unwrap();
+    g.set_outputs(vec![r]);
+    check_fused(&g, 28, false);
+}
+
+#[test]
+fn written_out_attention_in_one_body() {
+    // softmax(q k^T * s) v spelled with primitives in one kernel body: two library matmuls
+    // and a row-fused softmax between them.
+    let mut g = Graph::new("attention_primitives");
+    let q = g.input("q", DType::F32, [3, 50, 16]).unwrap();
+    let k = g.input("k", DType::F32, [3, 70, 16]).unwrap();
+    let v = g.input("v", DType::F32, [3, 70, 9]).unwrap();
+    let kt = g.add(Op::Permute { perm: vec![0, 2, 1] }, &[k]).unwrap();
+    let s = g.add(Op::MatMul, &[q, kt]).unwrap();
+    let c = g.full(0.25, DType::F32, Shape::scalar());
+    let s = bin(&mut g, BinaryOp::Mul, s, c);
+    let p = softmax(&mut g, s, 2);
+    let o = g.add(Op::MatMul, &[p, v]).unwrap();
+    g.set_outputs(vec![o]);
+    check_fused(&g, 29, false);
+}
