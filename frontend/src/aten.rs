@@ -941,8 +941,8 @@ mod tests {
                 .collect();
             let m = logits.iter().cloned().fold(f64::MIN, f64::max);
             let s: f64 = logits.iter().map(|l| (l - m).exp()).sum();
-            for c in 0..4 {
-                let want = (logits[c] - m).exp() / s;
+            for (c, l) in logits.iter().enumerate() {
+                let want = (l - m).exp() / s;
                 assert!((out[0].data[r * 4 + c] - want).abs() < 1e-5, "row {r} col {c}");
             }
         }
