@@ -153,27 +153,34 @@ class Compiled:
 
     def __call__(self, *args, **kwargs):
         state_names, state = self._state()
-        flat, spec = tree_flatten((args, kwargs))
-        tensors: List[torch.Tensor] = []
-        consts = []
-        for i, a in enumerate(flat):
-            if isinstance(a, torch.Tensor):
-                tensors.append(a)
-            else:
-                try:
-                    hash(a)
-                except TypeError:
-                    return self._refuse(f"argument {i} of type {type(a).__name__} is not hashable, so it cannot be guarded", args, kwargs)
-                consts.append((i, type(a), a))
+        if not kwargs and all(isinstance(a, torch.Tensor) for a in args):
+            # the common case: positional tensors only (no pytree work on the hot path)
+            flat, spec, tensors, consts = args, len(args), list(args), ()
+        else:
+            flat, spec = tree_flatten((args, kwargs))
+            tensors = []
+            consts_l = []
+            for i, a in enumerate(flat):
+                if isinstance(a, torch.Tensor):
+                    tensors.append(a)
+                else:
+                    try:
+                        hash(a)
+                    except TypeError:
+                        return self._refuse(f"argument {i} of type {type(a).__name__} is not hashable, so it cannot be guarded", args, kwargs)
+                    consts_l.append((i, type(a), a))
+            consts = tuple(consts_l)
         all_tensors = state + tensors
-        key = self._key(all_tensors, tuple(consts), spec)
+        key = self._key(all_tensors, consts, spec)
         entry = self._cache.get(key, _MISS)
         if entry is _MISS:
-            entry = self._miss(key, state_names, all_tensors, flat, spec, args, kwargs)
+            entry = self._miss(key, state_names, all_tensors, args, kwargs)
         if entry is None:
             return self._eager(args, kwargs)
         plan, out_spec, out_consts = entry
         outs = plan(all_tensors)
+        if out_spec is None:  # a single tensor
+            return outs[0]
         leaves = list(out_consts)
         it = iter(outs)
         for i, c in enumerate(leaves):
@@ -191,7 +198,7 @@ class Compiled:
         names = [f"parameter {s!r}" for s in state_names]
         return names + [f"input {i}" for i in range(n - len(names))]
 
-    def _miss(self, key, state_names, all_tensors, flat, spec, args, kwargs):
+    def _miss(self, key, state_names, all_tensors, args, kwargs):
         with self._lock:
             names = self._input_names(state_names, len(all_tensors))
             # inputs Kiln cannot take at all
@@ -212,7 +219,7 @@ class Compiled:
                 self._warn_once("limit", msg)
                 return None
             try:
-                entry = self._compile(state_names, all_tensors, flat, spec)
+                entry = self._compile(state_names, all_tensors, args, kwargs)
             except KilnError:
                 raise
             except _RunEager as e:
@@ -236,7 +243,8 @@ class Compiled:
         self._cache[key] = None
         return None
 
-    def _compile(self, state_names, all_tensors, flat, spec):
+    def _compile(self, state_names, all_tensors, args, kwargs):
+        flat, spec = tree_flatten((args, kwargs))
         n_state = len(state_names)
         module = self._module
         fn = self._fn
@@ -264,8 +272,8 @@ class Compiled:
             # the order random numbers are drawn in) exactly as eager does
             raise _RunEager(f"it draws random numbers ({', '.join(random_ops)}); it runs eagerly")
         plan = build_plan(gm, strict=self._strict, name=self._name)
-        if plan.fallbacks and os.environ.get("KILN_DEBUG"):
-            pass
+        if box["consts"] == [_TENSOR] and box["spec"] == _LEAF_SPEC:
+            return plan, None, None  # a single tensor: returned as it is
         return plan, box["spec"], box["consts"]
 
     # ---- introspection ----
@@ -284,3 +292,4 @@ class _TensorMarker:
 
 
 _TENSOR = _TensorMarker()
+_LEAF_SPEC = tree_flatten(0)[1]
