@@ -240,7 +240,15 @@ fn classify_mask(eg: &EGraph, m: Id, sq: usize, sk: usize, additive: bool) -> Op
         return None;
     }
     let g = extract_pure(eg, m)?;
-    let val = ir::interp::run(&g, &[]).ok()?.pop()?;
+    if let Some(v) = symbolic::verdict(&g, sq, sk, additive) {
+        return v;
+    }
+    classify_by_evaluation(&g, sq, sk, additive)
+}
+
+/// Evaluates the mask graph and compares every element with the causal rule.
+fn classify_by_evaluation(g: &Graph, sq: usize, sk: usize, additive: bool) -> Option<MaskKind> {
+    let val = ir::interp::run(g, &[]).ok()?.pop()?;
     let shape = &val.shape;
     let r = shape.rank();
     if r < 2 {
@@ -340,4 +348,268 @@ fn build_pure(eg: &EGraph, c: Id, g: &mut Graph, memo: &mut HashMap<Id, NodeId>,
         memo.insert(c, r);
     }
     result
+}
+
+/// Exact mask classification without evaluating every element, for masks built the usual
+/// way: iotas and integer constants combined by add/sub/mul-by-constant (affine in the
+/// index), one comparison (a half-plane in `(i, j)`), `not`, `where(pred, a, b)` /
+/// `cast` of the predicate, `eq`/`ne` against a constant, and movement that only slices,
+/// permutes, expands or adds unit dims. Each row's predicate is then monotone in `j`, so
+/// comparing it with the causal rule at four points per row (`0`, `s_k - 1`, the diagonal
+/// `i + s_k - s_q` and the element after it) decides equality for the whole row. Anything
+/// else returns `None` and the caller evaluates the mask with the interpreter.
+mod symbolic {
+    use super::MaskKind;
+    use ir::{BinaryOp, CmpOp, Graph, Op, UnaryOp};
+
+    /// `c + Σ coef[k]·idx[k]` over the node's own axes.
+    #[derive(Clone, Debug)]
+    struct Affine {
+        c: f64,
+        coef: Vec<f64>,
+    }
+
+    #[derive(Clone, Debug)]
+    enum Sym {
+        Num(Affine),
+        /// `e cmp 0`.
+        Pred(Affine, CmpOp),
+        /// `pred ? a : b` with constants.
+        Select(Affine, CmpOp, f64, f64),
+    }
+
+    fn negate(c: CmpOp) -> CmpOp {
+        match c {
+            CmpOp::Lt => CmpOp::Ge,
+            CmpOp::Ge => CmpOp::Lt,
+            CmpOp::Le => CmpOp::Gt,
+            CmpOp::Gt => CmpOp::Le,
+            CmpOp::Eq => CmpOp::Ne,
+            CmpOp::Ne => CmpOp::Eq,
+        }
+    }
+
+    fn holds(c: CmpOp, v: f64) -> bool {
+        match c {
+            CmpOp::Lt => v < 0.0,
+            CmpOp::Le => v <= 0.0,
+            CmpOp::Gt => v > 0.0,
+            CmpOp::Ge => v >= 0.0,
+            CmpOp::Eq => v == 0.0,
+            CmpOp::Ne => v != 0.0,
+        }
+    }
+
+    /// Re-indexes an affine map of shape `from` for broadcasting to rank `to_rank`.
+    fn align(a: &Affine, from: &[usize], to_rank: usize) -> Affine {
+        let off = to_rank - from.len();
+        let mut coef = vec![0.0; to_rank];
+        for (k, (&d, &x)) in from.iter().zip(&a.coef).enumerate() {
+            coef[k + off] = if d == 1 { 0.0 } else { x };
+        }
+        Affine { c: a.c, coef }
+    }
+
+    fn lin(a: &Affine, b: &Affine, sb: f64) -> Affine {
+        Affine { c: a.c + sb * b.c, coef: a.coef.iter().zip(&b.coef).map(|(x, y)| x + sb * y).collect() }
+    }
+
+    fn is_const(a: &Affine) -> bool {
+        a.coef.iter().all(|&x| x == 0.0)
+    }
+
+    fn map_sym(s: &Sym, f: impl Fn(&Affine) -> Option<Affine>) -> Option<Sym> {
+        Some(match s {
+            Sym::Num(a) => Sym::Num(f(a)?),
+            Sym::Pred(a, c) => Sym::Pred(f(a)?, *c),
+            Sym::Select(a, c, x, y) => Sym::Select(f(a)?, *c, *x, *y),
+        })
+    }
+
+    fn eval(g: &Graph) -> Option<Sym> {
+        let mut vals: Vec<Option<Sym>> = vec![None; g.len()];
+        for (id, n) in g.nodes() {
+            let dims = n.shape.dims();
+            let arg = |k: usize| -> Option<(Sym, Vec<usize>)> {
+                let i = n.inputs[k];
+                Some((vals[i.index()].clone()?, g.node(i).shape.dims().to_vec()))
+            };
+            let bcast = |k: usize| -> Option<Sym> {
+                let (s, from) = arg(k)?;
+                map_sym(&s, |a| Some(align(a, &from, dims.len())))
+            };
+            let v = match &n.op {
+                Op::Full { value } => Some(Sym::Num(Affine { c: value.0, coef: vec![0.0; dims.len()] })),
+                Op::Iota { axis } => {
+                    let mut coef = vec![0.0; dims.len()];
+                    coef[*axis] = 1.0;
+                    Some(Sym::Num(Affine { c: 0.0, coef }))
+                }
+                Op::Binary(b @ (BinaryOp::Add | BinaryOp::Sub | BinaryOp::Mul)) => match (bcast(0), bcast(1)) {
+                    (Some(Sym::Num(x)), Some(Sym::Num(y))) => match b {
+                        BinaryOp::Add => Some(Sym::Num(lin(&x, &y, 1.0))),
+                        BinaryOp::Sub => Some(Sym::Num(lin(&x, &y, -1.0))),
+                        _ if is_const(&y) => Some(Sym::Num(Affine { c: x.c * y.c, coef: x.coef.iter().map(|v| v * y.c).collect() })),
+                        _ if is_const(&x) => Some(Sym::Num(Affine { c: y.c * x.c, coef: y.coef.iter().map(|v| v * x.c).collect() })),
+                        _ => None,
+                    },
+                    _ => None,
+                },
+                Op::Compare(c) => match (bcast(0), bcast(1)) {
+                    (Some(Sym::Num(x)), Some(Sym::Num(y))) => Some(Sym::Pred(lin(&x, &y, -1.0), *c)),
+                    (Some(Sym::Select(e, pc, a, b)), Some(Sym::Num(k))) if is_const(&k) && matches!(c, CmpOp::Eq | CmpOp::Ne) => {
+                        let (ta, tb) = ((a == k.c) == (*c == CmpOp::Eq), (b == k.c) == (*c == CmpOp::Eq));
+                        match (ta, tb) {
+                            (true, false) => Some(Sym::Pred(e, pc)),
+                            (false, true) => Some(Sym::Pred(e, negate(pc))),
+                            _ => None,
+                        }
+                    }
+                    _ => None,
+                },
+                Op::Unary(UnaryOp::Not) => match bcast(0) {
+                    Some(Sym::Pred(e, c)) => Some(Sym::Pred(e, negate(c))),
+                    _ => None,
+                },
+                Op::Where => match (bcast(0), bcast(1), bcast(2)) {
+                    (Some(Sym::Pred(e, c)), Some(Sym::Num(a)), Some(Sym::Num(b))) if is_const(&a) && is_const(&b) => {
+                        Some(Sym::Select(e, c, a.c, b.c))
+                    }
+                    _ => None,
+                },
+                Op::Cast { to } => match arg(0) {
+                    Some((Sym::Pred(e, c), _)) => Some(if *to == ir::DType::Bool { Sym::Pred(e, c) } else { Sym::Select(e, c, 1.0, 0.0) }),
+                    Some((Sym::Num(a), _)) if g.node(n.inputs[0]).dtype.is_int() && to.is_float() => Some(Sym::Num(a)),
+                    _ => None,
+                },
+                Op::Expand { .. } => bcast(0),
+                Op::Permute { perm } => arg(0).and_then(|(s, _)| map_sym(&s, |a| Some(Affine { c: a.c, coef: perm.iter().map(|&p| a.coef[p]).collect() }))),
+                Op::Slice { axis, start, step, .. } => arg(0).and_then(|(s, _)| {
+                    map_sym(&s, |a| {
+                        let mut b = a.clone();
+                        b.c += a.coef[*axis] * *start as f64;
+                        b.coef[*axis] *= *step as f64;
+                        Some(b)
+                    })
+                }),
+                Op::Reshape { .. } => arg(0).and_then(|(s, from)| {
+                    // Only adding or removing unit dims: the non-unit dims keep their order.
+                    let nz = |d: &[usize]| d.iter().enumerate().filter(|(_, &x)| x != 1).map(|(k, &x)| (k, x)).collect::<Vec<_>>();
+                    let (a, b) = (nz(&from), nz(dims));
+                    if a.len() != b.len() || a.iter().zip(&b).any(|(x, y)| x.1 != y.1) {
+                        return None;
+                    }
+                    map_sym(&s, |af| {
+                        let mut coef = vec![0.0; dims.len()];
+                        for (x, y) in a.iter().zip(&b) {
+                            coef[y.0] = af.coef[x.0];
+                        }
+                        Some(Affine { c: af.c, coef })
+                    })
+                }),
+                _ => None,
+            };
+            vals[id.index()] = Some(v?);
+        }
+        vals[g.outputs()[0].index()].clone()
+    }
+
+    /// `Some(verdict)` when decided symbolically; `None` to fall back to evaluation.
+    pub(super) fn verdict(g: &Graph, sq: usize, sk: usize, additive: bool) -> Option<Option<MaskKind>> {
+        let shape = g.node(g.outputs()[0]).shape.clone();
+        let r = shape.rank();
+        if r < 2 || sq < 2 || sk < 2 || shape.dims()[r - 2] != sq || shape.dims()[r - 1] != sk {
+            return None;
+        }
+        let (e, cmp, sense_keep) = match (eval(g)?, additive) {
+            (Sym::Pred(e, c), false) => (e, c, None),
+            (Sym::Select(e, c, a, b), true) => {
+                let ninf = |x: f64| super::is_neg_inf(Some(x), sq, sk);
+                if a == 0.0 && ninf(b) {
+                    (e, c, Some(true))
+                } else if ninf(a) && b == 0.0 {
+                    (e, c, Some(false))
+                } else {
+                    return Some(None);
+                }
+            }
+            _ => return None,
+        };
+        if matches!(cmp, CmpOp::Eq | CmpOp::Ne) || e.coef[..r - 2].iter().zip(shape.dims()).any(|(&c, &d)| c != 0.0 && d != 1) {
+            return None;
+        }
+        let (ai, bj) = (e.coef[r - 2], e.coef[r - 1]);
+        let pred = |i: usize, j: usize| holds(cmp, e.c + ai * i as f64 + bj * j as f64);
+        let off = sk as isize - sq as isize;
+        let keep = |i: usize, j: usize| (j as isize) <= i as isize + off;
+        // Does pred equal keep (or its negation) on every row?
+        let matches_rule = |negate: bool| {
+            (0..sq).all(|i| {
+                let diag = i as isize + off;
+                let mut pts = vec![0, sk - 1];
+                for d in [diag, diag + 1] {
+                    if d >= 0 && (d as usize) < sk {
+                        pts.push(d as usize);
+                    }
+                }
+                pts.iter().all(|&j| (pred(i, j) != negate) == keep(i, j))
+            })
+        };
+        Some(match sense_keep {
+            Some(true) => matches_rule(false).then_some(MaskKind::Keep),
+            Some(false) => matches_rule(true).then_some(MaskKind::Keep),
+            None if matches_rule(false) => Some(MaskKind::Keep),
+            None if matches_rule(true) => Some(MaskKind::Drop),
+            None => None,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ir::{CmpOp, Op};
+
+    /// `cmp(iota0 + shift, iota1)` over `[sq, sk]`, optionally negated / as a 0/-inf addend.
+    fn mask(sq: usize, sk: usize, shift: i64, cmp: CmpOp, not: bool, additive: bool) -> Graph {
+        let mut g = Graph::new("m");
+        let i = g.iota(0, DType::I64, [sq, sk]).unwrap();
+        let j = g.iota(1, DType::I64, [sq, sk]).unwrap();
+        let s = g.full(shift as f64, DType::I64, [1]);
+        let is = g.add(Op::Binary(ir::BinaryOp::Add), &[i, s]).unwrap();
+        let mut m = g.add(Op::Compare(cmp), &[is, j]).unwrap();
+        if not {
+            m = g.add(Op::Unary(ir::UnaryOp::Not), &[m]).unwrap();
+        }
+        if additive {
+            let z = g.full(0.0, DType::F32, []);
+            let n = g.full(f64::NEG_INFINITY, DType::F32, []);
+            m = g.add(Op::Where, &[m, z, n]).unwrap();
+        }
+        let m = g.add(Op::Reshape { shape: ir::Shape::new([1, sq, sk]) }, &[m]).unwrap();
+        g.set_outputs(vec![m]);
+        g
+    }
+
+    #[test]
+    fn symbolic_check_agrees_with_evaluation() {
+        let mut decided = 0;
+        for (sq, sk) in [(7, 7), (3, 7), (5, 5), (2, 9)] {
+            for shift in -2..=6 {
+                for cmp in [CmpOp::Ge, CmpOp::Gt, CmpOp::Le, CmpOp::Lt] {
+                    for not in [false, true] {
+                        for additive in [false, true] {
+                            let g = mask(sq, sk, shift, cmp, not, additive);
+                            let want = classify_by_evaluation(&g, sq, sk, additive);
+                            if let Some(got) = symbolic::verdict(&g, sq, sk, additive) {
+                                assert_eq!(got, want, "{sq}x{sk} shift {shift} {cmp:?} not={not} additive={additive}");
+                                decided += 1;
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        assert!(decided > 200, "the symbolic path decided only {decided} masks");
+    }
 }
