@@ -34,7 +34,7 @@ pub fn rules() -> Vec<Rewrite> {
         rw("mul-one", "(mul ?x ?o)", "?x", Some(both(is_const("?o", 1.0), same_type_as("?x")))),
         rw("mul-one-left", "(mul ?o ?x)", "?x", Some(both(is_const("?o", 1.0), same_type_as("?x")))),
         rw("div-one", "(div ?x ?o)", "?x", Some(both(is_const("?o", 1.0), same_type_as("?x")))),
-        rw("neg-neg", "(neg (neg ?x))", "?x", None),
+        rw("neg-neg", "(neg (neg ?x))", "?x", Some(is_float())),
         rw("not-not", "(not (not ?x))", "?x", None),
         rw("sub-neg", "(sub ?x (neg ?y))", "(add ?x ?y)", Some(is_float())),
         rw("add-neg", "(add ?x (neg ?y))", "(sub ?x ?y)", Some(is_float())),
