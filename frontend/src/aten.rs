@@ -153,6 +153,7 @@ const SUPPORTED: &[&str] = &[
     "aten.slice.Tensor", "aten.slice_copy.Tensor", "aten.select.int", "aten.select_copy.int",
     "aten.narrow.default", "aten.split.Tensor", "aten.split_with_sizes.default",
     "aten.split_copy.Tensor", "aten.split_with_sizes_copy.default", "aten.unbind.int", "aten.unbind_copy.int",
+    "aten.index.Tensor", "aten.copy.default",
     "aten.cat.default", "aten.stack.default", "aten.constant_pad_nd.default", "aten.flatten.using_ints",
     // creation
     "aten.full.default", "aten.ones.default", "aten.zeros.default", "aten.scalar_tensor.default",
@@ -720,6 +721,13 @@ impl Cx<'_> {
                 let refs: Vec<&Tensor> = ts.iter().collect();
                 one(if base == "cat" { cat(&refs, dim) } else { crate::movement::stack(&refs, dim) })
             }
+            ("index", "Tensor") => self.index_const(),
+            ("copy", _) => {
+                // functional `copy(self, src)`: src broadcast to self's shape, in self's dtype
+                let x = self.t("self")?;
+                let src = self.t("src")?;
+                one(src.to_dtype(x.dtype()).and_then(|s| s.expand(x.shape())))
+            }
             ("flatten", _) => one(self.t("self")?.flatten(self.int("start_dim", 0)? as isize, self.int("end_dim", -1)? as isize)),
             ("constant_pad_nd", _) => self.pad(),
 
@@ -783,6 +791,49 @@ impl Cx<'_> {
             },
             other => Err(format!("getitem of {other:?}")),
         }
+    }
+
+    /// `x[..., [i0, i1, ..], ...]` with one index list known when the graph was captured
+    /// (the Python side inlines constant index tensors as integer lists): a concatenation
+    /// of one-element slices. Run-time index tensors (gathers) are refused.
+    fn index_const(&self) -> R<Val> {
+        let x = self.t("self")?;
+        let Some(Arg::List(indices)) = self.arg("indices") else {
+            return Err("index expects a list of indices".into());
+        };
+        let mut dim = None;
+        let mut picks: Vec<i64> = Vec::new();
+        for (d, a) in indices.iter().enumerate() {
+            match a {
+                Arg::None => {}
+                Arg::List(items) if dim.is_none() => {
+                    dim = Some(d);
+                    for it in items {
+                        match it {
+                            Arg::Int(i) => picks.push(*i),
+                            other => return Err(format!("index list holds {other:?}, not an integer")),
+                        }
+                    }
+                }
+                Arg::List(_) => return Err("indexing with more than one index list is not supported".into()),
+                _ => return Err("indexing with a tensor computed at run time (a gather) is not supported".into()),
+            }
+        }
+        let d = dim.ok_or("index without an index list")?;
+        if d >= x.rank() || picks.is_empty() {
+            return Err(format!("index list at dim {d} does not fit a tensor of rank {}", x.rank()));
+        }
+        let n = x.dims()[d] as i64;
+        let mut parts = Vec::with_capacity(picks.len());
+        for &i in &picks {
+            let j = if i < 0 { i + n } else { i };
+            if !(0..n).contains(&j) {
+                return Err(format!("index {i} is out of range for dim {d} of size {n}"));
+            }
+            parts.push(x.narrow(d as isize, j as isize, 1).map_err(fe)?);
+        }
+        let refs: Vec<&Tensor> = parts.iter().collect();
+        cat(&refs, d as isize).map(Val::Tensor).map_err(fe)
     }
 
     fn clamp(&self, min: Option<f64>, max: Option<f64>) -> R<Val> {
@@ -1025,6 +1076,30 @@ mod tests {
                 assert!(!e.contains("is not an op Kiln maps"), "{t}: {e}");
             }
         }
+    }
+
+    #[test]
+    fn constant_index_is_slices() {
+        // x[:, [-1, 0], :]
+        let g = AtenGraph {
+            name: "idx".into(),
+            inputs: vec![input("x", DType::F32, &[2, 3, 4])],
+            nodes: vec![node(
+                "aten.index.Tensor",
+                &[("self", Arg::Value(0)), ("indices", Arg::List(vec![Arg::None, Arg::List(vec![Arg::Int(-1), Arg::Int(0)])]))],
+                vec![meta(DType::F32, &[2, 2, 4])],
+            )],
+            outputs: vec![1],
+        };
+        let ir = import(&g).unwrap();
+        let x = data(24, 9);
+        let out = run(&ir, &[Value::new(DType::F32, [2, 3, 4], x.clone()).unwrap()]).unwrap();
+        let q = |v: f64| v as f32 as f64;
+        assert_eq!(out[0].data[0], q(x[8])); // [0, -1, 0] = x[0, 2, 0]
+        assert_eq!(out[0].data[4], q(x[0])); // [0, 1, 0] = x[0, 0, 0]
+        let mut bad = g.clone();
+        bad.nodes[0].args.insert("indices".into(), Arg::List(vec![Arg::None, Arg::Value(0)]));
+        assert!(import(&bad).unwrap_err().to_string().contains("gather"));
     }
 
     #[test]

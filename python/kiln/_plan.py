@@ -254,11 +254,13 @@ def _backend_for(device: torch.device) -> Optional[str]:
     return "cpu"
 
 
-def _node_reason(node: fx.Node, device: Optional[torch.device]) -> Optional[str]:
+def _node_reason(node: fx.Node, device: Optional[torch.device], gm: Optional[fx.GraphModule] = None) -> Optional[str]:
     """Why this node cannot go to Kiln (None: it may)."""
     name = _target_name(node.target)
     if name not in supported_targets():
         return "not an op Kiln maps"
+    if node.target is aten.index.Tensor and _const_indices(gm, node) is None:
+        return "indexing with a tensor computed at run time (a gather) is not supported"
     val = _meta_val(node)
     if val is None:
         return "no shape/dtype information from the capture"
@@ -287,6 +289,40 @@ def _node_reason(node: fx.Node, device: Optional[torch.device]) -> Optional[str]
     return None
 
 
+_MAX_CONST_INDEX = 64
+
+
+def _literal_tensor(gm: Optional[fx.GraphModule], node: Any) -> Optional[torch.Tensor]:
+    """The value of a tensor literal made inside the captured function (``torch.tensor([..])``
+    becomes ``lift_fresh_copy(get_attr)``); None for anything else (user tensors may change)."""
+    if gm is None or not isinstance(node, fx.Node) or node.op != "call_function":
+        return None
+    if node.target is not aten.lift_fresh_copy.default:
+        return None
+    src = node.args[0]
+    if not isinstance(src, fx.Node) or src.op != "get_attr":
+        return None
+    v = _fetch_attr(gm, src.target)
+    return v if isinstance(v, torch.Tensor) else None
+
+
+def _const_indices(gm: Optional[fx.GraphModule], node: fx.Node) -> Optional[List[Any]]:
+    """``index.Tensor``'s indices as integer lists, when they are small literals."""
+    indices = _named_args(node).get("indices")
+    if not isinstance(indices, (list, tuple)):
+        return None
+    out: List[Any] = []
+    for ix in indices:
+        if ix is None:
+            out.append(None)
+            continue
+        v = _literal_tensor(gm, ix)
+        if v is None or v.dim() != 1 or v.dtype not in (torch.int64, torch.int32) or not 0 < v.numel() <= _MAX_CONST_INDEX:
+            return None
+        out.append([int(i) for i in v.tolist()])
+    return out
+
+
 def _depends_on_inputs(nodes: List[fx.Node]) -> Dict[fx.Node, bool]:
     dep: Dict[fx.Node, bool] = {}
     for n in nodes:
@@ -312,7 +348,7 @@ def build_plan(gm: fx.GraphModule, *, strict: bool = False, name: str = "graph")
     compute = [n for n in nodes if n.op == "call_function"]
     reasons: Dict[fx.Node, str] = {}
     for n in compute:
-        r = _node_reason(n, device)
+        r = _node_reason(n, device, gm)
         if r is not None:
             reasons[n] = r
     dep = _depends_on_inputs(nodes)
@@ -511,7 +547,10 @@ def _serialize(gm: fx.GraphModule, members: List[fx.Node], nodes: List[fx.Node],
         inputs.append({"name": f"in{i}_{a.name}", **meta})
     js_nodes = []
     for m in members:
-        args = {k: _encode(v, index.__getitem__) for k, v in _named_args(m).items()}
+        named = _named_args(m)
+        if m.target is aten.index.Tensor:
+            named["indices"] = _const_indices(gm, m)  # literal index lists, inlined
+        args = {k: _encode(v, index.__getitem__) for k, v in named.items()}
         val = _meta_val(m)
         out = [_meta_json(x) for x in val] if isinstance(val, (list, tuple)) else [_meta_json(val)]
         js_nodes.append({"target": _target_name(m.target), "args": args, "out": out})

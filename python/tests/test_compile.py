@@ -35,13 +35,10 @@ def test_gpt2_attention_spellings(spelling):
     m = GPT(spelling=spelling).eval()
     idx = torch.randint(0, 97, (2, 11))
     p = check(m, idx)
-    # embeddings (gather) and the [-1] index run in PyTorch; the transformer is compiled
-    assert 1 <= len(p.regions) <= 3, p.describe()
-    compiled_ops = sum(len(r.ops) for r in p.regions)
-    assert compiled_ops > 5 * len(p.fallbacks), p.describe()
-    assert all(f.target in ("aten.embedding.default", "aten.index.Tensor", "aten.arange.start_step",
-                            "aten.lift_fresh_copy.default", "aten.arange.default", "aten.arange.start", "aten._to_copy.default")
-               for f in p.fallbacks), p.describe()
+    # the embeddings (gathers, and the positions they read) run in PyTorch; everything
+    # after them, the x[:, [-1], :] literal index included, is one Kiln region
+    assert len(p.regions) == 1, p.describe()
+    assert sorted(f.target for f in p.fallbacks) == ["aten.arange.start", "aten.embedding.default", "aten.embedding.default"], p.describe()
 
 
 def test_gpt2_full_logits_match():
