@@ -275,6 +275,10 @@ def _node_reason(node: fx.Node, device: Optional[torch.device], gm: Optional[fx.
         for t in _tensors_in(_meta_val(a)):
             if t.dtype not in _DTYPES:
                 return f"an input has dtype {dtype_name(t.dtype)}, which Kiln does not support"
+            if t.numel() == 0:
+                return "an input is an empty tensor"
+    if any(t.numel() == 0 for t in _tensors_in(val)):
+        return "the result is an empty tensor"
     # in-place ops are imported as their functional form only when nothing else can see
     # the mutation
     if node.target is not operator.getitem and node.target._schema.is_mutable:

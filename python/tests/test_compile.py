@@ -169,3 +169,22 @@ def test_explain_reports_regions_kernels_fallbacks():
     assert [fb.target for fb in e.fallbacks] == ["aten.cumsum.default"]
     assert "not an op Kiln maps" in str(e)
     assert "region 0" in str(e)
+
+
+def test_mutated_inputs_and_empty_tensors():
+    def f(x, y):
+        x.add_(1)  # the caller sees the mutation, as in eager
+        return x * 2 + y.sum(0)
+
+    x, y = torch.randn(3, 4), torch.randn(0, 4)
+    x2 = x.clone()
+    c = kiln.compile(f, strict=True)
+    with torch.no_grad():
+        got = c(x, y)
+        want = f(x2, y)
+    assert_same(got, want)
+    assert_same(x, x2)
+
+
+def test_returns_an_input_and_views():
+    check(lambda x: (x, x.t(), x[1:]), torch.randn(3, 2))
