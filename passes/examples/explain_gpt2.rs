@@ -1,30 +1,41 @@
-//! Prints the optimizer's explanation for GPT-2 (tiny by default; `small` for GPT-2 small).
+//! Prints the optimizer's explanation for GPT-2 and times `optimize`.
+//!
+//! `cargo run --release -p kiln-passes --example explain_gpt2 -- [small] [layers=N] [T=N]
+//!  [<AttentionSpelling>] [bf16] [kernels]`
 use frontend::models::gpt2::{AttentionSpelling, Gpt2, Gpt2Config};
+use std::time::Instant;
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();
-    let small = args.iter().any(|a| a == "small");
-    let mut cfg = if small { Gpt2Config::small() } else { Gpt2Config::tiny() };
-    if let Some(sp) = args.iter().find_map(|a| AttentionSpelling::ALL.iter().find(|s| format!("{s:?}") == *a)) {
+    let has = |s: &str| args.iter().any(|a| a == s);
+    let num = |p: &str| args.iter().find_map(|a| a.strip_prefix(p).and_then(|v| v.parse::<usize>().ok()));
+    let mut cfg = if has("small") { Gpt2Config::small() } else { Gpt2Config::tiny() };
+    if let Some(sp) = AttentionSpelling::ALL.iter().find(|s| has(&format!("{s:?}"))) {
         cfg = cfg.with_attention(*sp);
     }
-    let t = frontend::trace(&Gpt2::new(cfg), &[cfg.input_spec(1, if small { 64 } else { 8 })]).unwrap();
-    let e = passes::explain(&t.graph, &passes::DeviceProfile::h200()).unwrap();
+    if has("bf16") {
+        cfg = cfg.with_dtype(ir::DType::BF16);
+    }
+    cfg.n_layer = num("layers=").unwrap_or(cfg.n_layer);
+    let t = num("T=").unwrap_or(8).min(cfg.block_size);
+    let g = frontend::trace(&Gpt2::new(cfg), &[cfg.input_spec(1, t)]).unwrap().graph;
+    let profile = passes::DeviceProfile::h200();
+    let e = passes::explain(&g, &profile).unwrap();
     println!("{e}");
-    println!("{:?} {} iters {}", e.report.rules_applied, e.report.stop_reason, e.report.iterations);
-    let t = std::time::Instant::now();
-    let o = passes::optimize(&t_graph(&args), &passes::DeviceProfile::h200()).unwrap();
-    println!("optimize {:?}: saturate {:?} extract {:?} fuse {:?}", t.elapsed(), o.report.time_saturate, o.report.time_extract, o.report.time_fuse);
-    if args.iter().any(|a| a == "kernels") {
+    println!("rules applied: {:?}", e.report.rules_applied);
+    if has("kernels") {
         println!("{}", e.kernels);
     }
-}
-
-fn t_graph(args: &[String]) -> ir::Graph {
-    let small = args.iter().any(|a| a == "small");
-    let mut cfg = if small { Gpt2Config::small() } else { Gpt2Config::tiny() };
-    if let Some(n) = args.iter().find_map(|a| a.strip_prefix("layers=")) {
-        cfg.n_layer = n.parse().unwrap();
-    }
-    frontend::trace(&Gpt2::new(cfg), &[cfg.input_spec(1, if small { 64 } else { 8 })]).unwrap().graph
+    let start = Instant::now();
+    let o = passes::optimize(&g, &profile).unwrap();
+    let r = &o.report;
+    println!(
+        "optimize: {:?} total ({} nodes in; saturate {:?}, extract {:?}, fuse {:?}); {} kernels",
+        start.elapsed(),
+        g.len(),
+        r.time_saturate,
+        r.time_extract,
+        r.time_fuse,
+        r.kernels
+    );
 }

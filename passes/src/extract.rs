@@ -92,16 +92,6 @@ pub fn extract(eg: &EGraph, root: Id, uses: &HashMap<Id, f64>, p: &DeviceProfile
         let mut best = best_nodes(eg, &classes, uses, &own, &banned);
         match find_cycle(eg, root, &best)? {
             None => {
-                if std::env::var("KILN_DEBUG_EXTRACT").is_ok() {
-                    for &c in &classes {
-                        for (i, n) in eg[c].nodes.iter().enumerate() {
-                            if matches!(n, Kiln::Flash(_)) {
-                                let ch: f64 = n.children().iter().map(|x| best.get(&eg.find(*x)).map(|b| b.0).unwrap_or(0.0)).sum();
-                                eprintln!("class {c}: flash own {} + children {ch} = {}; chosen {:?} node {}", own[&(c, i)], own[&(c, i)] + ch, best[&c], eg[c].nodes[best[&c].1]);
-                            }
-                        }
-                    }
-                }
                 share(eg, root, &mut best, &own);
                 return Ok(emit(eg, root, &best));
             }

@@ -91,7 +91,36 @@ pub fn group(g: &Graph) -> Grouping {
     for (id, n) in g.nodes() {
         pure[id.index()] = !matches!(n.op, Op::Input { .. }) && n.inputs.iter().all(|i| pure[i.index()]);
     }
-    let inline: Vec<bool> = g.nodes().map(|(id, n)| is_inline(n, pure[id.index()])).collect();
+    let mut inline: Vec<bool> = g.nodes().map(|(id, n)| is_inline(n, pure[id.index()])).collect();
+    // Elementwise ops over graph inputs only (a cast of a weight, a scaled bias) are cheap to
+    // recompute where they are read: inline them too (`inline-input-elementwise`), except
+    // where they feed a matmul / attention operand (a template takes only index maps there)
+    // or are a graph output; those stay kernels.
+    let mut input_only = vec![false; len];
+    for (id, n) in g.nodes() {
+        input_only[id.index()] = matches!(n.op, Op::Input { .. })
+            || (inline[id.index()] || n.op.is_elementwise()) && n.inputs.iter().all(|i| input_only[i.index()]);
+    }
+    let mut feeds_template = vec![false; len];
+    for (_, n) in g.nodes() {
+        if matches!(n.op, Op::MatMul | Op::FlashAttention { .. }) {
+            let mut stack: Vec<NodeId> = n.inputs.to_vec();
+            while let Some(i) = stack.pop() {
+                let m = g.node(i);
+                if m.op.is_elementwise() && !pure[i.index()] {
+                    feeds_template[i.index()] = true;
+                } else if inline[i.index()] {
+                    stack.extend(m.inputs.iter().copied());
+                }
+            }
+        }
+    }
+    for (id, n) in g.nodes() {
+        let i = id.index();
+        if n.op.is_elementwise() && input_only[i] && !feeds_template[i] {
+            inline[i] = true;
+        }
+    }
     // For each node: the compute producers it reads through inline chains, and whether the
     // path passes a movement op.
     let mut reach: Vec<SmallVec<[(NodeId, bool); 2]>> = vec![SmallVec::new(); len];
@@ -230,9 +259,9 @@ pub fn group(g: &Graph) -> Grouping {
         }
         if or_into(&mut groups[gi].deps, &new) {
             let d = groups[gi].deps.clone();
-            for x in 0..groups.len() {
-                if x != gi && has(&groups[x].deps, gi) {
-                    or_into(&mut groups[x].deps, &d);
+            for (x, gx) in groups.iter_mut().enumerate() {
+                if x != gi && has(&gx.deps, gi) {
+                    or_into(&mut gx.deps, &d);
                 }
             }
         }

@@ -620,6 +620,7 @@ pub fn from_rec_expr(expr: &RecExpr<Kiln>, names: &[String], name: &str) -> Resu
 }
 
 /// `e = exp(s - max(s)); e / sum(e)` over the last axis, keepdim.
+#[allow(clippy::result_large_err)] // the IR's error type
 pub fn softmax_decomposed(g: &mut Graph, s: NodeId) -> ir::Result<NodeId> {
     let last = g.node(s).shape.rank() - 1;
     let m = g.add(Op::Reduce { op: ReduceOp::Max, axes: vec![last], keepdim: true }, &[s])?;

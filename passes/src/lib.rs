@@ -44,9 +44,9 @@ pub enum PassError {
     #[error("the optimizer does not accept node {node}: {what}")]
     Unsupported { node: String, what: String },
     #[error("the input graph is not well formed: {0}")]
-    InvalidInput(#[source] ir::IrError),
+    InvalidInput(#[source] Box<ir::IrError>),
     #[error("after {stage}, the graph no longer verifies (an optimizer bug): {source}")]
-    Verify { stage: &'static str, #[source] source: ir::IrError },
+    Verify { stage: &'static str, #[source] source: Box<ir::IrError> },
     #[error("internal optimizer error in {stage}: {what}")]
     Internal { stage: &'static str, what: String },
 }
@@ -98,7 +98,7 @@ pub struct Optimized {
 
 fn check(stage: &'static str, g: &Graph) -> Result<(), PassError> {
     if ir::verify::verify_enabled() {
-        ir::verify::verify(g).map_err(|source| PassError::Verify { stage, source })?;
+        ir::verify::verify(g).map_err(|e| PassError::Verify { stage, source: Box::new(e) })?;
     }
     Ok(())
 }
@@ -110,7 +110,7 @@ pub fn simplify(g: &Graph, profile: &DeviceProfile) -> Result<(Graph, Report), P
 
 /// [`simplify`] with an explicit rule set and limits.
 pub fn simplify_with(g: &Graph, profile: &DeviceProfile, rules: &[lang::Rewrite], limits: &Limits) -> Result<(Graph, Report), PassError> {
-    ir::verify::verify(g).map_err(PassError::InvalidInput)?;
+    ir::verify::verify(g).map_err(|e| PassError::InvalidInput(Box::new(e)))?;
     let g = &g.without_dead_code();
     let mut report = Report { input_nodes: g.len(), ..Default::default() };
     let t0 = Instant::now();
@@ -163,7 +163,7 @@ pub fn optimize(g: &Graph, profile: &DeviceProfile) -> Result<Optimized, PassErr
     let t2 = Instant::now();
     let grouping = fuse::group(&simple);
     let kernels = grouping.kernels;
-    kernels.verify().map_err(|source| PassError::Verify { stage: "fusion", source })?;
+    kernels.verify().map_err(|e| PassError::Verify { stage: "fusion", source: Box::new(e) })?;
     report.time_fuse = t2.elapsed();
     report.kernels = kernels.kernels.len();
     report.optimized_seconds = cost::graph_seconds(&kernels, profile);

@@ -56,6 +56,18 @@ fn gpt2_small_kernel_count_and_structure() {
 }
 
 #[test]
+fn gpt2_small_bf16_every_spelling_structure() {
+    // bf16 adds casts around LayerNorm (f32 statistics) and the softmax; they must land in the
+    // same kernels. T = 64 also exercises other extraction choices than T = 8.
+    for sp in AttentionSpelling::ALL {
+        let cfg = Gpt2Config::small().with_dtype(DType::BF16).with_attention(sp);
+        let g = traced(cfg, 64);
+        let opt = passes::optimize(&g, &DeviceProfile::h200()).unwrap();
+        check_structure(&cfg, &opt.kernels);
+    }
+}
+
+#[test]
 fn every_spelling_is_discovered_and_agrees_numerically() {
     for sp in AttentionSpelling::ALL {
         let cfg = Gpt2Config::tiny().with_attention(sp);

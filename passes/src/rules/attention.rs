@@ -11,6 +11,7 @@
 //!   input-free) with the reference interpreter and comparing every element with the causal
 //!   rule `keep(i, j) = j <= i + (s_k - s_q)` for the actual shapes;
 //! - fp32 upcasts of the scores (`cast f32` of a bf16/f16 matmul).
+//!
 //! Anything else on the way (an input-dependent mask, a dropout multiply, a softmax without
 //! max-subtraction, an off-by-one triangle) stops the walk and nothing is rewritten.
 
@@ -65,11 +66,14 @@ enum MaskKind {
     Drop,
 }
 
+/// A mask class, `s_q`, `s_k`, additive or not.
+type MaskKey = (Id, usize, usize, bool);
+
 /// The custom applier: builds `(flash_attention causal scale q k v)` and unions it with the
 /// matched `matmul` when every condition holds. Mask verdicts are cached per e-class.
 #[derive(Default)]
 pub struct DiscoverAttention {
-    masks: Mutex<HashMap<(Id, usize, usize, bool), Option<MaskKind>>>,
+    masks: Mutex<HashMap<MaskKey, Option<MaskKind>>>,
 }
 
 impl egg::Applier<Kiln, TypeAnalysis> for DiscoverAttention {

@@ -105,6 +105,13 @@ fn loop_elementwise(c: &Candidate) -> Verdict {
         if c.node.shape == keep || c.node.shape == drop {
             return Verdict::Fuse; // a per-row op after the reduction (rsqrt(var + eps))
         }
+        // The same rows under another view ([1, T, C] and [T, C]): a reshape that keeps the
+        // reduced last axis keeps every row's elements together and in order.
+        let rank = c.domain.rank();
+        let last = |s: &Shape| s.dims().last().copied();
+        if axes == [rank - 1] && same_elements(&c.node.shape, c.domain) && last(&c.node.shape) == last(c.domain) {
+            return Verdict::Fuse;
+        }
     }
     Verdict::Reject(blowup(c))
 }
