@@ -73,6 +73,21 @@ def _describe_key_diff(old: tuple, new: tuple, names: List[str]) -> str:
 _MISS = object()
 
 
+def _tensor_key(t: torch.Tensor) -> tuple:
+    return (t.dtype, t.device, tuple(t.shape), t.is_contiguous(), t.requires_grad)
+
+
+def _tensor_guards(ts: List[torch.Tensor]) -> Any:
+    """PyTorch's C++ tensor guards over ``ts`` (None when this PyTorch lacks them)."""
+    try:
+        from torch._C._dynamo.guards import TensorGuards
+
+        g = TensorGuards(*ts, dynamic_dims_sizes=[list(t.shape) for t in ts], dynamic_dims_strides=[list(t.stride()) for t in ts])
+        return g if g.check(*ts) else None
+    except Exception:
+        return None
+
+
 def _draws_random(n) -> bool:
     if torch.Tag.nondeterministic_seeded not in getattr(n.target, "tags", ()):
         return False
@@ -98,6 +113,8 @@ class Compiled:
         self._name = name or getattr(fn, "__name__", None) or type(fn).__name__
         self._cache: Dict[tuple, Any] = {}
         self._last_key: Optional[tuple] = None
+        self._state_guard: Any = None
+        self._state_key_cached: tuple = ()
         self._warned: set = set()
         self._lock = threading.Lock()
         self._state_refs: Optional[List[Tuple[dict, str]]] = None
@@ -134,14 +151,22 @@ class Compiled:
         return self._state_names, ts
 
     # ---- guards ----
-    def _key(self, tensors: List[torch.Tensor], consts: tuple, spec) -> tuple:
+    def _key(self, state: List[torch.Tensor], tensors: List[torch.Tensor], consts: tuple, spec) -> tuple:
         grad = torch.is_grad_enabled()
-        return (
-            grad,
-            spec,
-            consts,
-            tuple((t.dtype, t.device, tuple(t.shape), t.is_contiguous(), t.requires_grad and grad) for t in tensors),
-        )
+        return (grad, spec, consts, self._state_key(state), tuple(_tensor_key(t) for t in tensors))
+
+    def _state_key(self, state: List[torch.Tensor]) -> tuple:
+        """The guard key of the parameters and buffers, recomputed only when PyTorch's C++
+        tensor guards see a change (dtype, device, shape, strides, requires_grad)."""
+        if not state:
+            return ()
+        g = self._state_guard
+        if g is not None and g.check(*state):
+            return self._state_key_cached
+        key = tuple(_tensor_key(t) for t in state)
+        self._state_guard = _tensor_guards(state)
+        self._state_key_cached = key
+        return key
 
     def _warn_once(self, tag: str, msg: str) -> None:
         if tag not in self._warned:
@@ -171,7 +196,7 @@ class Compiled:
                     consts_l.append((i, type(a), a))
             consts = tuple(consts_l)
         all_tensors = state + tensors
-        key = self._key(all_tensors, consts, spec)
+        key = self._key(state, tensors, consts, spec)
         entry = self._cache.get(key, _MISS)
         if entry is _MISS:
             entry = self._miss(key, state_names, all_tensors, args, kwargs)
@@ -211,7 +236,7 @@ class Compiled:
                     return self._bad(key, f"{nm}: requires_grad=True under grad mode (training); Kiln compiles inference only "
                                           "(call under torch.no_grad() or torch.inference_mode())")
             if len(self._cache) >= self._limit:
-                why = _describe_key_diff(self._last_key[3], key[3], names) if self._last_key else "a new signature"
+                why = _describe_key_diff(self._last_key[3] + self._last_key[4], key[3] + key[4], names) if self._last_key else "a new signature"
                 msg = (f"recompile limit ({self._limit}) reached (last change: {why}); "
                        "this and further new signatures run eagerly")
                 if self._strict:
