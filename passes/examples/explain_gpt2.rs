@@ -29,9 +29,10 @@ fn main() {
     // The fastest of a few runs: the machine is shared.
     let mut best: Option<(std::time::Duration, passes::Optimized)> = None;
     for _ in 0..num("reps=").unwrap_or(1) {
-        let start = Instant::now();
+        let (start, cpu0) = (Instant::now(), cpu_time());
         let o = passes::optimize(&g, &profile).unwrap();
         let dt = start.elapsed();
+        println!("  run: wall {dt:?}, on-cpu {:?}", cpu_time() - cpu0);
         if best.as_ref().is_none_or(|(b, _)| dt < *b) {
             best = Some((dt, o));
         }
@@ -47,4 +48,14 @@ fn main() {
         r.time_fuse,
         r.kernels
     );
+}
+
+/// Time this thread spent on a CPU (Linux `/proc/thread-self/schedstat`), so a loaded machine
+/// does not inflate the figure; zero elsewhere.
+fn cpu_time() -> std::time::Duration {
+    std::fs::read_to_string("/proc/thread-self/schedstat")
+        .ok()
+        .and_then(|s| s.split_whitespace().next().and_then(|x| x.parse::<u64>().ok()))
+        .map(std::time::Duration::from_nanos)
+        .unwrap_or_default()
 }

@@ -79,9 +79,18 @@ fn own_seconds(eg: &EGraph, n: &Kiln, p: &DeviceProfile) -> f64 {
 /// Extracts the cheapest graph below `root` as a `RecExpr` (DAG, shared nodes once).
 /// `uses` gives, per class of the input graph, how many operand slots read it there (other
 /// classes count 1).
-pub fn extract(eg: &EGraph, root: Id, uses: &HashMap<Id, f64>, p: &DeviceProfile) -> Result<RecExpr<Kiln>, PassError> {
+/// `position` gives, per class of the input graph, the index of its node there.
+pub fn extract(eg: &EGraph, root: Id, uses: &HashMap<Id, f64>, position: &HashMap<Id, usize>, p: &DeviceProfile) -> Result<RecExpr<Kiln>, PassError> {
     let mut classes: Vec<Id> = eg.classes().map(|c| c.id).collect();
     classes.sort();
+    // A topological key per class: its position in the input graph, or for a class created
+    // by a rewrite, the largest key among its first node's operands (it sits right after
+    // them). Propagating costs in key order settles in about one pass.
+    let mut key: HashMap<Id, (usize, Id)> = HashMap::new();
+    for &c in &classes {
+        class_key(eg, c, position, &mut key, 0);
+    }
+    classes.sort_by_key(|c| key[c]);
     let own: HashMap<(Id, usize), f64> = classes
         .iter()
         .flat_map(|&c| eg[c].nodes.iter().enumerate().map(move |(i, n)| ((c, i), n)))
@@ -89,7 +98,7 @@ pub fn extract(eg: &EGraph, root: Id, uses: &HashMap<Id, f64>, p: &DeviceProfile
         .collect();
     let mut banned: HashSet<(Id, usize)> = HashSet::new();
     for _attempt in 0..64 {
-        let mut best = best_nodes(eg, &classes, uses, &own, &banned);
+        let mut best = best_nodes(eg, &classes, &key, uses, &own, &banned);
         match find_cycle(eg, root, &best)? {
             None => {
                 share(eg, root, &mut best, &own);
@@ -104,7 +113,32 @@ pub fn extract(eg: &EGraph, root: Id, uses: &HashMap<Id, f64>, p: &DeviceProfile
     Err(PassError::Internal { stage: "extract", what: "could not find an acyclic extraction".into() })
 }
 
-fn best_nodes(eg: &EGraph, classes: &[Id], uses: &HashMap<Id, f64>, own: &HashMap<(Id, usize), f64>, banned: &HashSet<(Id, usize)>) -> HashMap<Id, (f64, usize)> {
+fn class_key(eg: &EGraph, c: Id, position: &HashMap<Id, usize>, key: &mut HashMap<Id, (usize, Id)>, depth: usize) -> (usize, Id) {
+    if let Some(&k) = key.get(&c) {
+        return k;
+    }
+    let k = match position.get(&c) {
+        Some(&p) => (2 * p, c),
+        None if depth > 64 => (usize::MAX, c),
+        None => {
+            key.insert(c, (usize::MAX, c)); // cycle guard
+            let children: Vec<Id> = eg[c].nodes[0].children().iter().map(|&ch| eg.find(ch)).collect();
+            let m = children.into_iter().map(|ch| class_key(eg, ch, position, key, depth + 1).0).filter(|&k| k != usize::MAX).max();
+            (m.map_or(0, |m| m | 1), c)
+        }
+    };
+    key.insert(c, k);
+    k
+}
+
+fn best_nodes(
+    eg: &EGraph,
+    classes: &[Id],
+    key: &HashMap<Id, (usize, Id)>,
+    uses: &HashMap<Id, f64>,
+    own: &HashMap<(Id, usize), f64>,
+    banned: &HashSet<(Id, usize)>,
+) -> HashMap<Id, (f64, usize)> {
     let mut best: HashMap<Id, (f64, usize)> = HashMap::new();
     // Evaluates one class; true when its cost improved.
     let relax = |c: Id, best: &mut HashMap<Id, (f64, usize)>| -> bool {
@@ -132,25 +166,25 @@ fn best_nodes(eg: &EGraph, classes: &[Id], uses: &HashMap<Id, f64>, own: &HashMa
         }
         changed
     };
-    // One sweep in id order (input classes are numbered children-first), then a worklist of
-    // the parents of every class whose cost improved, smallest id first. Without the worklist,
-    // classes created by rewrites (numbered after their users) would need one more sweep per
-    // layer of a deep model: quadratic time.
-    let mut work: std::collections::BTreeSet<Id> = std::collections::BTreeSet::new();
+    // One sweep in key order, then a worklist of the parents of every class whose cost
+    // improved, smallest key first. (Sweeping in id order until nothing changes needs one more
+    // sweep per layer of a deep model, since classes created by rewrites are numbered after
+    // their users: quadratic time.)
+    let mut work: std::collections::BTreeSet<(usize, Id)> = std::collections::BTreeSet::new();
     for &c in classes {
         if relax(c, &mut best) {
-            work.extend(eg[c].parents().map(|p| eg.find(p)));
+            work.extend(eg[c].parents().map(|p| key[&eg.find(p)]));
         }
     }
     let mut steps = 0usize;
-    while let Some(c) = work.pop_first() {
+    while let Some((_, c)) = work.pop_first() {
         steps += 1;
         if steps > 100 * classes.len() + 1000 {
             tracing::warn!("extraction: cost propagation did not settle; using the costs so far");
             break;
         }
         if relax(c, &mut best) {
-            work.extend(eg[c].parents().map(|p| eg.find(p)));
+            work.extend(eg[c].parents().map(|p| key[&eg.find(p)]));
         }
     }
     best

@@ -142,12 +142,14 @@ pub fn simplify_with(g: &Graph, profile: &DeviceProfile, rules: &[lang::Rewrite]
     let t1 = Instant::now();
     let ids = runner.egraph.lookup_expr_ids(&expr).ok_or(PassError::Internal { stage: "extract", what: "the input graph is no longer in the e-graph".into() })?;
     let mut uses: std::collections::HashMap<egg::Id, f64> = Default::default();
-    for n in expr.as_ref() {
+    let mut position: std::collections::HashMap<egg::Id, usize> = Default::default();
+    for (i, n) in expr.as_ref().iter().enumerate() {
+        position.entry(runner.egraph.find(ids[i])).or_insert(i);
         for &c in egg::Language::children(n) {
             *uses.entry(runner.egraph.find(ids[usize::from(c)])).or_default() += 1.0;
         }
     }
-    let best = extract::extract(&runner.egraph, root, &uses, profile)?;
+    let best = extract::extract(&runner.egraph, root, &uses, &position, profile)?;
     let out = lang::from_rec_expr(&best, &names, g.name())?;
     check("extraction", &out)?;
     report.time_extract = t1.elapsed();
