@@ -21,6 +21,7 @@
 //! ```
 
 pub mod cpu;
+pub mod gpu;
 pub mod kir;
 pub mod llvm;
 pub mod lower;

@@ -12,6 +12,7 @@
 
 mod artifact;
 pub mod cache;
+pub mod cuda;
 mod error;
 mod exec;
 pub mod kernels;

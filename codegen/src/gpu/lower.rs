@@ -1,0 +1,537 @@
+//! Kernel bodies -> GPU steps.
+//!
+//! Each kernel body is split into what the GPU runs: `MatMul` nodes become cuBLASLt GEMMs (a
+//! following per-column bias add, and a ReLU after it, ride in cuBLASLt's epilogue),
+//! `FlashAttention` becomes GEMM + one fused scaled/masked softmax kernel + GEMM, and the rest
+//! becomes loop kernels, one per value that must exist in memory (a body output, a GEMM
+//! operand, or a reduction whose row space differs from its consumer's). Everything between
+//! such values is computed inline by the loop kernel that needs it.
+
+use super::emit::{self, EmittedKernel};
+use super::{ptx, GpuError, GpuOptions};
+use ir::{BinaryOp, Buffer, DType, Graph, Kernel, KernelGraph, KernelKind, Node, NodeId, Op, ReduceOp, Shape, UnaryOp};
+use runtime::cuda::{
+    plan_arena, CudaArtifact, GemmActivation, GemmOperand, GemmStep, GpuBuffer, GpuLocation, GpuStep, LaunchStep,
+};
+use std::collections::HashMap;
+
+/// A graph as a kernel graph with one kernel holding all of it.
+pub fn single_kernel(g: &Graph) -> Result<KernelGraph, GpuError> {
+    let mut kg = KernelGraph { name: g.name().to_string(), ..Default::default() };
+    let mut inputs = Vec::new();
+    for &i in g.inputs() {
+        let n = g.node(i);
+        let b = kg.add_buffer(n.dtype, n.shape.clone());
+        kg.inputs.push(b);
+        kg.input_names.push(g.input_name(i).unwrap_or_default().to_string());
+        inputs.push(b);
+    }
+    let mut outputs = Vec::new();
+    for &o in g.outputs() {
+        let n = g.node(o);
+        outputs.push(kg.add_buffer(n.dtype, n.shape.clone()));
+    }
+    kg.outputs = outputs.clone();
+    kg.kernels.push(Kernel { name: "k0".into(), kind: KernelKind::classify(g), body: g.clone(), inputs, outputs });
+    Ok(kg)
+}
+
+enum Pending {
+    Launch { kernel: String, emitted: EmittedKernel, args: Vec<u32> },
+    Gemm(GemmStep),
+    Copy { from: u32, to: u32 },
+}
+
+struct Lowering {
+    buffers: Vec<Buffer>,
+    steps: Vec<Pending>,
+    next_symbol: usize,
+}
+
+impl Lowering {
+    fn temp(&mut self, dtype: DType, shape: Shape) -> u32 {
+        self.buffers.push(Buffer { dtype, shape });
+        self.buffers.len() as u32 - 1
+    }
+
+    /// Emits a loop kernel computing `g`'s outputs from its inputs.
+    fn loop_kernel(&mut self, kernel: &str, g: &Graph, ins: &[u32], outs: &[u32]) -> Result<(), GpuError> {
+        let symbol = format!("kiln_{}_{}", sanitize(kernel), self.next_symbol);
+        self.next_symbol += 1;
+        let args: Vec<(DType, usize)> = ins
+            .iter()
+            .chain(outs)
+            .map(|&b| {
+                let x = &self.buffers[b as usize];
+                (x.dtype, x.shape.numel().max(1))
+            })
+            .collect();
+        let has_reduce = g.nodes().any(|(_, n)| matches!(n.op, Op::Reduce { .. }));
+        let emitted = if has_reduce { emit::row_reduction(&symbol, g, &args)? } else { emit::elementwise(&symbol, g, &args)? };
+        if emitted.grid[0] == 0 {
+            return Ok(());
+        }
+        self.steps.push(Pending::Launch { kernel: kernel.to_string(), emitted, args: ins.iter().chain(outs).copied().collect() });
+        Ok(())
+    }
+}
+
+fn sanitize(s: &str) -> String {
+    s.chars().map(|c| if c.is_ascii_alphanumeric() { c } else { '_' }).collect()
+}
+
+/// The row space `(input shape, axes)` of a reduce node.
+fn space(body: &Graph, id: NodeId) -> Option<(Shape, Vec<usize>)> {
+    match &body.node(id).op {
+        Op::Reduce { axes, .. } => Some((body.node(body.node(id).inputs[0]).shape.clone(), axes.clone())),
+        _ => None,
+    }
+}
+
+/// Lowers one kernel body.
+struct BodyLowering<'a> {
+    name: String,
+    body: &'a Graph,
+    /// Body nodes that live in a buffer.
+    mat: HashMap<NodeId, u32>,
+    /// Where each body output must end up.
+    out_target: HashMap<NodeId, u32>,
+}
+
+impl<'a> BodyLowering<'a> {
+    /// The buffer holding `id`, computing it if needed.
+    fn materialize(&mut self, lw: &mut Lowering, id: NodeId) -> Result<u32, GpuError> {
+        if let Some(&b) = self.mat.get(&id) {
+            return Ok(b);
+        }
+        let node = self.body.node(id).clone();
+        let target = match self.out_target.get(&id) {
+            Some(&b) => b,
+            None => lw.temp(node.dtype, node.shape.clone()),
+        };
+        match &node.op {
+            Op::MatMul => self.matmul(lw, id, target, None, None)?,
+            Op::FlashAttention { causal, scale } => self.attention(lw, &node, target, *causal, scale.0)?,
+            _ => {
+                if let Some((mm, bias, act)) = self.gemm_epilogue(id) {
+                    self.matmul(lw, mm, target, Some(bias), act)?;
+                } else {
+                    self.loop_for(lw, id, target)?;
+                }
+            }
+        }
+        self.mat.insert(id, target);
+        Ok(target)
+    }
+
+    /// `add(matmul, bias[n])` or `max(add(matmul, bias[n]), 0)` where the matmul feeds nothing else.
+    fn gemm_epilogue(&self, id: NodeId) -> Option<(NodeId, NodeId, Option<GemmActivation>)> {
+        let b = self.body;
+        let n = b.node(id);
+        let as_bias_add = |add: NodeId| -> Option<(NodeId, NodeId)> {
+            let a = b.node(add);
+            if a.op != Op::Binary(BinaryOp::Add) {
+                return None;
+            }
+            for (x, y) in [(a.inputs[0], a.inputs[1]), (a.inputs[1], a.inputs[0])] {
+                let (mx, by) = (b.node(x), b.node(y));
+                let cols = mx.shape.dims().last().copied().unwrap_or(0);
+                let bias_ok = by.dtype == mx.dtype
+                    && by.shape.numel() == cols
+                    && by.shape.dims().last() == Some(&cols)
+                    && mx.shape == a.shape;
+                let single_use = b.users(x) == vec![add] && !self.out_target.contains_key(&x) && !b.outputs().contains(&x);
+                if mx.op == Op::MatMul && bias_ok && single_use && !self.mat.contains_key(&x) {
+                    return Some((x, y));
+                }
+            }
+            None
+        };
+        if let Some((mm, bias)) = as_bias_add(id) {
+            return Some((mm, bias, None));
+        }
+        if n.op == Op::Binary(BinaryOp::Max) {
+            for (x, y) in [(n.inputs[0], n.inputs[1]), (n.inputs[1], n.inputs[0])] {
+                let zero = matches!(b.node(y).op, Op::Full { value } if value.0 == 0.0);
+                let single = b.users(x) == vec![id] && !b.outputs().contains(&x);
+                if zero && single && b.node(x).shape == n.shape {
+                    if let Some((mm, bias)) = as_bias_add(x) {
+                        return Some((mm, bias, Some(GemmActivation::Relu)));
+                    }
+                }
+            }
+        }
+        None
+    }
+
+    /// A loop kernel computing `root` into `target`, reading materialized values.
+    fn loop_for(&mut self, lw: &mut Lowering, root: NodeId, target: u32) -> Result<(), GpuError> {
+        // Reductions whose row space differs from the kernel's must come from memory.
+        let spaces: Vec<NodeId> = self.reachable(root).into_iter().filter(|&n| space(self.body, n).is_some()).collect();
+        let distinct = spaces.iter().map(|&n| space(self.body, n)).collect::<std::collections::HashSet<_>>();
+        if distinct.len() > 1 {
+            for &r in &spaces {
+                if r != root {
+                    self.materialize(lw, r)?;
+                }
+            }
+        }
+        // Anchors (matmul, attention) inside the expression are leaves.
+        for n in self.reachable(root) {
+            if n != root && matches!(self.body.node(n).op, Op::MatMul | Op::FlashAttention { .. }) {
+                self.materialize(lw, n)?;
+            }
+        }
+        let (g, ins) = self.extract(root);
+        match lw.loop_kernel(&self.name, &g, &ins, &[target]) {
+            Err(GpuError::Unsupported { .. }) if !spaces.is_empty() && spaces.iter().any(|&r| r != root && !self.mat.contains_key(&r)) => {
+                for &r in &spaces {
+                    if r != root {
+                        self.materialize(lw, r)?;
+                    }
+                }
+                let (g, ins) = self.extract(root);
+                lw.loop_kernel(&self.name, &g, &ins, &[target])
+            }
+            r => r,
+        }
+    }
+
+    /// Nodes `root` depends on without crossing a materialized value.
+    fn reachable(&self, root: NodeId) -> Vec<NodeId> {
+        let mut seen = std::collections::HashSet::new();
+        let mut stack = vec![root];
+        let mut out = Vec::new();
+        while let Some(n) = stack.pop() {
+            if !seen.insert(n) {
+                continue;
+            }
+            out.push(n);
+            if n != root && self.mat.contains_key(&n) {
+                continue;
+            }
+            stack.extend(self.body.node(n).inputs.iter().copied());
+        }
+        out
+    }
+
+    /// The subgraph computing `root` from materialized values (its inputs, in order).
+    fn extract(&self, root: NodeId) -> (Graph, Vec<u32>) {
+        let mut g = Graph::new(format!("{}_part", self.body.name()));
+        let mut map: HashMap<NodeId, NodeId> = HashMap::new();
+        let mut ins = Vec::new();
+        let mut order = self.reachable(root);
+        order.sort();
+        for n in order {
+            let node = self.body.node(n);
+            let new = if n != root && self.mat.contains_key(&n) || matches!(node.op, Op::Input { .. }) {
+                let b = self.mat[&n];
+                ins.push(b);
+                g.input(format!("b{b}"), node.dtype, node.shape.clone()).expect("fresh input names are unique")
+            } else {
+                g.push(Node { inputs: node.inputs.iter().map(|i| map[i]).collect(), ..node.clone() })
+            };
+            map.insert(n, new);
+        }
+        g.set_outputs(vec![map[&root]]);
+        (g, ins)
+    }
+
+    /// A GEMM operand: its buffer, whether stored transposed, and its batch dims.
+    fn operand(&mut self, lw: &mut Lowering, id: NodeId) -> Result<(u32, bool), GpuError> {
+        let n = self.body.node(id);
+        let r = n.shape.rank();
+        if let Op::Permute { perm } = &n.op {
+            let swap_last: Vec<usize> = (0..r).map(|i| if i + 2 == r { r - 1 } else if i + 1 == r { r - 2 } else { i }).collect();
+            if r >= 2 && *perm == swap_last {
+                let inner = n.inputs[0];
+                return Ok((self.materialize(lw, inner)?, true));
+            }
+        }
+        Ok((self.materialize(lw, id)?, false))
+    }
+
+    fn matmul(
+        &mut self,
+        lw: &mut Lowering,
+        mm: NodeId,
+        target: u32,
+        bias: Option<NodeId>,
+        act: Option<GemmActivation>,
+    ) -> Result<(), GpuError> {
+        let node = self.body.node(mm).clone();
+        let (a_id, b_id) = (node.inputs[0], node.inputs[1]);
+        let bias = match bias {
+            Some(b) => Some(self.materialize(lw, b)?),
+            None => None,
+        };
+        let (a, at) = self.operand(lw, a_id)?;
+        let (b, bt) = self.operand(lw, b_id)?;
+        let out = node.shape.clone();
+        let r = out.rank();
+        let (m, n) = (out.dims()[r - 2], out.dims()[r - 1]);
+        let k = self.body.node(a_id).shape.dims()[self.body.node(a_id).shape.rank() - 1];
+        let batch_shape = Shape::new(out.dims()[..r - 2].iter().copied());
+        self.gemm(lw, &node.dtype, (a, at, self.body.node(a_id).shape.clone()), (b, bt, self.body.node(b_id).shape.clone()), target, (batch_shape, m, n, k), bias, act)
+    }
+
+    /// Enqueues `target = a @ b` for logical operand shapes, broadcasting batch dims.
+    #[allow(clippy::type_complexity)]
+    fn gemm(
+        &mut self,
+        lw: &mut Lowering,
+        dtype: &DType,
+        a: (u32, bool, Shape),
+        b: (u32, bool, Shape),
+        target: u32,
+        (batch_shape, m, n, k): (Shape, usize, usize, usize),
+        bias: Option<u32>,
+        act: Option<GemmActivation>,
+    ) -> Result<(), GpuError> {
+        if !dtype.is_float() {
+            return Err(GpuError::Unsupported { kernel: self.name.clone(), reason: format!("a {dtype} matmul (cuBLASLt GEMMs are float)") });
+        }
+        let batch = batch_shape.numel();
+        // Each operand: batch stride (0 = shared), materializing a broadcast copy when needed.
+        let mut prep = |x: (u32, bool, Shape), rows: usize, cols: usize| -> Result<GemmOperand, GpuError> {
+            let (buf, trans, shape) = x;
+            let own = Shape::new(shape.dims()[..shape.rank() - 2].iter().copied());
+            if own.numel() == 1 {
+                return Ok(GemmOperand { buffer: buf, transposed: trans, batch_stride: 0 });
+            }
+            let padded: Vec<usize> = std::iter::repeat_n(1, batch_shape.rank().saturating_sub(own.rank())).chain(own.dims().iter().copied()).collect();
+            if padded == batch_shape.dims() {
+                return Ok(GemmOperand { buffer: buf, transposed: trans, batch_stride: (rows * cols) as i64 });
+            }
+            // Partial broadcast: expand into a contiguous copy.
+            let stored = lw.buffers[buf as usize].clone();
+            let last2 = &stored.shape.dims()[stored.shape.rank() - 2..];
+            let full = Shape::new(batch_shape.dims().iter().copied().chain(last2.iter().copied()));
+            let mut g = Graph::new("expand");
+            let i = g.input("x", stored.dtype, stored.shape.clone())?;
+            let e = g.add(Op::Expand { shape: full.clone() }, &[i])?;
+            g.set_outputs(vec![e]);
+            let t = lw.temp(stored.dtype, full);
+            lw.loop_kernel(&format!("{}_expand", self.name), &g, &[buf], &[t])?;
+            Ok(GemmOperand { buffer: t, transposed: trans, batch_stride: (rows * cols) as i64 })
+        };
+        let mut ga = prep(a, m, k)?;
+        let gb = prep(b, k, n)?;
+        let (mut batch, mut m) = (batch.max(1), m);
+        if gb.batch_stride == 0 && !ga.transposed && batch > 1 && ga.batch_stride != 0 {
+            // [batch, m, k] @ [k, n]: one GEMM of batch * m rows.
+            m *= batch;
+            batch = 1;
+            ga.batch_stride = 0;
+        }
+        lw.steps.push(Pending::Gemm(GemmStep {
+            kernel: self.name.clone(),
+            dtype: *dtype,
+            batch,
+            m,
+            n,
+            k,
+            a: ga,
+            b: gb,
+            c: target,
+            bias,
+            activation: act,
+        }));
+        Ok(())
+    }
+
+    /// `softmax(q k^T * scale [+ causal mask]) v` as GEMM, one fused softmax kernel, GEMM.
+    fn attention(&mut self, lw: &mut Lowering, node: &Node, target: u32, causal: bool, scale: f64) -> Result<(), GpuError> {
+        let (q, k, v) = (node.inputs[0], node.inputs[1], node.inputs[2]);
+        let qs = self.body.node(q).shape.clone();
+        let ks = self.body.node(k).shape.clone();
+        let vs = self.body.node(v).shape.clone();
+        let r = qs.rank();
+        let (sq, d) = (qs.dims()[r - 2], qs.dims()[r - 1]);
+        let sk = ks.dims()[ks.rank() - 2];
+        let dv = vs.dims()[vs.rank() - 1];
+        let dtype = node.dtype;
+        let batch_shape = Shape::new(node.shape.dims()[..node.shape.rank() - 2].iter().copied());
+        let (qb, qt) = self.operand(lw, q)?;
+        let (kb, kt) = self.operand(lw, k)?;
+        let (vb, vt) = self.operand(lw, v)?;
+        let s_shape = Shape::new(batch_shape.dims().iter().copied().chain([sq, sk]));
+        let s = lw.temp(dtype, s_shape.clone());
+        // S = q @ k^T: k stored [sk, d] is k^T stored transposed.
+        self.gemm(lw, &dtype, (qb, qt, qs.clone()), (kb, !kt, ks.clone()), s, (batch_shape.clone(), sq, sk, d), None, None)?;
+        let p = lw.temp(dtype, s_shape.clone());
+        let g = softmax_graph(&s_shape, dtype, causal, scale)?;
+        lw.loop_kernel(&format!("{}_softmax", self.name), &g, &[s], &[p])?;
+        self.gemm(lw, &dtype, (p, false, s_shape), (vb, vt, vs), target, (batch_shape, sq, dv, sk), None, None)
+    }
+}
+
+/// `softmax(s * scale, masked causally)` over the last axis, in f32, cast back to `dtype`.
+fn softmax_graph(s_shape: &Shape, dtype: DType, causal: bool, scale: f64) -> Result<Graph, GpuError> {
+    let r = s_shape.rank();
+    let (sq, sk) = (s_shape.dims()[r - 2], s_shape.dims()[r - 1]);
+    let mut g = Graph::new("attn_softmax");
+    let s = g.input("s", dtype, s_shape.clone())?;
+    let s32 = if dtype == DType::F32 { s } else { g.add(Op::Cast { to: DType::F32 }, &[s])? };
+    let c = g.full(scale, DType::F32, Shape::scalar());
+    let mut x = g.add(Op::Binary(BinaryOp::Mul), &[s32, c])?;
+    if causal {
+        let two = Shape::new([sq, sk]);
+        let i = g.iota(0, DType::I32, two.clone())?;
+        let j = g.iota(1, DType::I32, two)?;
+        let off = g.full((sk as f64) - (sq as f64), DType::I32, Shape::scalar());
+        let lim = g.add(Op::Binary(BinaryOp::Add), &[i, off])?;
+        let keep = g.add(Op::Compare(ir::CmpOp::Le), &[j, lim])?;
+        let ninf = g.full(f64::NEG_INFINITY, DType::F32, Shape::scalar());
+        x = g.add(Op::Where, &[keep, x, ninf])?;
+    }
+    let axes = vec![r - 1];
+    let m = g.add(Op::Reduce { op: ReduceOp::Max, axes: axes.clone(), keepdim: true }, &[x])?;
+    let d = g.add(Op::Binary(BinaryOp::Sub), &[x, m])?;
+    let e = g.add(Op::Unary(UnaryOp::Exp), &[d])?;
+    let sum = g.add(Op::Reduce { op: ReduceOp::Sum, axes, keepdim: true }, &[e])?;
+    let mut p = g.add(Op::Binary(BinaryOp::Div), &[e, sum])?;
+    if dtype != DType::F32 {
+        p = g.add(Op::Cast { to: dtype }, &[p])?;
+    }
+    g.set_outputs(vec![p]);
+    Ok(g)
+}
+
+fn lower_steps(kg: &KernelGraph) -> Result<Lowering, GpuError> {
+    kg.verify()?;
+    let mut lw = Lowering { buffers: kg.buffers.clone(), steps: Vec::new(), next_symbol: 0 };
+    for k in &kg.kernels {
+        let body = &k.body;
+        let mut bl = BodyLowering { name: k.name.clone(), body, mat: HashMap::new(), out_target: HashMap::new() };
+        for (&n, &b) in body.inputs().iter().zip(&k.inputs) {
+            bl.mat.insert(n, b.0);
+        }
+        let mut copies = Vec::new();
+        for (&o, &b) in body.outputs().iter().zip(&k.outputs) {
+            if bl.mat.contains_key(&o) || bl.out_target.contains_key(&o) {
+                copies.push((o, b.0));
+            } else {
+                bl.out_target.insert(o, b.0);
+            }
+        }
+        for &o in body.outputs() {
+            bl.materialize(&mut lw, o).map_err(|e| e.in_kernel(&k.name))?;
+        }
+        for (o, to) in copies {
+            lw.steps.push(Pending::Copy { from: bl.mat[&o], to });
+        }
+    }
+    Ok(lw)
+}
+
+fn module_text(lw: &Lowering) -> String {
+    let mut funcs = String::new();
+    for s in &lw.steps {
+        if let Pending::Launch { emitted, .. } = s {
+            funcs.push_str(&emitted.func);
+        }
+    }
+    format!("module attributes {{gpu.container_module}} {{\n gpu.module @kiln {{\n{funcs} }}\n}}\n")
+}
+
+pub(crate) fn lower_to_mlir(kg: &KernelGraph) -> Result<String, GpuError> {
+    Ok(module_text(&lower_steps(kg)?))
+}
+
+pub(crate) fn lower(kg: &KernelGraph, opts: &GpuOptions) -> Result<CudaArtifact, GpuError> {
+    let mut lw = lower_steps(kg)?;
+    // Caller buffers: an output that is also an input (or returned twice) gets its own buffer
+    // and a copy.
+    let mut location: Vec<Option<GpuLocation>> = vec![None; lw.buffers.len()];
+    for (i, b) in kg.inputs.iter().enumerate() {
+        location[b.0 as usize] = Some(GpuLocation::Input(i));
+    }
+    let mut outputs = Vec::new();
+    for (i, b) in kg.outputs.iter().enumerate() {
+        let mut b = b.0;
+        if location[b as usize].is_some() {
+            let x = lw.buffers[b as usize].clone();
+            let t = lw.temp(x.dtype, x.shape);
+            location.push(None);
+            lw.steps.push(Pending::Copy { from: b, to: t });
+            b = t;
+        }
+        location[b as usize] = Some(GpuLocation::Output(i));
+        outputs.push(b);
+    }
+    // Liveness over steps.
+    let n = lw.buffers.len();
+    let mut live: Vec<Option<(usize, usize)>> = vec![None; n];
+    let mut touch = |b: u32, s: usize| {
+        let l = &mut live[b as usize];
+        *l = Some(match *l {
+            None => (s, s),
+            Some((a, _)) => (a, s),
+        });
+    };
+    for (s, step) in lw.steps.iter().enumerate() {
+        match step {
+            Pending::Launch { args, .. } => args.iter().for_each(|&b| touch(b, s)),
+            Pending::Gemm(g) => {
+                for b in [g.a.buffer, g.b.buffer, g.c].into_iter().chain(g.bias) {
+                    touch(b, s);
+                }
+            }
+            Pending::Copy { from, to } => {
+                touch(*from, s);
+                touch(*to, s);
+            }
+        }
+    }
+    let arena_ids: Vec<usize> = (0..n).filter(|&i| location[i].is_none() && live[i].is_some()).collect();
+    let reqs: Vec<(usize, usize, usize)> = arena_ids
+        .iter()
+        .map(|&i| {
+            let (a, b) = live[i].expect("filtered");
+            (lw.buffers[i].bytes(), a, b)
+        })
+        .collect();
+    let (offsets, arena_bytes) = plan_arena(&reqs);
+    for (&i, &off) in arena_ids.iter().zip(&offsets) {
+        location[i] = Some(GpuLocation::Arena { offset: off });
+    }
+    let unplanned_bytes = reqs.iter().map(|r| r.0.div_ceil(runtime::cuda::ARENA_ALIGN) * runtime::cuda::ARENA_ALIGN).sum();
+    let index_bits = if lw.buffers.iter().all(|b| b.shape.numel() < (1 << 31)) { 32 } else { 64 };
+    let has_kernels = lw.steps.iter().any(|s| matches!(s, Pending::Launch { .. }));
+    let ptx = if has_kernels { ptx::to_ptx(&module_text(&lw), opts.sm, index_bits)? } else { String::new() };
+    let buffers = lw
+        .buffers
+        .iter()
+        .enumerate()
+        .map(|(i, b)| GpuBuffer {
+            dtype: b.dtype,
+            shape: b.shape.dims().to_vec(),
+            location: location[i].clone().unwrap_or(GpuLocation::Arena { offset: 0 }),
+            live: live[i].unwrap_or((0, 0)),
+        })
+        .collect();
+    let steps = lw
+        .steps
+        .into_iter()
+        .map(|s| match s {
+            Pending::Launch { kernel, emitted, args } => {
+                GpuStep::Launch(LaunchStep { kernel, symbol: emitted.symbol, grid: emitted.grid, block: emitted.block, args })
+            }
+            Pending::Gemm(g) => GpuStep::Gemm(g),
+            Pending::Copy { from, to } => GpuStep::Copy { from, to },
+        })
+        .collect();
+    Ok(CudaArtifact {
+        name: kg.name.clone(),
+        arch: opts.sm.name().to_string(),
+        ptx,
+        buffers,
+        inputs: kg.inputs.iter().map(|b| b.0).collect(),
+        input_names: kg.input_names.clone(),
+        outputs,
+        arena_bytes,
+        unplanned_bytes,
+        steps,
+    })
+}

@@ -1,0 +1,660 @@
+//! GPU backend tests: every op and fused pattern against `ir::interp` on odd shapes.
+//!
+//! Everywhere: the graph is compiled to PTX (sm_90, and sm_80 for a few), which is written to
+//! `target/kiln-ptx/` (or `$KILN_PTX_DIR`) for `scripts/check-ptx` to assemble with ptxas.
+//! With `--features cuda` on a machine with a GPU: the artifact runs on the device, outputs
+//! poisoned with NaN before each run, three ways (plain launches, a CUDA graph, the graph again
+//! with new output addresses), each compared with the interpreter. Without a GPU the device part
+//! is skipped with a message and the test passes.
+
+use codegen::gpu::{compile_graph, GpuOptions, SmVersion};
+use frontend::{Tensor, Tracer};
+use ir::interp::{self, Value};
+use ir::{DType, Graph};
+use rand::{Rng, SeedableRng};
+use runtime::cuda::CudaArtifact;
+use std::path::PathBuf;
+
+type R<T> = Result<T, Box<dyn std::error::Error>>;
+
+fn ptx_dir() -> PathBuf {
+    std::env::var_os("KILN_PTX_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/kiln-ptx"))
+}
+
+fn random_inputs(g: &Graph, seed: u64) -> Vec<Value> {
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    g.inputs()
+        .iter()
+        .map(|&i| {
+            let n = g.node(i);
+            let data: Vec<f64> = (0..n.shape.numel())
+                .map(|_| match n.dtype {
+                    DType::Bool => rng.random_range(0..2) as f64,
+                    DType::I32 | DType::I64 => rng.random_range(-9..10) as f64,
+                    _ => {
+                        // Normal by Box-Muller, never exactly zero.
+                        let (u, v): (f64, f64) = (rng.random_range(1e-12..1.0), rng.random());
+                        (-2.0 * u.ln()).sqrt() * (std::f64::consts::TAU * v).cos()
+                    }
+                })
+                .collect();
+            Value::new(n.dtype, n.shape.clone(), data).expect("sizes match")
+        })
+        .collect()
+}
+
+/// Compiles, writes PTX, and (with a GPU) runs and checks against the interpreter.
+fn check_with(name: &str, g: &Graph, inputs: Vec<Value>) -> R<CudaArtifact> {
+    let art = compile_graph(g, &GpuOptions { sm: SmVersion::Sm90 })?;
+    let dir = ptx_dir();
+    std::fs::create_dir_all(&dir)?;
+    if !art.ptx.is_empty() {
+        std::fs::write(dir.join(format!("{name}.ptx")), &art.ptx)?;
+    }
+    let reference = interp::run(g, &inputs)?;
+    device::run_and_compare(name, &art, &inputs, &reference)?;
+    Ok(art)
+}
+
+fn check(name: &str, g: &Graph, seed: u64) -> R<CudaArtifact> {
+    check_with(name, g, random_inputs(g, seed))
+}
+
+fn trace(name: &str, f: impl FnOnce(&Tracer) -> frontend::Result<Vec<Tensor>>) -> Graph {
+    let t = Tracer::new(name);
+    let outs = f(&t).expect("traces");
+    let refs: Vec<&Tensor> = outs.iter().collect();
+    t.finish(&refs).expect("finishes")
+}
+
+#[cfg(feature = "cuda")]
+mod device {
+    use super::R;
+    use ir::interp::Value;
+    use ir::DType;
+    use runtime::cuda::{driver_present, CudaArtifact, CudaError, CudaExecutor};
+
+    pub fn to_bytes(v: &Value) -> Vec<u8> {
+        let mut out = Vec::with_capacity(v.data.len() * v.dtype.size_bytes());
+        for &x in &v.data {
+            match v.dtype {
+                DType::F32 => out.extend((x as f32).to_le_bytes()),
+                DType::F16 => out.extend(half::f16::from_f64(x).to_le_bytes()),
+                DType::BF16 => out.extend(half::bf16::from_f64(x).to_le_bytes()),
+                DType::I32 => out.extend((x as i32).to_le_bytes()),
+                DType::I64 => out.extend((x as i64).to_le_bytes()),
+                DType::Bool => out.push((x != 0.0) as u8),
+            }
+        }
+        out
+    }
+
+    pub fn from_bytes(d: DType, shape: &[usize], b: &[u8]) -> Value {
+        let s = d.size_bytes();
+        let data = b
+            .chunks_exact(s)
+            .map(|c| match d {
+                DType::F32 => f32::from_le_bytes(c.try_into().unwrap()) as f64,
+                DType::F16 => half::f16::from_le_bytes(c.try_into().unwrap()).to_f64(),
+                DType::BF16 => half::bf16::from_le_bytes(c.try_into().unwrap()).to_f64(),
+                DType::I32 => i32::from_le_bytes(c.try_into().unwrap()) as f64,
+                DType::I64 => i64::from_le_bytes(c.try_into().unwrap()) as f64,
+                DType::Bool => c[0] as f64,
+            })
+            .collect();
+        Value { dtype: d, shape: shape.into(), data }
+    }
+
+    /// Whether a GPU is usable; prints why not once per test otherwise.
+    pub fn available(name: &str) -> bool {
+        if !driver_present() {
+            println!("skipping the GPU run of {name}: no CUDA driver found");
+            return false;
+        }
+        true
+    }
+
+    pub fn run_and_compare(name: &str, art: &CudaArtifact, inputs: &[Value], reference: &[Value]) -> R<()> {
+        if !available(name) {
+            return Ok(());
+        }
+        let mut ex = match CudaExecutor::new(art.clone(), 0) {
+            Err(CudaError::NoDevice { message, .. }) => {
+                println!("skipping the GPU run of {name}: no CUDA device ({message})");
+                return Ok(());
+            }
+            r => r?,
+        };
+        let ins = inputs
+            .iter()
+            .map(|v| {
+                let t = ex.alloc(v.data.len() * v.dtype.size_bytes())?;
+                t.upload(&to_bytes(v))?;
+                Ok(t)
+            })
+            .collect::<Result<Vec<_>, CudaError>>()?;
+        let in_ptrs: Vec<u64> = ins.iter().map(|t| t.ptr).collect();
+        for mode in ["launches", "graph", "graph, new outputs"] {
+            let outs = reference
+                .iter()
+                .map(|r| {
+                    let t = ex.alloc(r.data.len() * r.dtype.size_bytes())?;
+                    t.fill(0xFF)?;
+                    Ok(t)
+                })
+                .collect::<Result<Vec<_>, CudaError>>()?;
+            let out_ptrs: Vec<u64> = outs.iter().map(|t| t.ptr).collect();
+            unsafe {
+                if mode == "launches" {
+                    ex.run(&in_ptrs, &out_ptrs, None)?;
+                } else {
+                    ex.run_graph(&in_ptrs, &out_ptrs, None)?;
+                }
+            }
+            ex.synchronize()?;
+            for (i, (t, r)) in outs.iter().zip(reference).enumerate() {
+                let got = from_bytes(r.dtype, r.shape.dims(), &t.download()?);
+                let diff = got.max_rel_diff(r);
+                let tol = r.dtype.tolerance();
+                assert!(
+                    diff <= tol,
+                    "{name} ({mode}): output {i} differs from the interpreter by {diff:e} (tolerance {tol:e}); first values {:?} vs {:?}",
+                    &got.data[..got.data.len().min(6)],
+                    &r.data[..r.data.len().min(6)]
+                );
+            }
+        }
+        println!("{name}: GPU matches the interpreter ({} steps, graph captures {}, updates {})", art.steps.len(), ex.captures, ex.updates);
+        Ok(())
+    }
+}
+
+#[cfg(not(feature = "cuda"))]
+mod device {
+    use super::R;
+    use ir::interp::Value;
+    use runtime::cuda::CudaArtifact;
+
+    pub fn run_and_compare(name: &str, _: &CudaArtifact, _: &[Value], _: &[Value]) -> R<()> {
+        println!("skipping the GPU run of {name}: built without the `cuda` feature");
+        Ok(())
+    }
+}
+
+// ---------------------------------------------------------------- elementwise
+
+#[test]
+fn ew_chain_bf16_vectorized() -> R<()> {
+    let g = trace("ew_chain", |t| {
+        let x = t.input("x", DType::BF16, [37, 72])?;
+        let a = t.input("a", DType::BF16, [72])?;
+        let b = t.input("b", DType::BF16, [72])?;
+        Ok(vec![x.mul(&a)?.add(&b)?.sigmoid()?.mul(&x)?])
+    });
+    let art = check("ew_chain_bf16", &g, 1)?;
+    assert!(art.ptx.contains("ld.global.v4.b32") || art.ptx.contains("ld.global.v4.u32"), "16-byte loads expected:\n{}", art.ptx);
+    assert_eq!(art.steps.len(), 1, "one fused kernel");
+    Ok(())
+}
+
+#[test]
+fn ew_odd_shape_scalar_path_f32() -> R<()> {
+    let g = trace("ew_odd", |t| {
+        let x = t.input("x", DType::F32, [3, 50, 7])?;
+        let y = t.input("y", DType::F32, [50, 1])?;
+        Ok(vec![x.sub(&y)?.mul(2.5f64)?.tanh()?.add(&x.exp()?)?])
+    });
+    check("ew_odd_f32", &g, 2)?;
+    Ok(())
+}
+
+#[test]
+fn every_unary_op() -> R<()> {
+    for (dtype, shape) in [(DType::F32, vec![5usize, 83]), (DType::BF16, vec![4, 96])] {
+        let g = trace("unary", |t| {
+            let x = t.input("x", dtype, shape.clone())?;
+            let pos = x.abs()?.add(0.25f64)?;
+            Ok(vec![
+                x.neg()?,
+                x.abs()?,
+                x.exp()?,
+                pos.log()?,
+                pos.sqrt()?,
+                pos.rsqrt()?,
+                pos.recip()?,
+                x.tanh()?,
+                x.mul(3.0f64)?.tanh()?,
+                x.erf()?,
+                x.mul(2.0f64)?.erf()?,
+                x.mul(4.0f64)?.sin()?,
+                x.mul(4.0f64)?.cos()?,
+                x.mul(3.0f64)?.floor()?,
+                x.gt(0.0f64)?.logical_not()?,
+            ])
+        });
+        check(&format!("unary_{dtype}"), &g, 3)?;
+    }
+    Ok(())
+}
+
+#[test]
+fn every_binary_compare_where_and_cast() -> R<()> {
+    let g = trace("binary", |t| {
+        let x = t.input("x", DType::F32, [7, 33])?;
+        let y = t.input("y", DType::F32, [33])?;
+        let i = t.input("i", DType::I32, [7, 33])?;
+        let pos = x.abs()?.add(0.5f64)?;
+        Ok(vec![
+            x.add(&y)?,
+            x.sub(&y)?,
+            x.mul(&y)?,
+            x.div(&y.abs()?.add(0.5f64)?)?,
+            x.maximum(&y)?,
+            x.minimum(&y)?,
+            pos.pow(&y)?,
+            x.pow(2.0f64)?,
+            frontend::where_(&x.lt(&y)?, &x, &y)?,
+            x.ge(&y)?.logical_and(&x.ne(0.0f64)?)?.logical_or(&x.eq(&y)?)?,
+            x.to_dtype(DType::BF16)?.to_dtype(DType::F32)?,
+            x.mul(4.0f64)?.to_dtype(DType::I32)?,
+            i.to_dtype(DType::F32)?.mul(&x)?,
+            i.mul(&i)?.sub(3i32)?.maximum(&i)?,
+            i.div(3i32)?,
+            i.to_dtype(DType::I64)?.add(7i64)?,
+        ])
+    });
+    check("binary_compare_cast", &g, 4)?;
+    Ok(())
+}
+
+#[test]
+fn movement_ops_are_index_maps() -> R<()> {
+    let g = trace("movement", |t| {
+        let x = t.input("x", DType::F32, [6, 10, 4])?;
+        let y = t.input("y", DType::F32, [4, 6])?;
+        let p = x.permute(vec![2usize, 0, 1])?; // [4, 6, 10]
+        let s = x.slice(1, 1, 9, 3)?; // [6, 3, 4]
+        let r = x.reshape(vec![12usize, 20])?.transpose(0, 1)?; // [20, 12]
+        let c = frontend::cat(&[&y, &y.mul(2.0f64)?], 1)?; // [4, 12]
+        let e = y.reshape(vec![4usize, 6, 1])?.expand(vec![4usize, 6, 10])?;
+        let io = t.iota(1, DType::F32, [4, 6, 10])?;
+        Ok(vec![p.add(&e)?.add(&io)?, s.exp()?, r.mul(3.0f64)?, c.add(1.0f64)?])
+    });
+    check("movement", &g, 5)?;
+    Ok(())
+}
+
+#[test]
+fn pad_via_interp_graph() -> R<()> {
+    let mut g = Graph::new("pad");
+    let x = g.input("x", DType::F32, [5, 7])?;
+    let p = g.add(ir::Op::Pad { pads: vec![(1, 2), (0, 3)], value: ir::Scalar(-1.5) }, &[x])?;
+    let e = g.add(ir::Op::Unary(ir::UnaryOp::Exp), &[p])?;
+    g.set_outputs(vec![e]);
+    check("pad", &g, 6)?;
+    Ok(())
+}
+
+// ---------------------------------------------------------------- reductions
+
+#[test]
+fn softmax_rows() -> R<()> {
+    for (dtype, shape, name) in [
+        (DType::F32, vec![7usize, 1000], "softmax_f32_odd"),
+        (DType::BF16, vec![9, 4096], "softmax_bf16_4096"),
+        (DType::F32, vec![3, 5, 37], "softmax_f32_3d"),
+    ] {
+        let g = trace("softmax", |t| Ok(vec![t.input("x", dtype, shape.clone())?.softmax(-1)?]));
+        let art = check(name, &g, 7)?;
+        assert_eq!(art.steps.len(), 1, "{name}: softmax is one kernel");
+    }
+    Ok(())
+}
+
+#[test]
+fn layernorm_residual_and_rms_norm() -> R<()> {
+    let g = trace("ln", |t| {
+        let x = t.input("x", DType::BF16, [13, 768])?;
+        let r = t.input("r", DType::BF16, [13, 768])?;
+        let w = t.input("w", DType::BF16, [768])?;
+        let b = t.input("b", DType::BF16, [768])?;
+        Ok(vec![x.add(&r)?.layer_norm(&[768], Some(&w), Some(&b), 1e-5)?])
+    });
+    let art = check("layernorm_residual_bf16", &g, 8)?;
+    assert_eq!(art.steps.len(), 1, "layer_norm + residual is one kernel");
+    let g = trace("rms", |t| {
+        let x = t.input("x", DType::F32, [6, 783])?;
+        let w = t.input("w", DType::F32, [783])?;
+        Ok(vec![x.rms_norm(&[783], Some(&w), Some(1e-6))?])
+    });
+    check("rms_norm_f32_odd", &g, 9)?;
+    Ok(())
+}
+
+#[test]
+fn reductions_over_other_axes() -> R<()> {
+    let g = trace("red", |t| {
+        let x = t.input("x", DType::F32, [50, 3, 7])?;
+        let i = t.input("i", DType::I32, [5, 9])?;
+        Ok(vec![
+            x.sum(0isize, false)?,
+            x.amax(vec![0isize, 2], true)?,
+            x.sum(vec![1isize, 2], false)?.exp()?,
+            x.mean(-1isize, true)?.sub(&x)?,
+            i.sum(1isize, false)?,
+            i.amax(0isize, true)?,
+        ])
+    });
+    check("reductions_axes", &g, 10)?;
+    Ok(())
+}
+
+// ---------------------------------------------------------------- matmul and attention
+
+#[test]
+fn matmuls_with_epilogues() -> R<()> {
+    let g = trace("mm", |t| {
+        let a = t.input("a", DType::F32, [37, 50])?;
+        let b = t.input("b", DType::F32, [50, 29])?;
+        let bias = t.input("bias", DType::F32, [29])?;
+        let x = t.input("x", DType::BF16, [2, 3, 17, 40])?;
+        let w = t.input("w", DType::BF16, [40, 24])?;
+        let y = t.input("y", DType::BF16, [2, 3, 40, 24])?;
+        let wt = t.input("wt", DType::F32, [29, 50])?;
+        Ok(vec![
+            a.matmul(&b)?,
+            a.matmul(&b)?.add(&bias)?.relu()?,
+            a.matmul(&b)?.add(&bias)?,
+            x.matmul(&w)?.gelu_tanh()?,
+            x.matmul(&y)?,
+            a.matmul(&wt.t()?)?.mul(0.5f64)?,
+            a.linear(&wt, Some(&bias))?,
+        ])
+    });
+    check("matmul_epilogues", &g, 11)?;
+    Ok(())
+}
+
+#[test]
+fn attention_causal_and_not() -> R<()> {
+    for (dtype, causal, sq, sk, name) in
+        [(DType::BF16, true, 33, 33, "attention_causal_bf16"), (DType::F32, false, 19, 45, "attention_f32_cross")]
+    {
+        let mut g = Graph::new(name);
+        let q = g.input("q", dtype, [2, 3, sq, 16])?;
+        let k = g.input("k", dtype, [2, 3, sk, 16])?;
+        let v = g.input("v", dtype, [2, 3, sk, 24])?;
+        let o = g.add(ir::Op::FlashAttention { causal, scale: ir::Scalar(0.25) }, &[q, k, v])?;
+        g.set_outputs(vec![o]);
+        let art = check(name, &g, 12)?;
+        assert_eq!(art.steps.len(), 3, "{name}: gemm + softmax + gemm");
+    }
+    Ok(())
+}
+
+#[test]
+fn gpt2_tiny_block_end_to_end() -> R<()> {
+    use frontend::models::{Gpt2, Gpt2Config};
+    let cfg = Gpt2Config::tiny();
+    let model = Gpt2::new(cfg.clone());
+    let traced = frontend::trace(&model, &[cfg.input_spec(2, 9)])?;
+    let inputs = traced.random_inputs(13);
+    let art = check_with("gpt2_tiny", &traced.graph, inputs)?;
+    println!("gpt2 tiny: {}", art.summary());
+    assert!(art.arena_bytes < art.unplanned_bytes, "liveness planning reuses memory");
+    Ok(())
+}
+
+#[test]
+fn sm80_ptx_too() -> R<()> {
+    let g = trace("sm80", |t| Ok(vec![t.input("x", DType::F16, [8, 256])?.softmax(-1)?]));
+    let art = compile_graph(&g, &GpuOptions { sm: SmVersion::Sm80 })?;
+    assert!(art.ptx.contains(".target sm_80"));
+    std::fs::create_dir_all(ptx_dir())?;
+    std::fs::write(ptx_dir().join("softmax_f16_sm80.ptx"), &art.ptx)?;
+    Ok(())
+}
+
+#[cfg(feature = "cuda")]
+#[test]
+fn no_driver_is_a_typed_error_or_a_device() {
+    match runtime::cuda::CudaExecutor::new(
+        compile_graph(&trace("x", |t| Ok(vec![t.input("x", DType::F32, [4])?.exp()?])), &GpuOptions::default()).unwrap(),
+        0,
+    ) {
+        Ok(_) => println!("a CUDA device is present"),
+        Err(e) => {
+            let s = e.to_string();
+            println!("no device: {s}");
+            assert!(s.contains("no CUDA driver found") || s.contains("not available"), "{s}");
+        }
+    }
+}
+
+// ---------------------------------------------------------------- benchmark (run by scripts/gpu-run)
+
+/// The workloads of `shared/bench/WORKLOADS.md` that this backend covers, each checked against
+/// an f64 reference on sampled rows before it is timed (CUDA events, L2 flushed, graph replay,
+/// median). Writes JSON to `$KILN_BENCH_OUT`.
+#[cfg(feature = "cuda")]
+#[test]
+#[ignore = "GPU benchmark: run by scripts/gpu-run"]
+fn bench_workloads() -> R<()> {
+    use runtime::cuda::{driver_present, CudaExecutor, DeviceTensor};
+    if !driver_present() {
+        println!("skipping the GPU benchmark: no CUDA driver found");
+        return Ok(());
+    }
+    let median = |mut t: Vec<f64>| {
+        t.sort_by(f64::total_cmp);
+        t[t.len() / 2]
+    };
+    let mut results = Vec::new();
+    let upload = |ex: &CudaExecutor, vals: &[Value]| -> R<Vec<DeviceTensor>> {
+        vals.iter()
+            .map(|v| {
+                let t = ex.alloc(v.data.len() * v.dtype.size_bytes())?;
+                t.upload(&device::to_bytes(v))?;
+                Ok(t)
+            })
+            .collect()
+    };
+    // name, graph, bytes moved (each input read once, output written once), flops, rows checked
+    let workloads: Vec<(&str, Graph, f64, f64)> = vec![
+        (
+            "ew_chain",
+            trace("ew_chain", |t| {
+                let x = t.input("x", DType::BF16, [8192, 8192])?;
+                let a = t.input("a", DType::BF16, [8192])?;
+                let b = t.input("b", DType::BF16, [8192])?;
+                Ok(vec![x.mul(&a)?.add(&b)?.sigmoid()?.mul(&x)?])
+            }),
+            2.0 * 8192.0 * 8192.0 * 2.0,
+            0.0,
+        ),
+        (
+            "layernorm_residual",
+            trace("layernorm_residual", |t| {
+                let x = t.input("x", DType::BF16, [16384, 4096])?;
+                let r = t.input("r", DType::BF16, [16384, 4096])?;
+                let w = t.input("w", DType::BF16, [4096])?;
+                let b = t.input("b", DType::BF16, [4096])?;
+                Ok(vec![x.add(&r)?.layer_norm(&[4096], Some(&w), Some(&b), 1e-5)?])
+            }),
+            3.0 * 16384.0 * 4096.0 * 2.0,
+            0.0,
+        ),
+        (
+            "softmax",
+            trace("softmax", |t| Ok(vec![t.input("x", DType::BF16, [16384, 4096])?.softmax(-1)?])),
+            2.0 * 16384.0 * 4096.0 * 2.0,
+            0.0,
+        ),
+        (
+            "mlp_gelu",
+            trace("mlp_gelu", |t| {
+                let x = t.input("x", DType::BF16, [8192, 4096])?;
+                let w1 = t.input("w1", DType::BF16, [4096, 16384])?;
+                let b1 = t.input("b1", DType::BF16, [16384])?;
+                let w2 = t.input("w2", DType::BF16, [16384, 4096])?;
+                let b2 = t.input("b2", DType::BF16, [4096])?;
+                Ok(vec![x.matmul(&w1)?.add(&b1)?.gelu()?.matmul(&w2)?.add(&b2)?])
+            }),
+            0.0,
+            2.0 * 2.0 * 8192.0 * 4096.0 * 16384.0,
+        ),
+    ];
+    let mut copy_bw = 0.0;
+    for (name, g, bytes, flops) in workloads {
+        let art = compile_graph(&g, &GpuOptions::default())?;
+        let mut ex = CudaExecutor::new(art.clone(), 0)?;
+        if copy_bw == 0.0 {
+            copy_bw = ex.copy_bandwidth(1 << 30, 20)?;
+            println!("device-to-device copy: {:.3} TB/s", copy_bw / 1e12);
+        }
+        let inputs = random_inputs(&g, 42);
+        let ins = upload(&ex, &inputs)?;
+        let on = g.node(g.outputs()[0]);
+        let out = ex.alloc(on.shape.numel() * on.dtype.size_bytes())?;
+        out.fill(0xFF)?;
+        let in_ptrs: Vec<u64> = ins.iter().map(|t| t.ptr).collect();
+        unsafe { ex.run_graph(&in_ptrs, &[out.ptr], None)? };
+        ex.synchronize()?;
+        // Check sampled rows against the interpreter on the same rows.
+        let got = device::from_bytes(on.dtype, on.shape.dims(), &out.download()?);
+        let max_err = check_rows(name, &g, &inputs, &got)?;
+        let tol = on.dtype.tolerance();
+        assert!(max_err <= tol, "{name}: sampled rows differ from the reference by {max_err:e}");
+        let times = ex.time_runs(&in_ptrs, &[out.ptr], 50, true)?;
+        let ms = median(times);
+        let kernels = art.steps.len();
+        let (tbs, tflops) = (bytes / (ms * 1e-3) / 1e12, flops / (ms * 1e-3) / 1e12);
+        println!(
+            "BENCH {name:<20} {ms:>8.4} ms  {kernels} steps  {tbs:>6.3} TB/s ({:>5.1}% of copy)  {tflops:>7.1} TFLOP/s  max err {max_err:.2e}",
+            100.0 * bytes / (ms * 1e-3) / copy_bw
+        );
+        results.push(format!(
+            "{{\"name\":\"{name}\",\"ms\":{ms},\"steps\":{kernels},\"tb_per_s\":{tbs},\"tflop_per_s\":{tflops},\"max_err\":{max_err},\"copy_tb_per_s\":{}}}",
+            copy_bw / 1e12
+        ));
+    }
+    // GPT-2 small, b1 t32: the whole forward as one CUDA graph launch.
+    {
+        use frontend::models::{Gpt2, Gpt2Config};
+        let cfg = Gpt2Config::small().with_dtype(DType::BF16);
+        let model = Gpt2::new(cfg.clone());
+        let traced = frontend::trace(&model, &[cfg.input_spec(1, 32)])?;
+        let t0 = std::time::Instant::now();
+        let art = compile_graph(&traced.graph, &GpuOptions::default())?;
+        let compile_s = t0.elapsed().as_secs_f64();
+        let mut ex = CudaExecutor::new(art.clone(), 0)?;
+        let inputs = traced.random_inputs(7);
+        let ins = upload(&ex, &inputs)?;
+        let on = traced.graph.node(traced.graph.outputs()[0]);
+        let bytes = on.shape.numel() * on.dtype.size_bytes();
+        let (o1, o2) = (ex.alloc(bytes)?, ex.alloc(bytes)?);
+        o1.fill(0xFF)?;
+        o2.fill(0xFF)?;
+        let in_ptrs: Vec<u64> = ins.iter().map(|t| t.ptr).collect();
+        unsafe {
+            ex.run(&in_ptrs, &[o1.ptr], None)?;
+            ex.run_graph(&in_ptrs, &[o2.ptr], None)?;
+        }
+        ex.synchronize()?;
+        let (a, b) = (o1.download()?, o2.download()?);
+        assert_eq!(a, b, "graph replay equals plain launches");
+        let v = device::from_bytes(on.dtype, on.shape.dims(), &a);
+        assert!(v.data.iter().all(|x| x.is_finite()), "gpt2 output is finite");
+        let ms = median(ex.time_runs(&in_ptrs, &[o2.ptr], 100, true)?);
+        let ms_launch = median(ex.time_runs(&in_ptrs, &[o2.ptr], 20, false)?);
+        // Host time per call: enqueue 1000 replays, then wait.
+        let t = std::time::Instant::now();
+        for _ in 0..1000 {
+            unsafe { ex.run_graph(&in_ptrs, &[o2.ptr], None)? };
+        }
+        let host_us = t.elapsed().as_secs_f64() * 1e6 / 1000.0;
+        ex.synchronize()?;
+        // Rebinding: alternate two output addresses (re-capture + cuGraphExecUpdate).
+        let t = std::time::Instant::now();
+        for i in 0..50 {
+            let o = if i % 2 == 0 { o1.ptr } else { o2.ptr };
+            unsafe { ex.run_graph(&in_ptrs, &[o], None)? };
+        }
+        ex.synchronize()?;
+        let rebind_us = t.elapsed().as_secs_f64() * 1e6 / 50.0;
+        println!(
+            "BENCH gpt2_small_b1_t32 {ms:>8.4} ms per graph launch ({} steps in it; plain launches {ms_launch:.4} ms), host {host_us:.2} us/call, with address change {rebind_us:.1} us/call, compile {compile_s:.2} s, arena {} MB (unplanned {} MB)",
+            art.steps.len(),
+            art.arena_bytes >> 20,
+            art.unplanned_bytes >> 20
+        );
+        results.push(format!(
+            "{{\"name\":\"gpt2_small_b1_t32\",\"ms\":{ms},\"ms_plain_launches\":{ms_launch},\"steps\":{},\"graph_launches_per_call\":1,\"host_us_per_call\":{host_us},\"rebind_us_per_call\":{rebind_us},\"compile_s\":{compile_s}}}",
+            art.steps.len()
+        ));
+    }
+    let json = format!("[\n{}\n]\n", results.join(",\n"));
+    let path = std::env::var("KILN_BENCH_OUT").unwrap_or_else(|_| "kiln-gpu-bench.json".into());
+    std::fs::write(&path, json)?;
+    println!("wrote {path}");
+    Ok(())
+}
+
+/// Max relative error of `got` against the interpreter on a sample of rows: the graph is cut
+/// to those rows by slicing every row-shaped input.
+#[cfg(feature = "cuda")]
+fn check_rows(name: &str, g: &Graph, inputs: &[Value], got: &Value) -> R<f64> {
+    let rows_total = got.shape.dims()[0];
+    let cols = got.shape.numel() / rows_total;
+    let picks: Vec<usize> = (0..8).map(|i| (i * 7919 + 13) % rows_total).collect();
+    let mut worst = 0.0f64;
+    for &r in &picks {
+        // Inputs restricted to row r (those with the same leading dim); others whole.
+        let mut sub = Graph::new(format!("{name}_row"));
+        let mut map = std::collections::HashMap::new();
+        let mut vals = Vec::new();
+        for (&i, v) in g.inputs().iter().zip(inputs) {
+            let n = g.node(i);
+            let row_shaped = n.shape.rank() >= 2 && n.shape.dims()[0] == rows_total && name != "mlp_gelu_w";
+            let (shape, data) = if row_shaped && !(name == "mlp_gelu" && g.input_name(i) != Some("x")) {
+                let per = n.shape.numel() / rows_total;
+                let mut d = n.shape.dims().to_vec();
+                d[0] = 1;
+                (ir::Shape::from(d), v.data[r * per..(r + 1) * per].to_vec())
+            } else {
+                (n.shape.clone(), v.data.clone())
+            };
+            let id = sub.input(g.input_name(i).unwrap_or("x"), n.dtype, shape.clone())?;
+            map.insert(i, id);
+            vals.push(Value { dtype: n.dtype, shape, data });
+        }
+        // Re-trace the body with row-1 shapes by re-inferring every node.
+        for (id, n) in g.nodes() {
+            if map.contains_key(&id) {
+                continue;
+            }
+            let ins: Vec<ir::NodeId> = n.inputs.iter().map(|i| map[i]).collect();
+            let op = match &n.op {
+                ir::Op::Reshape { shape } | ir::Op::Expand { shape } if shape.dims().first() == Some(&rows_total) => {
+                    let mut d = shape.dims().to_vec();
+                    d[0] = 1;
+                    let s = ir::Shape::from(d);
+                    if matches!(n.op, ir::Op::Reshape { .. }) { ir::Op::Reshape { shape: s } } else { ir::Op::Expand { shape: s } }
+                }
+                op => op.clone(),
+            };
+            let new = match op {
+                ir::Op::Full { value } => sub.full(value.0, n.dtype, n.shape.clone()),
+                op => sub.add(op, &ins)?,
+            };
+            map.insert(id, new);
+        }
+        sub.set_outputs(vec![map[&g.outputs()[0]]]);
+        let reference = interp::run(&sub, &vals)?.remove(0);
+        let row = Value { dtype: got.dtype, shape: reference.shape.clone(), data: got.data[r * cols..(r + 1) * cols].to_vec() };
+        worst = worst.max(row.max_rel_diff(&reference));
+    }
+    Ok(worst)
+}
