@@ -187,6 +187,7 @@ fn best_nodes(
             work.extend(eg[c].parents().map(|p| key[&eg.find(p)]));
         }
     }
+    tracing::debug!(classes = classes.len(), steps, "extraction costs settled");
     best
 }
 
