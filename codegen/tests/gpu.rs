@@ -658,3 +658,16 @@ fn check_rows(name: &str, g: &Graph, inputs: &[Value], got: &Value) -> R<f64> {
     }
     Ok(worst)
 }
+
+#[test]
+fn gpt2_small_b1_t32_compiles() -> R<()> {
+    use frontend::models::{Gpt2, Gpt2Config};
+    let cfg = Gpt2Config::small().with_dtype(DType::BF16);
+    let traced = frontend::trace(&Gpt2::new(cfg.clone()), &[cfg.input_spec(1, 32)])?;
+    let t = std::time::Instant::now();
+    let art = compile_graph(&traced.graph, &GpuOptions::default())?;
+    println!("gpt2 small b1 t32: {} in {:.2} s", art.summary(), t.elapsed().as_secs_f64());
+    std::fs::create_dir_all(ptx_dir())?;
+    std::fs::write(ptx_dir().join("gpt2_small_b1_t32.ptx"), &art.ptx)?;
+    Ok(())
+}

@@ -332,7 +332,7 @@ impl<'g> Emitter<'g> {
             }
             Form::Contig { aligned: true } if self.vec > 1 => {
                 let vt = format!("vector<{}x{st}>", self.vec);
-                let v = self.op(&format!("vector.load %a{arg}[{}] {{alignment = 16 : i64}} : {mem}, {vt}", lin.lanes[0]));
+                let v = self.op(&format!("vector.load %a{arg}[{}] {{alignment = {} : i64}} : {mem}, {vt}", lin.lanes[0], self.vec * dtype.size_bytes()));
                 (0..self.vec).map(|j| self.op(&format!("vector.extract {v}[{j}] : {st} from {vt}"))).collect()
             }
             _ => (0..self.vec).map(|j| self.op(&format!("memref.load %a{arg}[{}] : {mem}", lin.lanes[j]))).collect(),
@@ -368,7 +368,7 @@ impl<'g> Emitter<'g> {
             Form::Contig { aligned: true } if self.vec > 1 => {
                 let vt = format!("vector<{}x{st}>", self.vec);
                 let v = self.op(&format!("vector.from_elements {} : {vt}", raw.join(", ")));
-                self.line(&format!("vector.store {v}, %a{arg}[{}] {{alignment = 16 : i64}} : {mem}, {vt}", lin.lanes[0]));
+                self.line(&format!("vector.store {v}, %a{arg}[{}] {{alignment = {} : i64}} : {mem}, {vt}", lin.lanes[0], self.vec * dtype.size_bytes()));
             }
             Form::Uniform { .. } => self.line(&format!("memref.store {}, %a{arg}[{}] : {mem}", raw[0], lin.lanes[0])),
             _ => {
