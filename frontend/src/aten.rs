@@ -111,6 +111,7 @@ const SUPPORTED: &[&str] = &[
     "aten.pow.Tensor_Scalar", "aten.pow.Tensor_Tensor", "aten.pow.Scalar",
     "aten.maximum.default", "aten.minimum.default",
     "aten.clamp.default", "aten.clamp_min.default", "aten.clamp_max.default", "aten.hardtanh.default",
+    "aten.clamp.Tensor", "aten.clamp_min.Tensor", "aten.clamp_max.Tensor", "aten.isnan.default",
     // unary
     "aten.neg.default", "aten.abs.default", "aten.exp.default", "aten.log.default",
     "aten.sqrt.default", "aten.rsqrt.default", "aten.reciprocal.default", "aten.tanh.default",
@@ -440,6 +441,21 @@ impl Cx<'_> {
             ("pow", _) => one(self.t("self")?.pow(self.operand("exponent")?)),
             ("maximum", _) => one(self.t("self")?.maximum(self.t("other")?)),
             ("minimum", _) => one(self.t("self")?.minimum(self.t("other")?)),
+            ("clamp" | "clamp_min" | "clamp_max", "Tensor") => {
+                // min then max, as PyTorch's clamp (NaN propagates through maximum/minimum)
+                let mut t = self.t("self")?;
+                if let Some(lo) = self.opt_t("min")? {
+                    t = t.maximum(&lo).map_err(fe)?;
+                }
+                if let Some(hi) = self.opt_t("max")? {
+                    t = t.minimum(&hi).map_err(fe)?;
+                }
+                Ok(Val::Tensor(t))
+            }
+            ("isnan", _) => {
+                let x = self.t("self")?;
+                one(x.ne(&x))
+            }
             ("clamp", _) => self.clamp(self.opt_num("min")?, self.opt_num("max")?),
             ("clamp_min", _) => self.clamp(self.opt_num("min")?, None),
             ("clamp_max", _) => self.clamp(None, self.opt_num("max")?),

@@ -24,7 +24,7 @@ aten = torch.ops.aten
 _DECOMPOSE = [
     "addcmul", "addcdiv", "lerp", "baddbmm", "addmv", "hardsigmoid", "hardswish", "hardshrink",
     "softshrink", "threshold", "relu6", "glu", "logsumexp", "std_mean", "trunc", "frac", "logit",
-    "xlogy", "sign", "sgn", "exp2", "log2", "log10", "sinh", "cosh", "hypot", "nan_to_num",
+    "xlogy", "sign", "sgn", "nan_to_num",
     "new_zeros", "new_ones", "new_full", "fill", "_safe_softmax", "linalg_vector_norm", "norm",
     "_native_batch_norm_legit_no_training", "native_group_norm", "mish", "square",
 ]
