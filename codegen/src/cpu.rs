@@ -244,3 +244,10 @@ fn link(objects: &[Vec<u8>], opts: &CpuOptions) -> Result<Vec<u8>, CodegenError>
     let _ = std::fs::remove_dir_all(&dir);
     Ok(bytes)
 }
+
+/// [`compile`] through the on-disk cache: keyed by the kernel graph's text (every shape and
+/// dtype), this host's target id and Kiln's version. A hit needs no LLVM run.
+pub fn compile_cached(kg: &KernelGraph, opts: &CpuOptions, cache: &runtime::cache::Cache) -> Result<(Artifact, runtime::cache::Outcome), CodegenError> {
+    let key = runtime::cache::CacheKey::new(&kg.to_string(), &host_target_id()?);
+    cache.get_or_build(&key, || compile(kg, opts))
+}
