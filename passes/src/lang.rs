@@ -586,12 +586,16 @@ pub fn from_rec_expr(expr: &RecExpr<Kiln>, names: &[String], name: &str) -> Resu
     };
     let mut g = Graph::new(name);
     let mut map: Vec<Option<NodeId>> = vec![None; nodes.len()];
+    let mut by_position: Vec<NodeId> = Vec::with_capacity(n_in);
+    let mut seen: std::collections::HashMap<Node, NodeId> = std::collections::HashMap::new();
     // Inputs first, in their declared order, so positions survive extraction.
     for (pos, &i) in root[1..1 + n_in].iter().enumerate() {
         let Kiln::Input([_, ty]) = &nodes[usize::from(i)] else { return Err(bad("graph root lists a non-input as input".into())) };
         let Attr::Ty(d, s) = attr(*ty) else { return Err(bad("input without type".into())) };
         let nm = names.get(pos).cloned().unwrap_or_else(|| format!("in{pos}"));
-        map[usize::from(i)] = Some(g.input(nm, d, s).map_err(|e| bad(e.to_string()))?);
+        let id = g.input(nm, d, s).map_err(|e| bad(e.to_string()))?;
+        map[usize::from(i)] = Some(id);
+        by_position.push(id);
     }
     for (idx, n) in nodes.iter().enumerate() {
         if map[idx].is_some() || matches!(n, Kiln::Attr(_) | Kiln::Root(_)) {
@@ -604,9 +608,27 @@ pub fn from_rec_expr(expr: &RecExpr<Kiln>, names: &[String], name: &str) -> Resu
             .map(|c| map[usize::from(*c)].ok_or_else(|| bad(format!("operand {c} of {n} is not a tensor"))))
             .collect::<Result<_, _>>()?;
         let id = match (l.op, l.source_type) {
-            (Some(Op::Input { .. }), _) => return Err(bad(format!("input {n} is not listed by the graph root"))),
-            (Some(op), Some((d, s))) => g.push(Node { op, dtype: d, shape: s, inputs: SmallVec::new() }),
-            (Some(op), None) => g.add(op, &ins).map_err(|e| bad(format!("{n}: {e}")))?,
+            // A copy of a listed input (tree-shaped text repeats shared nodes): by position.
+            (Some(Op::Input { .. }), _) => match n {
+                Kiln::Input([p, _]) => match attr(*p) {
+                    Attr::Int(p) if (p as usize) < by_position.len() => by_position[p as usize],
+                    _ => return Err(bad(format!("input {n} is not listed by the graph root"))),
+                },
+                _ => unreachable!("lowered from an input node"),
+            },
+            // Identical nodes become one (tree-shaped text repeats shared nodes).
+            (Some(op), Some((d, s))) => {
+                let node = Node { op, dtype: d, shape: s, inputs: SmallVec::new() };
+                *seen.entry(node.clone()).or_insert_with(|| g.push(node))
+            }
+            (Some(op), None) => {
+                let (dtype, shape) = {
+                    let types: Vec<(ir::DType, &Shape)> = ins.iter().map(|&i| (g.node(i).dtype, &g.node(i).shape)).collect();
+                    ir::infer::infer(&op, &types).map_err(|e| bad(format!("{n}: {e}")))?
+                };
+                let node = Node { op, dtype, shape, inputs: ins.iter().copied().collect() };
+                *seen.entry(node.clone()).or_insert_with(|| g.push(node))
+            }
             (None, _) => softmax_decomposed(&mut g, ins[0]).map_err(|e| bad(e.to_string()))?,
         };
         map[idx] = Some(id);
