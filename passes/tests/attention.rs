@@ -219,3 +219,12 @@ fn softmax_without_max_subtraction_does_not_match() {
     });
     assert_no_flash(&g);
 }
+
+#[test]
+fn fill_that_is_not_minus_infinity_does_not_match() {
+    let g = graph_of(&qkv(DType::F32), |tr, x| {
+        let s = x[0].matmul(&x[1].transpose(-2, -1)?)?.mul(scale())?;
+        s.masked_fill(&tril(tr, 0)?.logical_not()?, 0.0)?.softmax(-1)?.matmul(&x[2])
+    });
+    assert_no_flash(&g);
+}
