@@ -497,7 +497,12 @@ impl<'ctx, 'a> Gen<'ctx, 'a> {
                 BinaryOp::Add => b.build_float_add(x, y, "add")?.into(),
                 BinaryOp::Sub => b.build_float_sub(x, y, "sub")?.into(),
                 BinaryOp::Mul => b.build_float_mul(x, y, "mul")?.into(),
-                BinaryOp::Div => b.build_float_div(x, y, "div")?.into(),
+                BinaryOp::Div => {
+                    // `arcp`: a division by a loop-invariant (softmax's sum) becomes a multiply.
+                    let d = b.build_float_div(x, y, "div")?;
+                    self.flags(d, inkwell::values::FastMathFlags::AllowReciprocal);
+                    d.into()
+                }
                 BinaryOp::Max => self.call("llvm.maximum", &[self.ctx.f32_type().into()], &[x.into(), y.into()])?,
                 BinaryOp::Min => self.call("llvm.minimum", &[self.ctx.f32_type().into()], &[x.into(), y.into()])?,
                 BinaryOp::Pow => self.call("llvm.pow", &[self.ctx.f32_type().into()], &[x.into(), y.into()])?,

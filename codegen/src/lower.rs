@@ -282,6 +282,43 @@ pub fn lower(name: &str, g: &Graph) -> Result<Lowered, CodegenError> {
             }
         }
     }
+    // A GEMM whose only reader is the elementwise epilogue writing an f32 output of the same
+    // shape, reading it at the same index, writes straight into that output: the epilogue then
+    // runs in place over the just-written tile (no scratch round trip).
+    let mut alias: Vec<Option<u32>> = vec![None; l.pbufs.len()];
+    for (si, seg) in segs.iter().enumerate() {
+        let Seg::Lib(it) = seg else { continue };
+        let Item::Lib(_, pl, _) = &items[*it] else { continue };
+        let pl = *pl as usize;
+        if l.pbufs[pl].home != Home::Mat || readers[pl].is_empty() {
+            continue;
+        }
+        let Some(&rs) = readers[pl].first() else { continue };
+        if readers[pl].iter().any(|&r| r != rs) || rs <= si {
+            continue;
+        }
+        let Seg::Group { stages, .. } = &segs[rs] else { continue };
+        let reads_l = |st: &StageTmp| st.loads.iter().any(|(pb, _)| *pb as usize == pl);
+        let Some(last_user) = stages.iter().rposition(reads_l) else { continue };
+        // The output written in place: after every reader, f32, same dims, never read here.
+        let Some(oi) = (last_user..stages.len()).rev().find(|&i| {
+            let st = &stages[i];
+            let BufId::Param(po) = st.stage.target else { return false };
+            let o = &l.pbufs[po as usize];
+            matches!(o.home, Home::Output(_)) && o.dtype == DType::F32 && o.dims == l.pbufs[pl].dims && st.stage.reduce.is_none()
+        }) else {
+            continue;
+        };
+        let BufId::Param(po) = stages[oi].stage.target else { continue };
+        let rank = l.pbufs[pl].dims.len();
+        let identity = stages.iter().flat_map(|st| st.loads.iter()).filter(|(pb, _)| *pb as usize == pl).all(|(_, idx)| {
+            idx.len() == rank && idx.iter().enumerate().all(|(d, &e)| Some(e) == l.b_var(d))
+        });
+        let output_read = stages.iter().any(|s| s.loads.iter().any(|(pb, _)| *pb == po));
+        if identity && !output_read {
+            alias[pl] = Some(po);
+        }
+    }
     let mut scratch: Vec<ScratchDecl> = Vec::new();
     let mut slot_of: Vec<Option<Slot>> = vec![None; l.pbufs.len()];
     let mut local_of: Vec<Option<usize>> = vec![None; l.pbufs.len()];
@@ -290,6 +327,13 @@ pub fn lower(name: &str, g: &Graph) -> Result<Lowered, CodegenError> {
             Home::Input(i) => slot_of[pb] = Some(Slot::Input(i)),
             Home::Output(j) => slot_of[pb] = Some(Slot::Output(j)),
             Home::Mat => {
+                if let Some(po) = alias[pb] {
+                    slot_of[pb] = match l.pbufs[po as usize].home {
+                        Home::Output(j) => Some(Slot::Output(j)),
+                        _ => unreachable!("aliases point at outputs"),
+                    };
+                    continue;
+                }
                 let Some(ds) = def_seg[pb] else { continue };
                 let local = match &segs[ds] {
                     Seg::Group { outer, .. } => {
@@ -319,6 +363,8 @@ pub fn lower(name: &str, g: &Graph) -> Result<Lowered, CodegenError> {
                 let mut locals: Vec<Local> = Vec::new();
                 let mut rename: HashMap<u32, BufId> = HashMap::new();
                 let mut bind = |pb: u32, written: bool, rename: &mut HashMap<u32, BufId>| {
+                    // An aliased GEMM result is its output's buffer: one parameter for both.
+                    let pb = alias[pb as usize].unwrap_or(pb);
                     if let Some(b) = rename.get(&pb) {
                         if let BufId::Param(p) = b {
                             params[*p as usize].written |= written;
@@ -345,7 +391,7 @@ pub fn lower(name: &str, g: &Graph) -> Result<Lowered, CodegenError> {
                 }
                 let mut kb = Builder::default();
                 let ren = |b: BufId| match b {
-                    BufId::Param(pb) => rename[&pb],
+                    BufId::Param(pb) => rename[&alias[pb as usize].unwrap_or(pb)],
                     other => other,
                 };
                 let roots: Vec<ExprId> = stages.iter().map(|s| s.stage.value).collect();

@@ -141,6 +141,11 @@ fn gemm_with_epilogue_fused() {
         let y = gelu(&mut g, y);
         g.set_outputs(vec![y]);
         check_fused(&g, 26, false);
+        if dt == DType::F32 {
+            // The GEMM writes straight into the output and the epilogue runs in place.
+            let art = codegen::cpu::compile(&fused(&g), &Default::default()).unwrap();
+            assert_eq!(art.arena_bytes, 0, "{}", art.summary());
+        }
     }
     // Residual epilogue over a batched matmul.
     let mut g = Graph::new("gemm_residual");
