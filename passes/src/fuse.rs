@@ -285,7 +285,9 @@ fn build_kernels(
     for (gi, gr) in groups.iter().enumerate() {
         for &m in &gr.members {
             for &i in &g.node(m).inputs {
-                let srcs: SmallVec<[NodeId; 2]> = if inline[i.index()] && group_of[i.index()].is_none() {
+                // An inline value is recomputed by every reader, even when it is also
+                // materialised as a graph output by a kernel of its own.
+                let srcs: SmallVec<[NodeId; 2]> = if inline[i.index()] {
                     reach[i.index()].iter().map(|&(p, _)| p).collect()
                 } else {
                     SmallVec::from_slice(&[i])
@@ -398,7 +400,7 @@ fn copy_operand(
     let n = g.node(i);
     let id = if group_of[i.index()] == Some(gi) {
         unreachable!("members are copied in topological order")
-    } else if inline[i.index()] && group_of[i.index()].is_none() {
+    } else if inline[i.index()] {
         let mut ops: SmallVec<[NodeId; 3]> = SmallVec::new();
         for &j in &n.inputs {
             ops.push(copy_operand(g, j, gi, group_of, inline, buf, body, map, inputs));

@@ -84,3 +84,20 @@ fn explain_says_when_fusion_would_re_read() {
     assert_eq!(ex.kernels.kernels.len(), 2);
     common::assert_kernels_agree("reread", &g, &ex.kernels, 5);
 }
+
+#[test]
+fn an_output_view_that_is_also_read_further_stays_acyclic() {
+    // y = reshape(x @ w) is an output and is read again by z = y + 1 (also an output).
+    let mut g = Graph::new("views");
+    let x = g.input("x", DType::F32, [3, 5]).unwrap();
+    let w = g.input("w", DType::F32, [5, 5]).unwrap();
+    let e2 = g.add(Op::MatMul, &[x, w]).unwrap();
+    let y = g.add(Op::Reshape { shape: ir::Shape::new([15]) }, &[e2]).unwrap();
+    let p = g.add(Op::Permute { perm: vec![1, 0] }, &[e2]).unwrap();
+    let one = g.full(1.0, DType::F32, [15]);
+    let z = g.add(Op::Binary(BinaryOp::Add), &[y, one]).unwrap();
+    let n = g.add(Op::Unary(UnaryOp::Neg), &[p]).unwrap();
+    g.set_outputs(vec![y, z, p, n]);
+    let opt = passes::optimize(&g, &DeviceProfile::cpu()).unwrap();
+    common::assert_kernels_agree("views", &g, &opt.kernels, 6);
+}
