@@ -19,7 +19,19 @@ fn random_graph(seed: u64) -> Graph {
     for _ in 0..rng.random_range(6..18) {
         let x = nodes[rng.random_range(0..nodes.len())];
         let sx = g.node(x).shape.clone();
-        let op = match rng.random_range(0..9) {
+        let op = match rng.random_range(0..12) {
+            9 => {
+                // A round trip through bf16 (the casts around bf16 models' f32 islands).
+                let c = g.add(Op::Cast { to: DType::BF16 }, &[x]).unwrap();
+                Some((Op::Cast { to: DType::F32 }, vec![c]))
+            }
+            10 => {
+                let zero = g.full(0.0, DType::F32, []);
+                let c = g.add(Op::Compare(ir::CmpOp::Gt), &[x, zero]).unwrap();
+                let y = nodes[rng.random_range(0..nodes.len())];
+                Some((Op::Where, vec![c, x, y]))
+            }
+            11 if sx.dims()[0] > 1 => Some((Op::Slice { axis: 0, start: 1, end: sx.dims()[0], step: 1 }, vec![x])),
             0 => Some((Op::Unary([UnaryOp::Exp, UnaryOp::Tanh, UnaryOp::Neg, UnaryOp::Abs][rng.random_range(0..4)]), vec![x])),
             1 | 2 => {
                 // A partner of a broadcast-compatible shape.
