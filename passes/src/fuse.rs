@@ -369,6 +369,7 @@ fn build_kernels(
             }
         }
         body.set_outputs(body_outs);
+        let body = inputs_first(&body);
         let kind = match gr.kind {
             GroupKind::Gemm => KernelKind::Gemm,
             GroupKind::Attention => KernelKind::Attention,
@@ -418,4 +419,27 @@ fn copy_operand(
 /// The reduced shapes helper, re-exported for explain.
 pub fn row_shapes(domain: &Shape, axes: &[usize]) -> (Shape, Shape) {
     reduced_shapes(domain, axes)
+}
+
+/// The same body with its `input` nodes first (in input order), then the rest in order: easier
+/// to read, and what a code generator binding parameters first expects.
+fn inputs_first(body: &Graph) -> Graph {
+    let mut out = Graph::new(body.name());
+    let mut map: Vec<Option<NodeId>> = vec![None; body.len()];
+    for &i in body.inputs() {
+        let n = body.node(i).clone();
+        let id = out.push(n);
+        out.register_input(id);
+        map[i.index()] = Some(id);
+    }
+    for (id, n) in body.nodes() {
+        if map[id.index()].is_some() {
+            continue;
+        }
+        let mut n = n.clone();
+        n.inputs = n.inputs.iter().map(|i| map[i.index()].expect("operands precede")).collect();
+        map[id.index()] = Some(out.push(n));
+    }
+    out.set_outputs(body.outputs().iter().map(|o| map[o.index()].expect("outputs exist")).collect());
+    out
 }
