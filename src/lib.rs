@@ -1,2 +1,357 @@
-//! Kiln facade (filled in as stages land).
+//! Kiln: a graph compiler for eager PyTorch-style models.
+//!
+//! This facade is the only crate that knows every stage. [`compile`] reads top to bottom:
+//! verify, optimize (egg) into a kernel graph, generate code for the target, load it into an
+//! executor. [`compile_module`] traces a Rust [`frontend::Module`] first.
+//!
+//! ```no_run
+//! use kiln::{frontend::{models::{Mlp, MlpConfig}, InputSpec}, Config};
+//! let mlp = Mlp::new(MlpConfig::default());
+//! let x = InputSpec::new("x", ir::DType::F32, [4, MlpConfig::default().in_features]);
+//! let (compiled, traced) = kiln::compile_module(&mlp, &[x], &Config::from_env()?)?;
+//! let inputs: Vec<_> = traced.random_inputs(0).iter().map(kiln::HostTensor::from_value).collect();
+//! let outputs = compiled.run(&inputs)?;
+//! # Ok::<(), kiln::Error>(())
+//! ```
+
+mod config;
+
+pub use config::{Backend, Config};
+pub use frontend;
 pub use ir;
+pub use runtime::HostTensor;
+
+use ir::{Graph, KernelGraph};
+use runtime::{Artifact, CpuExecutor, TensorMut, TensorRef};
+use std::time::{Duration, Instant};
+
+/// Everything that can go wrong between a graph and its outputs.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error(transparent)]
+    Ir(#[from] ir::IrError),
+    #[error(transparent)]
+    Frontend(#[from] frontend::FrontendError),
+    #[error(transparent)]
+    Passes(#[from] passes::PassError),
+    #[error(transparent)]
+    Codegen(#[from] codegen::CodegenError),
+    #[error(transparent)]
+    Runtime(#[from] runtime::RuntimeError),
+    #[error("configuration: {0}")]
+    Config(String),
+    #[error("{0}")]
+    Unavailable(String),
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Picks the concrete backend for `Auto`: CUDA when this build has it and a GPU answers.
+pub fn resolve_backend(b: Backend) -> Result<Backend> {
+    match b {
+        Backend::Auto => Ok(if cuda_available() { Backend::Cuda } else { Backend::Cpu }),
+        Backend::Cuda if !cfg!(feature = "cuda") => {
+            Err(Error::Unavailable("this build of Kiln has no CUDA support (build with --features cuda)".into()))
+        }
+        b => Ok(b),
+    }
+}
+
+fn cuda_available() -> bool {
+    #[cfg(feature = "cuda")]
+    {
+        runtime::cuda::device_available()
+    }
+    #[cfg(not(feature = "cuda"))]
+    {
+        false
+    }
+}
+
+/// A human-readable name of the device a backend runs on.
+pub fn device_name(b: Backend) -> String {
+    match b {
+        #[cfg(feature = "cuda")]
+        Backend::Cuda => runtime::cuda::device_name().unwrap_or_else(|e| format!("CUDA ({e})")),
+        Backend::Interpreter => "reference interpreter (f64)".into(),
+        _ => cpu_name(),
+    }
+}
+
+fn cpu_name() -> String {
+    let model = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|s| s.lines().find(|l| l.starts_with("model name")).map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string()))
+        .unwrap_or_else(|| std::env::consts::ARCH.to_string());
+    let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+    format!("{model} ({cores} cores)")
+}
+
+/// The cost-model profile for a backend.
+pub fn profile(b: Backend) -> passes::DeviceProfile {
+    match b {
+        Backend::Cuda => passes::DeviceProfile::h200(),
+        _ => passes::DeviceProfile::cpu(),
+    }
+}
+
+/// Wall time of each stage of one compile.
+#[derive(Clone, Debug, Default)]
+pub struct CompileStats {
+    pub optimize: Duration,
+    pub codegen: Duration,
+    pub load: Duration,
+    pub cache_hit: bool,
+}
+
+/// Compiles a graph for the configured backend. The pipeline, top to bottom.
+pub fn compile(graph: &Graph, config: &Config) -> Result<Compiled> {
+    let backend = resolve_backend(config.backend)?;
+    ir::verify::verify(graph)?;
+    let mut stats = CompileStats::default();
+
+    // 1. Optimize: equality saturation + fusion into a kernel graph (or one kernel per op).
+    let t = Instant::now();
+    let kernels = if config.optimize && backend != Backend::Interpreter {
+        passes::optimize(graph, &profile(backend))?.kernels
+    } else {
+        KernelGraph::one_per_op(graph)
+    };
+    if config.verify {
+        kernels.verify()?;
+    }
+    stats.optimize = t.elapsed();
+    dump(config, "kernels.txt", &kernels.to_string());
+    if config.debug >= 3 {
+        eprintln!("[kiln] kernel graph:\n{kernels}");
+    }
+
+    // 2. Codegen (through the on-disk cache) and 3. load into an executor.
+    let exec = match backend {
+        Backend::Interpreter => Exec::Interpreter,
+        Backend::Cpu => {
+            let t = Instant::now();
+            let target = format!("cpu/{}", codegen::cpu::host_target_id()?);
+            let artifact = cached(config, &kernels, &target, &mut stats, || Ok(codegen::cpu::compile(&kernels, &codegen::cpu::CpuOptions::default())?))?;
+            stats.codegen = t.elapsed();
+            let t = Instant::now();
+            let exec = CpuExecutor::new(&artifact)?;
+            stats.load = t.elapsed();
+            Exec::Cpu(Box::new(exec))
+        }
+        #[cfg(feature = "cuda")]
+        Backend::Cuda => {
+            let t = Instant::now();
+            let artifact = cached(config, &kernels, "cuda-sm90", &mut stats, || Ok(codegen::gpu::compile(&kernels, &codegen::gpu::GpuOptions::default())?))?;
+            stats.codegen = t.elapsed();
+            let t = Instant::now();
+            let exec = runtime::cuda::CudaExecutor::new(&artifact)?;
+            stats.load = t.elapsed();
+            Exec::Cuda(Box::new(exec))
+        }
+        b => return Err(Error::Unavailable(format!("backend {b:?} is not available in this build"))),
+    };
+    let compiled = Compiled { graph: graph.clone(), kernels, exec, backend, stats };
+    if config.debug >= 1 {
+        eprintln!("[kiln] {}", compiled.summary());
+    }
+    Ok(compiled)
+}
+
+/// Traces a Rust module on the given activation specs, then compiles it.
+pub fn compile_module<M: frontend::Module + ?Sized>(module: &M, inputs: &[frontend::InputSpec], config: &Config) -> Result<(Compiled, frontend::Traced)> {
+    let traced = frontend::trace(module, inputs)?;
+    Ok((compile(&traced.graph, config)?, traced))
+}
+
+/// The optimizer's fusion decisions for a graph, as text.
+pub fn explain(graph: &Graph, backend: Backend) -> Result<String> {
+    let backend = resolve_backend(backend)?;
+    Ok(passes::explain(graph, &profile(backend))?.to_string())
+}
+
+fn dump(config: &Config, name: &str, text: &str) {
+    if let Some(dir) = &config.dump_dir {
+        if std::fs::create_dir_all(dir).and_then(|_| std::fs::write(dir.join(name), text)).is_err() {
+            eprintln!("[kiln] warning: could not write {}", dir.join(name).display());
+        }
+    }
+}
+
+/// Looks the kernel graph up in the compile cache, building and storing it on a miss. A
+/// corrupt entry is rebuilt and an unwritable cache means running uncached, each with a
+/// warning on stderr.
+fn cached(config: &Config, kernels: &KernelGraph, target: &str, stats: &mut CompileStats, build: impl FnOnce() -> Result<Artifact>) -> Result<Artifact> {
+    let Some(dir) = &config.cache_dir else { return build() };
+    let key = runtime::cache::CacheKey::new(&kernels.to_string(), target);
+    let (artifact, outcome) = runtime::cache::Cache::new(dir).get_or_build(&key, build)?;
+    match outcome {
+        runtime::cache::Outcome::Hit => stats.cache_hit = true,
+        runtime::cache::Outcome::Miss => {}
+        runtime::cache::Outcome::Rebuilt { reason } => eprintln!("[kiln] warning: corrupt cache entry rebuilt ({reason})"),
+        runtime::cache::Outcome::Uncached { reason } => eprintln!("[kiln] warning: compile cache unusable, running uncached ({reason})"),
+    }
+    Ok(artifact)
+}
+
+enum Exec {
+    Interpreter,
+    Cpu(Box<CpuExecutor>),
+    #[cfg(feature = "cuda")]
+    Cuda(Box<runtime::cuda::CudaExecutor>),
+}
+
+/// A compiled graph, ready to run.
+pub struct Compiled {
+    graph: Graph,
+    kernels: KernelGraph,
+    exec: Exec,
+    backend: Backend,
+    stats: CompileStats,
+}
+
+impl Compiled {
+    /// Runs on host tensors (copying to and from the device when there is one).
+    pub fn run(&self, inputs: &[HostTensor]) -> Result<Vec<HostTensor>> {
+        let mut s = self.bind(inputs)?;
+        s.run()?;
+        s.outputs()
+    }
+
+    /// Runs on caller-owned memory with no copies (CPU backend): `inputs` and `outputs`
+    /// are contiguous row-major buffers of the graph's input and output types.
+    pub fn run_into(&self, inputs: &[TensorRef], outputs: &mut [TensorMut]) -> Result<()> {
+        match &self.exec {
+            Exec::Cpu(e) => Ok(e.run_into(inputs, outputs)?),
+            _ => Err(Error::Unavailable(format!("run_into on host memory needs the CPU backend, this graph was compiled for {:?}", self.backend))),
+        }
+    }
+
+    /// Binds inputs once (uploading them to the device) so `run` can be timed alone.
+    pub fn bind(&self, inputs: &[HostTensor]) -> Result<Bound<'_>> {
+        let want = self.graph.inputs();
+        if inputs.len() != want.len() {
+            return Err(runtime::RuntimeError::InputCount { expected: want.len(), got: inputs.len() }.into());
+        }
+        for (i, (&id, t)) in want.iter().zip(inputs).enumerate() {
+            let n = self.graph.node(id);
+            if t.dtype != n.dtype || t.shape != n.shape {
+                return Err(runtime::RuntimeError::InputType {
+                    index: i,
+                    name: self.graph.input_name(id).unwrap_or("?").to_string(),
+                    expected_dtype: n.dtype,
+                    expected_shape: n.shape.clone(),
+                    dtype: t.dtype,
+                    shape: t.shape.clone(),
+                }
+                .into());
+            }
+        }
+        let outputs = self.graph.outputs().iter().map(|&o| HostTensor::zeros(self.graph.node(o).dtype, self.graph.node(o).shape.clone())).collect();
+        Ok(Bound { compiled: self, inputs: inputs.to_vec(), outputs, #[cfg(feature = "cuda")] device: None })
+    }
+
+    /// Kernel launches (and library calls) per call.
+    pub fn launches_per_call(&self) -> usize {
+        self.kernels.kernels.len()
+    }
+
+    pub fn kernel_graph(&self) -> &KernelGraph {
+        &self.kernels
+    }
+
+    pub fn graph(&self) -> &Graph {
+        &self.graph
+    }
+
+    pub fn backend(&self) -> Backend {
+        self.backend
+    }
+
+    pub fn stats(&self) -> &CompileStats {
+        &self.stats
+    }
+
+    pub fn device_name(&self) -> String {
+        device_name(self.backend)
+    }
+
+    /// Peak bytes of intermediate memory the executor planned.
+    pub fn peak_memory(&self) -> usize {
+        match &self.exec {
+            Exec::Cpu(e) => e.peak_memory(),
+            #[cfg(feature = "cuda")]
+            Exec::Cuda(e) => e.peak_memory(),
+            Exec::Interpreter => self.kernels.intermediate_bytes(),
+        }
+    }
+
+    /// One line: graph, kernels, memory, compile times.
+    pub fn summary(&self) -> String {
+        format!(
+            "@{} on {:?}: {} ops -> {} kernels, peak intermediate memory {} B; optimize {:.1} ms, codegen {:.1} ms{}, load {:.1} ms",
+            self.graph.name(),
+            self.backend,
+            self.graph.len(),
+            self.kernels.kernels.len(),
+            self.peak_memory(),
+            self.stats.optimize.as_secs_f64() * 1e3,
+            self.stats.codegen.as_secs_f64() * 1e3,
+            if self.stats.cache_hit { " (cache hit)" } else { "" },
+            self.stats.load.as_secs_f64() * 1e3
+        )
+    }
+}
+
+/// A compiled graph with its inputs bound and its outputs allocated.
+pub struct Bound<'a> {
+    compiled: &'a Compiled,
+    inputs: Vec<HostTensor>,
+    outputs: Vec<HostTensor>,
+    #[cfg(feature = "cuda")]
+    device: Option<runtime::cuda::DeviceBinding>,
+}
+
+impl Bound<'_> {
+    /// Runs the graph once on the bound inputs.
+    pub fn run(&mut self) -> Result<()> {
+        match &self.compiled.exec {
+            Exec::Interpreter => {
+                let ins: Vec<_> = self.inputs.iter().map(HostTensor::to_value).collect();
+                let outs = self.compiled.kernels.interpret(&ins)?;
+                self.outputs = outs.iter().map(HostTensor::from_value).collect();
+                Ok(())
+            }
+            Exec::Cpu(e) => {
+                let ins: Vec<TensorRef> = self.inputs.iter().map(HostTensor::as_ref).collect();
+                let mut outs: Vec<TensorMut> = self.outputs.iter_mut().map(HostTensor::as_mut).collect();
+                Ok(e.run_into(&ins, &mut outs)?)
+            }
+            #[cfg(feature = "cuda")]
+            Exec::Cuda(e) => {
+                if self.device.is_none() {
+                    self.device = Some(e.bind(&self.inputs)?);
+                }
+                Ok(e.launch(self.device.as_mut().expect("bound"))?)
+            }
+        }
+    }
+
+    /// Waits for the device to finish (a no-op on the CPU).
+    pub fn synchronize(&self) -> Result<()> {
+        #[cfg(feature = "cuda")]
+        if let (Exec::Cuda(e), Some(_)) = (&self.compiled.exec, &self.device) {
+            e.synchronize()?;
+        }
+        Ok(())
+    }
+
+    /// The outputs of the last run (copied back from the device when there is one).
+    pub fn outputs(&self) -> Result<Vec<HostTensor>> {
+        #[cfg(feature = "cuda")]
+        if let (Exec::Cuda(e), Some(d)) = (&self.compiled.exec, &self.device) {
+            return Ok(e.download_outputs(d)?);
+        }
+        Ok(self.outputs.clone())
+    }
+}
