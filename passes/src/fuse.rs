@@ -14,7 +14,7 @@
 //! adds nothing (no recomputation except inline index maps and constants), so greedy joining
 //! is cost-optimal among the groupings these rules allow.
 
-use crate::rules::fusion::{reduced_shapes, Candidate, GroupKind, Verdict, RULES};
+use crate::rules::fusion::{Candidate, GroupKind, Verdict, RULES};
 use ir::{BufferId, Graph, Kernel, KernelGraph, KernelKind, Node, NodeId, Op, OpClass, Shape};
 use smallvec::SmallVec;
 use std::collections::HashMap;
@@ -416,10 +416,6 @@ fn copy_operand(
     id
 }
 
-/// The reduced shapes helper, re-exported for explain.
-pub fn row_shapes(domain: &Shape, axes: &[usize]) -> (Shape, Shape) {
-    reduced_shapes(domain, axes)
-}
 
 /// The same body with its `input` nodes first (in input order), then the rest in order: easier
 /// to read, and what a code generator binding parameters first expects.

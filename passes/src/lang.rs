@@ -651,13 +651,3 @@ pub fn softmax_decomposed(g: &mut Graph, s: NodeId) -> ir::Result<NodeId> {
     let z = g.add(Op::Reduce { op: ReduceOp::Sum, axes: vec![last], keepdim: true }, &[e])?;
     g.add(Op::Binary(BinaryOp::Div), &[e, z])
 }
-
-/// Adds a whole graph to an e-graph; returns the root class and the output classes.
-pub fn add_graph(egraph: &mut EGraph, g: &Graph) -> Result<(Id, Vec<Id>), crate::PassError> {
-    let (expr, _) = to_rec_expr(g)?;
-    let root = egraph.add_expr(&expr);
-    let Kiln::Root(children) = &egraph[root].nodes[0] else { unreachable!("root is a graph node") };
-    let n_in = g.inputs().len();
-    let outs = children[1 + n_in..].to_vec();
-    Ok((root, outs))
-}
