@@ -38,6 +38,12 @@ pub enum Error {
     Codegen(#[from] codegen::CodegenError),
     #[error(transparent)]
     Runtime(#[from] runtime::RuntimeError),
+    #[cfg(feature = "cuda")]
+    #[error(transparent)]
+    Gpu(#[from] codegen::gpu::GpuError),
+    #[cfg(feature = "cuda")]
+    #[error(transparent)]
+    Cuda(#[from] runtime::cuda::CudaError),
     #[error("configuration: {0}")]
     Config(String),
     #[error("{0}")]
@@ -60,7 +66,7 @@ pub fn resolve_backend(b: Backend) -> Result<Backend> {
 fn cuda_available() -> bool {
     #[cfg(feature = "cuda")]
     {
-        runtime::cuda::device_available()
+        runtime::cuda::driver_present()
     }
     #[cfg(not(feature = "cuda"))]
     {
@@ -72,7 +78,7 @@ fn cuda_available() -> bool {
 pub fn device_name(b: Backend) -> String {
     match b {
         #[cfg(feature = "cuda")]
-        Backend::Cuda => runtime::cuda::device_name().unwrap_or_else(|e| format!("CUDA ({e})")),
+        Backend::Cuda => "CUDA device 0".into(),
         Backend::Interpreter => "reference interpreter (f64)".into(),
         _ => cpu_name(),
     }
@@ -141,13 +147,14 @@ pub fn compile(graph: &Graph, config: &Config) -> Result<Compiled> {
         }
         #[cfg(feature = "cuda")]
         Backend::Cuda => {
+            // GPU artifacts are small (PTX text); the driver caches the JIT per process.
             let t = Instant::now();
-            let artifact = cached(config, &kernels, "cuda-sm90", &mut stats, || Ok(codegen::gpu::compile(&kernels, &codegen::gpu::GpuOptions::default())?))?;
+            let artifact = codegen::gpu::compile(&kernels, &codegen::gpu::GpuOptions::default())?;
             stats.codegen = t.elapsed();
             let t = Instant::now();
-            let exec = runtime::cuda::CudaExecutor::new(&artifact)?;
+            let exec = runtime::cuda::CudaExecutor::new(artifact, 0)?;
             stats.load = t.elapsed();
-            Exec::Cuda(Box::new(exec))
+            Exec::Cuda(Box::new(std::sync::Mutex::new(exec)))
         }
         b => return Err(Error::Unavailable(format!("backend {b:?} is not available in this build"))),
     };
@@ -198,7 +205,7 @@ enum Exec {
     Interpreter,
     Cpu(Box<CpuExecutor>),
     #[cfg(feature = "cuda")]
-    Cuda(Box<runtime::cuda::CudaExecutor>),
+    Cuda(Box<std::sync::Mutex<runtime::cuda::CudaExecutor>>),
 }
 
 /// A compiled graph, ready to run.
@@ -281,7 +288,7 @@ impl Compiled {
         match &self.exec {
             Exec::Cpu(e) => e.peak_memory(),
             #[cfg(feature = "cuda")]
-            Exec::Cuda(e) => e.peak_memory(),
+            Exec::Cuda(e) => e.lock().expect("executor lock").artifact().peak_memory(),
             Exec::Interpreter => self.kernels.intermediate_bytes(),
         }
     }
@@ -308,8 +315,9 @@ pub struct Bound<'a> {
     compiled: &'a Compiled,
     inputs: Vec<HostTensor>,
     outputs: Vec<HostTensor>,
+    /// Device copies of the inputs and outputs (CUDA), made on the first run.
     #[cfg(feature = "cuda")]
-    device: Option<runtime::cuda::DeviceBinding>,
+    device: Option<(Vec<runtime::cuda::DeviceTensor>, Vec<runtime::cuda::DeviceTensor>)>,
 }
 
 impl Bound<'_> {
@@ -329,10 +337,29 @@ impl Bound<'_> {
             }
             #[cfg(feature = "cuda")]
             Exec::Cuda(e) => {
+                let mut e = e.lock().expect("executor lock");
                 if self.device.is_none() {
-                    self.device = Some(e.bind(&self.inputs)?);
+                    let mut ins = Vec::new();
+                    for t in &self.inputs {
+                        let d = e.alloc(t.bytes.len())?;
+                        d.upload(&t.bytes)?;
+                        ins.push(d);
+                    }
+                    let mut outs = Vec::new();
+                    for t in &self.outputs {
+                        let d = e.alloc(t.bytes.len())?;
+                        d.fill(0xff)?; // poison: every output element must be written
+                        outs.push(d);
+                    }
+                    self.device = Some((ins, outs));
                 }
-                Ok(e.launch(self.device.as_mut().expect("bound"))?)
+                let (ins, outs) = self.device.as_ref().expect("bound");
+                let ip: Vec<_> = ins.iter().map(|d| d.ptr).collect();
+                let op: Vec<_> = outs.iter().map(|d| d.ptr).collect();
+                // SAFETY: the pointers are live device allocations of the graph's input and
+                // output sizes, owned by this binding for as long as the executor uses them.
+                unsafe { e.run_graph(&ip, &op, None)? };
+                Ok(())
             }
         }
     }
@@ -341,7 +368,7 @@ impl Bound<'_> {
     pub fn synchronize(&self) -> Result<()> {
         #[cfg(feature = "cuda")]
         if let (Exec::Cuda(e), Some(_)) = (&self.compiled.exec, &self.device) {
-            e.synchronize()?;
+            e.lock().expect("executor lock").synchronize()?;
         }
         Ok(())
     }
@@ -349,8 +376,13 @@ impl Bound<'_> {
     /// The outputs of the last run (copied back from the device when there is one).
     pub fn outputs(&self) -> Result<Vec<HostTensor>> {
         #[cfg(feature = "cuda")]
-        if let (Exec::Cuda(e), Some(d)) = (&self.compiled.exec, &self.device) {
-            return Ok(e.download_outputs(d)?);
+        if let (Exec::Cuda(e), Some((_, outs))) = (&self.compiled.exec, &self.device) {
+            e.lock().expect("executor lock").synchronize()?;
+            let mut host = Vec::new();
+            for (d, t) in outs.iter().zip(&self.outputs) {
+                host.push(HostTensor::new(t.dtype, t.shape.clone(), d.download()?)?);
+            }
+            return Ok(host);
         }
         Ok(self.outputs.clone())
     }
