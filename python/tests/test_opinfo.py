@@ -135,6 +135,7 @@ def test_opinfo_summary(tmp_path_factory):
     with open(path, "w") as f:
         f.write(f"# OpInfo sweep (float32, CPU, <= {MAX_SAMPLES} samples per op): {dict(totals)}\n")
         for name, i, status, why in FALLBACKS:
+            why = " ".join(why.split())[:400]  # one line per fallback
             f.write(f"{name}\tsample {i}\t{status}\t{why}\n")
     fully = sum(1 for c in RESULTS.values() if set(c) <= {"compiled", "skip"} and c["compiled"])
     print(f"\nOpInfo sweep: {len(RESULTS)} ops, {sum(totals.values())} samples: "
