@@ -408,6 +408,22 @@ fn gpt2_tiny_block_end_to_end() -> R<()> {
 }
 
 #[test]
+fn gpt2_tiny_through_the_optimizer() -> R<()> {
+    use frontend::models::{Gpt2, Gpt2Config};
+    let cfg = Gpt2Config::tiny();
+    let traced = frontend::trace(&Gpt2::new(cfg.clone()), &[cfg.input_spec(2, 9)])?;
+    let kg = passes::optimize(&traced.graph, &passes::DeviceProfile::h200())?.kernels;
+    let art = codegen::gpu::compile(&kg, &GpuOptions::default())?;
+    std::fs::create_dir_all(ptx_dir())?;
+    std::fs::write(ptx_dir().join("gpt2_tiny_optimized.ptx"), &art.ptx)?;
+    let inputs = traced.random_inputs(14);
+    let reference = interp::run(&traced.graph, &inputs)?;
+    device::run_and_compare("gpt2_tiny_optimized", &art, &inputs, &reference)?;
+    println!("gpt2 tiny via passes: {} kernels -> {}", kg.kernels.len(), art.summary());
+    Ok(())
+}
+
+#[test]
 fn sm80_ptx_too() -> R<()> {
     let g = trace("sm80", |t| Ok(vec![t.input("x", DType::F16, [8, 256])?.softmax(-1)?]));
     let art = compile_graph(&g, &GpuOptions { sm: SmVersion::Sm80 })?;
@@ -612,6 +628,49 @@ fn bench_workloads() -> R<()> {
             failures.push("gpt2_small_b1_t32");
         }
     }
+    // The same model through the optimizer's kernel graph (passes::optimize).
+    let opt = (|| -> R<String> {
+        use frontend::models::{Gpt2, Gpt2Config};
+        let cfg = Gpt2Config::small().with_dtype(DType::BF16);
+        let traced = frontend::trace(&Gpt2::new(cfg.clone()), &[cfg.input_spec(1, 32)])?;
+        let t0 = std::time::Instant::now();
+        let kg = passes::optimize(&traced.graph, &passes::DeviceProfile::h200())?.kernels;
+        let art = codegen::gpu::compile(&kg, &GpuOptions::default())?;
+        let compile_s = t0.elapsed().as_secs_f64();
+        let mut ex = CudaExecutor::new(art.clone(), 0)?;
+        let inputs = traced.random_inputs(7);
+        let ins = upload(&ex, &inputs)?;
+        let on = traced.graph.node(traced.graph.outputs()[0]);
+        let o = ex.alloc(on.shape.numel() * on.dtype.size_bytes())?;
+        o.fill(0xFF)?;
+        let in_ptrs: Vec<u64> = ins.iter().map(|t| t.ptr).collect();
+        unsafe { ex.run_graph(&in_ptrs, &[o.ptr], None)? };
+        ex.synchronize()?;
+        let v = device::from_bytes(on.dtype, on.shape.dims(), &o.download()?);
+        if !v.data.iter().all(|x| x.is_finite()) {
+            return Err("the optimized gpt2 output holds non-finite values".into());
+        }
+        let ms = median(ex.time_runs(&in_ptrs, &[o.ptr], 100, true)?);
+        let t = std::time::Instant::now();
+        for _ in 0..1000 {
+            unsafe { ex.run_graph(&in_ptrs, &[o.ptr], None)? };
+        }
+        let host_us = t.elapsed().as_secs_f64() * 1e6 / 1000.0;
+        ex.synchronize()?;
+        println!(
+            "BENCH gpt2_small_b1_t32 (passes::optimize, {} kernels) {ms:>8.4} ms per graph launch ({} steps), host {host_us:.2} us/call, compile {compile_s:.2} s",
+            kg.kernels.len(),
+            art.steps.len()
+        );
+        Ok(format!(
+            "{{\"name\":\"gpt2_small_b1_t32_optimized\",\"ms\":{ms},\"steps\":{},\"graph_launches_per_call\":1,\"host_us_per_call\":{host_us},\"compile_s\":{compile_s}}}",
+            art.steps.len()
+        ))
+    })();
+    match opt {
+        Ok(j) => results.push(j),
+        Err(e) => println!("gpt2_small_b1_t32 through passes::optimize failed: {e}"),
+    }
     let json = format!("[\n{}\n]\n", results.join(",\n"));
     let path = std::env::var("KILN_BENCH_OUT").unwrap_or_else(|_| "kiln-gpu-bench.json".into());
     std::fs::write(&path, json)?;
@@ -620,14 +679,16 @@ fn bench_workloads() -> R<()> {
     Ok(())
 }
 
-/// Max relative error of `got` against the interpreter on a sample of rows: the graph is cut
+/// Relative error of `got` against the interpreter on a sample of rows: the graph is cut
 /// to those rows by slicing every row-shaped input.
 #[cfg(feature = "cuda")]
 fn check_rows(name: &str, g: &Graph, inputs: &[Value], got: &Value) -> R<f64> {
     let rows_total = got.shape.dims()[0];
     let cols = got.shape.numel() / rows_total;
     let picks: Vec<usize> = (0..if name == "mlp_gelu" { 3 } else { 8 }).map(|i| (i * 7919 + 13) % rows_total).collect();
-    let mut worst = 0.0f64;
+    // Norm-wise relative error ||got - ref|| / ||ref|| over the sampled rows (METHOD.md): a
+    // per-element bound is meaningless for a K = 16384 bf16 GEMM on random data.
+    let (mut num, mut den) = (0.0f64, 0.0f64);
     for &r in &picks {
         // Inputs restricted to row r (those with the same leading dim); others whole.
         let mut sub = Graph::new(format!("{name}_row"));
@@ -671,9 +732,13 @@ fn check_rows(name: &str, g: &Graph, inputs: &[Value], got: &Value) -> R<f64> {
         }
         sub.set_outputs(vec![map[&g.outputs()[0]]]);
         let reference = interp::run(&sub, &vals)?.remove(0);
-        let row = Value { dtype: got.dtype, shape: reference.shape.clone(), data: got.data[r * cols..(r + 1) * cols].to_vec() };
-        worst = worst.max(row.max_rel_diff(&reference));
+        for (k, &b) in reference.data.iter().enumerate() {
+            let a = got.data[r * cols + k];
+            num += (a - b) * (a - b);
+            den += b * b;
+        }
     }
+    let worst = (num / den.max(1e-30)).sqrt();
     Ok(worst)
 }
 
