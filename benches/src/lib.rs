@@ -34,6 +34,15 @@ pub enum BenchError {
     Failed(usize),
 }
 
+/// Seeded inputs for a built workload: a model's own initialisers when it has them, else
+/// standard normal.
+pub fn workload_inputs(b: &workloads::Built, seed: u64) -> Vec<Value> {
+    match &b.specs {
+        Some(specs) => specs.iter().map(|s| s.random_value(seed)).collect(),
+        None => random_inputs(&b.graph, seed),
+    }
+}
+
 /// Seeded standard-normal inputs for every graph input (bools random, ints small).
 pub fn random_inputs(g: &Graph, seed: u64) -> Vec<Value> {
     let mut rng = StdRng::seed_from_u64(seed);
@@ -133,7 +142,7 @@ fn to_host(vals: &[Value]) -> Vec<HostTensor> {
 /// Checks a small instance against the interpreter; returns the max relative difference.
 pub fn check_against_reference(w: &Workload, opts: &SuiteOptions) -> Result<f64, BenchError> {
     let built = (w.build)(Size::Check, opts.dtype).map_err(|e| BenchError::Build { workload: w.name.into(), source: e })?;
-    let inputs = random_inputs(&built.graph, 7);
+    let inputs = workload_inputs(&built, 7);
     let reference = ir::interp::run(&built.graph, &inputs).map_err(kiln::Error::from)?;
     let compiled = kiln::compile(&built.graph, &config(opts.backend, true, None))?;
     let outs = compiled.run(&to_host(&inputs))?;
@@ -162,7 +171,7 @@ pub fn run_workload(w: &Workload, opts: &SuiteOptions, ceilings: &Ceilings) -> R
     let _ = std::fs::remove_dir_all(&cache);
     let eager = kiln::compile(g, &config(opts.backend, false, None))?;
 
-    let inputs = to_host(&random_inputs(g, 11));
+    let inputs = to_host(&workload_inputs(&built, 11));
     let mut fast = compiled.bind(&inputs)?;
     let mut slow = eager.bind(&inputs)?;
     fast.run()?;

@@ -11,7 +11,7 @@ fn register_font() -> Result<(), BenchError> {
     let bytes = FONT_PATHS
         .iter()
         .find_map(|p| std::fs::read(p).ok())
-        .ok_or_else(|| BenchError::Plot("PNG output needs DejaVu Sans (fonts-dejavu-core); use an .svg path instead".into()))?;
+        .ok_or_else(|| BenchError::Plot("the plot needs DejaVu Sans (Debian package fonts-dejavu-core)".into()))?;
     plotters::style::register_font("sans-serif", FontStyle::Normal, Box::leak(bytes.into_boxed_slice()))
         .map_err(|_| BenchError::Plot("could not load DejaVu Sans".into()))
 }
@@ -19,7 +19,11 @@ fn register_font() -> Result<(), BenchError> {
 pub fn roofline(path: &Path, results: &[WorkloadResult], c: &Ceilings) -> Result<(), BenchError> {
     let ext = path.extension().and_then(|e| e.to_str()).unwrap_or("").to_ascii_lowercase();
     match ext.as_str() {
-        "svg" => draw(SVGBackend::new(path, (960, 640)).into_drawing_area(), results, c),
+        "svg" => {
+            // Text is laid out with the font's metrics even in SVG.
+            register_font()?;
+            draw(SVGBackend::new(path, (960, 640)).into_drawing_area(), results, c)
+        }
         "png" => {
             register_font()?;
             draw(BitMapBackend::new(path, (960, 640)).into_drawing_area(), results, c)

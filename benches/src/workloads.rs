@@ -28,6 +28,8 @@ pub enum Bound {
 
 pub struct Built {
     pub graph: Graph,
+    /// Input specs with their initialisers (models), so weights are drawn at their real scale.
+    pub specs: Option<Vec<frontend::InputSpec>>,
     /// Useful floating-point operations per call.
     pub flops: f64,
     /// The fewest bytes a call must move (inputs read once, outputs written once).
@@ -64,7 +66,7 @@ fn pick<T>(size: Size, full: T, cpu: T, check: T) -> T {
 }
 
 fn finish(t: &Tracer, out: &Tensor, flops: f64, bytes: f64) -> Result<Built, frontend::FrontendError> {
-    Ok(Built { graph: t.finish(&[out])?, flops, bytes })
+    Ok(Built { graph: t.finish(&[out])?, specs: None, flops, bytes })
 }
 
 /// `torch.sigmoid(x * a + b) * x`
@@ -156,7 +158,7 @@ fn gpt2(name: &str, size: Size, (b, t_full): (usize, usize), dt: DType) -> Resul
     let tokens = (b * t_len) as f64;
     let attn_flops = 4.0 * (cfg.n_layer * b * t_len * t_len * cfg.n_embd) as f64 / 2.0;
     let e = dt.size_bytes() as f64;
-    Ok(Built { graph: traced.graph, flops: 2.0 * params as f64 * tokens + attn_flops, bytes: e * (params as f64 + 2.0 * tokens * cfg.n_embd as f64) })
+    Ok(Built { graph: traced.graph, specs: Some(traced.inputs), flops: 2.0 * params as f64 * tokens + attn_flops, bytes: e * (params as f64 + 2.0 * tokens * cfg.n_embd as f64) })
 }
 
 fn gpt2_b1(size: Size, dt: DType) -> Result<Built, frontend::FrontendError> {
