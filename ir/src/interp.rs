@@ -141,7 +141,8 @@ fn broadcast(v: &Value, shape: &Shape) -> Vec<f64> {
     out
 }
 
-fn unary(u: UnaryOp, x: f64) -> f64 {
+/// The interpreter's scalar semantics of a unary op (constant folding uses it too).
+pub fn eval_unary(u: UnaryOp, x: f64) -> f64 {
     match u {
         UnaryOp::Neg => -x,
         UnaryOp::Abs => x.abs(),
@@ -167,7 +168,8 @@ fn nan_min(a: f64, b: f64) -> f64 {
     if a.is_nan() || b.is_nan() { f64::NAN } else { a.min(b) }
 }
 
-fn binary(b: BinaryOp, dtype: DType, x: f64, y: f64) -> f64 {
+/// The interpreter's scalar semantics of a binary op on operands of `dtype`.
+pub fn eval_binary(b: BinaryOp, dtype: DType, x: f64, y: f64) -> f64 {
     match b {
         BinaryOp::Add => x + y,
         BinaryOp::Sub => x - y,
@@ -184,7 +186,8 @@ fn binary(b: BinaryOp, dtype: DType, x: f64, y: f64) -> f64 {
     }
 }
 
-fn compare(c: CmpOp, x: f64, y: f64) -> f64 {
+/// The interpreter's scalar semantics of a comparison (1.0 true, 0.0 false).
+pub fn eval_compare(c: CmpOp, x: f64, y: f64) -> f64 {
     (match c {
         CmpOp::Eq => x == y,
         CmpOp::Ne => x != y,
@@ -205,15 +208,15 @@ fn eval(op: &Op, dtype: DType, shape: &Shape, a: &[&Value]) -> Result<Vec<f64>> 
             for_each_index(shape, |idx, _| out.push(idx[*axis] as f64));
             out
         }
-        Op::Unary(u) => a[0].data.iter().map(|&x| unary(*u, x)).collect(),
+        Op::Unary(u) => a[0].data.iter().map(|&x| eval_unary(*u, x)).collect(),
         Op::Binary(b) => {
             let (x, y) = (broadcast(a[0], shape), broadcast(a[1], shape));
             let in_dtype = a[0].dtype;
-            x.iter().zip(&y).map(|(&x, &y)| binary(*b, in_dtype, x, y)).collect()
+            x.iter().zip(&y).map(|(&x, &y)| eval_binary(*b, in_dtype, x, y)).collect()
         }
         Op::Compare(c) => {
             let (x, y) = (broadcast(a[0], shape), broadcast(a[1], shape));
-            x.iter().zip(&y).map(|(&x, &y)| compare(*c, x, y)).collect()
+            x.iter().zip(&y).map(|(&x, &y)| eval_compare(*c, x, y)).collect()
         }
         Op::Where => {
             let (c, x, y) = (broadcast(a[0], shape), broadcast(a[1], shape), broadcast(a[2], shape));

@@ -316,63 +316,8 @@ fn fold(op: &Op, dtype: DType, ins: &[&TensorInfo]) -> Option<f64> {
     Some(if dtype.is_float() { v } else { dtype.quantize(v) })
 }
 
-pub fn eval_unary(u: UnaryOp, x: f64) -> f64 {
-    match u {
-        UnaryOp::Neg => -x,
-        UnaryOp::Abs => x.abs(),
-        UnaryOp::Exp => x.exp(),
-        UnaryOp::Log => x.ln(),
-        UnaryOp::Sqrt => x.sqrt(),
-        UnaryOp::Rsqrt => 1.0 / x.sqrt(),
-        UnaryOp::Recip => 1.0 / x,
-        UnaryOp::Tanh => x.tanh(),
-        UnaryOp::Erf => erf(x),
-        UnaryOp::Sin => x.sin(),
-        UnaryOp::Cos => x.cos(),
-        UnaryOp::Floor => x.floor(),
-        UnaryOp::Not => (x == 0.0) as u8 as f64,
-    }
-}
-
-/// erf via the interpreter, so folded constants agree with it exactly.
-fn erf(x: f64) -> f64 {
-    // `Graph::full` would round x to f32; push the node by hand to keep it exact.
-    let mut h = Graph::new("erf");
-    let c = h.push(Node { op: Op::Full { value: Scalar(x) }, dtype: DType::F32, shape: Shape::new([1]), inputs: SmallVec::new() });
-    let e = h.add(Op::Unary(UnaryOp::Erf), &[c]).expect("erf of f32");
-    h.set_outputs(vec![e]);
-    ir::interp::run(&h, &[]).map(|v| v[0].data[0]).unwrap_or(f64::NAN)
-}
-
-pub fn eval_binary(b: BinaryOp, dtype: DType, x: f64, y: f64) -> f64 {
-    let nan_max = |a: f64, b: f64| if a.is_nan() || b.is_nan() { f64::NAN } else { a.max(b) };
-    let nan_min = |a: f64, b: f64| if a.is_nan() || b.is_nan() { f64::NAN } else { a.min(b) };
-    match b {
-        BinaryOp::Add => x + y,
-        BinaryOp::Sub => x - y,
-        BinaryOp::Mul => x * y,
-        BinaryOp::Div if dtype.is_int() => {
-            if y == 0.0 { 0.0 } else { (x / y).trunc() }
-        }
-        BinaryOp::Div => x / y,
-        BinaryOp::Max => nan_max(x, y),
-        BinaryOp::Min => nan_min(x, y),
-        BinaryOp::Pow => x.powf(y),
-        BinaryOp::And => ((x != 0.0) && (y != 0.0)) as u8 as f64,
-        BinaryOp::Or => ((x != 0.0) || (y != 0.0)) as u8 as f64,
-    }
-}
-
-pub fn eval_compare(c: CmpOp, x: f64, y: f64) -> f64 {
-    (match c {
-        CmpOp::Eq => x == y,
-        CmpOp::Ne => x != y,
-        CmpOp::Lt => x < y,
-        CmpOp::Le => x <= y,
-        CmpOp::Gt => x > y,
-        CmpOp::Ge => x >= y,
-    }) as u8 as f64
-}
+// Scalar semantics are the interpreter's, so folded constants agree with the oracle exactly.
+pub use ir::interp::{eval_binary, eval_compare, eval_unary};
 
 /// An e-node read as an IR op: the op (None for the `softmax` helper), its tensor children,
 /// and for sources their declared type.
