@@ -111,10 +111,10 @@ impl KernelGraph {
         BufferId(self.buffers.len() as u32 - 1)
     }
 
-    /// The trivial lowering: one kernel per compute node (movement ops included), every
-    /// value in its own buffer. The baseline for "eager-style" runs and for backends before
-    /// the optimizer groups kernels.
-    pub fn one_per_op(g: &Graph) -> KernelGraph {
+    /// An empty kernel graph named after `g` with one buffer per graph input, and the buffer
+    /// of each node of `g` so far (`Some` for the inputs, `None` elsewhere). Every lowering of
+    /// a graph to kernels starts here.
+    pub fn with_inputs_of(g: &Graph) -> (KernelGraph, Vec<Option<BufferId>>) {
         let mut kg = KernelGraph { name: g.name().to_string(), ..Default::default() };
         let mut buf = vec![None; g.len()];
         for &i in g.inputs() {
@@ -124,6 +124,14 @@ impl KernelGraph {
             kg.inputs.push(b);
             kg.input_names.push(g.input_name(i).unwrap_or_default().to_string());
         }
+        (kg, buf)
+    }
+
+    /// The trivial lowering: one kernel per compute node (movement ops included), every
+    /// value in its own buffer. The baseline for "eager-style" runs and for backends before
+    /// the optimizer groups kernels.
+    pub fn one_per_op(g: &Graph) -> KernelGraph {
+        let (mut kg, mut buf) = KernelGraph::with_inputs_of(g);
         let live = g.live();
         for (id, n) in g.nodes() {
             if buf[id.index()].is_some() || !live[id.index()] {

@@ -331,15 +331,7 @@ fn build_kernels(
     }
     assert_eq!(order.len(), groups.len(), "invariant: the kernel grouping has a cycle");
 
-    let mut kg = KernelGraph { name: g.name().to_string(), ..Default::default() };
-    let mut buf: Vec<Option<BufferId>> = vec![None; len];
-    for &i in g.inputs() {
-        let n = g.node(i);
-        let b = kg.add_buffer(n.dtype, n.shape.clone());
-        buf[i.index()] = Some(b);
-        kg.inputs.push(b);
-        kg.input_names.push(g.input_name(i).unwrap_or_default().to_string());
-    }
+    let (mut kg, mut buf) = KernelGraph::with_inputs_of(g);
     let mut kernel_of = vec![None; len];
     for (ki, &gi) in order.iter().enumerate() {
         let gr = &groups[gi];
