@@ -78,8 +78,13 @@ pub struct Ceilings {
     pub launch_s: f64,
 }
 
-/// Median of `f`'s wall time over `reps` runs (each followed by a device sync), after warm-up.
-pub fn time_median(reps: usize, budget: Duration, mut f: impl FnMut() -> Result<(), kiln::Error>) -> Result<f64, kiln::Error> {
+/// Median wall time of one run of a bound graph (each run followed by a device sync, so the
+/// device work is inside the timed region), over `reps` runs after warm-up.
+pub fn time_median(s: &mut kiln::Bound<'_>, reps: usize, budget: Duration) -> Result<f64, kiln::Error> {
+    let mut f = || -> Result<(), kiln::Error> {
+        s.run()?;
+        s.synchronize()
+    };
     for _ in 0..2 {
         f()?;
     }
@@ -186,14 +191,8 @@ pub fn run_workload(w: &Workload, opts: &SuiteOptions, ceilings: &Ceilings) -> R
     if !(cross_rel_diff <= tol) {
         return Err(BenchError::Mismatch { workload: w.name.into(), diff: cross_rel_diff, tol });
     }
-    let compiled_s = time_median(opts.repeat, opts.budget, || {
-        fast.run()?;
-        fast.synchronize()
-    })?;
-    let eager_style_s = time_median(opts.repeat, opts.budget, || {
-        slow.run()?;
-        slow.synchronize()
-    })?;
+    let compiled_s = time_median(&mut fast, opts.repeat, opts.budget)?;
+    let eager_style_s = time_median(&mut slow, opts.repeat, opts.budget)?;
     let (achieved, ceiling) = match w.bound {
         Bound::Memory => (built.bytes / compiled_s, ceilings.copy_bytes_per_s),
         Bound::Compute | Bound::Launch => (built.flops / compiled_s, ceilings.matmul_flops_per_s),
@@ -233,10 +232,7 @@ pub fn measure_ceilings(backend: Backend, size: Size, dtype: DType) -> Result<Ce
     g.set_outputs(vec![y]);
     let c = kiln::compile(&g, &cfg(true))?;
     let mut s = c.bind(&to_host(&random_inputs(&g, 1)))?;
-    let t = time_median(20, Duration::from_secs(3), || {
-        s.run()?;
-        s.synchronize()
-    })?;
+    let t = time_median(&mut s, 20, Duration::from_secs(3))?;
     let copy_bytes_per_s = (2 * 4 * n) as f64 / t;
     // Matmul.
     let m = match size {
@@ -250,10 +246,7 @@ pub fn measure_ceilings(backend: Backend, size: Size, dtype: DType) -> Result<Ce
     g.set_outputs(vec![y]);
     let c = kiln::compile(&g, &cfg(true))?;
     let mut s = c.bind(&to_host(&random_inputs(&g, 2)))?;
-    let t = time_median(10, Duration::from_secs(5), || {
-        s.run()?;
-        s.synchronize()
-    })?;
+    let t = time_median(&mut s, 10, Duration::from_secs(5))?;
     let matmul_flops_per_s = 2.0 * (m * m * m) as f64 / t;
     // Launch: 64 dependent tiny kernels, one per op.
     let mut g = Graph::new("launch");
@@ -264,10 +257,7 @@ pub fn measure_ceilings(backend: Backend, size: Size, dtype: DType) -> Result<Ce
     g.set_outputs(vec![x]);
     let c = kiln::compile(&g, &cfg(false))?;
     let mut s = c.bind(&to_host(&random_inputs(&g, 3)))?;
-    let t = time_median(50, Duration::from_secs(2), || {
-        s.run()?;
-        s.synchronize()
-    })?;
+    let t = time_median(&mut s, 50, Duration::from_secs(2))?;
     Ok(Ceilings { device: c.device_name(), copy_bytes_per_s, matmul_flops_per_s, launch_s: t / 64.0 })
 }
 
@@ -322,9 +312,6 @@ pub fn bench_graph(g: &Graph, backend: Backend, repeat: usize) -> Result<(Compil
         }
     }
     let mut s = compiled.bind(&host)?;
-    let t = time_median(repeat, Duration::from_secs(5), || {
-        s.run()?;
-        s.synchronize()
-    })?;
+    let t = time_median(&mut s, repeat, Duration::from_secs(5))?;
     Ok((compiled, t, diff))
 }
