@@ -107,6 +107,19 @@ impl GpuStep {
             GpuStep::Copy { .. } => "copy",
         }
     }
+
+    /// Every buffer the step reads or writes. The executor rebinds a step of a captured CUDA
+    /// graph only when one of these moved, so a new field naming a buffer must be listed here
+    /// (the patterns are exhaustive on purpose: adding a field fails to compile until it is).
+    pub fn buffers(&self) -> Vec<u32> {
+        match self {
+            GpuStep::Launch(LaunchStep { kernel: _, symbol: _, grid: _, block: _, args }) => args.clone(),
+            GpuStep::Gemm(GemmStep { kernel: _, dtype: _, batch: _, m: _, n: _, k: _, a, b, c, bias, activation: _ }) => {
+                [a.buffer, b.buffer, *c].into_iter().chain(*bias).collect()
+            }
+            GpuStep::Copy { from, to } => vec![*from, *to],
+        }
+    }
 }
 
 /// A compiled graph for a CUDA device.
