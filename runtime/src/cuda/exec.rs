@@ -2,18 +2,21 @@
 //!
 //! - The PTX module is loaded once per device and process (a cache keyed by the PTX text).
 //! - Intermediates live in one arena allocated at construction (size from liveness planning).
-//! - [`CudaExecutor::run_graph`] captures every step into one CUDA graph on the first call and
-//!   replays it. When the caller's input/output addresses change, the steps are re-captured and
-//!   the existing executable graph is updated in place (`cuGraphExecUpdate`), which keeps the
-//!   caller's memory where it is: no copy into static buffers. Replays with unchanged addresses
-//!   (what PyTorch's caching allocator mostly gives) cost one `cuGraphLaunch`.
+//! - [`CudaExecutor::run_graph`] builds one CUDA graph of every step on the first call and
+//!   replays it: a kernel node per launch step, a child-graph node per cuBLASLt GEMM or copy
+//!   (captured alone). When the caller's input/output addresses change, only the nodes of the
+//!   steps that touch a moved buffer are rebound in the executable graph: kernel nodes by
+//!   `cuGraphExecKernelNodeSetParams`, GEMM and copy nodes by re-capturing that one step and
+//!   `cuGraphExecChildGraphNodeSetParams`. The caller's memory stays where it is: no copy into
+//!   static buffers (what makes torch.compile's reduce-overhead slow on large inputs). Replays
+//!   with unchanged addresses cost one `cuGraphLaunch`.
 //! - Work goes on the executor's own stream, or on a stream the caller passes (e.g. PyTorch's
 //!   current stream).
 
 use super::gemm::{Blas, Plan};
 use super::{CudaArtifact, CudaError, GpuLocation, GpuStep};
 use cudarc::driver::result;
-use cudarc::driver::sys::{self, CUdeviceptr, CUfunction, CUgraphExec, CUmodule, CUstream};
+use cudarc::driver::sys::{self, CUdeviceptr, CUfunction, CUgraph, CUgraphExec, CUgraphNode, CUmodule, CUstream};
 use cudarc::driver::{CudaContext, CudaStream, DriverError};
 use std::collections::HashMap;
 use std::ffi::{c_void, CString};
@@ -88,8 +91,14 @@ impl Drop for DeviceTensor {
     }
 }
 
+/// The executable CUDA graph of every step, and the addresses it was built for.
 struct Captured {
     exec: CUgraphExec,
+    /// One node per step, in step order (each depends on the one before).
+    nodes: Vec<CUgraphNode>,
+    /// The template graph `exec` was instantiated from (owns `nodes`).
+    graph: CUgraph,
+    /// Input addresses, then output addresses.
     addresses: Vec<CUdeviceptr>,
 }
 
@@ -105,7 +114,7 @@ pub struct CudaExecutor {
     arena: CUdeviceptr,
     workspace: CUdeviceptr,
     graph: Option<Captured>,
-    /// Counters: graph captures, in-place updates, full re-instantiations.
+    /// Counters: executable graphs built, and steps rebound in place to new addresses.
     pub captures: usize,
     pub updates: usize,
 }
@@ -222,8 +231,16 @@ impl CudaExecutor {
 
     /// Enqueues every step on `stream`.
     unsafe fn enqueue(&self, inputs: &[CUdeviceptr], outputs: &[CUdeviceptr], stream: CUstream) -> Result<(), CudaError> {
-        for (i, step) in self.artifact.steps.iter().enumerate() {
-            match step {
+        for i in 0..self.artifact.steps.len() {
+            unsafe { self.enqueue_step(i, inputs, outputs, stream)? };
+        }
+        Ok(())
+    }
+
+    /// Enqueues step `i` on `stream`.
+    unsafe fn enqueue_step(&self, i: usize, inputs: &[CUdeviceptr], outputs: &[CUdeviceptr], stream: CUstream) -> Result<(), CudaError> {
+        {
+            match &self.artifact.steps[i] {
                 GpuStep::Launch(l) => {
                     let mut addrs: Vec<CUdeviceptr> = l.args.iter().map(|&b| self.address(b, inputs, outputs)).collect();
                     let mut params: Vec<*mut c_void> = addrs.iter_mut().map(|a| a as *mut CUdeviceptr as *mut c_void).collect();
@@ -263,56 +280,162 @@ impl CudaExecutor {
     }
 
     /// Runs the whole artifact as one CUDA graph launch on `stream` (the executor's own when
-    /// `None`). The first call captures; later calls with the same addresses only launch; new
-    /// addresses re-capture and update the executable graph in place.
+    /// `None`). The first call builds the graph; later calls with the same addresses only
+    /// launch; new addresses rebind the nodes of the steps that touch them, in place.
     ///
     /// # Safety
     /// As [`CudaExecutor::run`].
     pub unsafe fn run_graph(&mut self, inputs: &[CUdeviceptr], outputs: &[CUdeviceptr], stream: Option<CUstream>) -> Result<(), CudaError> {
         self.check(inputs, outputs)?;
         self.ctx.bind_to_thread().map_err(driver("binding the context"))?;
-        let same = matches!(&self.graph, Some(g) if g.addresses.len() == inputs.len() + outputs.len()
-            && g.addresses[..inputs.len()] == *inputs && g.addresses[inputs.len()..] == *outputs);
-        if !same {
-            unsafe { self.capture(inputs, outputs)? };
+        let addresses: Vec<CUdeviceptr> = inputs.iter().chain(outputs).copied().collect();
+        let rebuilt = match &self.graph {
+            Some(g) if g.addresses == addresses => false,
+            Some(_) => match unsafe { self.rebind(inputs, outputs) } {
+                Ok(done) => !done,
+                Err(e) => {
+                    // Some nodes may already point at the new addresses: never replay it.
+                    if let Some(g) = self.graph.take() {
+                        unsafe { destroy(g) };
+                    }
+                    return Err(e);
+                }
+            },
+            None => true,
+        };
+        if rebuilt {
+            unsafe { self.build(inputs, outputs)? };
         }
-        let exec = self.graph.as_ref().expect("captured above").exec;
+        let exec = self.graph.as_ref().expect("built above").exec;
         let s = stream.unwrap_or(self.stream.cu_stream());
         unsafe { sys::cuGraphLaunch(exec, s) }
             .result()
             .map_err(|e| CudaError::Launch { kernel: format!("graph of @{}", self.artifact.name), message: format!("{e:?}") })
     }
 
-    unsafe fn capture(&mut self, inputs: &[CUdeviceptr], outputs: &[CUdeviceptr]) -> Result<(), CudaError> {
+    /// The kernel parameters of launch step `l` at these addresses: the addresses, and the
+    /// pointer array the driver reads them through (it copies both when the call returns).
+    fn kernel_params(&self, i: usize, inputs: &[CUdeviceptr], outputs: &[CUdeviceptr], addrs: &mut Vec<CUdeviceptr>, params: &mut Vec<*mut c_void>) -> sys::CUDA_KERNEL_NODE_PARAMS {
+        let GpuStep::Launch(l) = &self.artifact.steps[i] else { unreachable!("kernel nodes are launch steps") };
+        addrs.clear();
+        addrs.extend(l.args.iter().map(|&b| self.address(b, inputs, outputs)));
+        params.clear();
+        params.extend(addrs.iter_mut().map(|a| a as *mut CUdeviceptr as *mut c_void));
+        sys::CUDA_KERNEL_NODE_PARAMS {
+            func: self.funcs[i].expect("launch steps have a function"),
+            gridDimX: l.grid[0],
+            gridDimY: l.grid[1],
+            gridDimZ: l.grid[2],
+            blockDimX: l.block[0],
+            blockDimY: l.block[1],
+            blockDimZ: l.block[2],
+            sharedMemBytes: 0,
+            kernelParams: params.as_mut_ptr(),
+            extra: std::ptr::null_mut(),
+            kern: std::ptr::null_mut(),
+            ctx: std::ptr::null_mut(),
+        }
+    }
+
+    /// Step `i` alone (a GEMM or a copy) captured into a graph of its own.
+    unsafe fn capture_step(&self, i: usize, inputs: &[CUdeviceptr], outputs: &[CUdeviceptr]) -> Result<CUgraph, CudaError> {
         let s = self.stream.cu_stream();
         unsafe {
             result::stream::begin_capture(s, sys::CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_THREAD_LOCAL)
                 .map_err(driver("beginning a stream capture"))?;
-            let enq = self.enqueue(inputs, outputs, s);
+            let enq = self.enqueue_step(i, inputs, outputs, s);
             let graph = result::stream::end_capture(s).map_err(driver("ending a stream capture"));
             enq?;
-            let graph = graph?;
-            self.captures += 1;
-            let mut updated = false;
-            if let Some(old) = &self.graph {
-                let mut info: sys::CUgraphExecUpdateResultInfo = std::mem::zeroed();
-                updated = sys::cuGraphExecUpdate_v2(old.exec, graph, &mut info).result().is_ok();
-            }
-            let exec = if updated {
-                self.updates += 1;
-                self.graph.take().expect("updated an existing graph").exec
-            } else {
-                if let Some(old) = self.graph.take() {
-                    let _ = result::graph::exec_destroy(old.exec);
-                }
-                let mut exec: CUgraphExec = std::ptr::null_mut();
-                sys::cuGraphInstantiateWithFlags(&mut exec, graph, 0).result().map_err(driver("instantiating a CUDA graph"))?;
-                exec
-            };
-            let _ = result::graph::destroy(graph);
-            self.graph = Some(Captured { exec, addresses: inputs.iter().chain(outputs).copied().collect() });
+            graph
         }
+    }
+
+    /// Builds and instantiates the graph of every step at these addresses.
+    unsafe fn build(&mut self, inputs: &[CUdeviceptr], outputs: &[CUdeviceptr]) -> Result<(), CudaError> {
+        if let Some(old) = self.graph.take() {
+            unsafe { destroy(old) };
+        }
+        let what = |step: &str| format!("adding {step} to the CUDA graph of @{}", self.artifact.name);
+        let mut graph: CUgraph = std::ptr::null_mut();
+        unsafe { sys::cuGraphCreate(&mut graph, 0) }.result().map_err(driver("creating a CUDA graph"))?;
+        let mut captured = Captured { exec: std::ptr::null_mut(), nodes: Vec::with_capacity(self.artifact.steps.len()), graph, addresses: Vec::new() };
+        let (mut addrs, mut params) = (Vec::new(), Vec::new());
+        for (i, step) in self.artifact.steps.iter().enumerate() {
+            let deps: &[CUgraphNode] = captured.nodes.last().map(std::slice::from_ref).unwrap_or(&[]);
+            let mut node: CUgraphNode = std::ptr::null_mut();
+            let added = match step {
+                GpuStep::Launch(_) => {
+                    let p = self.kernel_params(i, inputs, outputs, &mut addrs, &mut params);
+                    unsafe { sys::cuGraphAddKernelNode_v2(&mut node, graph, deps.as_ptr(), deps.len(), &p) }.result()
+                }
+                _ => {
+                    let child = match unsafe { self.capture_step(i, inputs, outputs) } {
+                        Ok(c) => c,
+                        Err(e) => {
+                            unsafe { destroy(captured) };
+                            return Err(e);
+                        }
+                    };
+                    let r = unsafe { sys::cuGraphAddChildGraphNode(&mut node, graph, deps.as_ptr(), deps.len(), child) }.result();
+                    let _ = unsafe { result::graph::destroy(child) };
+                    r
+                }
+            };
+            if let Err(e) = added {
+                unsafe { destroy(captured) };
+                return Err(driver(&what(step.kernel()))(e));
+            }
+            captured.nodes.push(node);
+        }
+        if let Err(e) = unsafe { sys::cuGraphInstantiateWithFlags(&mut captured.exec, graph, 0) }.result() {
+            captured.exec = std::ptr::null_mut();
+            unsafe { destroy(captured) };
+            return Err(driver("instantiating a CUDA graph")(e));
+        }
+        captured.addresses = inputs.iter().chain(outputs).copied().collect();
+        self.graph = Some(captured);
+        self.captures += 1;
         Ok(())
+    }
+
+    /// Points the nodes of every step that touches a moved input or output at the new
+    /// addresses, in the executable graph. Returns false when the driver refuses an update
+    /// (the caller then rebuilds the graph).
+    unsafe fn rebind(&mut self, inputs: &[CUdeviceptr], outputs: &[CUdeviceptr]) -> Result<bool, CudaError> {
+        let g = self.graph.as_ref().expect("rebind needs a graph");
+        let moved = |b: u32| match self.artifact.buffers[b as usize].location {
+            GpuLocation::Input(i) => g.addresses[i] != inputs[i],
+            GpuLocation::Output(i) => g.addresses[inputs.len() + i] != outputs[i],
+            GpuLocation::Arena { .. } => false,
+        };
+        let (mut addrs, mut params) = (Vec::new(), Vec::new());
+        let mut rebound = 0;
+        for (i, step) in self.artifact.steps.iter().enumerate() {
+            if !step.buffers().into_iter().any(moved) {
+                continue;
+            }
+            let ok = match step {
+                GpuStep::Launch(_) => {
+                    let p = self.kernel_params(i, inputs, outputs, &mut addrs, &mut params);
+                    unsafe { sys::cuGraphExecKernelNodeSetParams_v2(g.exec, g.nodes[i], &p) }.result().is_ok()
+                }
+                _ => {
+                    let child = unsafe { self.capture_step(i, inputs, outputs)? };
+                    let ok = unsafe { sys::cuGraphExecChildGraphNodeSetParams(g.exec, g.nodes[i], child) }.result().is_ok();
+                    let _ = unsafe { result::graph::destroy(child) };
+                    ok
+                }
+            };
+            if !ok {
+                return Ok(false);
+            }
+            rebound += 1;
+        }
+        self.updates += rebound;
+        let g = self.graph.as_mut().expect("rebind needs a graph");
+        g.addresses.clear();
+        g.addresses.extend(inputs.iter().chain(outputs));
+        Ok(true)
     }
 
     /// Times `reps` runs with CUDA events (milliseconds each), flushing L2 before each by
@@ -370,6 +493,16 @@ impl CudaExecutor {
     }
 }
 
+/// Frees an executable graph and its template.
+unsafe fn destroy(g: Captured) {
+    unsafe {
+        if !g.exec.is_null() {
+            let _ = result::graph::exec_destroy(g.exec);
+        }
+        let _ = result::graph::destroy(g.graph);
+    }
+}
+
 fn load_module(artifact: &CudaArtifact, ordinal: usize) -> Result<CUmodule, CudaError> {
     if artifact.ptx.is_empty() {
         return Ok(std::ptr::null_mut());
@@ -395,7 +528,7 @@ impl Drop for CudaExecutor {
         let _ = self.stream.synchronize();
         unsafe {
             if let Some(g) = self.graph.take() {
-                let _ = result::graph::exec_destroy(g.exec);
+                destroy(g);
             }
             self.plans.clear();
             self.blas = None;
