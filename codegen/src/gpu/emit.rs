@@ -14,6 +14,10 @@
 //! value per lane), memoised by node and index, so a DAG body is emitted once per position.
 //! Movement ops (reshape, permute, expand, slice, pad, concat) are index maps, never copies.
 
+mod attn;
+
+pub(crate) use attn::{attention, is_index_map};
+
 use super::math;
 use super::GpuError;
 use ir::{CmpOp, DType, Graph, Node, NodeId, Op, ReduceOp, Shape};
@@ -886,6 +890,18 @@ pub(crate) fn row_reduction(symbol: &str, body: &Graph, args: &[(DType, usize)])
         if on.shape == full {
             for (idx, valid) in &chunks {
                 let v = e.value(o, idx).map_err(|err| err.in_kernel(symbol))?;
+                e.line(&format!("scf.if {valid} {{"));
+                e.indent += 1;
+                e.store(arg, d, &full, idx, &v);
+                e.indent -= 1;
+                e.line("}");
+            }
+        } else if on.shape.numel() == full.numel() {
+            // The row space reshaped (same elements, row-major): index the output through it.
+            for (idx, valid) in &chunks {
+                let lin = e.linearize(idx, &full);
+                let oidx = e.delinearize(&lin, &on.shape);
+                let v = e.value(o, &oidx).map_err(|err| err.in_kernel(symbol))?;
                 e.line(&format!("scf.if {valid} {{"));
                 e.indent += 1;
                 e.store(arg, d, &full, idx, &v);

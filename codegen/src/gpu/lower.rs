@@ -68,11 +68,35 @@ impl Lowering {
             .collect();
         let has_reduce = g.nodes().any(|(_, n)| matches!(n.op, Op::Reduce { .. }));
         let emitted = if has_reduce { emit::row_reduction(&symbol, g, &args)? } else { emit::elementwise(&symbol, g, &args)? };
+        self.push_launch(kernel, emitted, ins, outs);
+        Ok(())
+    }
+
+    /// Emits Kiln's fused attention kernel for `g` (output: attention or a permute of it).
+    fn attention_kernel(&mut self, kernel: &str, g: &Graph, ins: &[u32], outs: &[u32]) -> Result<(), GpuError> {
+        let symbol = format!("kiln_{}_attn_{}", sanitize(kernel), self.next_symbol);
+        self.next_symbol += 1;
+        let args = self.arg_types(ins, outs);
+        let emitted = emit::attention(&symbol, g, &args)?;
+        self.push_launch(kernel, emitted, ins, outs);
+        Ok(())
+    }
+
+    fn arg_types(&self, ins: &[u32], outs: &[u32]) -> Vec<(DType, usize)> {
+        ins.iter()
+            .chain(outs)
+            .map(|&b| {
+                let x = &self.buffers[b as usize];
+                (x.dtype, x.shape.numel().max(1))
+            })
+            .collect()
+    }
+
+    fn push_launch(&mut self, kernel: &str, emitted: EmittedKernel, ins: &[u32], outs: &[u32]) {
         if emitted.grid[0] == 0 {
-            return Ok(());
+            return;
         }
         self.steps.push(Pending::Launch { kernel: kernel.to_string(), emitted, args: ins.iter().chain(outs).copied().collect() });
-        Ok(())
     }
 }
 
@@ -86,6 +110,82 @@ fn space(body: &Graph, id: NodeId) -> Option<(Shape, Vec<usize>)> {
         Op::Reduce { axes, .. } => Some((body.node(body.node(id).inputs[0]).shape.clone(), axes.clone())),
         _ => None,
     }
+}
+
+/// A GEMM with what cuBLASLt's epilogue adds to it.
+struct Epilogue {
+    mm: NodeId,
+    bias: Option<NodeId>,
+    act: Option<GemmActivation>,
+    residual: Option<NodeId>,
+}
+
+/// Attention with at most this many keys runs as Kiln's fused kernel (SIMT); longer ones as
+/// GEMM + softmax + GEMM on the tensor cores.
+const FUSED_ATTENTION_MAX_KEYS: usize = 256;
+
+/// `x` op `constant` (either order) for a binary `op`: `(x, constant value)`.
+fn with_const(b: &Graph, id: NodeId, op: BinaryOp) -> Option<(NodeId, f64)> {
+    let n = b.node(id);
+    if n.op != Op::Binary(op) {
+        return None;
+    }
+    for (x, c) in [(n.inputs[0], n.inputs[1]), (n.inputs[1], n.inputs[0])] {
+        if let Op::Full { value } = b.node(c).op {
+            if b.node(c).shape.numel() == 1 && b.node(x).shape == n.shape {
+                return Some((x, value.0));
+            }
+        }
+    }
+    None
+}
+
+fn close(a: f64, b: f64) -> bool {
+    (a - b).abs() <= 1e-2 * b.abs()
+}
+
+/// `0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3)))` at `id` (constants within bf16 rounding):
+/// `x` and the interior nodes with their single user.
+fn gelu_tanh(b: &Graph, id: NodeId) -> Option<(NodeId, Vec<(NodeId, NodeId)>)> {
+    let n = b.node(id);
+    if n.op != Op::Binary(BinaryOp::Mul) || !n.dtype.is_float() {
+        return None;
+    }
+    for (half, rest) in [(n.inputs[0], n.inputs[1]), (n.inputs[1], n.inputs[0])] {
+        let Some((x, h)) = with_const(b, half, BinaryOp::Mul) else { continue };
+        let Some((th, one)) = with_const(b, rest, BinaryOp::Add) else { continue };
+        if !close(h, 0.5) || !close(one, 1.0) || b.node(th).op != Op::Unary(UnaryOp::Tanh) {
+            continue;
+        }
+        let Some((sum, beta)) = with_const(b, b.node(th).inputs[0], BinaryOp::Mul) else { continue };
+        if !close(beta, (2.0 / std::f64::consts::PI).sqrt()) {
+            continue;
+        }
+        let sn = b.node(sum);
+        if sn.op != Op::Binary(BinaryOp::Add) {
+            continue;
+        }
+        for (x2, cubed) in [(sn.inputs[0], sn.inputs[1]), (sn.inputs[1], sn.inputs[0])] {
+            if x2 != x {
+                continue;
+            }
+            let Some((cube, a)) = with_const(b, cubed, BinaryOp::Mul) else { continue };
+            if !close(a, 0.044715) {
+                continue;
+            }
+            let cn = b.node(cube);
+            if cn.op != Op::Binary(BinaryOp::Mul) {
+                continue;
+            }
+            let (p, q) = (cn.inputs[0], cn.inputs[1]);
+            let sq = |s: NodeId| b.node(s).op == Op::Binary(BinaryOp::Mul) && b.node(s).inputs[0] == x && b.node(s).inputs[1] == x;
+            let square = if q == x && sq(p) { p } else if p == x && sq(q) { q } else { continue };
+            let th_in = b.node(th).inputs[0];
+            let interior = vec![(half, id), (rest, id), (th, rest), (th_in, th), (sum, th_in), (cubed, sum), (cube, cubed), (square, cube)];
+            return Some((x, interior));
+        }
+    }
+    None
 }
 
 /// Lowers one kernel body.
@@ -110,11 +210,20 @@ impl<'a> BodyLowering<'a> {
             None => lw.temp(node.dtype, node.shape.clone()),
         };
         match &node.op {
-            Op::MatMul => self.matmul(lw, id, target, None, None)?,
-            Op::FlashAttention { causal, scale } => self.attention(lw, &node, target, *causal, scale.0)?,
+            Op::MatMul => self.matmul(lw, id, target, None, None, None)?,
+            Op::FlashAttention { causal, scale } => {
+                if !self.fused_attention(lw, id, id, target)? {
+                    self.attention(lw, &node, target, *causal, scale.0)?
+                }
+            }
+            Op::Permute { .. } if self.permuted_attention(id) && self.fused_attention(lw, node.inputs[0], id, target)? => {}
             _ => {
-                if let Some((mm, bias, act)) = self.gemm_epilogue(id) {
-                    self.matmul(lw, mm, target, Some(bias), act)?;
+                if let Some(ep) = self.gemm_epilogue(id) {
+                    let residual = match ep.residual {
+                        Some(r) => Some(self.materialize(lw, r)?),
+                        None => None,
+                    };
+                    self.matmul(lw, ep.mm, target, ep.bias, ep.act, residual)?;
                 } else {
                     self.loop_for(lw, id, target)?;
                 }
@@ -124,44 +233,144 @@ impl<'a> BodyLowering<'a> {
         Ok(target)
     }
 
-    /// `add(matmul, bias[n])` or `max(add(matmul, bias[n]), 0)` where the matmul feeds nothing else.
-    fn gemm_epilogue(&self, id: NodeId) -> Option<(NodeId, NodeId, Option<GemmActivation>)> {
+    /// Whether `id` is an interior node of a fused pattern: used once, by `user`, and neither
+    /// a body output nor already in memory.
+    fn interior(&self, id: NodeId, user: NodeId) -> bool {
+        let b = self.body;
+        b.users(id) == vec![user] && !self.out_target.contains_key(&id) && !b.outputs().contains(&id) && !self.mat.contains_key(&id)
+    }
+
+    /// What cuBLASLt can compute in one GEMM ending at `id`:
+    /// `matmul + bias[n] (relu | gelu_tanh)`, `matmul (+ bias[n]) gelu_tanh`, or
+    /// `residual + matmul (+ bias[n])` (the residual as the GEMM's C operand, beta = 1), through
+    /// a reshape (same row-major layout) between the GEMM and what follows.
+    fn gemm_epilogue(&self, id: NodeId) -> Option<Epilogue> {
         let b = self.body;
         let n = b.node(id);
-        let as_bias_add = |add: NodeId| -> Option<(NodeId, NodeId)> {
-            let a = b.node(add);
-            if a.op != Op::Binary(BinaryOp::Add) {
+        // `x` as matmul or add(matmul, bias[n]); x's own uses are the caller's to check.
+        let mm_bias = |x: NodeId| -> Option<(NodeId, Option<NodeId>)> {
+            let xn = b.node(x);
+            if xn.op == Op::MatMul {
+                return Some((x, None));
+            }
+            if xn.op != Op::Binary(BinaryOp::Add) {
                 return None;
             }
-            for (x, y) in [(a.inputs[0], a.inputs[1]), (a.inputs[1], a.inputs[0])] {
-                let (mx, by) = (b.node(x), b.node(y));
+            for (m, y) in [(xn.inputs[0], xn.inputs[1]), (xn.inputs[1], xn.inputs[0])] {
+                let (mx, by) = (b.node(m), b.node(y));
                 let cols = mx.shape.dims().last().copied().unwrap_or(0);
-                let bias_ok = by.dtype == mx.dtype
-                    && by.shape.numel() == cols
-                    && by.shape.dims().last() == Some(&cols)
-                    && mx.shape == a.shape;
-                let single_use = b.users(x) == vec![add] && !self.out_target.contains_key(&x) && !b.outputs().contains(&x);
-                if mx.op == Op::MatMul && bias_ok && single_use && !self.mat.contains_key(&x) {
-                    return Some((x, y));
+                let bias_ok = by.dtype == mx.dtype && by.shape.numel() == cols && by.shape.dims().last() == Some(&cols) && mx.shape == xn.shape;
+                if mx.op == Op::MatMul && bias_ok && self.interior(m, x) {
+                    return Some((m, Some(y)));
                 }
             }
             None
         };
-        if let Some((mm, bias)) = as_bias_add(id) {
-            return Some((mm, bias, None));
+        // `x` (used only by `user`) as mm_bias, through one reshape.
+        let through = |x: NodeId, user: NodeId| -> Option<(NodeId, Option<NodeId>)> {
+            if !self.interior(x, user) {
+                return None;
+            }
+            if matches!(b.node(x).op, Op::Reshape { .. }) {
+                let inner = b.node(x).inputs[0];
+                return if self.interior(inner, x) { mm_bias(inner) } else { None };
+            }
+            mm_bias(x)
+        };
+        if n.op == Op::Binary(BinaryOp::Add) {
+            if let Some((mm, Some(bias))) = mm_bias(id) {
+                return Some(Epilogue { mm, bias: Some(bias), act: None, residual: None });
+            }
         }
         if n.op == Op::Binary(BinaryOp::Max) {
             for (x, y) in [(n.inputs[0], n.inputs[1]), (n.inputs[1], n.inputs[0])] {
                 let zero = matches!(b.node(y).op, Op::Full { value } if value.0 == 0.0);
-                let single = b.users(x) == vec![id] && !b.outputs().contains(&x);
-                if zero && single && b.node(x).shape == n.shape {
-                    if let Some((mm, bias)) = as_bias_add(x) {
-                        return Some((mm, bias, Some(GemmActivation::Relu)));
+                if zero && b.node(x).shape == n.shape && self.interior(x, id) {
+                    if let Some((mm, Some(bias))) = mm_bias(x) {
+                        return Some(Epilogue { mm, bias: Some(bias), act: Some(GemmActivation::Relu), residual: None });
+                    }
+                }
+            }
+        }
+        if let Some((x, interior)) = gelu_tanh(b, id) {
+            let nodes: Vec<NodeId> = interior.iter().map(|&(i, _)| i).collect();
+            let x_only_here = b.users(x).iter().all(|u| nodes.contains(u) || *u == id)
+                && !b.outputs().contains(&x)
+                && !self.out_target.contains_key(&x)
+                && !self.mat.contains_key(&x);
+            // cuBLASLt's GELU is the tanh form computed with its own tanh: within the 16-bit
+            // types' tolerance; f32 keeps Kiln's exact loop kernel.
+            let narrow = matches!(n.dtype, DType::BF16 | DType::F16);
+            if narrow && interior.iter().all(|&(i, u)| self.interior(i, u)) && x_only_here && b.node(x).dtype == n.dtype {
+                let found = if matches!(b.node(x).op, Op::Reshape { .. }) {
+                    let inner = b.node(x).inputs[0];
+                    if self.interior(inner, x) { mm_bias(inner) } else { None }
+                } else {
+                    mm_bias(x)
+                };
+                if let Some((mm, bias)) = found {
+                    return Some(Epilogue { mm, bias, act: Some(GemmActivation::GeluTanh), residual: None });
+                }
+            }
+        }
+        if n.op == Op::Binary(BinaryOp::Add) {
+            for (r, y) in [(n.inputs[0], n.inputs[1]), (n.inputs[1], n.inputs[0])] {
+                let rn = b.node(r);
+                if rn.shape != n.shape || rn.dtype != n.dtype || matches!(rn.op, Op::Full { .. }) {
+                    continue;
+                }
+                if let Some((mm, bias)) = through(y, id) {
+                    if b.node(mm).shape.numel() == n.shape.numel() && b.node(mm).dtype == n.dtype && !self.depends_on(r, mm) {
+                        return Some(Epilogue { mm, bias, act: None, residual: Some(r) });
                     }
                 }
             }
         }
         None
+    }
+
+    /// Whether `a` depends on `b` (within the body).
+    fn depends_on(&self, a: NodeId, b: NodeId) -> bool {
+        let mut stack = vec![a];
+        let mut seen = std::collections::HashSet::new();
+        while let Some(x) = stack.pop() {
+            if x == b {
+                return true;
+            }
+            if seen.insert(x) {
+                stack.extend(self.body.node(x).inputs.iter().copied());
+            }
+        }
+        false
+    }
+
+    /// Whether `id` is `permute(flash_attention)` with the attention used only there.
+    fn permuted_attention(&self, id: NodeId) -> bool {
+        let b = self.body;
+        let inner = b.node(id).inputs[0];
+        matches!(b.node(inner).op, Op::FlashAttention { .. }) && self.interior(inner, id)
+    }
+
+    /// Kiln's fused attention kernel for `attn`, writing `root` (the attention or a permute of
+    /// it) into `target`. Returns false where the GEMM + softmax + GEMM path is the better one.
+    fn fused_attention(&mut self, lw: &mut Lowering, attn: NodeId, root: NodeId, target: u32) -> Result<bool, GpuError> {
+        let node = self.body.node(attn).clone();
+        let r = node.shape.rank();
+        let sk = self.body.node(node.inputs[1]).shape.dims()[r - 2];
+        if sk > FUSED_ATTENTION_MAX_KEYS {
+            return Ok(false);
+        }
+        // q, k, v are read through their movement chains; whatever computes them is in memory.
+        for &x in &node.inputs {
+            let mut n = x;
+            while !self.mat.contains_key(&n) && emit::is_index_map(self.body, n) {
+                n = self.body.node(n).inputs[0];
+            }
+            self.materialize(lw, n)?;
+        }
+        let (g, ins) = self.extract(root);
+        lw.attention_kernel(&self.name, &g, &ins, &[target])?;
+        Ok(true)
     }
 
     /// A loop kernel computing `root` into `target`, reading materialized values.
@@ -248,6 +457,11 @@ impl<'a> BodyLowering<'a> {
                 return Ok((self.materialize(lw, inner)?, true));
             }
         }
+        if matches!(n.op, Op::Reshape { .. }) && !self.mat.contains_key(&id) && !self.out_target.contains_key(&id) {
+            // A reshape of a contiguous buffer is the same bytes.
+            let inner = n.inputs[0];
+            return Ok((self.materialize(lw, inner)?, false));
+        }
         Ok((self.materialize(lw, id)?, false))
     }
 
@@ -258,6 +472,7 @@ impl<'a> BodyLowering<'a> {
         target: u32,
         bias: Option<NodeId>,
         act: Option<GemmActivation>,
+        residual: Option<u32>,
     ) -> Result<(), GpuError> {
         let node = self.body.node(mm).clone();
         let (a_id, b_id) = (node.inputs[0], node.inputs[1]);
@@ -272,7 +487,11 @@ impl<'a> BodyLowering<'a> {
         let (m, n) = (out.dims()[r - 2], out.dims()[r - 1]);
         let k = self.body.node(a_id).shape.dims()[self.body.node(a_id).shape.rank() - 1];
         let batch_shape = Shape::new(out.dims()[..r - 2].iter().copied());
-        self.gemm(lw, &node.dtype, (a, at, self.body.node(a_id).shape.clone()), (b, bt, self.body.node(b_id).shape.clone()), target, (batch_shape, m, n, k), bias, act)
+        self.gemm(lw, &node.dtype, (a, at, self.body.node(a_id).shape.clone()), (b, bt, self.body.node(b_id).shape.clone()), target, (batch_shape, m, n, k), bias, act)?;
+        if let (Some(r), Some(Pending::Gemm(g))) = (residual, lw.steps.last_mut()) {
+            g.residual = Some(r);
+        }
+        Ok(())
     }
 
     /// Enqueues `target = a @ b` for logical operand shapes, broadcasting batch dims.
@@ -336,6 +555,7 @@ impl<'a> BodyLowering<'a> {
             c: target,
             bias,
             activation: act,
+            residual: None,
         }));
         Ok(())
     }
@@ -398,7 +618,165 @@ fn softmax_graph(s_shape: &Shape, dtype: DType, causal: bool, scale: f64) -> Res
     Ok(g)
 }
 
+/// Rewrites between kernels that save a step each, keeping the kernel graph's meaning:
+/// - a kernel output that is a cast of another output of the same kernel is computed by its
+///   consumers from that other output instead (one loop kernel less);
+/// - an attention output that every consumer permutes the same way is stored permuted (the
+///   attention kernel writes it in that layout; the consumers' permutes disappear).
+fn prepare(kg: &KernelGraph) -> Result<KernelGraph, GpuError> {
+    let mut kg = kg.clone();
+    let graph_out: std::collections::HashSet<u32> = kg.outputs.iter().map(|b| b.0).collect();
+    let consumers = |kg: &KernelGraph, buf: u32| -> Vec<usize> {
+        kg.kernels.iter().enumerate().filter(|(_, k)| k.inputs.iter().any(|b| b.0 == buf)).map(|(i, _)| i).collect()
+    };
+    // Casts of sibling outputs.
+    for ki in 0..kg.kernels.len() {
+        let mut oi = 0;
+        while oi < kg.kernels[ki].outputs.len() {
+            let k = &kg.kernels[ki];
+            let (o, buf) = (k.body.outputs()[oi], k.outputs[oi].0);
+            let node = k.body.node(o);
+            let sibling = match node.op {
+                Op::Cast { to } => k.body.outputs().iter().position(|&x| x == node.inputs[0]).map(|j| (j, to)),
+                _ => None,
+            };
+            // A widening cast (exact) of a value that is no output: store the value, narrower.
+            if sibling.is_none() && !graph_out.contains(&buf) {
+                if let Op::Cast { to: DType::F32 } = node.op {
+                    let y = node.inputs[0];
+                    let yd = k.body.node(y).dtype;
+                    if matches!(yd, DType::BF16 | DType::F16) && !k.body.outputs().contains(&y) && !consumers(&kg, buf).is_empty() {
+                        for ci in consumers(&kg, buf) {
+                            let c = &mut kg.kernels[ci];
+                            for pos in positions(&c.inputs, buf) {
+                                c.body = rebuild(&c.body, pos, |g, new_in| g.add(Op::Cast { to: DType::F32 }, &[new_in]), yd, None)?;
+                            }
+                        }
+                        kg.buffers[buf as usize].dtype = yd;
+                        let k = &mut kg.kernels[ki];
+                        let mut outs = k.body.outputs().to_vec();
+                        outs[oi] = y;
+                        k.body.set_outputs(outs);
+                        oi += 1;
+                        continue;
+                    }
+                }
+            }
+            let Some((j, to)) = sibling.filter(|&(j, _)| j != oi && !graph_out.contains(&buf)) else {
+                oi += 1;
+                continue;
+            };
+            let src = k.outputs[j];
+            for ci in consumers(&kg, buf) {
+                let src_dtype = kg.buffers[src.0 as usize].dtype;
+                let c = &mut kg.kernels[ci];
+                for pos in positions(&c.inputs, buf) {
+                    c.body = rebuild(&c.body, pos, |g, new_in| g.add(Op::Cast { to }, &[new_in]), src_dtype, None)?;
+                    c.inputs[pos] = src;
+                }
+            }
+            let k = &mut kg.kernels[ki];
+            let mut outs = k.body.outputs().to_vec();
+            outs.remove(oi);
+            k.body.set_outputs(outs);
+            k.outputs.remove(oi);
+        }
+    }
+    // Attention outputs in the layout their consumers read.
+    for ki in 0..kg.kernels.len() {
+        for oi in 0..kg.kernels[ki].outputs.len() {
+            let k = &kg.kernels[ki];
+            let (o, buf) = (k.body.outputs()[oi], k.outputs[oi].0);
+            if !matches!(k.body.node(o).op, Op::FlashAttention { .. }) || graph_out.contains(&buf) {
+                continue;
+            }
+            let cs = consumers(&kg, buf);
+            let mut perm: Option<Vec<usize>> = None;
+            let mut ok = !cs.is_empty();
+            for &ci in &cs {
+                let c = &kg.kernels[ci];
+                for (pos, b) in c.inputs.iter().enumerate() {
+                    if b.0 != buf {
+                        continue;
+                    }
+                    let input = c.body.inputs()[pos];
+                    let users = c.body.users(input);
+                    ok &= !users.is_empty() && !c.body.outputs().contains(&input);
+                    for u in users {
+                        match &c.body.node(u).op {
+                            Op::Permute { perm: p } if perm.as_ref().is_none_or(|q| q == p) => perm = Some(p.clone()),
+                            _ => ok = false,
+                        }
+                    }
+                }
+            }
+            let Some(perm) = perm.filter(|_| ok) else { continue };
+            let k = &mut kg.kernels[ki];
+            let mut body = k.body.clone();
+            let permuted = body.add(Op::Permute { perm: perm.clone() }, &[o])?;
+            let mut outs = body.outputs().to_vec();
+            outs[oi] = permuted;
+            body.set_outputs(outs);
+            let shape = body.node(permuted).shape.clone();
+            k.body = body;
+            kg.buffers[buf as usize].shape = shape.clone();
+            for ci in cs {
+                let dtype = kg.buffers[buf as usize].dtype;
+                let c = &mut kg.kernels[ci];
+                for pos in positions(&c.inputs, buf) {
+                    c.body = rebuild(&c.body, pos, |_, new_in| Ok(new_in), dtype, Some(shape.clone()))?;
+                }
+            }
+        }
+    }
+    Ok(kg)
+}
+
+fn positions(inputs: &[ir::BufferId], buf: u32) -> Vec<usize> {
+    inputs.iter().enumerate().filter(|(_, b)| b.0 == buf).map(|(i, _)| i).collect()
+}
+
+/// `body` with input `pos` replaced by a new input of `dtype` (and `shape`, if given):
+/// `wrap` builds what stands for the old input from the new one. With a new shape, the old
+/// input's users (permutes) are replaced by that value itself.
+fn rebuild(
+    body: &Graph,
+    pos: usize,
+    wrap: impl Fn(&mut Graph, NodeId) -> Result<NodeId, ir::IrError>,
+    dtype: DType,
+    shape: Option<Shape>,
+) -> Result<Graph, GpuError> {
+    let mut g = Graph::new(body.name());
+    let mut map: HashMap<NodeId, NodeId> = HashMap::new();
+    let old_in = body.inputs()[pos];
+    for (i, &x) in body.inputs().iter().enumerate() {
+        let n = body.node(x);
+        let name = body.input_name(x).unwrap_or("in").to_string();
+        let new = if i == pos {
+            let v = g.input(name, dtype, shape.clone().unwrap_or_else(|| n.shape.clone()))?;
+            wrap(&mut g, v)?
+        } else {
+            g.input(name, n.dtype, n.shape.clone())?
+        };
+        map.insert(x, new);
+    }
+    for (id, n) in body.nodes() {
+        if map.contains_key(&id) {
+            continue;
+        }
+        if shape.is_some() && n.inputs.first() == Some(&old_in) && matches!(n.op, Op::Permute { .. }) {
+            map.insert(id, map[&old_in]);
+            continue;
+        }
+        let new = g.push(Node { inputs: n.inputs.iter().map(|i| map[i]).collect(), ..n.clone() });
+        map.insert(id, new);
+    }
+    g.set_outputs(body.outputs().iter().map(|o| map[o]).collect());
+    Ok(g)
+}
+
 fn lower_steps(kg: &KernelGraph) -> Result<Lowering, GpuError> {
+    let kg = &prepare(kg)?;
     kg.verify()?;
     let mut lw = Lowering { buffers: kg.buffers.clone(), steps: Vec::new(), next_symbol: 0 };
     for k in &kg.kernels {
@@ -474,7 +852,7 @@ pub(crate) fn lower(kg: &KernelGraph, opts: &GpuOptions) -> Result<CudaArtifact,
         match step {
             Pending::Launch { args, .. } => args.iter().for_each(|&b| touch(b, s)),
             Pending::Gemm(g) => {
-                for b in [g.a.buffer, g.b.buffer, g.c].into_iter().chain(g.bias) {
+                for b in [g.a.buffer, g.b.buffer, g.c].into_iter().chain(g.bias).chain(g.residual) {
                     touch(b, s);
                 }
             }

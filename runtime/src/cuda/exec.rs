@@ -254,7 +254,8 @@ impl CudaExecutor {
                     let blas = self.blas.as_ref().expect("an executor with gemms has a cuBLASLt handle");
                     let (a, b, c) = (self.address(g.a.buffer, inputs, outputs), self.address(g.b.buffer, inputs, outputs), self.address(g.c, inputs, outputs));
                     let bias = g.bias.map(|x| self.address(x, inputs, outputs));
-                    unsafe { plan.enqueue(blas, a, b, c, bias, stream)? };
+                    let residual = g.residual.map(|x| self.address(x, inputs, outputs));
+                    unsafe { plan.enqueue(blas, a, b, c, bias, residual, stream)? };
                 }
                 GpuStep::Copy { from, to } => {
                     let bytes = self.artifact.buffers[*from as usize].bytes();

@@ -134,7 +134,7 @@ impl Plan {
         }
     }
 
-    /// Enqueues `c = a @ b (+ bias) (act)` on `stream`.
+    /// Enqueues `c = a @ b (+ residual) (+ bias) (act)` on `stream`.
     ///
     /// # Safety
     /// The addresses must hold the planned shapes on the handle's device.
@@ -145,10 +145,13 @@ impl Plan {
         b: CUdeviceptr,
         c: CUdeviceptr,
         bias: Option<CUdeviceptr>,
+        residual: Option<CUdeviceptr>,
         stream: CUstream,
     ) -> Result<(), CudaError> {
         let err = |e: result::CublasError| CudaError::Gemm { kernel: self.kernel.clone(), message: format!("{e:?}") };
-        let (alpha, beta) = (1.0f32, 0.0f32);
+        // The residual is cuBLASLt's C operand (same layout as D), added with beta = 1.
+        let (alpha, beta) = (1.0f32, if residual.is_some() { 1.0f32 } else { 0.0f32 });
+        let cin = residual.unwrap_or(c);
         unsafe {
             if let Some(p) = bias {
                 result::set_matmul_desc_attribute(
@@ -169,7 +172,7 @@ impl Plan {
                 la,
                 a as *const c_void,
                 lb,
-                c as *const c_void,
+                cin as *const c_void,
                 lc,
                 c as *mut c_void,
                 lc,

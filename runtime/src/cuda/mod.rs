@@ -72,7 +72,7 @@ pub struct GemmOperand {
     pub batch_stride: i64,
 }
 
-/// `c[i] = a[i] @ b[i] (+ bias) (act)` for `i < batch`, row-major `[m, k] @ [k, n] -> [m, n]`,
+/// `c[i] = a[i] @ b[i] (+ residual[i]) (+ bias) (act)` for `i < batch`, row-major `[m, k] @ [k, n] -> [m, n]`,
 /// all operands and the result of `dtype` (accumulation in f32).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct GemmStep {
@@ -89,6 +89,9 @@ pub struct GemmStep {
     /// A `[n]` vector added to every row.
     pub bias: Option<u32>,
     pub activation: Option<GemmActivation>,
+    /// A contiguous `[batch, m, n]` buffer added to the product (cuBLASLt's C operand with
+    /// beta = 1, before the bias): `c = a @ b + residual (+ bias)`. Never with an activation.
+    pub residual: Option<u32>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -114,8 +117,8 @@ impl GpuStep {
     pub fn buffers(&self) -> Vec<u32> {
         match self {
             GpuStep::Launch(LaunchStep { kernel: _, symbol: _, grid: _, block: _, args }) => args.clone(),
-            GpuStep::Gemm(GemmStep { kernel: _, dtype: _, batch: _, m: _, n: _, k: _, a, b, c, bias, activation: _ }) => {
-                [a.buffer, b.buffer, *c].into_iter().chain(*bias).collect()
+            GpuStep::Gemm(GemmStep { kernel: _, dtype: _, batch: _, m: _, n: _, k: _, a, b, c, bias, activation: _, residual }) => {
+                [a.buffer, b.buffer, *c].into_iter().chain(*bias).chain(*residual).collect()
             }
             GpuStep::Copy { from, to } => vec![*from, *to],
         }
