@@ -234,6 +234,33 @@ impl Compiled {
         }
     }
 
+    /// Runs on device memory the caller owns (CUDA backend), with no copies: `inputs` and
+    /// `outputs` are device addresses (on device 0, in the primary context, which is where
+    /// PyTorch allocates) of contiguous tensors of the graph's input and output types. The
+    /// whole graph is one CUDA-graph launch, enqueued on `stream` (a `CUstream`, e.g.
+    /// `torch.cuda.current_stream().cuda_stream`; the executor's own stream when `None`).
+    /// Returns once the work is enqueued; a caller that reads the outputs on another stream
+    /// synchronizes first. Calls are serialized (one executor, one arena per compiled graph).
+    ///
+    /// # Safety
+    /// Every address must point to a live device allocation of at least its tensor's size,
+    /// outputs must not overlap inputs or each other, and all of them must stay valid until
+    /// the enqueued work completes.
+    pub unsafe fn run_device(&self, inputs: &[u64], outputs: &[u64], stream: Option<u64>) -> Result<()> {
+        match &self.exec {
+            #[cfg(feature = "cuda")]
+            Exec::Cuda(e) => {
+                let mut e = e.lock().unwrap_or_else(|p| p.into_inner());
+                // SAFETY: forwarded from the caller's contract.
+                Ok(unsafe { e.run_graph(inputs, outputs, stream.map(|s| s as usize as _))? })
+            }
+            _ => {
+                let _ = (inputs, outputs, stream);
+                Err(Error::Unavailable(format!("run_device needs the CUDA backend, this graph was compiled for {:?}", self.backend)))
+            }
+        }
+    }
+
     /// Binds inputs once (uploading them to the device) so `run` can be timed alone.
     pub fn bind(&self, inputs: &[HostTensor]) -> Result<Bound<'_>> {
         let want = self.graph.inputs();
@@ -288,7 +315,7 @@ impl Compiled {
         match &self.exec {
             Exec::Cpu(e) => e.peak_memory(),
             #[cfg(feature = "cuda")]
-            Exec::Cuda(e) => e.lock().expect("executor lock").artifact().peak_memory(),
+            Exec::Cuda(e) => e.lock().unwrap_or_else(|p| p.into_inner()).artifact().peak_memory(),
             Exec::Interpreter => self.kernels.intermediate_bytes(),
         }
     }
@@ -337,7 +364,7 @@ impl Bound<'_> {
             }
             #[cfg(feature = "cuda")]
             Exec::Cuda(e) => {
-                let mut e = e.lock().expect("executor lock");
+                let mut e = e.lock().unwrap_or_else(|p| p.into_inner());
                 if self.device.is_none() {
                     let mut ins = Vec::new();
                     for t in &self.inputs {
@@ -368,7 +395,7 @@ impl Bound<'_> {
     pub fn synchronize(&self) -> Result<()> {
         #[cfg(feature = "cuda")]
         if let (Exec::Cuda(e), Some(_)) = (&self.compiled.exec, &self.device) {
-            e.lock().expect("executor lock").synchronize()?;
+            e.lock().unwrap_or_else(|p| p.into_inner()).synchronize()?;
         }
         Ok(())
     }
@@ -377,7 +404,7 @@ impl Bound<'_> {
     pub fn outputs(&self) -> Result<Vec<HostTensor>> {
         #[cfg(feature = "cuda")]
         if let (Exec::Cuda(e), Some((_, outs))) = (&self.compiled.exec, &self.device) {
-            e.lock().expect("executor lock").synchronize()?;
+            e.lock().unwrap_or_else(|p| p.into_inner()).synchronize()?;
             let mut host = Vec::new();
             for (d, t) in outs.iter().zip(&self.outputs) {
                 host.push(HostTensor::new(t.dtype, t.shape.clone(), d.download()?)?);
