@@ -198,8 +198,10 @@ pub fn compile(kg: &KernelGraph, opts: &CpuOptions) -> Result<Artifact, CodegenE
     if let (Some(dir), Some(text)) = (&opts.dump_dir, ir_text) {
         let _ = std::fs::create_dir_all(dir);
         let kir: String = loops.iter().map(|(_, k)| k.to_string()).collect::<Vec<_>>().join("\n");
-        let _ = std::fs::write(dir.join(format!("{}.kir", kg.name)), kir);
-        let _ = std::fs::write(dir.join(format!("{}.ll", kg.name)), text);
+        // A graph compiled twice (fused, then one kernel per op) keeps both dumps.
+        let stem = (0..).map(|i| if i == 0 { kg.name.clone() } else { format!("{}.{i}", kg.name) }).find(|s| !dir.join(format!("{s}.kir")).exists()).unwrap_or_default();
+        let _ = std::fs::write(dir.join(format!("{stem}.kir")), kir);
+        let _ = std::fs::write(dir.join(format!("{stem}.ll")), text);
     }
     let library = link(&objects, opts)?;
     Ok(Artifact {

@@ -637,31 +637,41 @@ impl<'ctx, 'a> Gen<'ctx, 'a> {
         Ok(acc)
     }
 
-    /// Cephes `expf`: 2^n * p(r), |error| about 1 ulp; overflow to inf, underflow to 0, NaN kept.
+    /// Cephes `expf`: 2^n * p(r), |error| about 1 ulp, with no libm call and no branch:
+    /// `n = round(x log2 e)` by the 1.5 * 2^23 rounding trick (the integer is read from the
+    /// float's bits), and `2^n` applied as two factors `2^(n/2)` so that both stay normal over
+    /// the clamped range. Clamping to [-104, 88.8] makes the result exactly 0 below and inf
+    /// above; the clamps are compare + select, so a NaN passes through the arithmetic.
     fn exp(&mut self, x: FloatValue<'ctx>) -> R<FloatValue<'ctx>> {
+        const HI: f32 = 88.8;
+        const LO: f32 = -104.0;
+        const MAGIC: f32 = 12582912.0;
         let f32t = self.ctx.f32_type();
         let i32t = self.ctx.i32_type();
-        let xc = self.f1_2("llvm.minnum", x, self.f32c(88.3762626647949))?;
-        let xc = self.f1_2("llvm.maxnum", xc, self.f32c(-87.3365447505531))?;
-        let t = self.fma(xc, self.f32c(std::f32::consts::LOG2_E), self.f32c(0.5))?;
-        let n = self.f1("llvm.floor", t)?;
+        let big = self.b.build_float_compare(FloatPredicate::OGT, x, self.f32c(HI), "big")?;
+        let xc = self.b.build_select(big, self.f32c(HI), x, "xc")?.into_float_value();
+        let small = self.b.build_float_compare(FloatPredicate::OLT, xc, self.f32c(LO), "small")?;
+        let xc = self.b.build_select(small, self.f32c(LO), xc, "xc")?.into_float_value();
+        let t = self.fma(xc, self.f32c(std::f32::consts::LOG2_E), self.f32c(MAGIC))?;
+        let n = self.b.build_float_sub(t, self.f32c(MAGIC), "n")?;
         let r = self.fma(n, self.f32c(-0.693359375), xc)?;
         let r = self.fma(n, self.f32c(2.12194440e-4), r)?;
         let p = self.poly(r, &[1.9875691500E-4, 1.3981999507E-3, 8.3334519073E-3, 4.1665795894E-2, 1.6666665459E-1, 5.0000001201E-1])?;
         let r2 = self.b.build_float_mul(r, r, "r2")?;
         let p = self.fma(p, r2, r)?;
         let p = self.b.build_float_add(p, self.f32c(1.0), "p")?;
-        let ni = self.b.build_float_to_signed_int(n, i32t, "n")?;
-        let e = self.b.build_int_add(ni, i32t.const_int(127, false), "e")?;
-        let e = self.b.build_left_shift(e, i32t.const_int(23, false), "e")?;
-        let scale = self.b.build_bit_cast(e, f32t, "s")?.into_float_value();
-        let y = self.b.build_float_mul(p, scale, "exp")?;
-        let big = self.b.build_float_compare(FloatPredicate::OGT, x, self.f32c(88.3762626647949), "big")?;
-        let small = self.b.build_float_compare(FloatPredicate::OLT, x, self.f32c(-87.3365447505531), "small")?;
-        let nan = self.b.build_float_compare(FloatPredicate::UNO, x, x, "nan")?;
-        let y = self.b.build_select(big, self.f32c(f32::INFINITY), y, "y")?.into_float_value();
-        let y = self.b.build_select(small, self.f32c(0.0), y, "y")?.into_float_value();
-        Ok(self.b.build_select(nan, x, y, "y")?.into_float_value())
+        let tb = self.b.build_bit_cast(t, i32t, "tb")?.into_int_value();
+        let ni = self.b.build_int_sub(tb, i32t.const_int(MAGIC.to_bits() as u64, false), "n")?;
+        let n1 = self.b.build_right_shift(ni, i32t.const_int(1, false), true, "n1")?;
+        let n2 = self.b.build_int_sub(ni, n1, "n2")?;
+        let mut y = p;
+        for h in [n1, n2] {
+            let e = self.b.build_int_add(h, i32t.const_int(127, false), "e")?;
+            let e = self.b.build_left_shift(e, i32t.const_int(23, false), "e")?;
+            let scale = self.b.build_bit_cast(e, f32t, "s")?.into_float_value();
+            y = self.b.build_float_mul(y, scale, "exp")?;
+        }
+        Ok(y)
     }
 
     fn f1_2(&mut self, name: &str, x: FloatValue<'ctx>, y: FloatValue<'ctx>) -> R<FloatValue<'ctx>> {
