@@ -178,7 +178,11 @@ class Region:
             ptrs.append(t.data_ptr())
         dev = self.device
         outs = [torch.empty(s, dtype=d, device=dev) for s, d in self.out_meta]
-        self.native.run(ptrs, [o.data_ptr() for o in outs])
+        if dev.type == "cuda":
+            # enqueued on PyTorch's current stream: ordered with the PyTorch ops around it
+            self.native.run(ptrs, [o.data_ptr() for o in outs], torch.cuda.current_stream(dev).cuda_stream)
+        else:
+            self.native.run(ptrs, [o.data_ptr() for o in outs])
         for i, o in zip(self.outs, outs):
             env[i] = o
 
@@ -271,6 +275,8 @@ def _node_reason(node: fx.Node, device: Optional[torch.device], gm: Optional[fx.
             return f"dtype {dtype_name(t.dtype)} is not supported by Kiln"
         if device is not None and t.device != device:
             return f"tensor on {t.device}, the region runs on {device}"
+        if t.device.type == "cuda" and (t.device.index or 0) != 0:
+            return f"tensor on {t.device}: Kiln's CUDA backend runs on cuda:0 only"
     for a in node.all_input_nodes:
         for t in _tensors_in(_meta_val(a)):
             if t.dtype not in _DTYPES:

@@ -73,8 +73,11 @@ impl Region {
 
     /// Runs on PyTorch's memory: one pointer per input (contiguous, of the input's dtype and
     /// shape) and one per output (contiguous, allocated by the caller). The caller (the
-    /// Python package) guarantees the types; counts are checked here.
-    fn run(&self, py: Python<'_>, inputs: Vec<usize>, outputs: Vec<usize>) -> PyResult<()> {
+    /// Python package) guarantees the types; counts are checked here. CUDA regions take
+    /// device pointers and `stream`, the `cudaStream_t` to enqueue on (PyTorch's current
+    /// stream's `cuda_stream`); the call returns once the work is enqueued.
+    #[pyo3(signature = (inputs, outputs, stream=None))]
+    fn run(&self, py: Python<'_>, inputs: Vec<usize>, outputs: Vec<usize>, stream: Option<u64>) -> PyResult<()> {
         if inputs.len() != self.inputs.len() || outputs.len() != self.outputs.len() {
             return Err(CompileError::new_err(format!(
                 "region takes {} inputs and {} outputs, got {} and {}",
@@ -87,7 +90,7 @@ impl Region {
         py.detach(|| {
             // SAFETY: the Python caller passes data_ptr()s of live contiguous tensors whose
             // dtype and shape it checked against `input_meta` / allocated from `output_meta`.
-            unsafe { self.engine.run(&self.inputs, &inputs, &self.outputs, &outputs) }
+            unsafe { self.engine.run(&self.inputs, &inputs, &self.outputs, &outputs, stream) }
         })
         .map_err(CompileError::new_err)
     }

@@ -119,6 +119,12 @@ pub struct CudaExecutor {
     pub updates: usize,
 }
 
+// SAFETY: the raw handles (module functions, cuBLASLt handle and plans, graph exec, device
+// pointers) belong to the executor's context, not to a thread: every method that uses them
+// binds that context to the calling thread first. `&mut self` (or the caller's `Mutex`) keeps
+// one thread at a time on them; cuBLASLt handles may move between threads.
+unsafe impl Send for CudaExecutor {}
+
 impl std::fmt::Debug for CudaExecutor {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(&self.artifact.summary())
