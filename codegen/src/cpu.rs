@@ -72,6 +72,7 @@ fn plan_graph(kg: &KernelGraph) -> Result<Plan, CodegenError> {
         for (ui, u) in low.units.into_iter().enumerate() {
             match u {
                 Unit::Loop { kernel, args } => {
+                    let kernel = split_flat(kernel);
                     let symbol = format!("kiln_k{ki}_{ui}");
                     steps.push(Step::Loop(LoopStep {
                         kernel: k.name.clone(),
@@ -101,6 +102,60 @@ fn plan_graph(kg: &KernelGraph) -> Result<Plan, CodegenError> {
         }
     }
     Ok(Plan { buffers, steps, loops })
+}
+
+/// Flat (1-D) elementwise kernels of at least this many elements are split for threads.
+const SPLIT_MIN: usize = 1 << 16;
+
+/// A kernel with no parallel dims whose stages are all one flat elementwise loop over `n`
+/// (a 1-D tensor) would run on one thread: view its loop as `[n / B, B]` (`B` the largest
+/// power of two up to 8192 dividing `n`), so the outer `n / B` iterations split across cores
+/// and the inner loop still vectorizes over contiguous memory. Indices become `i0 * B + i1`;
+/// written parameters take the 2-D shape (same bytes). Anything else is returned unchanged.
+fn split_flat(k: LoopKernel) -> LoopKernel {
+    use crate::kir::{Builder, Expr, Stage};
+    let Some(n) = k.stages.first().and_then(|s| s.dims.first().copied()) else { return k };
+    let flat = k.outer.is_empty() && k.locals.is_empty() && k.stages.iter().all(|s| s.reduce.is_none() && s.dims == [n]);
+    let block = 1usize << n.trailing_zeros().min(13);
+    if !flat || n < SPLIT_MIN || block < 256 {
+        return k;
+    }
+    let written: Vec<bool> = k.params.iter().map(|p| p.written).collect();
+    let reads_written = k.exprs.iter().any(|(e, _)| matches!(e, Expr::Load(crate::kir::BufId::Param(p), _) if written[*p as usize]));
+    if reads_written || k.stages.iter().any(|s| !matches!(s.target, crate::kir::BufId::Param(_))) {
+        return k;
+    }
+    let mut b = Builder::default();
+    let (i0, i1) = (b.var(0), b.var(1));
+    let hi = b.mul(i0, block as i64);
+    let flat_idx = b.add(hi, i1);
+    let mut map: Vec<u32> = Vec::with_capacity(k.exprs.len());
+    for (e, ty) in &k.exprs {
+        let m = |x: &u32| map[*x as usize];
+        let ne = match e {
+            Expr::Var(0) => {
+                map.push(flat_idx);
+                continue;
+            }
+            Expr::Load(buf, idx) => Expr::Load(*buf, idx.iter().map(m).collect()),
+            Expr::Unary(u, a) => Expr::Unary(*u, m(a)),
+            Expr::Cast(d, a) => Expr::Cast(*d, m(a)),
+            Expr::Binary(op, x, y) => Expr::Binary(*op, m(x), m(y)),
+            Expr::Rem(x, y) => Expr::Rem(m(x), m(y)),
+            Expr::Compare(c, x, y) => Expr::Compare(*c, m(x), m(y)),
+            Expr::Select(c, x, y) => Expr::Select(m(c), m(x), m(y)),
+            other => other.clone(),
+        };
+        map.push(b.push(ne, *ty));
+    }
+    let dims = vec![n / block, block];
+    let params = k
+        .params
+        .into_iter()
+        .map(|p| if p.written { crate::kir::Param { dims: dims.clone(), ..p } } else { p })
+        .collect();
+    let stages = k.stages.iter().map(|s| Stage { target: s.target, dims: dims.clone(), reduce: None, value: map[s.value as usize] }).collect();
+    LoopKernel { name: k.name, outer: vec![n / block], params, locals: Vec::new(), exprs: b.exprs, stages }
 }
 
 /// The kernel IR of every loop kernel of the graph, as text (for golden tests and dumps).

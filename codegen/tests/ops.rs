@@ -232,3 +232,22 @@ fn exp_is_accurate_over_the_whole_range() {
     let got = ex.run(&[runtime::HostTensor::from_f32([n + 1], &with_nan).unwrap()]).unwrap();
     assert!(got[0].as_f32().unwrap()[n].is_nan());
 }
+
+/// A large 1-D elementwise kernel has no parallel dim of its own: the CPU backend views it as
+/// `[n / B, B]` so it splits across threads; results unchanged (odd multiples of B too).
+#[test]
+fn flat_elementwise_kernels_split_for_threads() {
+    for n in [3 << 16, (1 << 16) + 256 * 7, 100_003] {
+        let mut g = Graph::new("flat");
+        let x = g.input("x", DType::F32, [n]).unwrap();
+        let y = g.input("y", DType::BF16, [n]).unwrap();
+        let e = g.add(Op::Unary(UnaryOp::Exp), &[x]).unwrap();
+        let yc = g.add(Op::Cast { to: DType::F32 }, &[y]).unwrap();
+        let s = g.add(Op::Binary(BinaryOp::Mul), &[e, yc]).unwrap();
+        g.set_outputs(vec![s, e]);
+        check(&g, 11, false);
+        let text = codegen::cpu::kernel_ir(&ir::KernelGraph::one_per_op(&g)).unwrap();
+        let split = n % 256 == 0;
+        assert_eq!(text.contains("outer []"), !split, "{text}");
+    }
+}

@@ -12,7 +12,7 @@ use crate::AttentionStep;
 use gemm::Parallelism;
 use rayon::prelude::*;
 
-const ROWS: usize = 64;
+const ROWS: usize = 128;
 const KEYS: usize = 256;
 
 /// Per-task scratch: the score tile, the output accumulator and the scaled query block.
