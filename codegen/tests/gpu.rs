@@ -58,6 +58,18 @@ fn check_with(name: &str, g: &Graph, inputs: Vec<Value>) -> R<CudaArtifact> {
     Ok(art)
 }
 
+/// Random inputs with every input named `w*` scaled by `1 / sqrt(rows)` (a weight's fan-in).
+fn scaled_weights(g: &Graph, seed: u64) -> Vec<Value> {
+    let mut vals = random_inputs(g, seed);
+    for (&i, v) in g.inputs().iter().zip(vals.iter_mut()) {
+        if g.input_name(i).is_some_and(|n| n.starts_with('w')) {
+            let s = 1.0 / (v.shape.dims()[0] as f64).sqrt();
+            v.data.iter_mut().for_each(|x| *x *= s);
+        }
+    }
+    vals
+}
+
 fn check(name: &str, g: &Graph, seed: u64) -> R<CudaArtifact> {
     check_with(name, g, random_inputs(g, seed))
 }
@@ -439,7 +451,9 @@ fn attention_reads_packed_qkv_and_writes_merged_heads() -> R<()> {
     let m = g.add(Op::Reshape { shape: ir::Shape::new([b, t, c]) }, &[m])?;
     let y = g.add(Op::MatMul, &[m, w])?;
     g.set_outputs(vec![y]);
-    let art = check("attention_packed_qkv", &g, 22)?;
+    // Weights scaled by 1/sqrt(fan_in) as models initialise them: N(0, 1) weights make bf16
+    // rounding noise of the interpreter's own intermediates exceed the tolerance.
+    let art = check_with("attention_packed_qkv", &g, scaled_weights(&g, 22))?;
     assert_eq!(art.steps.len(), 2, "attention + GEMM, no copies: {}", art.summary());
     Ok(())
 }
@@ -461,7 +475,7 @@ fn gemm_gelu_and_residual_epilogues() -> R<()> {
         let r = t.input("r", DType::F32, [37, 29])?;
         Ok(vec![y, r.add(&a.matmul(&bm)?)?])
     });
-    let art = check("gemm_gelu_residual", &g, 23)?;
+    let art = check_with("gemm_gelu_residual", &g, scaled_weights(&g, 23))?;
     assert!(art.steps.iter().all(|s| matches!(s, runtime::cuda::GpuStep::Gemm(_))), "GEMMs only: {}", art.summary());
     assert_eq!(art.steps.len(), 3, "{}", art.summary());
     Ok(())
@@ -601,7 +615,13 @@ fn bench_workloads() -> R<()> {
     ];
     let mut copy_bw = 0.0;
     let mut failures = Vec::new();
+    // KILN_BENCH_ONLY=substring: run only the workloads whose name holds it.
+    let only = std::env::var("KILN_BENCH_ONLY").unwrap_or_default();
+    let want = |name: &str| name.contains(only.as_str());
     for (name, g, bytes, flops) in workloads {
+        if !want(name) {
+            continue;
+        }
         let art = compile_graph(&g, &GpuOptions::default())?;
         let mut ex = CudaExecutor::new(art.clone(), 0)?;
         if copy_bw == 0.0 {
@@ -641,6 +661,9 @@ fn bench_workloads() -> R<()> {
     }
     // GPT-2 small, b1 t32: the whole forward as one CUDA graph launch.
     let gpt2 = (|| -> R<String> {
+        if !want("gpt2_small_b1_t32_codegen") {
+            return Err("skipped".into());
+        }
         use frontend::models::{Gpt2, Gpt2Config};
         let cfg = Gpt2Config::small().with_dtype(DType::BF16);
         let model = Gpt2::new(cfg.clone());
@@ -698,8 +721,9 @@ fn bench_workloads() -> R<()> {
             art.steps.len()
         ))
     })();
-    match gpt2 {
+    match if want("gpt2_small_b1_t32_codegen") { gpt2 } else { Err("skipped".into()) } {
         Ok(j) => results.push(j),
+        Err(e) if e.to_string() == "skipped" => {}
         Err(e) => {
             println!("gpt2_small_b1_t32 failed: {e}");
             failures.push("gpt2_small_b1_t32");
@@ -729,6 +753,26 @@ fn bench_workloads() -> R<()> {
             return Err("the optimized gpt2 output holds non-finite values".into());
         }
         let ms = median(ex.time_runs(&in_ptrs, &[o.ptr], reps, true)?);
+        if batch == 1 {
+            // Where the time goes: each step alone, grouped by kind.
+            let per = ex.time_steps(&in_ptrs, &[o.ptr], 10)?;
+            let mut groups: std::collections::BTreeMap<String, (usize, f64)> = Default::default();
+            for (st, t) in art.steps.iter().zip(&per) {
+                let key = match st {
+                    runtime::cuda::GpuStep::Gemm(g) => format!("gemm m{} n{} k{} {:?}{}", g.m, g.n, g.k, g.activation, if g.residual.is_some() { " +res" } else { "" }),
+                    runtime::cuda::GpuStep::Launch(l) if l.symbol.contains("_attn_") => "attention".into(),
+                    runtime::cuda::GpuStep::Launch(l) => format!("loop grid {:?} block {:?}", l.grid, l.block),
+                    runtime::cuda::GpuStep::Copy { .. } => "copy".into(),
+                };
+                let e = groups.entry(key).or_default();
+                e.0 += 1;
+                e.1 += t;
+            }
+            for (k, (n, t)) in &groups {
+                println!("PROFILE {label}: {k:<48} x{n:<3} {:.1} us each, {:.1} us total", 1e3 * t / *n as f64, 1e3 * t);
+            }
+            println!("PROFILE {label}: steps alone sum to {:.1} us (graph replay {:.1} us)", 1e3 * per.iter().sum::<f64>(), 1e3 * ms);
+        }
         let t = std::time::Instant::now();
         for _ in 0..1000 {
             unsafe { ex.run_graph(&in_ptrs, &[o.ptr], None)? };
@@ -746,6 +790,9 @@ fn bench_workloads() -> R<()> {
         ))
     };
     for (b, t, reps) in [(1, 32, 100), (8, 1024, 20)] {
+        if !want(&format!("gpt2_small_b{b}_t{t}")) {
+            continue;
+        }
         match opt(b, t, reps) {
             Ok(j) => results.push(j),
             Err(e) => println!("gpt2_small_b{b}_t{t} through passes::optimize failed: {e}"),
@@ -754,6 +801,9 @@ fn bench_workloads() -> R<()> {
     // Attention workloads as one flash_attention node (what the optimizer makes of the naive
     // form); correctness of both attention paths is covered by the tests on small shapes.
     for (name, b, h, s, d, causal) in [("attn_s2048_d64_causal", 8, 16, 2048, 64, true), ("attn_s4096_d128", 4, 16, 4096, 128, false)] {
+        if !want(name) {
+            continue;
+        }
         let r = (|| -> R<String> {
             let mut g = Graph::new(name);
             let q = g.input("q", DType::BF16, [b, h, s, d])?;

@@ -41,7 +41,12 @@ pub(crate) struct Plan {
     desc: sys::cublasLtMatmulDesc_t,
     layouts: [sys::cublasLtMatrixLayout_t; 3],
     algo: sys::cublasLtMatmulAlgo_t,
+    /// The heuristic's candidates, best guess first ([`Plan::tune`] times them).
+    candidates: Vec<sys::cublasLtMatmulAlgo_t>,
 }
+
+/// How many of the heuristic's algorithms [`Plan::tune`] times.
+const CANDIDATES: usize = 8;
 
 fn data_type(d: DType) -> Option<sys::cudaDataType> {
     Some(match d {
@@ -127,10 +132,129 @@ impl Plan {
                 size_of::<usize>(),
             )
             .map_err(err)?;
-            let heuristic = result::get_matmul_algo_heuristic(blas.handle, desc, la, lb, lc, lc, pref);
+            let mut found: Vec<sys::cublasLtMatmulHeuristicResult_t> = vec![std::mem::zeroed(); CANDIDATES];
+            let mut count = 0i32;
+            let status = sys::cublasLtMatmulAlgoGetHeuristic(
+                blas.handle,
+                desc,
+                la,
+                lb,
+                lc,
+                lc,
+                pref,
+                CANDIDATES as i32,
+                found.as_mut_ptr(),
+                &mut count,
+            );
             let _ = result::destroy_matmul_pref(pref);
-            let heuristic = heuristic.map_err(err)?;
-            Ok(Plan { kernel: step.kernel.clone(), desc, layouts: [la, lb, lc], algo: heuristic.algo })
+            status.result().map_err(err)?;
+            let candidates: Vec<sys::cublasLtMatmulAlgo_t> =
+                found.iter().take(count.max(0) as usize).filter(|h| h.state == sys::cublasStatus_t::CUBLAS_STATUS_SUCCESS).map(|h| h.algo).collect();
+            let Some(&algo) = candidates.first() else {
+                return Err(err(result::CublasError(sys::cublasStatus_t::CUBLAS_STATUS_NOT_SUPPORTED)));
+            };
+            // Skinny GEMMs (few output tiles, long k) fill the chip only when k is split: the
+            // heuristic's first algorithm with k split 2..16 ways joins the candidates where
+            // cuBLASLt accepts it.
+            let mut candidates = candidates;
+            if m * n <= 256 * 4096 && k >= 512 {
+                for split in [2i32, 4, 8, 16] {
+                    if k / (split as u64) < 128 {
+                        break;
+                    }
+                    let mut a = algo;
+                    let scheme = sys::cublasLtReductionScheme_t::CUBLASLT_REDUCTION_SCHEME_COMPUTE_TYPE as u32;
+                    let ok = sys::cublasLtMatmulAlgoConfigSetAttribute(
+                        &mut a,
+                        sys::cublasLtMatmulAlgoConfigAttributes_t::CUBLASLT_ALGO_CONFIG_SPLITK_NUM,
+                        &split as *const i32 as *const c_void,
+                        size_of::<i32>(),
+                    )
+                    .result()
+                    .is_ok()
+                        && sys::cublasLtMatmulAlgoConfigSetAttribute(
+                            &mut a,
+                            sys::cublasLtMatmulAlgoConfigAttributes_t::CUBLASLT_ALGO_CONFIG_REDUCTION_SCHEME,
+                            &scheme as *const u32 as *const c_void,
+                            size_of::<u32>(),
+                        )
+                        .result()
+                        .is_ok();
+                    let mut check: sys::cublasLtMatmulHeuristicResult_t = std::mem::zeroed();
+                    if ok
+                        && sys::cublasLtMatmulAlgoCheck(blas.handle, desc, la, lb, lc, lc, &a, &mut check).result().is_ok()
+                        && check.workspaceSize <= blas.workspace_bytes
+                    {
+                        candidates.push(a);
+                    }
+                }
+            }
+            Ok(Plan { kernel: step.kernel.clone(), desc, layouts: [la, lb, lc], algo, candidates })
+        }
+    }
+
+    /// Times each candidate algorithm on the given (scratch) addresses, L2 flushed before each
+    /// run by a memset of `flush`, and keeps the fastest; returns its index among the
+    /// candidates. A candidate that fails to run is skipped.
+    ///
+    /// # Safety
+    /// As [`Plan::enqueue`]; `flush` must be device memory of `flush.1` bytes.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) unsafe fn tune(
+        &mut self,
+        blas: &Blas,
+        a: CUdeviceptr,
+        b: CUdeviceptr,
+        c: CUdeviceptr,
+        bias: Option<CUdeviceptr>,
+        residual: Option<CUdeviceptr>,
+        stream: CUstream,
+        flush: (CUdeviceptr, usize),
+    ) -> Result<usize, CudaError> {
+        use cudarc::driver::result as drv;
+        if self.candidates.len() < 2 {
+            return Ok(0);
+        }
+        let derr = |e: cudarc::driver::DriverError| CudaError::Gemm { kernel: self.kernel.clone(), message: format!("timing: {e:?}") };
+        let ev = || drv::event::create(cudarc::driver::sys::CUevent_flags::CU_EVENT_DEFAULT);
+        let (start, end) = (ev().map_err(derr)?, ev().map_err(derr)?);
+        let mut best = (f32::INFINITY, 0);
+        for (i, &algo) in self.candidates.clone().iter().enumerate() {
+            self.algo = algo;
+            let mut t = f32::INFINITY;
+            let mut ok = true;
+            for rep in 0..4 {
+                unsafe {
+                    drv::memset_d8_async(flush.0, 0x5a, flush.1, stream).map_err(derr)?;
+                    drv::event::record(start, stream).map_err(derr)?;
+                    if self.enqueue(blas, a, b, c, bias, residual, stream).is_err() {
+                        ok = false;
+                        break;
+                    }
+                    drv::event::record(end, stream).map_err(derr)?;
+                    drv::event::synchronize(end).map_err(derr)?;
+                    if rep > 0 {
+                        t = t.min(drv::event::elapsed(start, end).map_err(derr)?);
+                    }
+                }
+            }
+            if ok && t < best.0 {
+                best = (t, i);
+            }
+        }
+        unsafe {
+            let _ = drv::stream::synchronize(stream);
+            let _ = drv::event::destroy(start);
+            let _ = drv::event::destroy(end);
+        }
+        self.algo = self.candidates[best.1];
+        Ok(best.1)
+    }
+
+    /// The index among the candidates of the algorithm in use (tuning result to share).
+    pub(crate) fn set_candidate(&mut self, i: usize) {
+        if let Some(&a) = self.candidates.get(i) {
+            self.algo = a;
         }
     }
 

@@ -22,6 +22,10 @@ use ir::{DType, Graph, NodeId, Op, Shape};
 const THREADS: usize = 128;
 /// Keys per loop iteration.
 const UNROLL: usize = 8;
+/// Keys per shared-memory tile, at most.
+const TILE_KEYS: usize = 64;
+/// Shared memory for the k and v tiles, at most (bytes).
+const SMEM_BYTES: usize = 40 * 1024;
 
 /// Emits the fused attention kernel for `body`, whose single output is `attn` (a
 /// `FlashAttention` node) or a `Permute` of it.
@@ -145,94 +149,192 @@ pub(crate) fn attention(symbol: &str, body: &Graph, args: &[(DType, usize)]) -> 
     let cu = e.c_index(UNROLL as i64);
     // Loop-carried state: m, l, then the accumulator (chunk-major).
     let nacc = chunks * vec;
-    let t = e.fresh();
-    let mut carried: Vec<String> = (0..2 + nacc).map(|_| e.fresh()).collect();
-    let inits: Vec<String> = std::iter::once(ninf.clone()).chain(std::iter::repeat_n(zero.clone(), 1 + nacc)).collect();
-    let res = e.fresh();
-    let iter_args: Vec<String> = carried.iter().zip(&inits).map(|(a, b)| format!("{a} = {b}")).collect();
     let types = vec!["f32"; 2 + nacc].join(", ");
-    e.line(&format!("{res}:{} = scf.for {t} = {c0} to {ub} step {cu} iter_args({}) -> ({types}) {{", 2 + nacc, iter_args.join(", ")));
-    e.indent += 1;
-    let (m, l) = (carried[0].clone(), carried[1].clone());
+    let inits: Vec<String> = std::iter::once(ninf.clone()).chain(std::iter::repeat_n(zero.clone(), 1 + nacc)).collect();
     let last_k = e.c_index(sk as i64 - 1);
     let width32 = e.c_i32(32);
-    let mut scores = Vec::new();
-    let mut keys = Vec::new();
-    for u in 0..UNROLL {
-        let cu = e.c_index(u as i64);
-        let j = e.op(&format!("arith.addi {t}, {cu} : index"));
-        let mut ok = e.op(&format!("arith.cmpi slt, {j}, {csk} : index"));
-        if let Some(lim) = &row_lim {
-            let c = e.op(&format!("arith.cmpi sle, {j}, {lim} : index"));
-            ok = e.op(&format!("arith.andi {ok}, {c} : i1"));
-        }
-        let jc = e.op(&format!("arith.minsi {j}, {last_k} : index"));
-        let jrow = uni(&jc, vec);
-        let mut dot: Option<String> = None;
-        for (c, (ix, _)) in dq.clone().into_iter().enumerate() {
-            let idx = at(&mut e, &jrow, &ix, &ks);
-            let kv = e.value(k, &idx)?;
-            for (a, b) in qv[c].clone().iter().zip(&kv) {
-                dot = Some(match dot {
-                    None => e.op(&format!("arith.mulf {a}, {b} : f32")),
-                    Some(acc) => {
-                        let p = e.op(&format!("arith.mulf {a}, {b} fastmath<contract> : f32"));
-                        e.op(&format!("arith.addf {acc}, {p} fastmath<contract> : f32"))
-                    }
-                });
-            }
-        }
-        let mut s = dot.expect("d > 0");
-        let mut off = g / 2;
-        while off > 0 {
-            let o = e.c_i32(off as i64);
-            let (x, p) = (e.fresh(), e.fresh());
-            e.line(&format!("{x}, {p} = gpu.shuffle xor {s}, {o}, {width32} : f32"));
-            s = e.op(&format!("arith.addf {s}, {x} : f32"));
-            off /= 2;
-        }
-        let s = e.op(&format!("arith.select {ok}, {s}, {ninf} : f32"));
-        scores.push(s);
-        keys.push(jrow);
-    }
-    let mut mt = m.clone();
-    for s in &scores {
-        mt = e.op(&format!("arith.maximumf {mt}, {s} : f32"));
-    }
-    let is_ninf = e.op(&format!("arith.cmpf oeq, {mt}, {ninf} : f32"));
-    let msafe = e.op(&format!("arith.select {is_ninf}, {zero}, {mt} : f32"));
+    // Keys per shared-memory tile (k and v rows in f32); below UNROLL, k and v are read from
+    // global memory inside the loop instead.
+    let tile = (SMEM_BYTES / ((d + dv) * 4)).min(TILE_KEYS).min(sk.next_multiple_of(UNROLL)) / UNROLL * UNROLL;
+    let smem = if tile >= UNROLL {
+        let wg = |n: usize| format!("memref<{n}xf32, #gpu.address_space<workgroup>>");
+        let (ksm, vsm) = (format!("%s{}", e.smem.len()), format!("%s{}", e.smem.len() + 1));
+        // 16-byte aligned: the tiles are read and written with 16-byte vector accesses.
+        e.smem.push(format!("{ksm} : {} {{llvm.align = 16 : i64}}", wg(tile * d)));
+        e.smem.push(format!("{vsm} : {} {{llvm.align = 16 : i64}}", wg(tile * dv)));
+        Some((ksm, vsm, wg(tile * d), wg(tile * dv)))
+    } else {
+        None
+    };
     let ex2 = |e: &mut Emitter, x: &str| e.op(&format!("llvm.inline_asm \"ex2.approx.ftz.f32 $0, $1;\", \"=f,f\" {x} : (f32) -> f32"));
-    let dm = e.op(&format!("arith.subf {m}, {msafe} : f32"));
-    let corr = ex2(&mut e, &dm);
-    let mut ps = Vec::new();
-    let mut lsum = e.op(&format!("arith.mulf {l}, {corr} : f32"));
-    for s in &scores {
-        let x = e.op(&format!("arith.subf {s}, {msafe} : f32"));
-        let p = ex2(&mut e, &x);
-        lsum = e.op(&format!("arith.addf {lsum}, {p} : f32"));
-        ps.push(p);
-    }
-    let mut next = vec![mt, lsum];
-    for (c, (ix, _)) in dvv.clone().into_iter().enumerate() {
-        let mut acc: Vec<String> = (0..vec).map(|j| e.op(&format!("arith.mulf {}, {corr} : f32", carried[2 + c * vec + j]))).collect();
-        for (u, p) in ps.iter().enumerate() {
-            let idx = at(&mut e, &keys[u], &ix, &vs);
-            let vv = e.value(v, &idx)?;
-            for j in 0..vec {
-                let x = e.op(&format!("arith.mulf {p}, {} fastmath<contract> : f32", vv[j]));
-                acc[j] = e.op(&format!("arith.addf {}, {x} fastmath<contract> : f32", acc[j]));
+    let vt = format!("vector<{vec}xf32>");
+    // One step of the online softmax over keys jbase .. jbase + UNROLL (`local`: their first
+    // row in the shared-memory tile).
+    let update = |e: &mut Emitter, carried: &[String], jbase: &str, local: Option<&str>| -> Result<Vec<String>, GpuError> {
+        let (m, l) = (carried[0].clone(), carried[1].clone());
+        let mut scores = Vec::new();
+        let mut keys = Vec::new();
+        for u in 0..UNROLL {
+            let cu = e.c_index(u as i64);
+            let j = e.op(&format!("arith.addi {jbase}, {cu} : index"));
+            let mut ok = e.op(&format!("arith.cmpi slt, {j}, {csk} : index"));
+            if let Some(lim) = &row_lim {
+                let c = e.op(&format!("arith.cmpi sle, {j}, {lim} : index"));
+                ok = e.op(&format!("arith.andi {ok}, {c} : i1"));
+            }
+            let key = match local {
+                Some(lo) => e.op(&format!("arith.addi {lo}, {cu} : index")),
+                None => e.op(&format!("arith.minsi {j}, {last_k} : index")),
+            };
+            let mut dot: Option<String> = None;
+            for (c, (ix, _)) in dq.iter().enumerate() {
+                let kv = match (&smem, local) {
+                    (Some((ksm, _, kt, _)), Some(_)) => {
+                        let cd = e.c_index(d as i64);
+                        let r0 = e.op(&format!("arith.muli {key}, {cd} : index"));
+                        let off = e.op(&format!("arith.addi {r0}, {} : index", ix.lanes[0]));
+                        let x = e.op(&format!("vector.load {ksm}[{off}] : {kt}, {vt}"));
+                        (0..vec).map(|l| e.op(&format!("vector.extract {x}[{l}] : f32 from {vt}"))).collect::<Vec<_>>()
+                    }
+                    _ => {
+                        let idx = at(e, &uni(&key, vec), ix, &ks);
+                        e.value(k, &idx)?
+                    }
+                };
+                for (a, b) in qv[c].iter().zip(&kv) {
+                    dot = Some(match dot {
+                        None => e.op(&format!("arith.mulf {a}, {b} : f32")),
+                        Some(acc) => {
+                            let p = e.op(&format!("arith.mulf {a}, {b} fastmath<contract> : f32"));
+                            e.op(&format!("arith.addf {acc}, {p} fastmath<contract> : f32"))
+                        }
+                    });
+                }
+            }
+            let mut s = dot.expect("d > 0");
+            let mut off = g / 2;
+            while off > 0 {
+                let o = e.c_i32(off as i64);
+                let (x, p) = (e.fresh(), e.fresh());
+                e.line(&format!("{x}, {p} = gpu.shuffle xor {s}, {o}, {width32} : f32"));
+                s = e.op(&format!("arith.addf {s}, {x} : f32"));
+                off /= 2;
+            }
+            let s = e.op(&format!("arith.select {ok}, {s}, {ninf} : f32"));
+            scores.push(s);
+            keys.push(key);
+        }
+        let mut mt = m.clone();
+        for s in &scores {
+            mt = e.op(&format!("arith.maximumf {mt}, {s} : f32"));
+        }
+        let is_ninf = e.op(&format!("arith.cmpf oeq, {mt}, {ninf} : f32"));
+        let msafe = e.op(&format!("arith.select {is_ninf}, {zero}, {mt} : f32"));
+        let dm = e.op(&format!("arith.subf {m}, {msafe} : f32"));
+        let corr = ex2(e, &dm);
+        let mut ps = Vec::new();
+        let mut lsum = e.op(&format!("arith.mulf {l}, {corr} : f32"));
+        for s in &scores {
+            let x = e.op(&format!("arith.subf {s}, {msafe} : f32"));
+            let p = ex2(e, &x);
+            lsum = e.op(&format!("arith.addf {lsum}, {p} : f32"));
+            ps.push(p);
+        }
+        let mut next = vec![mt, lsum];
+        for (c, (ix, _)) in dvv.iter().enumerate() {
+            let mut acc: Vec<String> = (0..vec).map(|j| e.op(&format!("arith.mulf {}, {corr} : f32", carried[2 + c * vec + j]))).collect();
+            for (u, p) in ps.iter().enumerate() {
+                let vv = match (&smem, local) {
+                    (Some((_, vsm, _, vtt)), Some(_)) => {
+                        let cd = e.c_index(dv as i64);
+                        let r0 = e.op(&format!("arith.muli {}, {cd} : index", keys[u]));
+                        let off = e.op(&format!("arith.addi {r0}, {} : index", ix.lanes[0]));
+                        let x = e.op(&format!("vector.load {vsm}[{off}] : {vtt}, {vt}"));
+                        (0..vec).map(|l| e.op(&format!("vector.extract {x}[{l}] : f32 from {vt}"))).collect::<Vec<_>>()
+                    }
+                    _ => {
+                        let idx = at(e, &uni(&keys[u], vec), ix, &vs);
+                        e.value(v, &idx)?
+                    }
+                };
+                for j in 0..vec {
+                    let x = e.op(&format!("arith.mulf {p}, {} fastmath<contract> : f32", vv[j]));
+                    acc[j] = e.op(&format!("arith.addf {}, {x} fastmath<contract> : f32", acc[j]));
+                }
+            }
+            next.extend(acc);
+        }
+        Ok(next)
+    };
+    // `res:N = scf.for iv = lo to hi step st iter_args(state = init)`; returns (res, iv, state).
+    let open_loop = |e: &mut Emitter, lo: &str, hi: &str, st: &str, init: &[String]| -> (String, String, Vec<String>) {
+        let (res, iv) = (e.fresh(), e.fresh());
+        let state: Vec<String> = (0..init.len()).map(|_| e.fresh()).collect();
+        let args: Vec<String> = state.iter().zip(init).map(|(a, b)| format!("{a} = {b}")).collect();
+        e.line(&format!("{res}:{} = scf.for {iv} = {lo} to {hi} step {st} iter_args({}) -> ({types}) {{", init.len(), args.join(", ")));
+        e.indent += 1;
+        (res, iv, state)
+    };
+    let close_loop = |e: &mut Emitter, next: &[String]| {
+        e.line(&format!("scf.yield {} : {types}", next.join(", ")));
+        e.indent -= 1;
+        e.line("}");
+    };
+    let res = if let Some((ksm, vsm, kt, vtt)) = &smem {
+        // Tiles of `tile` keys: the block loads k and v rows into shared memory together (every
+        // load of a tile in flight at once), then each row group walks the tile.
+        let ctile = e.c_index(tile as i64);
+        let (res, ts, state) = open_loop(&mut e, &c0, &ub, &ctile, &inits);
+        for (node, width, sm, ty, shape) in [(k, d, ksm, kt, &ks), (v, dv, vsm, vtt, &vs)] {
+            let per_row = width / vec;
+            let groups = tile * per_row;
+            for it in 0..groups.div_ceil(THREADS) {
+                let off = e.c_index((it * THREADS) as i64);
+                let gi = e.op(&format!("arith.addi {tid}, {off} : index"));
+                let lastg = e.c_index(groups as i64 - 1);
+                let gic = e.op(&format!("arith.minui {gi}, {lastg} : index"));
+                let cpr = e.c_index(per_row as i64);
+                let jj = e.op(&format!("arith.divui {gic}, {cpr} : index"));
+                let cg = e.op(&format!("arith.remui {gic}, {cpr} : index"));
+                let col = e.op(&format!("arith.muli {cg}, {cvec} : index"));
+                let j = e.op(&format!("arith.addi {ts}, {jj} : index"));
+                let jc = e.op(&format!("arith.minsi {j}, {last_k} : index"));
+                let lanes = (0..vec)
+                    .map(|l| {
+                        let cl = e.c_index(l as i64);
+                        if l == 0 { col.clone() } else { e.op(&format!("arith.addi {col}, {cl} : index")) }
+                    })
+                    .collect();
+                let form = if vec > 1 { Form::Contig { aligned: true } } else { Form::Uniform { mult: true } };
+                let idx = at(&mut e, &uni(&jc, vec), &Ix { lanes, form }, shape);
+                let vals = e.value(node, &idx)?;
+                let cw = e.c_index(width as i64);
+                let r0 = e.op(&format!("arith.muli {jj}, {cw} : index"));
+                let at_sm = e.op(&format!("arith.addi {r0}, {col} : index"));
+                let x = e.op(&format!("vector.from_elements {} : {vt}", vals.join(", ")));
+                e.line(&format!("vector.store {x}, {sm}[{at_sm}] : {ty}, {vt}"));
             }
         }
-        next.extend(acc);
-    }
-    e.line(&format!("scf.yield {} : {types}", next.join(", ")));
-    e.indent -= 1;
-    e.line("}");
-    // Values computed inside the loop are out of scope now.
+        e.line("gpu.barrier");
+        let rem = e.op(&format!("arith.subi {ub}, {ts} : index"));
+        let ib = e.op(&format!("arith.minsi {rem}, {ctile} : index"));
+        let (ires, tt, istate) = open_loop(&mut e, &c0, &ib, &cu, &state);
+        let jbase = e.op(&format!("arith.addi {ts}, {tt} : index"));
+        let next = update(&mut e, &istate, &jbase, Some(&tt))?;
+        close_loop(&mut e, &next);
+        e.line("gpu.barrier");
+        let inner: Vec<String> = (0..inits.len()).map(|i| format!("{ires}#{i}")).collect();
+        close_loop(&mut e, &inner);
+        res
+    } else {
+        let (res, t, state) = open_loop(&mut e, &c0, &ub, &cu, &inits);
+        let next = update(&mut e, &state, &t, None)?;
+        close_loop(&mut e, &next);
+        res
+    };
+    // Values computed inside the loops are out of scope now.
     e.memo.clear();
-    for (i, c) in carried.iter_mut().enumerate() {
-        *c = format!("{res}#{i}");
-    }
+    let carried: Vec<String> = (0..inits.len()).map(|i| format!("{res}#{i}")).collect();
     let one = e.c_f32(1.0);
     let inv = e.op(&format!("arith.divf {one}, {} : f32", carried[1]));
     let out_arg = body.inputs().len();
