@@ -114,6 +114,55 @@ struct Gen<'ctx, 'a> {
     vars: HashMap<u32, IntValue<'ctx>>,
     memo: HashMap<ExprId, BasicValueEnum<'ctx>>,
     entry_allocas: Builder<'ctx>,
+    /// Software prefetch of the next outer iteration's rows, issued from one later stage.
+    prefetch: Option<Prefetch<'ctx>>,
+}
+
+/// Multi-pass row kernels (softmax, layer_norm) read their row from memory in the first pass
+/// and then compute on it in cache, leaving the memory system idle. One later elementwise
+/// stage (`stage`) is strip-mined into chunks of `CHUNK` iterations, and each chunk prefetches
+/// its share of the next outer iteration's rows of `params` (`row_bytes` each), so the next
+/// row streams in while this one is computed.
+struct Prefetch<'ctx> {
+    stage: usize,
+    params: Vec<(usize, u64)>,
+    next: Option<IntValue<'ctx>>,
+}
+
+/// Iterations of a prefetching stage between prefetch groups.
+const CHUNK: usize = 64;
+
+/// Plans prefetching for a kernel (see [`Prefetch`]); `None` where it does not apply.
+fn plan_prefetch<'ctx>(k: &LoopKernel) -> Option<Prefetch<'ctx>> {
+    let kk = k.outer.len();
+    // Only where the first pass is a reduction (softmax's max, rms_norm's sum of squares): a
+    // first pass that computes as it streams (layer_norm's residual add) keeps the hardware
+    // prefetcher busy on its own, and measured slower with the extra prefetches.
+    if kk == 0 || k.stages.len() < 2 || k.outer_count() < 2 || k.stages[0].reduce.is_none() {
+        return None;
+    }
+    let mut loaded = vec![false; k.params.len()];
+    for (e, _) in &k.exprs {
+        if let Expr::Load(BufId::Param(p), _) = e {
+            loaded[*p as usize] = true;
+        }
+    }
+    let params: Vec<(usize, u64)> = k
+        .params
+        .iter()
+        .enumerate()
+        .filter(|(i, p)| loaded[*i] && !p.written && p.dims.len() > kk && p.dims[..kk] == k.outer[..])
+        .map(|(i, p)| (i, (p.dims[kk..].iter().product::<usize>() * p.dtype.size_bytes()) as u64))
+        .filter(|&(_, b)| (1024..=256 * 1024).contains(&b))
+        .collect();
+    if params.is_empty() {
+        return None;
+    }
+    let stage = (1..k.stages.len()).find(|&s| {
+        let st = &k.stages[s];
+        st.reduce.is_none() && st.dims.len() == kk + 1 && st.dims[kk] >= 4 * CHUNK && st.dims[kk] % CHUNK == 0
+    })?;
+    Some(Prefetch { stage, params, next: None })
 }
 
 fn emit_kernel<'ctx>(ctx: &'ctx Context, module: &Module<'ctx>, target: &HostTarget, sym: &str, k: &LoopKernel) -> R<()> {
@@ -160,7 +209,7 @@ fn emit_kernel<'ctx>(ctx: &'ctx Context, module: &Module<'ctx>, target: &HostTar
     let b = ctx.create_builder();
     b.position_at_end(start_bb);
     let params = (0..k.params.len()).map(|i| body.get_nth_param(i as u32).unwrap().into_pointer_value()).collect();
-    let mut g = Gen { ctx, module, b, k, func: body, params, locals: Vec::new(), vars: HashMap::new(), memo: HashMap::new(), entry_allocas: eb };
+    let mut g = Gen { ctx, module, b, k, func: body, params, locals: Vec::new(), vars: HashMap::new(), memo: HashMap::new(), entry_allocas: eb, prefetch: plan_prefetch(k) };
     let kk = k.outer.len();
     for l in &k.locals {
         let n: usize = l.dims[kk.min(l.dims.len())..].iter().product::<usize>().max(1);
@@ -179,6 +228,16 @@ fn emit_kernel<'ctx>(ctx: &'ctx Context, module: &Module<'ctx>, target: &HostTar
             g.vars.insert(d as u32, v);
             if d > 0 {
                 rest = g.b.build_int_unsigned_div(rest, n, "o")?;
+            }
+        }
+        if g.prefetch.is_some() {
+            // The next outer iteration (the last one prefetches itself again).
+            let last = g.i64c(k.outer_count() as i64 - 1);
+            let n1 = g.b.build_int_add(o, g.i64c(1), "next")?;
+            let lt = g.b.build_int_compare(IntPredicate::SLT, n1, last, "lt")?;
+            let next = g.b.build_select(lt, n1, last, "next")?.into_int_value();
+            if let Some(p) = g.prefetch.as_mut() {
+                p.next = Some(next);
             }
         }
         for s in 0..k.stages.len() {
@@ -260,6 +319,9 @@ impl<'ctx, 'a> Gen<'ctx, 'a> {
         let kk = k.outer.len();
         let loops: Vec<(u32, usize)> = (kk..st.dims.len()).map(|d| (d as u32, st.dims[d])).collect();
         let rank = st.dims.len();
+        if st.reduce.is_none() && self.prefetch.as_ref().is_some_and(|p| p.stage == s) {
+            return self.prefetching_stage(s);
+        }
         match &st.reduce {
             None => self.nest(&loops, &mut |g: &mut Gen<'ctx, 'a>| {
                 g.memo.clear();
@@ -289,6 +351,54 @@ impl<'ctx, 'a> Gen<'ctx, 'a> {
                 })
             }
         }
+    }
+
+    /// An elementwise stage over one inner dim, strip-mined into chunks of [`CHUNK`]
+    /// iterations; each chunk first prefetches its share of the next rows (see [`Prefetch`]).
+    fn prefetching_stage(&mut self, s: usize) -> R<()> {
+        let k = self.k;
+        let st = &k.stages[s];
+        let kk = k.outer.len();
+        let n = st.dims[kk];
+        let chunks = (n / CHUNK) as u64;
+        let pf = self.prefetch.as_ref().expect("a prefetch plan");
+        let next = pf.next.expect("the next outer index is set");
+        let plan: Vec<(usize, u64)> = pf.params.clone();
+        let i8t = self.ctx.i8_type();
+        let i32t = self.ctx.i32_type();
+        let prefetch = Intrinsic::find("llvm.prefetch").ok_or_else(|| CodegenError::Llvm { stage: "intrinsics", message: "LLVM has no llvm.prefetch".into() })?;
+        let ptr_ty = self.ctx.ptr_type(AddressSpace::default());
+        let pf_fn = prefetch.get_declaration(self.module, &[ptr_ty.into()]).ok_or_else(|| CodegenError::Llvm { stage: "intrinsics", message: "cannot declare llvm.prefetch".into() })?;
+        let (lo, hi) = (self.i64c(0), self.i64c(chunks as i64));
+        self.for_range(lo, hi, &mut |g: &mut Gen<'ctx, 'a>, c: IntValue<'ctx>| {
+            for &(p, row_bytes) in &plan {
+                let lines = row_bytes.div_ceil(64);
+                let per = lines.div_ceil(chunks);
+                let row = g.b.build_int_mul(next, g.i64c(row_bytes as i64), "row")?;
+                for t in 0..per {
+                    // Line `c * per + t` of the next row, clamped to the row.
+                    let line = g.b.build_int_mul(c, g.i64c(per as i64), "line")?;
+                    let line = g.b.build_int_add(line, g.i64c(t as i64), "line")?;
+                    let line = g.call("llvm.umin", &[g.ctx.i64_type().into()], &[line.into(), g.i64c(lines as i64 - 1).into()])?.into_int_value();
+                    let off = g.b.build_int_mul(line, g.i64c(64), "off")?;
+                    let off = g.b.build_int_add(row, off, "off")?;
+                    // SAFETY: inside the parameter (its rows are `row_bytes` apart).
+                    let addr = unsafe { g.b.build_in_bounds_gep(i8t, g.params[p], &[off], "pf")? };
+                    let args = [addr.into(), i32t.const_zero().into(), i32t.const_int(2, false).into(), i32t.const_int(1, false).into()];
+                    g.b.build_call(pf_fn, &args, "")?;
+                }
+            }
+            let base = g.b.build_int_mul(c, g.i64c(CHUNK as i64), "base")?;
+            let (lo, hi) = (g.i64c(0), g.i64c(CHUNK as i64));
+            g.for_range(lo, hi, &mut |g: &mut Gen<'ctx, 'a>, j: IntValue<'ctx>| {
+                let i = g.b.build_int_add(base, j, "i")?;
+                g.vars.insert(kk as u32, i);
+                g.memo.clear();
+                let v = g.expr(st.value)?;
+                let idx: Vec<IntValue> = (0..=kk as u32).map(|d| g.vars[&d]).collect();
+                g.store(st.target, &idx, v)
+            })
+        })
     }
 
     fn reduce_init(&self, op: ReduceOp, ty: Ty) -> BasicValueEnum<'ctx> {
@@ -672,10 +782,6 @@ impl<'ctx, 'a> Gen<'ctx, 'a> {
             y = self.b.build_float_mul(y, scale, "exp")?;
         }
         Ok(y)
-    }
-
-    fn f1_2(&mut self, name: &str, x: FloatValue<'ctx>, y: FloatValue<'ctx>) -> R<FloatValue<'ctx>> {
-        Ok(self.call(name, &[self.ctx.f32_type().into()], &[x.into(), y.into()])?.into_float_value())
     }
 
     /// Cephes `logf` on normal numbers; log(0) = -inf, log(<0) = NaN, log(inf) = inf.
