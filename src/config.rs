@@ -42,6 +42,10 @@ pub struct Config {
     pub cache_dir: Option<PathBuf>,
     /// `KILN_OPTIMIZE=0` skips the optimizer: one kernel per op (the "eager-style" baseline).
     pub optimize: bool,
+    /// `KILN_CUDA_GRAPH=0`: launch each kernel from the host on every call instead of
+    /// replaying the whole graph as one CUDA graph (for debugging and the eager-style
+    /// baseline; `Compiled::run_device` always replays a graph).
+    pub cuda_graph: bool,
 }
 
 impl Default for Config {
@@ -53,6 +57,7 @@ impl Default for Config {
             verify: false,
             cache_dir: default_cache_dir(),
             optimize: true,
+            cuda_graph: true,
         }
     }
 }
@@ -85,6 +90,7 @@ impl Config {
             c.cache_dir = None;
         }
         c.optimize = flag("KILN_OPTIMIZE").unwrap_or(true);
+        c.cuda_graph = flag("KILN_CUDA_GRAPH").unwrap_or(true);
         Ok(c)
     }
 }

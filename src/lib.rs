@@ -158,7 +158,7 @@ pub fn compile(graph: &Graph, config: &Config) -> Result<Compiled> {
         }
         b => return Err(Error::Unavailable(format!("backend {b:?} is not available in this build"))),
     };
-    let compiled = Compiled { graph: graph.clone(), kernels, exec, backend, stats };
+    let compiled = Compiled { graph: graph.clone(), kernels, exec, backend, stats, cuda_graph: config.cuda_graph };
     if config.debug >= 1 {
         eprintln!("[kiln] {}", compiled.summary());
     }
@@ -215,6 +215,8 @@ pub struct Compiled {
     exec: Exec,
     backend: Backend,
     stats: CompileStats,
+    /// Replay the whole graph as one CUDA graph in `Bound::run` (`Config::cuda_graph`).
+    cuda_graph: bool,
 }
 
 impl Compiled {
@@ -385,10 +387,34 @@ impl Bound<'_> {
                 let op: Vec<_> = outs.iter().map(|d| d.ptr).collect();
                 // SAFETY: the pointers are live device allocations of the graph's input and
                 // output sizes, owned by this binding for as long as the executor uses them.
-                unsafe { e.run_graph(&ip, &op, None)? };
+                unsafe {
+                    if self.compiled.cuda_graph {
+                        e.run_graph(&ip, &op, None)?
+                    } else {
+                        e.run(&ip, &op, None)?
+                    }
+                };
                 Ok(())
             }
         }
+    }
+
+    /// Device-side times of `reps` runs in seconds (CUDA events around each run, L2 flushed
+    /// before each, as `triton.testing.do_bench` does), or `None` on a backend without a
+    /// device clock (the CPU: time `run` with a wall clock instead).
+    pub fn device_times(&mut self, reps: usize) -> Result<Option<Vec<f64>>> {
+        #[cfg(feature = "cuda")]
+        if let Exec::Cuda(e) = &self.compiled.exec {
+            self.run()?; // uploads the inputs on the first call
+            let (ins, outs) = self.device.as_ref().expect("bound by run");
+            let ip: Vec<_> = ins.iter().map(|d| d.ptr).collect();
+            let op: Vec<_> = outs.iter().map(|d| d.ptr).collect();
+            let mut e = e.lock().unwrap_or_else(|p| p.into_inner());
+            let ms = e.time_runs(&ip, &op, reps, self.compiled.cuda_graph)?;
+            return Ok(Some(ms.into_iter().map(|m| m * 1e-3).collect()));
+        }
+        let _ = reps;
+        Ok(None)
     }
 
     /// Waits for the device to finish (a no-op on the CPU).
