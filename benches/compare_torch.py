@@ -222,6 +222,21 @@ class Timer:
             torch.cuda.synchronize()
 
 
+def host_us(fn, device, reps=50) -> float | None:
+    """Host time of one call in us: from the call to its return (the work only enqueued),
+    with the device idle before each call. Median of `reps` (None on CPU)."""
+    if device.type != "cuda":
+        return None
+    times = []
+    for _ in range(reps):
+        torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        fn()
+        times.append((time.perf_counter() - t0) * 1e6)
+    torch.cuda.synchronize()
+    return statistics.median(times)
+
+
 def count_kernels(fn, device) -> int | None:
     """CUDA kernels launched by one call, read with torch.profiler (None on CPU)."""
     if device.type != "cuda":
@@ -337,11 +352,14 @@ def main():
                     else:
                         entry["ms"] = timer(lambda: vfn(*inputs))
                         entry["kernels"] = count_kernels(lambda: vfn(*inputs), device)
+                        entry["host_us"] = host_us(lambda: vfn(*inputs), device)
                 except Exception as e:  # a variant failing is a result, not a crash
                     entry["note"] = f"failed: {type(e).__name__}: {str(e)[:200]}"
                 row.results[vname] = entry
                 ms = entry.get("ms")
-                print(f"{w.name:24s} {vname:16s} " + (f"{ms:9.4f} ms  kernels={entry.get('kernels')}  err={entry['rel_err']:.1e}" if ms else entry.get("note", "")), flush=True)
+                hu = entry.get("host_us")
+                print(f"{w.name:24s} {vname:16s} " + (f"{ms:9.4f} ms  kernels={entry.get('kernels')}  err={entry['rel_err']:.1e}"
+                                                      + (f"  host {hu:.1f} us/call" if hu else "") if ms else entry.get("note", "")), flush=True)
         rows.append(row)
         del inputs, fn
         if device.type == "cuda":
@@ -368,8 +386,8 @@ def main():
 def markdown(rows, meta) -> str:
     names = ["eager", "torch.compile", "reduce-overhead", "SDPA", "kiln"]
     out = [f"Device: {meta['device']}, torch {meta['torch']}, {meta['dtype']}, {meta['date']}. Command: `{meta['command']}`", ""]
-    out.append("| workload | " + " | ".join(f"{n} ms (kernels)" for n in names) + " | kiln vs eager | kiln vs torch.compile |")
-    out.append("|---" * (len(names) + 3) + "|")
+    out.append("| workload | " + " | ".join(f"{n} ms (kernels)" for n in names) + " | kiln vs eager | kiln vs torch.compile | kiln host us/call |")
+    out.append("|---" * (len(names) + 4) + "|")
     for r in rows:
         cells = []
         for n in names:
@@ -383,7 +401,8 @@ def markdown(rows, meta) -> str:
                 cells.append(e.get("note", "")[:60])
         k, eg, tc = (r.results.get(n, {}).get("ms") for n in ("kiln", "eager", "torch.compile"))
         ratio = lambda a, b: f"{b / a:.2f}x" if a and b else ""
-        out.append(f"| {r.name} | " + " | ".join(cells) + f" | {ratio(k, eg)} | {ratio(k, tc)} |")
+        hu = r.results.get("kiln", {}).get("host_us")
+        out.append(f"| {r.name} | " + " | ".join(cells) + f" | {ratio(k, eg)} | {ratio(k, tc)} | " + (f"{hu:.1f}" if hu else "") + " |")
     return "\n".join(out) + "\n"
 
 
