@@ -83,14 +83,14 @@ fn plan_graph(kg: &KernelGraph) -> Result<Plan, CodegenError> {
                     }));
                     loops.push((symbol, kernel));
                 }
-                Unit::Gemm { batch, m, n, k: kk, a, b, c } => {
+                Unit::Gemm { dtype, batch, m, n, k: kk, a, b, c } => {
                     if batch.contains(&0) || m == 0 || n == 0 {
                         continue;
                     }
                     if kk == 0 {
                         return Err(CodegenError::Unsupported { kernel: k.name.clone(), reason: "a matmul with an empty contraction dim".into() });
                     }
-                    steps.push(Step::Gemm(GemmStep { kernel: k.name.clone(), batch, m, n, k: kk, a: mv(&a), b: mv(&b), c: mv(&c) }));
+                    steps.push(Step::Gemm(GemmStep { kernel: k.name.clone(), dtype, batch, m, n, k: kk, a: mv(&a), b: mv(&b), c: mv(&c) }));
                 }
                 Unit::Attention { batch, sq, sk, d, dv, causal, scale, q, k: kv, v, o } => {
                     if batch.contains(&0) || sq == 0 || dv == 0 {

@@ -51,7 +51,8 @@ pub struct View {
 #[derive(Clone, Debug, PartialEq)]
 pub enum Unit {
     Loop { kernel: LoopKernel, args: Vec<Slot> },
-    Gemm { batch: Vec<usize>, m: usize, n: usize, k: usize, a: View, b: View, c: View },
+    /// `c = a @ b` in `dtype` (f32, or f16 for f16 matmuls).
+    Gemm { dtype: DType, batch: Vec<usize>, m: usize, n: usize, k: usize, a: View, b: View, c: View },
     Attention { batch: Vec<usize>, sq: usize, sk: usize, d: usize, dv: usize, causal: bool, scale: f64, q: View, k: View, v: View, o: View },
 }
 
@@ -117,6 +118,12 @@ fn contiguous(dims: &[usize]) -> Vec<isize> {
     Shape::from(dims).strides().into_iter().map(|s| s as isize).collect()
 }
 
+/// The dtype a library call computes in: f16 matmuls run on f16 operands directly (the gemm
+/// crate's f16 kernels), everything else on f32 views.
+fn lib_dtype(n: &ir::Node) -> DType {
+    if matches!(n.op, Op::MatMul) && n.dtype == DType::F16 { DType::F16 } else { DType::F32 }
+}
+
 fn is_library(n: &ir::Node) -> bool {
     matches!(n.op, Op::FlashAttention { .. }) || (matches!(n.op, Op::MatMul) && n.dtype.is_float())
 }
@@ -178,13 +185,14 @@ pub fn lower(name: &str, g: &Graph) -> Result<Lowered, CodegenError> {
         }
         let dims = n.shape.dims().to_vec();
         if is_library(n) {
+            let ld = lib_dtype(n);
             let mut views = Vec::new();
             for &o in &n.inputs {
-                let v = match l.view_of(o) {
+                let v = match l.view_of(o, ld) {
                     Some(v) => v,
                     None => {
                         let on = g.node(o);
-                        let pb = l.new_pbuf(DType::F32, on.shape.dims().to_vec(), Home::Mat);
+                        let pb = l.new_pbuf(ld, on.shape.dims().to_vec(), Home::Mat);
                         items.push(Item::Store(o, pb));
                         PView { pbuf: pb, dims: on.shape.dims().to_vec(), offset: 0, strides: contiguous(on.shape.dims()) }
                     }
@@ -193,10 +201,10 @@ pub fn lower(name: &str, g: &Graph) -> Result<Lowered, CodegenError> {
                 views.push(v);
             }
             let home = match out_of[id.index()] {
-                Some(j) if n.dtype == DType::F32 => Home::Output(j),
+                Some(j) if n.dtype == ld => Home::Output(j),
                 _ => Home::Mat,
             };
-            let pb = l.new_pbuf(DType::F32, dims, home);
+            let pb = l.new_pbuf(ld, dims, home);
             l.force_full[pb as usize] = true;
             l.node_buf[id.index()] = Some(pb);
             items.push(Item::Lib(id, pb, views));
@@ -305,7 +313,7 @@ pub fn lower(name: &str, g: &Graph) -> Result<Lowered, CodegenError> {
             let st = &stages[i];
             let BufId::Param(po) = st.stage.target else { return false };
             let o = &l.pbufs[po as usize];
-            matches!(o.home, Home::Output(_)) && o.dtype == DType::F32 && o.dims == l.pbufs[pl].dims && st.stage.reduce.is_none()
+            matches!(o.home, Home::Output(_)) && o.dtype == l.pbufs[pl].dtype && o.dims == l.pbufs[pl].dims && st.stage.reduce.is_none()
         }) else {
             continue;
         };
@@ -425,17 +433,18 @@ impl<'g> Lowerer<'g> {
         (0..rank as u32).map(|d| self.b.var(d)).collect()
     }
 
-    /// A strided f32 view of `o`, if it is one (through permute / expand / slice / unit reshape).
-    fn view_of(&self, o: NodeId) -> Option<PView> {
+    /// A strided view of `o` in a buffer of dtype `want`, if it is one (through permute /
+    /// expand / slice / unit reshape).
+    fn view_of(&self, o: NodeId, want: DType) -> Option<PView> {
         if let Some(pb) = self.node_buf[o.index()] {
             let p = &self.pbufs[pb as usize];
-            return (p.dtype == DType::F32).then(|| PView { pbuf: pb, dims: p.dims.clone(), offset: 0, strides: contiguous(&p.dims) });
+            return (p.dtype == want).then(|| PView { pbuf: pb, dims: p.dims.clone(), offset: 0, strides: contiguous(&p.dims) });
         }
         let n = self.g.node(o);
         let x = *n.inputs.first()?;
         let xs = self.g.node(x).shape.dims().to_vec();
         let mut v = match &n.op {
-            Op::Permute { .. } | Op::Expand { .. } | Op::Slice { .. } | Op::Reshape { .. } => self.view_of(x)?,
+            Op::Permute { .. } | Op::Expand { .. } | Op::Slice { .. } | Op::Reshape { .. } => self.view_of(x, want)?,
             _ => return None,
         };
         v.dims = n.shape.dims().to_vec();
@@ -773,7 +782,7 @@ impl<'g> Lowerer<'g> {
         match &n.op {
             Op::MatMul => {
                 let ad = self.g.node(n.inputs[0]).shape.dims();
-                Ok(Unit::Gemm { batch, m: out.dims[r - 2], n: out.dims[r - 1], k: ad[ad.len() - 1], a: mat(&views[0])?, b: mat(&views[1])?, c: o })
+                Ok(Unit::Gemm { dtype: out.dtype, batch, m: out.dims[r - 2], n: out.dims[r - 1], k: ad[ad.len() - 1], a: mat(&views[0])?, b: mat(&views[1])?, c: o })
             }
             Op::FlashAttention { causal, scale } => {
                 let (qd, kd) = (self.g.node(n.inputs[0]).shape.dims(), self.g.node(n.inputs[1]).shape.dims());

@@ -251,3 +251,29 @@ fn flat_elementwise_kernels_split_for_threads() {
         assert_eq!(text.contains("outer []"), !split, "{text}");
     }
 }
+
+/// f16 matmuls run the gemm crate's f16 kernels on the f16 buffers themselves: no f32 copy
+/// of either operand (a transposed operand is a strided view), epilogue fused after.
+#[test]
+fn f16_matmul_needs_no_f32_copies() {
+    let mut g = Graph::new("mm_f16");
+    let a = g.input("a", DType::F16, [37, 65]).unwrap();
+    let b = g.input("b", DType::F16, [29, 65]).unwrap();
+    let bt = g.add(Op::Permute { perm: vec![1, 0] }, &[b]).unwrap();
+    let c = g.add(Op::MatMul, &[a, bt]).unwrap();
+    g.set_outputs(vec![c]);
+    check(&g, 31, false);
+    let kg = ir::KernelGraph::one_per_op(&g);
+    let art = codegen::cpu::compile(&kg, &codegen::cpu::CpuOptions::default()).unwrap();
+    let gemms: Vec<_> = art.steps.iter().filter_map(|s| if let runtime::Step::Gemm(g) = s { Some(g) } else { None }).collect();
+    assert_eq!(gemms.len(), 1);
+    assert_eq!(gemms[0].dtype, DType::F16);
+    // One kernel per op: the permute is its own (f16) kernel; no buffer anywhere is f32.
+    assert!(art.buffers.iter().all(|b| b.dtype == DType::F16), "{}", art.summary());
+    // With an epilogue in the same kernel body.
+    let bias = g.input("bias", DType::F16, [29]).unwrap();
+    let y = g.add(Op::Binary(BinaryOp::Add), &[c, bias]).unwrap();
+    let y = g.add(Op::Unary(UnaryOp::Tanh), &[y]).unwrap();
+    g.set_outputs(vec![y]);
+    check_fused(&g, 32, false);
+}

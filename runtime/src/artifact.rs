@@ -61,10 +61,13 @@ pub struct MatView {
     pub col_stride: isize,
 }
 
-/// `c[b] = a[b] @ b[b]` for every batch index, all f32: `[m, k] @ [k, n] -> [m, n]`.
+/// `c[b] = a[b] @ b[b]` for every batch index, all of `dtype`: `[m, k] @ [k, n] -> [m, n]`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct GemmStep {
     pub kernel: String,
+    /// The operands' and result's dtype: f32, or f16 (the gemm crate's f16 kernels).
+    #[serde(with = "dtype_serde")]
+    pub dtype: DType,
     pub batch: Vec<usize>,
     pub m: usize,
     pub n: usize,

@@ -275,9 +275,9 @@ fn validate(a: &Artifact) -> Result<()> {
             return Err(bad(0, "plan", format!("graph input/output names buffer {b}, which does not exist")));
         }
     }
-    let view_ok = |v: &MatView, batch: &[usize], rows: usize, cols: usize| -> bool {
+    let view_ok = |v: &MatView, dtype: DType, batch: &[usize], rows: usize, cols: usize| -> bool {
         let Some(buf) = a.buffers.get(v.buffer as usize) else { return false };
-        if buf.dtype != DType::F32 || v.batch_strides.len() != batch.len() {
+        if buf.dtype != dtype || v.batch_strides.len() != batch.len() {
             return false;
         }
         let n = buf.shape.iter().product::<usize>() as isize;
@@ -305,15 +305,19 @@ fn validate(a: &Artifact) -> Result<()> {
                 }
             }
             Step::Gemm(g) => {
-                if !(view_ok(&g.a, &g.batch, g.m, g.k) && view_ok(&g.b, &g.batch, g.k, g.n) && view_ok(&g.c, &g.batch, g.m, g.n)) {
-                    return Err(bad(i, &g.kernel, "has a matrix view outside its f32 buffer".into()));
+                if !matches!(g.dtype, DType::F32 | DType::F16) {
+                    return Err(bad(i, &g.kernel, format!("is a {} matmul (the CPU gemm runs f32 and f16)", g.dtype)));
+                }
+                if !(view_ok(&g.a, g.dtype, &g.batch, g.m, g.k) && view_ok(&g.b, g.dtype, &g.batch, g.k, g.n) && view_ok(&g.c, g.dtype, &g.batch, g.m, g.n)) {
+                    return Err(bad(i, &g.kernel, format!("has a matrix view outside its {} buffer", g.dtype)));
                 }
             }
             Step::Attention(t) => {
-                let ok = view_ok(&t.q, &t.batch, t.sq, t.d)
-                    && view_ok(&t.k, &t.batch, t.sk, t.d)
-                    && view_ok(&t.v, &t.batch, t.sk, t.dv)
-                    && view_ok(&t.o, &t.batch, t.sq, t.dv);
+                let f = DType::F32;
+                let ok = view_ok(&t.q, f, &t.batch, t.sq, t.d)
+                    && view_ok(&t.k, f, &t.batch, t.sk, t.d)
+                    && view_ok(&t.v, f, &t.batch, t.sk, t.dv)
+                    && view_ok(&t.o, f, &t.batch, t.sq, t.dv);
                 if !ok {
                     return Err(bad(i, &t.kernel, "has a view outside its f32 buffer".into()));
                 }

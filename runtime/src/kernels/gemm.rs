@@ -1,7 +1,19 @@
 //! Batched f32 matmul on strided views through the `gemm` crate.
 
-use super::{batch_offsets, SendPtr};
+use super::batch_offsets;
 use crate::GemmStep;
+use ir::DType;
+
+/// A typed element pointer that may cross threads (writes are disjoint per batch index).
+#[derive(Clone, Copy)]
+struct Typed<T>(*mut T);
+unsafe impl<T> Send for Typed<T> {}
+unsafe impl<T> Sync for Typed<T> {}
+impl<T> Typed<T> {
+    fn get(self) -> *mut T {
+        self.0
+    }
+}
 use gemm::Parallelism;
 use rayon::prelude::*;
 
@@ -10,7 +22,20 @@ use rayon::prelude::*;
 /// # Safety
 /// The views must lie inside their buffers, and `c` must not overlap `a` or `b`.
 pub unsafe fn run(step: &GemmStep, base: &dyn Fn(u32) -> *mut f32) {
-    let (a0, b0, c0) = (SendPtr(base(step.a.buffer)), SendPtr(base(step.b.buffer)), SendPtr(base(step.c.buffer)));
+    // SAFETY: forwarded; the buffers hold `step.dtype` elements (checked at load).
+    unsafe {
+        match step.dtype {
+            DType::F16 => run_typed::<gemm::f16>(step, base, gemm::f16::ZERO, gemm::f16::ONE),
+            _ => run_typed::<f32>(step, base, 0.0, 1.0),
+        }
+    }
+}
+
+/// # Safety
+/// As [`run`], with buffers of `T`.
+unsafe fn run_typed<T: Copy + Send + Sync + 'static>(step: &GemmStep, base: &dyn Fn(u32) -> *mut f32, zero: T, unit: T) {
+    let ptr = |b: u32| base(b) as *mut T;
+    let (a0, b0, c0) = (Typed(ptr(step.a.buffer)), Typed(ptr(step.b.buffer)), Typed(ptr(step.c.buffer)));
     let offs = batch_offsets(&step.batch, &[&step.a.batch_strides, &step.b.batch_strides, &step.c.batch_strides]);
     let count = offs[0].len();
     let threads = rayon::current_num_threads();
@@ -32,8 +57,8 @@ pub unsafe fn run(step: &GemmStep, base: &dyn Fn(u32) -> *mut f32) {
                 b0.get().offset(step.b.offset + offs[1][bi]),
                 step.b.col_stride,
                 step.b.row_stride,
-                0.0f32,
-                1.0f32,
+                zero,
+                unit,
                 false,
                 false,
                 false,
