@@ -156,7 +156,9 @@ pub(crate) fn attention(symbol: &str, body: &Graph, args: &[(DType, usize)]) -> 
     // Keys per shared-memory tile (k and v rows in f32); below UNROLL, k and v are read from
     // global memory inside the loop instead.
     let tile = (SMEM_BYTES / ((d + dv) * 4)).min(TILE_KEYS).min(sk.next_multiple_of(UNROLL)) / UNROLL * UNROLL;
-    let smem = if tile >= UNROLL {
+    // KILN_GPU_ATTN_TILE=0 (a debugging knob): no shared-memory tiles.
+    let tiles_off = std::env::var("KILN_GPU_ATTN_TILE").is_ok_and(|v| v == "0");
+    let smem = if tile >= UNROLL && !tiles_off {
         let wg = |n: usize| format!("memref<{n}xf32, #gpu.address_space<workgroup>>");
         let (ksm, vsm) = (format!("%s{}", e.smem.len()), format!("%s{}", e.smem.len() + 1));
         // 16-byte aligned: the tiles are read and written with 16-byte vector accesses.
