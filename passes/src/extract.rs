@@ -104,7 +104,11 @@ pub fn extract(eg: &EGraph, root: Id, uses: &HashMap<Id, f64>, position: &HashMa
                 share(eg, root, &mut best, &own);
                 return Ok(emit(eg, root, &best));
             }
-            Some(edge) => {
+            Some(cycle) => {
+                // Ban a node of the cycle whose class keeps another choice (banning the only
+                // node of a class would leave it with no finite cost).
+                let alive = |&(c, i): &(Id, usize)| (0..eg[c].nodes.len()).any(|j| j != i && !banned.contains(&(c, j)));
+                let edge = cycle.iter().rev().copied().find(alive).unwrap_or(cycle[cycle.len() - 1]);
                 tracing::debug!(class = %edge.0, node = edge.1, "extraction: banning a node that closes a cycle");
                 banned.insert(edge);
             }
@@ -234,8 +238,9 @@ fn topo_order(eg: &EGraph, root: Id, best: &HashMap<Id, (f64, usize)>) -> Vec<Id
     order
 }
 
-/// Iterative DFS over the chosen nodes; returns a `(class, node)` closing a cycle, if any.
-fn find_cycle(eg: &EGraph, root: Id, best: &HashMap<Id, (f64, usize)>) -> Result<Option<(Id, usize)>, PassError> {
+/// Iterative DFS over the chosen nodes; returns the `(class, node)` edges of a cycle, if any
+/// (the last one closes it).
+fn find_cycle(eg: &EGraph, root: Id, best: &HashMap<Id, (f64, usize)>) -> Result<Option<Vec<(Id, usize)>>, PassError> {
     #[derive(Clone, Copy, PartialEq)]
     enum Mark {
         Open,
@@ -253,7 +258,11 @@ fn find_cycle(eg: &EGraph, root: Id, best: &HashMap<Id, (f64, usize)>) -> Result
             let ch = eg.find(children[*next]);
             *next += 1;
             match mark.get(&ch) {
-                Some(Mark::Open) => return Ok(Some((c, ni))),
+                Some(Mark::Open) => {
+                    let from = stack.iter().position(|&(s, _)| s == ch).unwrap_or(0);
+                    let cycle = stack[from..].iter().map(|&(s, _)| (s, best[&s].1)).collect();
+                    return Ok(Some(cycle));
+                }
                 Some(Mark::Done) => {}
                 None => {
                     mark.insert(ch, Mark::Open);
