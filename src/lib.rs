@@ -22,7 +22,7 @@ pub use ir;
 pub use runtime::HostTensor;
 
 use ir::{Graph, KernelGraph};
-use runtime::{Artifact, CpuExecutor, TensorMut, TensorRef};
+use runtime::{CpuExecutor, TensorMut, TensorRef};
 use std::time::{Duration, Instant};
 
 /// Everything that can go wrong between a graph and its outputs.
@@ -137,7 +137,7 @@ pub fn compile(graph: &Graph, config: &Config) -> Result<Compiled> {
         Backend::Interpreter => Exec::Interpreter,
         Backend::Cpu => {
             let t = Instant::now();
-            let target = format!("cpu/{}", codegen::cpu::host_target_id()?);
+            let target = format!("cpu/{}/build {}", codegen::cpu::host_target_id()?, env!("KILN_BUILD_ID"));
             let artifact = cached(config, &kernels, &target, &mut stats, || Ok(codegen::cpu::compile(&kernels, &codegen::cpu::CpuOptions::default())?))?;
             stats.codegen = t.elapsed();
             let t = Instant::now();
@@ -147,9 +147,12 @@ pub fn compile(graph: &Graph, config: &Config) -> Result<Compiled> {
         }
         #[cfg(feature = "cuda")]
         Backend::Cuda => {
-            // GPU artifacts are small (PTX text); the driver caches the JIT per process.
+            // The artifact (PTX and the step plan) goes through the same on-disk cache; the
+            // driver JIT-compiles the PTX once per device and process.
             let t = Instant::now();
-            let artifact = codegen::gpu::compile(&kernels, &codegen::gpu::GpuOptions::default())?;
+            let options = codegen::gpu::GpuOptions::default();
+            let target = format!("cuda/{}/build {}{}", options.sm.name(), env!("KILN_BUILD_ID"), gpu_knobs());
+            let artifact = cached(config, &kernels, &target, &mut stats, || Ok(codegen::gpu::compile(&kernels, &options)?))?;
             stats.codegen = t.elapsed();
             let t = Instant::now();
             let exec = runtime::cuda::CudaExecutor::new(artifact, 0)?;
@@ -188,7 +191,10 @@ fn dump(config: &Config, name: &str, text: &str) {
 /// Looks the kernel graph up in the compile cache, building and storing it on a miss. A
 /// corrupt entry is rebuilt and an unwritable cache means running uncached, each with a
 /// warning on stderr.
-fn cached(config: &Config, kernels: &KernelGraph, target: &str, stats: &mut CompileStats, build: impl FnOnce() -> Result<Artifact>) -> Result<Artifact> {
+fn cached<A>(config: &Config, kernels: &KernelGraph, target: &str, stats: &mut CompileStats, build: impl FnOnce() -> Result<A>) -> Result<A>
+where
+    A: serde::Serialize + serde::de::DeserializeOwned,
+{
     let Some(dir) = &config.cache_dir else { return build() };
     let key = runtime::cache::CacheKey::new(&kernels.to_string(), target);
     let (artifact, outcome) = runtime::cache::Cache::new(dir).get_or_build(&key, build)?;
@@ -199,6 +205,15 @@ fn cached(config: &Config, kernels: &KernelGraph, target: &str, stats: &mut Comp
         runtime::cache::Outcome::Uncached { reason } => eprintln!("[kiln] warning: compile cache unusable, running uncached ({reason})"),
     }
     Ok(artifact)
+}
+
+/// The `KILN_GPU_*` variables (code-generation knobs of the GPU backend), spelled into the
+/// cache key so an artifact built under other settings is not reused.
+#[cfg(feature = "cuda")]
+fn gpu_knobs() -> String {
+    let mut vars: Vec<(String, String)> = std::env::vars().filter(|(k, _)| k.starts_with("KILN_GPU_")).collect();
+    vars.sort();
+    vars.iter().map(|(k, v)| format!(" {k}={v}")).collect()
 }
 
 enum Exec {

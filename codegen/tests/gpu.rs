@@ -702,14 +702,25 @@ fn bench_workloads() -> R<()> {
         }
         let host_us = t.elapsed().as_secs_f64() * 1e6 / 1000.0;
         ex.synchronize()?;
-        // Rebinding: alternate two output addresses (re-capture + cuGraphExecUpdate).
-        let t = std::time::Instant::now();
+        // Rebinding: alternate two output addresses; host time of each call (rebind the
+        // nodes that write the output, then launch), with the device idle before each.
+        let (captures, updates) = (ex.captures, ex.updates);
+        let mut rebind = Vec::new();
         for i in 0..50 {
             let o = if i % 2 == 0 { o1.ptr } else { o2.ptr };
+            ex.synchronize()?;
+            let t = std::time::Instant::now();
             unsafe { ex.run_graph(&in_ptrs, &[o], None)? };
+            rebind.push(t.elapsed().as_secs_f64() * 1e6);
         }
         ex.synchronize()?;
-        let rebind_us = t.elapsed().as_secs_f64() * 1e6 / 50.0;
+        let rebind_us = median(rebind);
+        println!(
+            "REBIND gpt2_small_b1_t32: {rebind_us:.1} us/call host time with a new output address; graph builds {}, steps rebound {}, refused: {:?}",
+            ex.captures - captures,
+            ex.updates - updates,
+            ex.rebind_refused
+        );
         println!(
             "BENCH gpt2_small_b1_t32 {ms:>8.4} ms per graph launch ({} steps in it; plain launches {ms_launch:.4} ms), host {host_us:.2} us/call, with address change {rebind_us:.1} us/call, compile {compile_s:.2} s, arena {} MB (unplanned {} MB)",
             art.steps.len(),

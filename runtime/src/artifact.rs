@@ -174,7 +174,7 @@ impl Artifact {
     }
 }
 
-mod dtype_serde {
+pub(crate) mod dtype_serde {
     use ir::DType;
     use serde::{de::Error, Deserialize, Deserializer, Serializer};
     pub fn serialize<S: Serializer>(d: &DType, s: S) -> Result<S::Ok, S::Error> {

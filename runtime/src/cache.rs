@@ -5,7 +5,9 @@
 //!   shape and dtype), the target (`triple/cpu/features`) and Kiln's version; the full key
 //!   string is stored inside the entry too, so a hash collision reads as a miss.
 //! - Entry format: `KILNART1` magic, payload length (u64 LE), FNV-1a 64 checksum of the
-//!   payload (u64 LE), then the payload: bincode of `(key, Artifact)`. bincode, not JSON,
+//!   payload (u64 LE), then the payload: bincode of `(key, artifact)`, where the artifact is
+//!   a CPU [`Artifact`] or a GPU `CudaArtifact` (any serde type; the target in the key tells
+//!   them apart). bincode, not JSON,
 //!   because an artifact is mostly shared-library bytes: bincode stores them verbatim (a hit
 //!   is a file read plus a memcpy-speed decode), JSON would spell every byte as a number.
 //! - A truncated or corrupt entry (bad magic, length, checksum or decode) is reported
@@ -14,7 +16,8 @@
 //! - A cache directory that cannot be created or written means "run uncached"
 //!   ([`Outcome::Uncached`]), never an error.
 
-use crate::{Artifact, KILN_VERSION};
+use crate::KILN_VERSION;
+use serde::{de::DeserializeOwned, Serialize};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
@@ -91,7 +94,7 @@ impl Cache {
 
     /// Reads an entry: `Ok(Some)` on a hit, `Ok(None)` when absent, `Err(reason)` when the
     /// entry exists but is corrupt or truncated (it is then removed).
-    pub fn get(&self, key: &CacheKey) -> Result<Option<Artifact>, String> {
+    pub fn get<A: DeserializeOwned>(&self, key: &CacheKey) -> Result<Option<A>, String> {
         let path = self.path(key);
         let bytes = match std::fs::read(&path) {
             Ok(b) => b,
@@ -109,7 +112,7 @@ impl Cache {
     }
 
     /// Stores an entry; `Err(reason)` when the directory is not writable (nothing is stored).
-    pub fn put(&self, key: &CacheKey, artifact: &Artifact) -> Result<(), String> {
+    pub fn put<A: Serialize>(&self, key: &CacheKey, artifact: &A) -> Result<(), String> {
         let payload = bincode::serialize(&(&key.full, artifact)).map_err(|e| format!("cannot encode the artifact: {e}"))?;
         std::fs::create_dir_all(&self.dir).map_err(|e| format!("cannot create {}: {e}", self.dir.display()))?;
         let tmp = self.dir.join(format!(".{}.{}.tmp", key.file, std::process::id()));
@@ -129,7 +132,7 @@ impl Cache {
     }
 
     /// The artifact for `key`: from the cache, or built by `build` and stored.
-    pub fn get_or_build<E>(&self, key: &CacheKey, build: impl FnOnce() -> Result<Artifact, E>) -> Result<(Artifact, Outcome), E> {
+    pub fn get_or_build<A: Serialize + DeserializeOwned, E>(&self, key: &CacheKey, build: impl FnOnce() -> Result<A, E>) -> Result<(A, Outcome), E> {
         let mut outcome = Outcome::Miss;
         match self.get(key) {
             Ok(Some(a)) => return Ok((a, Outcome::Hit)),
@@ -148,7 +151,7 @@ impl Cache {
     }
 }
 
-fn decode(bytes: &[u8], key: &CacheKey) -> Result<Option<Artifact>, String> {
+fn decode<A: DeserializeOwned>(bytes: &[u8], key: &CacheKey) -> Result<Option<A>, String> {
     if bytes.len() < 24 || &bytes[..8] != MAGIC {
         return Err("not a Kiln cache entry (bad header)".into());
     }
@@ -161,7 +164,7 @@ fn decode(bytes: &[u8], key: &CacheKey) -> Result<Option<Artifact>, String> {
     if fnv1a(payload) != sum {
         return Err("checksum mismatch".into());
     }
-    let (full, art): (String, Artifact) = bincode::deserialize(payload).map_err(|e| format!("cannot decode: {e}"))?;
+    let (full, art): (String, A) = bincode::deserialize(payload).map_err(|e| format!("cannot decode: {e}"))?;
     // A different key with the same hash is a miss, not corruption.
     Ok((full == key.full).then_some(art))
 }

@@ -31,7 +31,7 @@ fn hit_after_miss() {
     assert_eq!(a, b);
     // Another target or graph is another entry.
     assert_ne!(key, CacheKey::new("kernels @g { }", "x86_64-other"));
-    assert_eq!(cache.get(&CacheKey::new("kernels @h { }", "x86_64-test")), Ok(None));
+    assert_eq!(cache.get::<Artifact>(&CacheKey::new("kernels @h { }", "x86_64-test")), Ok(None));
 }
 
 #[test]

@@ -117,6 +117,8 @@ pub struct CudaExecutor {
     /// Counters: executable graphs built, and steps rebound in place to new addresses.
     pub captures: usize,
     pub updates: usize,
+    /// Why the last in-place rebinding was refused (the graph was rebuilt instead).
+    pub rebind_refused: Option<String>,
 }
 
 // SAFETY: the raw handles (module functions, cuBLASLt handle and plans, graph exec, device
@@ -186,7 +188,7 @@ impl CudaExecutor {
         if let Some(b) = &blas {
             tune_gemms(&artifact, &mut plans, b, stream.cu_stream(), &alloc)?;
         }
-        Ok(CudaExecutor { artifact, ctx, stream, funcs, plans, blas, arena, workspace, graph: None, captures: 0, updates: 0 })
+        Ok(CudaExecutor { artifact, ctx, stream, funcs, plans, blas, arena, workspace, graph: None, captures: 0, updates: 0, rebind_refused: None })
     }
 
     pub fn artifact(&self) -> &CudaArtifact {
@@ -343,7 +345,7 @@ impl CudaExecutor {
             kernelParams: params.as_mut_ptr(),
             extra: std::ptr::null_mut(),
             kern: std::ptr::null_mut(),
-            ctx: std::ptr::null_mut(),
+            ctx: self.ctx.cu_ctx(),
         }
     }
 
@@ -424,19 +426,20 @@ impl CudaExecutor {
             if !step.buffers().into_iter().any(moved) {
                 continue;
             }
-            let ok = match step {
+            let r = match step {
                 GpuStep::Launch(_) => {
                     let p = self.kernel_params(i, inputs, outputs, &mut addrs, &mut params);
-                    unsafe { sys::cuGraphExecKernelNodeSetParams_v2(g.exec, g.nodes[i], &p) }.result().is_ok()
+                    unsafe { sys::cuGraphExecKernelNodeSetParams_v2(g.exec, g.nodes[i], &p) }.result()
                 }
                 _ => {
                     let child = unsafe { self.capture_step(i, inputs, outputs)? };
-                    let ok = unsafe { sys::cuGraphExecChildGraphNodeSetParams(g.exec, g.nodes[i], child) }.result().is_ok();
+                    let r = unsafe { sys::cuGraphExecChildGraphNodeSetParams(g.exec, g.nodes[i], child) }.result();
                     let _ = unsafe { result::graph::destroy(child) };
-                    ok
+                    r
                 }
             };
-            if !ok {
+            if let Err(e) = r {
+                self.rebind_refused = Some(format!("step {i} ({}): {e:?}", step.kernel()));
                 return Ok(false);
             }
             rebound += 1;

@@ -15,10 +15,11 @@ mod gemm;
 pub use exec::{driver_present, CudaExecutor, DeviceTensor};
 
 use ir::DType;
+use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
 /// Where a buffer lives while the graph runs.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum GpuLocation {
     /// The caller's input tensor at this position.
     Input(usize),
@@ -28,8 +29,9 @@ pub enum GpuLocation {
     Arena { offset: usize },
 }
 
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct GpuBuffer {
+    #[serde(with = "crate::artifact::dtype_serde")]
     pub dtype: DType,
     pub shape: Vec<usize>,
     pub location: GpuLocation,
@@ -45,7 +47,7 @@ impl GpuBuffer {
 
 /// A kernel of the artifact's PTX module, launched over `grid x block`; its parameters are the
 /// base addresses of `args` (buffer indices), in order.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LaunchStep {
     pub kernel: String,
     pub symbol: String,
@@ -55,7 +57,7 @@ pub struct LaunchStep {
 }
 
 /// An epilogue cuBLASLt applies in the GEMM itself.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum GemmActivation {
     Relu,
     /// The tanh approximation.
@@ -63,7 +65,7 @@ pub enum GemmActivation {
 }
 
 /// One operand of a GEMM: a stack of row-major matrices in a buffer.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct GemmOperand {
     pub buffer: u32,
     /// Stored as the transpose (`[cols, rows]` row-major) of the logical matrix.
@@ -74,9 +76,10 @@ pub struct GemmOperand {
 
 /// `c[i] = a[i] @ b[i] (+ residual[i]) (+ bias) (act)` for `i < batch`, row-major `[m, k] @ [k, n] -> [m, n]`,
 /// all operands and the result of `dtype` (accumulation in f32).
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct GemmStep {
     pub kernel: String,
+    #[serde(with = "crate::artifact::dtype_serde")]
     pub dtype: DType,
     pub batch: usize,
     pub m: usize,
@@ -94,7 +97,7 @@ pub struct GemmStep {
     pub residual: Option<u32>,
 }
 
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum GpuStep {
     Launch(LaunchStep),
     Gemm(GemmStep),
@@ -126,7 +129,7 @@ impl GpuStep {
 }
 
 /// A compiled graph for a CUDA device.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CudaArtifact {
     pub name: String,
     /// `sm_90` or `sm_80`: what the PTX was generated for.
