@@ -13,7 +13,7 @@ use gemm::Parallelism;
 use rayon::prelude::*;
 
 const ROWS: usize = 128;
-const KEYS: usize = 256;
+const KEYS: usize = 512;
 
 /// Per-task scratch: the score tile, the output accumulator and the scaled query block.
 struct Tiles {
