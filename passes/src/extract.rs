@@ -96,12 +96,29 @@ pub fn extract(eg: &EGraph, root: Id, uses: &HashMap<Id, f64>, position: &HashMa
         .flat_map(|&c| eg[c].nodes.iter().enumerate().map(move |(i, n)| ((c, i), n)))
         .map(|(k, n)| (k, own_cost(eg, n, p)))
         .collect();
+    // Discounting shared values by their uses can make a cycle look cheapest; when banning
+    // cycle nodes does not settle, extract again without the discount (with positive own
+    // costs, cheapest choices then form no cycle).
+    extract_with(eg, root, &classes, &key, uses, &own).or_else(|e| {
+        tracing::debug!("extraction: {e}; retrying without the shared-use discount");
+        extract_with(eg, root, &classes, &key, &HashMap::new(), &own)
+    })
+}
+
+fn extract_with(
+    eg: &EGraph,
+    root: Id,
+    classes: &[Id],
+    key: &HashMap<Id, (usize, Id)>,
+    uses: &HashMap<Id, f64>,
+    own: &HashMap<(Id, usize), f64>,
+) -> Result<RecExpr<Kiln>, PassError> {
     let mut banned: HashSet<(Id, usize)> = HashSet::new();
     for _attempt in 0..64 {
-        let mut best = best_nodes(eg, &classes, &key, uses, &own, &banned);
+        let mut best = best_nodes(eg, classes, key, uses, own, &banned);
         match find_cycle(eg, root, &best)? {
             None => {
-                share(eg, root, &mut best, &own);
+                share(eg, root, &mut best, own);
                 return Ok(emit(eg, root, &best));
             }
             Some(cycle) => {
