@@ -942,3 +942,23 @@ fn gpt2_small_b1_t32_compiles() -> R<()> {
     Ok(())
 }
 
+
+/// A causal mask built from a constant `true` tensor, one kernel per op (the eager-style
+/// baseline of kiln-bench): the bool constant is its own kernel (it once printed as
+/// `arith.constant true : i1`, which MLIR rejects).
+#[test]
+fn bool_constants_one_kernel_per_op() -> R<()> {
+    let g = trace("bool_mask_one_per_op", |t| {
+        let x = t.input("x", DType::BF16, [2, 9, 9])?;
+        let mask = t.ones(DType::Bool, [9, 9])?.tril(0)?;
+        Ok(vec![x.masked_fill(&mask.logical_not()?, f64::NEG_INFINITY)?.softmax(-1)?])
+    });
+    let art = codegen::gpu::compile(&ir::KernelGraph::one_per_op(&g), &GpuOptions::default())?;
+    let dir = ptx_dir();
+    std::fs::create_dir_all(&dir)?;
+    std::fs::write(dir.join("bool_mask_one_per_op.ptx"), &art.ptx)?;
+    let inputs = random_inputs(&g, 3);
+    let reference = interp::run(&g, &inputs)?;
+    device::run_and_compare("bool_mask_one_per_op", &art, &inputs, &reference)?;
+    Ok(())
+}

@@ -185,7 +185,7 @@ impl<'g> Emitter<'g> {
             DType::F32 | DType::F16 | DType::BF16 => self.c_f32(d.quantize(x)),
             DType::I32 => self.constant(&(x as i32).to_string(), "i32"),
             DType::I64 => self.constant(&(x as i64).to_string(), "i64"),
-            DType::Bool => self.constant(if x != 0.0 { "true" } else { "false" }, "i1"),
+            DType::Bool => self.constant(if x != 0.0 { "1" } else { "0" }, "i1"),
         }
     }
 
