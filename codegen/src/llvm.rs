@@ -219,6 +219,27 @@ fn emit_kernel<'ctx>(ctx: &'ctx Context, module: &Module<'ctx>, target: &HostTar
     }
     let start = body.get_nth_param(k.params.len() as u32).unwrap().into_int_value();
     let end = body.get_nth_param(k.params.len() as u32 + 1).unwrap().into_int_value();
+    if k.outer_count() == 1 {
+        // One outer iteration: no outer loop (an outer loop whose variable nothing reads
+        // crashed LLVM 22's loop deletion; kiln-fuzz seeds 304002067 and 307011850).
+        let run = ctx.append_basic_block(body, "once");
+        let done = ctx.append_basic_block(body, "done");
+        let guard = g.b.build_int_compare(IntPredicate::SLT, start, end, "guard")?;
+        g.b.build_conditional_branch(guard, run, done)?;
+        g.b.position_at_end(run);
+        for d in 0..kk {
+            let zero = g.i64c(0);
+            g.vars.insert(d as u32, zero);
+        }
+        for s in 0..k.stages.len() {
+            g.stage(s)?;
+        }
+        g.b.build_unconditional_branch(done)?;
+        g.b.position_at_end(done);
+        g.b.build_return(None)?;
+        g.entry_allocas.build_unconditional_branch(start_bb)?;
+        return Ok(());
+    }
     g.for_range(start, end, &mut |g: &mut Gen<'ctx, '_>, o: IntValue<'ctx>| {
         // Decompose the flat outer index into the outer loop variables.
         let mut rest = o;
