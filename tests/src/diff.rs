@@ -1,3 +1,4 @@
+#![allow(clippy::result_large_err)] // ir::IrError and kiln::Error are large; these are test helpers
 //! Differential checking: a graph through the whole pipeline (`kiln::compile`, then
 //! `Compiled::run`) against `ir::interp::run` on the original graph, on seeded random
 //! non-zero inputs. Panics are caught and reported like any other failure.

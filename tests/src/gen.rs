@@ -1,3 +1,4 @@
+#![allow(clippy::result_large_err)] // ir::IrError and kiln::Error are large; these are test helpers
 //! A random generator of valid IR graphs, in the spirit of NNSmith (ASPLOS'23).
 //!
 //! Every graph it makes verifies, and its reference values stay well conditioned so that a
@@ -595,7 +596,7 @@ fn prime_factors(mut n: usize) -> Vec<usize> {
     let mut f = Vec::new();
     let mut p = 2;
     while p * p <= n {
-        while n % p == 0 {
+        while n.is_multiple_of(p) {
             f.push(p);
             n /= p;
         }

@@ -18,7 +18,7 @@ fn mlp_matches_reference() {
 fn gpt2_every_spelling_matches_reference() {
     for spelling in AttentionSpelling::ALL {
         let cfg = Gpt2Config::tiny().with_attention(spelling);
-        let t = trace(&Gpt2::new(cfg.clone()), &[cfg.input_spec(2, 7)]).unwrap();
+        let t = trace(&Gpt2::new(cfg), &[cfg.input_spec(2, 7)]).unwrap();
         check_cpu(&t.graph, &t.random_inputs(3), 10.0);
     }
 }
@@ -26,14 +26,14 @@ fn gpt2_every_spelling_matches_reference() {
 #[test]
 fn gpt2_bf16_matches_reference() {
     let cfg = Gpt2Config::tiny().with_dtype(DType::BF16);
-    let t = trace(&Gpt2::new(cfg.clone()), &[cfg.input_spec(1, 5)]).unwrap();
+    let t = trace(&Gpt2::new(cfg), &[cfg.input_spec(1, 5)]).unwrap();
     check_cpu(&t.graph, &t.random_inputs(4), 4.0);
 }
 
 #[test]
 fn optimized_and_one_per_op_agree_and_fuse() {
     let cfg = Gpt2Config::tiny();
-    let t = trace(&Gpt2::new(cfg.clone()), &[cfg.input_spec(1, 9)]).unwrap();
+    let t = trace(&Gpt2::new(cfg), &[cfg.input_spec(1, 9)]).unwrap();
     let opt = kiln::compile(&t.graph, &cpu_config()).unwrap();
     let eager = kiln::compile(&t.graph, &Config { optimize: false, ..cpu_config() }).unwrap();
     assert!(opt.launches_per_call() * 2 < eager.launches_per_call(), "{} vs {}", opt.launches_per_call(), eager.launches_per_call());
@@ -46,7 +46,7 @@ fn optimized_and_one_per_op_agree_and_fuse() {
 #[test]
 fn compile_is_deterministic() {
     let cfg = Gpt2Config::tiny();
-    let t = trace(&Gpt2::new(cfg.clone()), &[cfg.input_spec(1, 6)]).unwrap();
+    let t = trace(&Gpt2::new(cfg), &[cfg.input_spec(1, 6)]).unwrap();
     let a = kiln::compile(&t.graph, &cpu_config()).unwrap();
     let b = kiln::compile(&t.graph, &cpu_config()).unwrap();
     assert_eq!(a.kernel_graph().to_string(), b.kernel_graph().to_string());

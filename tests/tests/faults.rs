@@ -1,3 +1,4 @@
+#![allow(clippy::result_large_err)]
 //! Faults, each with a test: corrupt and truncated cache entries (rebuilt), an unusable cache
 //! directory (runs uncached), no CUDA driver (typed error, the CPU still works), GPU out of
 //! memory (error naming the allocation, the process stays usable; `--features cuda` only).
@@ -140,7 +141,7 @@ fn no_cuda_driver_is_a_typed_error_and_cpu_works() {
     assert_eq!(kiln::resolve_backend(Backend::Auto).unwrap(), Backend::Cpu);
     let g = graph();
     let r = std::panic::catch_unwind(|| kiln::compile(&g, &Config { backend: Backend::Cuda, ..kiln_tests::cpu_config() }));
-    let e = r.expect("no panic").err().expect("CUDA without a driver must fail");
+    let Err(e) = r.expect("no panic") else { panic!("CUDA without a driver must fail") };
     let msg = e.to_string();
     assert!(msg.contains("CUDA") || msg.contains("cuda"), "{msg}");
     if !cfg!(feature = "cuda") {

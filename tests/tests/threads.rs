@@ -34,7 +34,7 @@ fn one_compiled_graph_from_eight_threads() {
 fn gpt2_from_eight_threads() {
     use frontend::models::{Gpt2, Gpt2Config};
     let cfg = Gpt2Config::tiny();
-    let t = frontend::trace(&Gpt2::new(cfg.clone()), &[cfg.input_spec(1, 7)]).unwrap();
+    let t = frontend::trace(&Gpt2::new(cfg), &[cfg.input_spec(1, 7)]).unwrap();
     hammer(&t.graph, Backend::Cpu, true);
 }
 
