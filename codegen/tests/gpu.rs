@@ -962,3 +962,37 @@ fn bool_constants_one_kernel_per_op() -> R<()> {
     device::run_and_compare("bool_mask_one_per_op", &art, &inputs, &reference)?;
     Ok(())
 }
+
+/// Integer abs and neg (found by GPU fuzzing: `math.absi` had no LLVM lowering).
+#[test]
+fn integer_unary_ops() -> R<()> {
+    for dtype in [DType::I32, DType::I64] {
+        let g = trace("int_unary", |t| {
+            let x = t.input("x", dtype, [3, 37])?;
+            Ok(vec![x.abs()?, x.neg()?, x.neg()?.abs()?.add(&x)?])
+        });
+        check(&format!("int_unary_{dtype}"), &g, 5)?;
+    }
+    Ok(())
+}
+
+/// Integer matmuls (cuBLASLt multiplies floats only) run as a broadcast multiply and a sum
+/// over k in loop kernels; batch dims broadcast like PyTorch's (found by GPU fuzzing).
+#[test]
+fn integer_matmuls() -> R<()> {
+    for dtype in [DType::I32, DType::I64] {
+        let g = trace("int_matmul", |t| {
+            let a = t.input("a", dtype, [2, 5, 7])?;
+            let b = t.input("b", dtype, [7, 3])?;
+            let c = t.input("c", dtype, [4, 1, 3, 6])?;
+            let ab = a.matmul(&b)?;
+            Ok(vec![ab.clone(), ab.matmul(&c)?])
+        });
+        check(&format!("int_matmul_{dtype}"), &g, 9)?;
+        let kg = ir::KernelGraph::one_per_op(&g);
+        let art = codegen::gpu::compile(&kg, &GpuOptions::default())?;
+        let inputs = random_inputs(&g, 9);
+        device::run_and_compare(&format!("int_matmul_one_per_op_{dtype}"), &art, &inputs, &interp::run(&g, &inputs)?)?;
+    }
+    Ok(())
+}

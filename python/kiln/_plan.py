@@ -168,23 +168,29 @@ class Region:
         self.info = info
 
     def __call__(self, env: List[Any]) -> None:
-        ptrs = []
-        keep = []
-        for i in self.ins:
-            t = env[i]
-            if not t.is_contiguous():
-                t = t.contiguous()
-                keep.append(t)
-            ptrs.append(t.data_ptr())
+        ts = [env[i] for i in self.ins]
+        if all(t.is_contiguous() for t in ts):
+            ptrs = [t.data_ptr() for t in ts]
+        else:
+            ts = [t.contiguous() for t in ts]  # kept alive until the call returns
+            ptrs = [t.data_ptr() for t in ts]
         dev = self.device
         outs = [torch.empty(s, dtype=d, device=dev) for s, d in self.out_meta]
         if dev.type == "cuda":
             # enqueued on PyTorch's current stream: ordered with the PyTorch ops around it
-            self.native.run(ptrs, [o.data_ptr() for o in outs], torch.cuda.current_stream(dev).cuda_stream)
+            self.native.run(ptrs, [o.data_ptr() for o in outs], _current_stream(dev))
         else:
             self.native.run(ptrs, [o.data_ptr() for o in outs])
         for i, o in zip(self.outs, outs):
             env[i] = o
+
+
+def _current_stream(dev: torch.device) -> int:
+    """The raw ``cudaStream_t`` of PyTorch's current stream on ``dev`` (what Inductor reads)."""
+    try:
+        return torch._C._cuda_getCurrentRawStream(dev.index if dev.index is not None else torch.cuda.current_device())
+    except AttributeError:
+        return torch.cuda.current_stream(dev).cuda_stream
 
 
 class TorchStep:

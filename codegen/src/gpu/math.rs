@@ -124,7 +124,12 @@ pub(crate) fn unary(e: &mut Emitter, u: UnaryOp, d: DType, x: &str) -> String {
                 let z = e.op(&format!("arith.constant 0 : {ty}"));
                 e.op(&format!("arith.subi {z}, {x} : {ty}"))
             }
-            UnaryOp::Abs => e.op(&format!("math.absi {x} : {ty}")),
+            UnaryOp::Abs => {
+                // max(x, -x): `math.absi` has no LLVM lowering in the pipeline
+                let z = e.op(&format!("arith.constant 0 : {ty}"));
+                let n = e.op(&format!("arith.subi {z}, {x} : {ty}"));
+                e.op(&format!("arith.maxsi {x}, {n} : {ty}"))
+            }
             // Everything else on integers is a no-op or rounds through floats: the verifier
             // only admits float operands for transcendental functions.
             _ => x.to_string(),

@@ -69,14 +69,58 @@ impl GpuError {
 
 /// Compiles a kernel graph for a CUDA device.
 pub fn compile(kg: &KernelGraph, opts: &GpuOptions) -> Result<CudaArtifact, GpuError> {
-    lower::lower(kg, opts)
+    lower::lower(&*integer_matmuls_as_reductions(kg)?, opts)
+}
+
+/// cuBLASLt multiplies floats only: an integer `a @ b` becomes
+/// `sum(reshape(a, [.., m, k, 1]) * reshape(b, [.., 1, k, n]), axis=-2)`, which the loop
+/// kernels compute exactly (wrapping like PyTorch's integer matmul).
+fn integer_matmuls_as_reductions(kg: &KernelGraph) -> Result<std::borrow::Cow<'_, KernelGraph>, GpuError> {
+    let int_mm = |g: &Graph| g.nodes().any(|(_, n)| n.op == ir::Op::MatMul && !n.dtype.is_float());
+    if !kg.kernels.iter().any(|k| int_mm(&k.body)) {
+        return Ok(std::borrow::Cow::Borrowed(kg));
+    }
+    let mut out = kg.clone();
+    for k in out.kernels.iter_mut().filter(|k| int_mm(&k.body)) {
+        let body = &k.body;
+        let mut g = Graph::new(body.name());
+        let mut map = Vec::with_capacity(body.len());
+        for (id, n) in body.nodes() {
+            let ins: Vec<_> = n.inputs.iter().map(|i| map[i.index()]).collect();
+            let new = match &n.op {
+                ir::Op::Input { .. } => {
+                    let nid = g.push(ir::Node { op: n.op.clone(), dtype: n.dtype, shape: n.shape.clone(), inputs: Default::default() });
+                    if body.inputs().contains(&id) {
+                        g.register_input(nid);
+                    }
+                    nid
+                }
+                ir::Op::MatMul if !n.dtype.is_float() => {
+                    let (a, b) = (body.node(n.inputs[0]).shape.dims().to_vec(), body.node(n.inputs[1]).shape.dims().to_vec());
+                    let a4: Vec<usize> = a.iter().copied().chain([1]).collect();
+                    let mut b4 = b.clone();
+                    b4.insert(b.len() - 2, 1);
+                    let a4 = g.add(ir::Op::Reshape { shape: a4.into() }, &[ins[0]])?;
+                    let b4 = g.add(ir::Op::Reshape { shape: b4.into() }, &[ins[1]])?;
+                    let prod = g.add(ir::Op::Binary(ir::BinaryOp::Mul), &[a4, b4])?;
+                    let rank = g.node(prod).shape.rank();
+                    g.add(ir::Op::Reduce { op: ir::ReduceOp::Sum, axes: vec![rank - 2], keepdim: false }, &[prod])?
+                }
+                op => g.push(ir::Node { op: op.clone(), dtype: n.dtype, shape: n.shape.clone(), inputs: ins.into_iter().collect() }),
+            };
+            map.push(new);
+        }
+        g.set_outputs(body.outputs().iter().map(|o| map[o.index()]).collect());
+        k.body = g;
+    }
+    Ok(std::borrow::Cow::Owned(out))
 }
 
 /// Compiles a whole primitive graph as if it were one kernel: the backend itself splits it at
 /// matmuls, attention and incompatible reductions (what `passes` does better, for tests and
 /// for graphs that skip the optimizer).
 pub fn compile_graph(g: &Graph, opts: &GpuOptions) -> Result<CudaArtifact, GpuError> {
-    lower::lower(&single_kernel(g)?, opts)
+    compile(&single_kernel(g)?, opts)
 }
 
 /// The MLIR module text of a kernel graph (for inspection and golden tests).
