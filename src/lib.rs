@@ -231,6 +231,7 @@ pub struct Compiled {
     backend: Backend,
     stats: CompileStats,
     /// Replay the whole graph as one CUDA graph in `Bound::run` (`Config::cuda_graph`).
+    #[cfg_attr(not(feature = "cuda"), allow(dead_code))]
     cuda_graph: bool,
 }
 
