@@ -996,3 +996,21 @@ fn integer_matmuls() -> R<()> {
     }
     Ok(())
 }
+
+/// A reshaped operand (read in place) whose batch dims broadcast partially: the expand copy
+/// must view the buffer in the operand's shape (a GPU fuzzing panic, seed 603000672).
+#[test]
+fn reshaped_operand_with_partial_batch_broadcast() -> R<()> {
+    let mut g = Graph::new("reshape_broadcast_matmul");
+    let x = g.input("x", DType::BF16, [8])?;
+    let a = g.add(ir::Op::Reshape { shape: ir::Shape::from([4usize, 2, 1].as_slice()) }, &[x])?;
+    let b = g.input("b", DType::BF16, [2, 1, 1, 1])?;
+    let y = g.add(ir::Op::MatMul, &[a, b])?;
+    g.set_outputs(vec![y]);
+    check("reshape_broadcast_matmul", &g, 4)?;
+    let kg = ir::KernelGraph::one_per_op(&g);
+    let art = codegen::gpu::compile(&kg, &GpuOptions::default())?;
+    let inputs = random_inputs(&g, 4);
+    device::run_and_compare("reshape_broadcast_matmul_one_per_op", &art, &inputs, &interp::run(&g, &inputs)?)?;
+    Ok(())
+}

@@ -522,13 +522,17 @@ impl<'a> BodyLowering<'a> {
             if padded == batch_shape.dims() {
                 return Ok(GemmOperand { buffer: buf, transposed: trans, batch_stride: (rows * cols) as i64 });
             }
-            // Partial broadcast: expand into a contiguous copy.
+            // Partial broadcast: expand into a contiguous copy. The buffer holds the operand's
+            // bytes in its own shape: a reshape's input (read in place, `operand`) or the
+            // un-transposed matrices; view it in the layout the GEMM reads first.
             let stored = lw.buffers[buf as usize].clone();
-            let last2 = &stored.shape.dims()[stored.shape.rank() - 2..];
+            let layout = if trans { stored.shape.clone() } else { shape.clone() };
+            let last2 = &layout.dims()[layout.rank() - 2..];
             let full = Shape::new(batch_shape.dims().iter().copied().chain(last2.iter().copied()));
             let mut g = Graph::new("expand");
             let i = g.input("x", stored.dtype, stored.shape.clone())?;
-            let e = g.add(Op::Expand { shape: full.clone() }, &[i])?;
+            let v = if layout == stored.shape { i } else { g.add(Op::Reshape { shape: layout.clone() }, &[i])? };
+            let e = g.add(Op::Expand { shape: full.clone() }, &[v])?;
             g.set_outputs(vec![e]);
             let t = lw.temp(stored.dtype, full);
             lw.loop_kernel(&format!("{}_expand", self.name), &g, &[buf], &[t])?;
