@@ -1014,3 +1014,21 @@ fn reshaped_operand_with_partial_batch_broadcast() -> R<()> {
     device::run_and_compare("reshape_broadcast_matmul_one_per_op", &art, &inputs, &interp::run(&g, &inputs)?)?;
     Ok(())
 }
+
+/// An executor dropped and a new one made for the same PTX: the cached module must still be
+/// loaded (the primary context was reset when its last reference went away, unloading it;
+/// found by GPU fuzzing as CUDA_ERROR_INVALID_HANDLE).
+#[test]
+fn same_ptx_after_the_executor_is_dropped() -> R<()> {
+    let g = trace("reload", |t| {
+        let x = t.input("x", DType::F32, [7, 33])?;
+        Ok(vec![x.exp()?.softmax(-1)?])
+    });
+    let art = compile_graph(&g, &GpuOptions::default())?;
+    let inputs = random_inputs(&g, 2);
+    let reference = interp::run(&g, &inputs)?;
+    for round in 0..3 {
+        device::run_and_compare(&format!("reload_{round}"), &art, &inputs, &reference)?;
+    }
+    Ok(())
+}

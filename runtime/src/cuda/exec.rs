@@ -36,9 +36,14 @@ fn is_oom(e: &DriverError) -> bool {
 }
 
 /// Loaded modules per (device, PTX text hash): PTX is JIT-compiled to machine code once per
-/// device and process. Modules stay loaded for the life of the process.
-fn module_cache() -> &'static Mutex<HashMap<(usize, u64), usize>> {
-    static CACHE: OnceLock<Mutex<HashMap<(usize, u64), usize>>> = OnceLock::new();
+/// device and process. Modules stay loaded for the life of the process, and so does the
+/// context they live in: each entry holds the context, because releasing the last reference
+/// to a primary context resets it and unloads every module (a later executor of the same
+/// PTX then got a dead handle: CUDA_ERROR_INVALID_HANDLE, found by GPU fuzzing).
+type ModuleCache = HashMap<(usize, u64), (usize, Arc<CudaContext>)>;
+
+fn module_cache() -> &'static Mutex<ModuleCache> {
+    static CACHE: OnceLock<Mutex<ModuleCache>> = OnceLock::new();
     CACHE.get_or_init(|| Mutex::new(HashMap::new()))
 }
 
@@ -141,7 +146,7 @@ impl CudaExecutor {
         }
         let ctx = CudaContext::new(ordinal).map_err(|e| CudaError::NoDevice { ordinal, message: format!("{e:?}") })?;
         let stream = ctx.new_stream().map_err(driver("creating a stream"))?;
-        let module = load_module(&artifact, ordinal)?;
+        let module = load_module(&artifact, ordinal, &ctx)?;
         let mut funcs = Vec::with_capacity(artifact.steps.len());
         for step in &artifact.steps {
             funcs.push(match step {
@@ -617,20 +622,20 @@ fn tune_gemms(
     result
 }
 
-fn load_module(artifact: &CudaArtifact, ordinal: usize) -> Result<CUmodule, CudaError> {
+fn load_module(artifact: &CudaArtifact, ordinal: usize, ctx: &Arc<CudaContext>) -> Result<CUmodule, CudaError> {
     if artifact.ptx.is_empty() {
         return Ok(std::ptr::null_mut());
     }
     let key = (ordinal, hash(&artifact.ptx));
     let mut cache = module_cache().lock().unwrap_or_else(|p| p.into_inner());
-    if let Some(&m) = cache.get(&key) {
-        return Ok(m as CUmodule);
+    if let Some((m, _)) = cache.get(&key) {
+        return Ok(*m as CUmodule);
     }
     let src = CString::new(artifact.ptx.clone())
         .map_err(|_| CudaError::ModuleLoad { artifact: artifact.name.clone(), message: "the PTX holds a NUL byte".into() })?;
     let m = unsafe { result::module::load_data(src.as_ptr() as *const c_void) }
         .map_err(|e| CudaError::ModuleLoad { artifact: artifact.name.clone(), message: format!("{e:?}") })?;
-    cache.insert(key, m as usize);
+    cache.insert(key, (m as usize, ctx.clone()));
     Ok(m)
 }
 
