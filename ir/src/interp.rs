@@ -31,6 +31,12 @@ impl Value {
     /// The largest relative difference `|a-b| / max(1, |b|)` against a reference; `inf` when
     /// shapes differ or where one side is NaN and the other is not.
     pub fn max_rel_diff(&self, reference: &Value) -> f64 {
+        self.max_diff_scaled(reference, 1.0)
+    }
+
+    /// The largest `|a-b| / max(floor, |b|)` against a reference (`inf` as in
+    /// [`Value::max_rel_diff`], which is this with `floor = 1`).
+    pub fn max_diff_scaled(&self, reference: &Value, floor: f64) -> f64 {
         if self.shape != reference.shape {
             return f64::INFINITY;
         }
@@ -43,7 +49,7 @@ impl Value {
                 } else if a == b {
                     0.0
                 } else {
-                    (a - b).abs() / b.abs().max(1.0)
+                    (a - b).abs() / b.abs().max(floor)
                 }
             })
             .fold(0.0, f64::max)

@@ -138,24 +138,9 @@ pub fn compare(g: &Graph, outs: &[Value], reference: &[Value]) -> Verdict {
 /// zero after a low-precision matmul from counting rounding as a wrong result; a wrong index
 /// or op is still off by the order of the output's scale.
 pub fn scaled_diff(o: &Value, r: &Value) -> f64 {
-    if o.shape != r.shape {
-        return f64::INFINITY;
-    }
     let finite: Vec<f64> = r.data.iter().copied().filter(|x| x.is_finite()).collect();
     let rms = if finite.is_empty() { 0.0 } else { (finite.iter().map(|x| x * x).sum::<f64>() / finite.len() as f64).sqrt() };
-    o.data
-        .iter()
-        .zip(&r.data)
-        .map(|(&a, &b)| {
-            if a.is_nan() || b.is_nan() {
-                if a.is_nan() && b.is_nan() { 0.0 } else { f64::INFINITY }
-            } else if a == b {
-                0.0
-            } else {
-                (a - b).abs() / b.abs().max(1.0).max(rms)
-            }
-        })
-        .fold(0.0, f64::max)
+    o.max_diff_scaled(r, rms.max(1.0))
 }
 
 fn panic_text(p: Box<dyn std::any::Any + Send>) -> String {
