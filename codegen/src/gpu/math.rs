@@ -170,17 +170,12 @@ pub(crate) fn binary(e: &mut Emitter, b: BinaryOp, d: DType, x: &str, y: &str) -
             BinaryOp::Add => "arith.addi",
             BinaryOp::Sub => "arith.subi",
             BinaryOp::Mul => "arith.muli",
-            BinaryOp::Div => "arith.divsi",
+            BinaryOp::Div => return int_div(e, ty, x, y),
             BinaryOp::Max => "arith.maxsi",
             BinaryOp::Min => "arith.minsi",
             BinaryOp::And => "arith.andi",
             BinaryOp::Or => "arith.ori",
-            BinaryOp::Pow => {
-                let xf = e.op(&format!("arith.sitofp {x} : {ty} to f32"));
-                let yf = e.op(&format!("arith.sitofp {y} : {ty} to f32"));
-                let p = binary(e, BinaryOp::Pow, DType::F32, &xf, &yf);
-                return e.op(&format!("arith.fptosi {p} : f32 to {ty}"));
-            }
+            BinaryOp::Pow => return int_pow(e, ty, x, y),
         };
         let op = if d == DType::Bool && matches!(b, BinaryOp::Max) { "arith.ori" } else { op };
         let op = if d == DType::Bool && matches!(b, BinaryOp::Min) { "arith.andi" } else { op };
@@ -223,4 +218,59 @@ pub(crate) fn binary(e: &mut Emitter, b: BinaryOp, d: DType, x: &str, y: &str) -
             e.op(&format!("arith.uitofp {r} : i1 to f32"))
         }
     }
+}
+
+/// Truncating integer division as the interpreter defines it: `x / 0 = 0`, and `MIN / -1`
+/// wraps to `MIN` (`arith.divsi` leaves both undefined).
+fn int_div(e: &mut Emitter, ty: &str, x: &str, y: &str) -> String {
+    let zero = e.op(&format!("arith.constant 0 : {ty}"));
+    let one = e.op(&format!("arith.constant 1 : {ty}"));
+    let m1 = e.op(&format!("arith.constant -1 : {ty}"));
+    let is0 = e.op(&format!("arith.cmpi eq, {y}, {zero} : {ty}"));
+    let ism1 = e.op(&format!("arith.cmpi eq, {y}, {m1} : {ty}"));
+    let bad = e.op(&format!("arith.ori {is0}, {ism1} : i1"));
+    let safe = e.op(&format!("arith.select {bad}, {one}, {y} : {ty}"));
+    let q = e.op(&format!("arith.divsi {x}, {safe} : {ty}"));
+    let neg = e.op(&format!("arith.subi {zero}, {x} : {ty}"));
+    let q = e.op(&format!("arith.select {ism1}, {neg}, {q} : {ty}"));
+    e.op(&format!("arith.select {is0}, {zero}, {q} : {ty}"))
+}
+
+/// Integer power with the interpreter's semantics: `x^y` computed in f64, truncated toward
+/// zero and saturated to the integer range (`DType::quantize`), so `0^-1` is `MAX`, `2^-1`
+/// is 0 and `3^50` saturates. The exponent is exact: square-and-multiply over the bits of
+/// `|y|` in f64, which is exact while the result stays below 2^53. `|y|` is clamped to
+/// `64 + (y & 1)` first (any larger power of `|x| >= 2` saturates as well, and the parity
+/// keeps the sign of `(-1)^y`), so seven steps cover every exponent.
+fn int_pow(e: &mut Emitter, ty: &str, x: &str, y: &str) -> String {
+    let one_i = e.op(&format!("arith.constant 1 : {ty}"));
+    let c64 = e.op(&format!("arith.constant 64 : {ty}"));
+    let zero_i = e.op(&format!("arith.constant 0 : {ty}"));
+    let parity = e.op(&format!("arith.andi {y}, {one_i} : {ty}"));
+    let hi = e.op(&format!("arith.addi {c64}, {parity} : {ty}"));
+    let lo = e.op(&format!("arith.subi {zero_i}, {hi} : {ty}"));
+    let yc = e.op(&format!("arith.minsi {y}, {hi} : {ty}"));
+    let yc = e.op(&format!("arith.maxsi {yc}, {lo} : {ty}"));
+    let neg = e.op(&format!("arith.cmpi slt, {yc}, {zero_i} : {ty}"));
+    let ny = e.op(&format!("arith.subi {zero_i}, {yc} : {ty}"));
+    let k = e.op(&format!("arith.select {neg}, {ny}, {yc} : {ty}"));
+    let mut base = e.op(&format!("arith.sitofp {x} : {ty} to f64"));
+    let mut acc = e.op("arith.constant 1.0 : f64");
+    for bit in 0..7 {
+        let m = e.op(&format!("arith.constant {} : {ty}", 1i64 << bit));
+        let b = e.op(&format!("arith.andi {k}, {m} : {ty}"));
+        let set = e.op(&format!("arith.cmpi ne, {b}, {zero_i} : {ty}"));
+        let prod = e.op(&format!("arith.mulf {acc}, {base} : f64"));
+        acc = e.op(&format!("arith.select {set}, {prod}, {acc} : f64"));
+        if bit < 6 {
+            base = e.op(&format!("arith.mulf {base}, {base} : f64"));
+        }
+    }
+    let one = e.op("arith.constant 1.0 : f64");
+    let inv = e.op(&format!("arith.divf {one}, {acc} : f64"));
+    let r = e.op(&format!("arith.select {neg}, {inv}, {acc} : f64"));
+    // PTX's cvt.rzi truncates, saturates and maps NaN to 0, as `quantize` does (LLVM's fptosi
+    // would be poison out of range)
+    let (cvt, c) = if ty == "i64" { ("s64", "l") } else { ("s32", "r") };
+    e.op(&format!("llvm.inline_asm \"cvt.rzi.{cvt}.f64 $0, $1;\", \"={c},d\" {r} : (f64) -> {ty}"))
 }
