@@ -10,7 +10,7 @@
 use codegen::gpu::{compile_graph, GpuOptions, SmVersion};
 use frontend::{Tensor, Tracer};
 use ir::interp::{self, Value};
-use ir::{DType, Graph};
+use ir::{BinaryOp, DType, Graph, Op};
 use rand::{Rng, SeedableRng};
 use runtime::cuda::CudaArtifact;
 use std::path::PathBuf;
@@ -278,6 +278,63 @@ fn every_binary_compare_where_and_cast() -> R<()> {
         ])
     });
     check("binary_compare_cast", &g, 4)?;
+    Ok(())
+}
+
+/// Integer division and power with the interpreter's semantics on every sign: `x / 0 = 0`,
+/// `MIN / -1` wraps, `0^-1` saturates to MAX, `2^-1` truncates to 0, large powers saturate,
+/// and small powers are exact (they went through `ex2.approx` in f32 before: `3^3` was 26).
+#[test]
+fn integer_division_and_power_are_exact() -> R<()> {
+    for dt in [DType::I32, DType::I64] {
+        let mut g = Graph::new(format!("int_div_pow_{dt}"));
+        let x = g.input("x", dt, [19, 1]).unwrap();
+        let y = g.input("y", dt, [1, 21]).unwrap();
+        let div = g.add(Op::Binary(BinaryOp::Div), &[x, y]).unwrap();
+        let pow = g.add(Op::Binary(BinaryOp::Pow), &[x, y]).unwrap();
+        g.set_outputs(vec![div, pow]);
+        // every base and exponent in -9..=9 plus large ones that must saturate
+        let xs: Vec<f64> = (-9..=9).map(f64::from).collect();
+        let mut ys: Vec<f64> = (-9..=9).map(f64::from).collect();
+        ys.extend([63.0, 130.0]);
+        let inputs = vec![Value::new(dt, [19usize, 1], xs)?, Value::new(dt, [1usize, 21], ys)?];
+        check_with(&format!("int_div_pow_{dt}"), &g, inputs)?;
+    }
+    Ok(())
+}
+
+/// A row reduction read at another row (broadcast along a different axis) cannot be computed
+/// inline by the block of the consumer's row: it is materialized first (GPU fuzzing found these
+/// three computing every row with the block's own row sum).
+#[test]
+fn reduction_broadcast_along_another_axis() -> R<()> {
+    for (name, text, steps) in [
+        (
+            "row_sum_by_column",
+            "graph @g {\n  %0 = input {name=\"x\"} : bf16[4,4]\n  %1 = sum(%0) {axes=[1], keepdim=false} : bf16[4]\n  %2 = input {name=\"s\"} : bf16[4,1]\n  %3 = div(%1, %2) : bf16[4,4]\n  return %3, %0\n}\n",
+            3, // plus the copy of the input it returns
+        ),
+        (
+            "sum_over_two_axes_max",
+            "graph @g {\n  %0 = input {name=\"x\"} : i32[1,3,3,1]\n  %1 = sum(%0) {axes=[0, 2], keepdim=false} : i32[3,1]\n  %2 = max(%0, %1) : i32[1,3,3,1]\n  %3 = cast(%2) {to=f32} : f32[1,3,3,1]\n  return %3\n}\n",
+            2,
+        ),
+        (
+            "row_max_added_across",
+            "graph @g {\n  %0 = input {name=\"x\"} : i32[3,3]\n  %1 = abs(%0) : i32[3,3]\n  %2 = max_reduce(%1) {axes=[1], keepdim=false} : i32[3]\n  %3 = add(%2, %0) : i32[3,3]\n  %4 = concat(%1, %3) {axis=1} : i32[3,6]\n  return %4\n}\n",
+            2,
+        ),
+        // the same reduction read at the block's own row stays one kernel
+        (
+            "row_sum_by_row",
+            "graph @g {\n  %0 = input {name=\"x\"} : bf16[4,33]\n  %1 = sum(%0) {axes=[1], keepdim=true} : bf16[4,1]\n  %2 = div(%0, %1) : bf16[4,33]\n  return %2\n}\n",
+            1,
+        ),
+    ] {
+        let g = ir::text::parse(text)?;
+        let art = check(name, &g, 12)?;
+        assert_eq!(art.steps.len(), steps, "{name}: {}", art.summary());
+    }
     Ok(())
 }
 

@@ -833,6 +833,9 @@ pub(crate) fn row_reduction(symbol: &str, body: &Graph, args: &[(DType, usize)])
     if nchunks > 4 * MAX_CHUNKS as usize {
         return Err(unsupported(format!("a reduced row of {cols} elements is longer than the register-resident row kernel holds")));
     }
+    if let Some(why) = rows_mismatch(body, &full, &axes) {
+        return Err(unsupported(why));
+    }
     let mut e = Emitter::new(body, args, vec);
     let tid = e.op("gpu.thread_id x");
     let row = e.op("gpu.block_id x");
@@ -932,4 +935,180 @@ pub(crate) fn row_reduction(symbol: &str, body: &Graph, args: &[(DType, usize)])
         block: [threads, 1, 1],
         max_elements,
     })
+}
+
+/// Whether every reduction in a row kernel is read only at the block's own row.
+///
+/// A block computes each reduction for its row alone ([`Emitter::reduce`]), so a value that
+/// reads a reduction at another row (a row sum broadcast along a different axis, say
+/// `sum(x, 1)[None, :] / y[:, None]`) would silently get the wrong row. This walks the body's
+/// index maps with concrete indices, as [`Emitter::value`] does with symbolic ones, from the
+/// outputs' positions of sampled rows and columns (all of them when the space is small; the
+/// first, last and pseudo-random ones otherwise) and reports the first read of a reduction
+/// at a row other than the block's, so the caller can materialize the reduction instead.
+fn rows_mismatch(body: &Graph, full: &Shape, axes: &[usize]) -> Option<String> {
+    let rank = full.rank();
+    let keep: Vec<usize> = (0..rank).filter(|d| !axes.contains(d)).collect();
+    let row_shape = Shape::new(keep.iter().map(|&d| full.dims()[d]));
+    let col_shape = Shape::new(axes.iter().map(|&d| full.dims()[d]));
+    let (rows, cols) = (row_shape.numel().max(1), col_shape.numel().max(1));
+    let rows_s = sample(rows, 48);
+    let cols_s = sample(cols, 24);
+    let mut walk = RowWalk { body, full, axes, keep: &keep, row_shape: &row_shape, col_shape: &col_shape, cols: &cols_s, row: vec![], seen: Default::default() };
+    for &r in &rows_s {
+        walk.row = unlinear(r, &row_shape);
+        walk.seen.clear();
+        for &o in body.outputs() {
+            let os = &body.node(o).shape;
+            let positions: Vec<Vec<usize>> = if *os == *full || os.numel() == full.numel() {
+                cols_s.iter().map(|&c| unlinear(linear(&walk.full_index(c), full), os)).collect()
+            } else {
+                vec![unlinear(r, os)]
+            };
+            for p in positions {
+                if let Some(why) = walk.value(o, &p) {
+                    return Some(why);
+                }
+            }
+        }
+    }
+    None
+}
+
+/// `n` indices of `0..len`: all of them when few, else both ends and pseudo-random ones.
+fn sample(len: usize, n: usize) -> Vec<usize> {
+    if len <= 2 * n {
+        return (0..len).collect();
+    }
+    let mut out: Vec<usize> = (0..n / 4).chain(len - n / 4..len).collect();
+    let mut x: u64 = 0x9E37_79B9_7F4A_7C15 ^ len as u64;
+    while out.len() < n {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        out.push((x % len as u64) as usize);
+    }
+    out
+}
+
+fn linear(idx: &[usize], shape: &Shape) -> usize {
+    idx.iter().zip(shape.strides()).map(|(i, s)| i * s).sum()
+}
+
+fn unlinear(mut lin: usize, shape: &Shape) -> Vec<usize> {
+    let mut idx = vec![0; shape.rank()];
+    for (d, s) in shape.strides().iter().enumerate() {
+        idx[d] = if shape.dims()[d] == 1 { 0 } else { lin / s };
+        lin -= idx[d] * s;
+    }
+    idx
+}
+
+/// The concrete walk of [`rows_mismatch`] for one row.
+struct RowWalk<'a> {
+    body: &'a Graph,
+    full: &'a Shape,
+    axes: &'a [usize],
+    keep: &'a [usize],
+    row_shape: &'a Shape,
+    col_shape: &'a Shape,
+    cols: &'a [usize],
+    /// The block's row, a multi-index into `row_shape`.
+    row: Vec<usize>,
+    /// Reductions whose inputs were walked for this row.
+    seen: std::collections::HashSet<NodeId>,
+}
+
+impl RowWalk<'_> {
+    /// The position in the row space of column `c` of this row.
+    fn full_index(&self, c: usize) -> Vec<usize> {
+        let col = unlinear(c, self.col_shape);
+        let mut idx = vec![0; self.full.rank()];
+        for (k, &d) in self.keep.iter().enumerate() {
+            idx[d] = self.row[k];
+        }
+        for (k, &d) in self.axes.iter().enumerate() {
+            idx[d] = col[k];
+        }
+        idx
+    }
+
+    fn value(&mut self, id: NodeId, idx: &[usize]) -> Option<String> {
+        let node = self.body.node(id);
+        let bcast = |k: usize| {
+            let s = &self.body.node(node.inputs[k]).shape;
+            let lead = node.shape.rank() - s.rank();
+            (0..s.rank()).map(|i| if s.dims()[i] == 1 { 0 } else { idx[lead + i] }).collect::<Vec<_>>()
+        };
+        match &node.op {
+            Op::Input { .. } | Op::Full { .. } | Op::Iota { .. } => None,
+            Op::Unary(_) | Op::Binary(_) | Op::Compare(_) | Op::Where | Op::Expand { .. } => {
+                (0..node.inputs.len()).find_map(|k| self.value(node.inputs[k], &bcast(k)))
+            }
+            Op::Cast { .. } => self.value(node.inputs[0], idx),
+            Op::Reduce { keepdim, .. } => {
+                let want: Vec<usize> = if *keepdim {
+                    (0..self.full.rank()).map(|d| self.keep.iter().position(|&k| k == d).map_or(0, |k| self.row[k])).collect()
+                } else {
+                    self.row.clone()
+                };
+                if idx != want.as_slice() {
+                    return Some(format!(
+                        "a reduction read at {idx:?} from the block computing row {:?} of {} (it is broadcast along another axis)",
+                        self.row, self.row_shape
+                    ));
+                }
+                if !self.seen.insert(id) {
+                    return None;
+                }
+                let input = node.inputs[0];
+                let cols = self.cols.to_vec();
+                cols.iter().find_map(|&c| {
+                    let p = self.full_index(c);
+                    self.value(input, &p)
+                })
+            }
+            Op::Reshape { .. } => {
+                let inner = unlinear(linear(idx, &node.shape), &self.body.node(node.inputs[0]).shape);
+                self.value(node.inputs[0], &inner)
+            }
+            Op::Permute { perm } => {
+                let mut inner = vec![0; perm.len()];
+                for (i, &p) in perm.iter().enumerate() {
+                    inner[p] = idx[i];
+                }
+                self.value(node.inputs[0], &inner)
+            }
+            Op::Slice { axis, start, step, .. } => {
+                let mut inner = idx.to_vec();
+                inner[*axis] = start + idx[*axis] * step;
+                self.value(node.inputs[0], &inner)
+            }
+            Op::Pad { pads, .. } => {
+                let inner_shape = &self.body.node(node.inputs[0]).shape;
+                let mut inner = Vec::with_capacity(idx.len());
+                for (d, &(before, _)) in pads.iter().enumerate() {
+                    match idx[d].checked_sub(before) {
+                        Some(i) if i < inner_shape.dims()[d] => inner.push(i),
+                        _ => return None, // the fill value
+                    }
+                }
+                self.value(node.inputs[0], &inner)
+            }
+            Op::Concat { axis } => {
+                let mut offset = 0;
+                for &input in &node.inputs {
+                    let len = self.body.node(input).shape.dims()[*axis];
+                    if idx[*axis] < offset + len {
+                        let mut inner = idx.to_vec();
+                        inner[*axis] -= offset;
+                        return self.value(input, &inner);
+                    }
+                    offset += len;
+                }
+                None
+            }
+            Op::MatMul | Op::FlashAttention { .. } | Op::Fused(_) => None,
+        }
+    }
 }
