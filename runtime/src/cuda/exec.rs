@@ -68,10 +68,19 @@ impl std::fmt::Debug for DeviceTensor {
 }
 
 impl DeviceTensor {
+    /// Copies `data` in; the bytes are on the device when this returns.
+    ///
+    /// The driver's "synchronous" copy from pageable memory and memset run on the legacy
+    /// default stream and may return before the device has finished; executors launch on
+    /// non-blocking streams, which do not wait for that stream. So both wait for the context:
+    /// a run right after them must see the bytes (without this, GPU fuzzing saw outputs that
+    /// are plain copies of an input still holding their poison, the memset landing after the
+    /// copy).
     pub fn upload(&self, data: &[u8]) -> Result<(), CudaError> {
         assert!(data.len() <= self.bytes, "upload of {} bytes into a {}-byte tensor", data.len(), self.bytes);
         self.ctx.bind_to_thread().map_err(driver("binding the context"))?;
-        unsafe { result::memcpy_htod_sync(self.ptr, data) }.map_err(driver("host-to-device copy"))
+        unsafe { result::memcpy_htod_sync(self.ptr, data) }.map_err(driver("host-to-device copy"))?;
+        result::ctx::synchronize().map_err(driver("waiting for a host-to-device copy"))
     }
 
     pub fn download(&self) -> Result<Vec<u8>, CudaError> {
@@ -81,10 +90,12 @@ impl DeviceTensor {
         Ok(out)
     }
 
-    /// Fills every byte with `byte` (0xFF makes every float element a NaN: poisoning).
+    /// Fills every byte with `byte` (0xFF makes every float element a NaN: poisoning); done
+    /// when this returns (see [`DeviceTensor::upload`]).
     pub fn fill(&self, byte: u8) -> Result<(), CudaError> {
         self.ctx.bind_to_thread().map_err(driver("binding the context"))?;
-        unsafe { result::memset_d8_sync(self.ptr, byte, self.bytes) }.map_err(driver("memset"))
+        unsafe { result::memset_d8_sync(self.ptr, byte, self.bytes) }.map_err(driver("memset"))?;
+        result::ctx::synchronize().map_err(driver("waiting for a memset"))
     }
 }
 
