@@ -178,6 +178,14 @@ fn emit_kernel<'ctx>(ctx: &'ctx Context, module: &Module<'ctx>, target: &HostTar
     for i in 0..k.params.len() {
         body.add_attribute(inkwell::attributes::AttributeLoc::Param(i as u32), noalias);
     }
+    // The body stays a function of its own (one call per chunk of the range: no cost). Once
+    // inlined into the wrapper, LLVM 22's LoopDeletionPass segfaults on some padded concats
+    // (`abs -> pad -> concat` in bf16, fuzz seed 411001002; `opt -passes='default<O3>'`
+    // reproduces it on the pre-O3 module, and `noinline` alone avoids it).
+    body.add_attribute(
+        inkwell::attributes::AttributeLoc::Function,
+        ctx.create_enum_attribute(inkwell::attributes::Attribute::get_named_enum_kind_id("noinline"), 0),
+    );
     let wrapper = module.add_function(sym, ctx.void_type().fn_type(&[ptr.into(), i64t.into(), i64t.into()], false), None);
     for f in [body, wrapper] {
         f.add_attribute(inkwell::attributes::AttributeLoc::Function, ctx.create_string_attribute("target-cpu", &target.cpu));

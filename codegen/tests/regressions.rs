@@ -61,3 +61,21 @@ fn pad_concat_307011850() {
         307011850,
     );
 }
+
+/// kiln-fuzz seed 411001002, shrunk by hand: `abs -> pad -> concat` in bf16 (the one-kernel
+/// form segfaulted in LLVM 22's LoopDeletionPass once the kernel body was inlined into its
+/// wrapper; bodies are `noinline` now).
+#[test]
+fn abs_pad_concat_bf16_411001002() {
+    run_text(
+        r#"graph @c1 {
+  %0 = input {name="x0"} : bf16[13,4]
+  %1 = abs(%0) : bf16[13,4]
+  %2 = pad(%1) {pads=[(2, 0), (1, 2)], value=0.0} : bf16[15,7]
+  %3 = concat(%2, %2) {axis=1} : bf16[15,14]
+  return %3
+}
+"#,
+        411001002,
+    );
+}
