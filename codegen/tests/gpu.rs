@@ -303,6 +303,26 @@ fn integer_division_and_power_are_exact() -> R<()> {
     Ok(())
 }
 
+/// Integer min/max of a negation (GPU fuzzing, seeds 913000438 and 913005634: wrong on the
+/// H100 with every input in -4..=4).
+#[test]
+fn integer_min_max_of_negation() -> R<()> {
+    for (name, text) in [
+        (
+            "neg_min_min_i64",
+            "graph @g {\n  %0 = input {name=\"x\"} : i64[9]\n  %1 = neg(%0) : i64[9]\n  %2 = min(%0, %1) : i64[9]\n  %3 = full {value=-3.0} : i64[]\n  %4 = min(%2, %3) : i64[9]\n  return %4\n}\n",
+        ),
+        (
+            "neg_max_reduce_concat_i32",
+            "graph @g {\n  %0 = input {name=\"x\"} : i32[1,4]\n  %1 = neg(%0) : i32[1,4]\n  %2 = max_reduce(%1) {axes=[1], keepdim=true} : i32[1,1]\n  %3 = input {name=\"y\"} : i32[1,1]\n  %4 = concat(%2, %3, %2) {axis=0} : i32[3,1]\n  return %4\n}\n",
+        ),
+    ] {
+        let g = ir::text::parse(text)?;
+        check(name, &g, 13)?;
+    }
+    Ok(())
+}
+
 /// A row reduction read at another row (broadcast along a different axis) cannot be computed
 /// inline by the block of the consumer's row: it is materialized first (GPU fuzzing found these
 /// three computing every row with the block's own row sum).

@@ -120,14 +120,10 @@ pub(crate) fn unary(e: &mut Emitter, u: UnaryOp, d: DType, x: &str) -> String {
                 let t = e.op("arith.constant true");
                 e.op(&format!("arith.xori {x}, {t} : i1"))
             }
-            UnaryOp::Neg => {
-                let z = e.op(&format!("arith.constant 0 : {ty}"));
-                e.op(&format!("arith.subi {z}, {x} : {ty}"))
-            }
+            UnaryOp::Neg => int_neg(e, ty, x),
             UnaryOp::Abs => {
                 // max(x, -x): `math.absi` has no LLVM lowering in the pipeline
-                let z = e.op(&format!("arith.constant 0 : {ty}"));
-                let n = e.op(&format!("arith.subi {z}, {x} : {ty}"));
+                let n = int_neg(e, ty, x);
                 e.op(&format!("arith.maxsi {x}, {n} : {ty}"))
             }
             // Everything else on integers is a no-op or rounds through floats: the verifier
@@ -220,6 +216,16 @@ pub(crate) fn binary(e: &mut Emitter, b: BinaryOp, d: DType, x: &str, y: &str) -
     }
 }
 
+/// Integer negation as `~x + 1` in inline PTX, which neither LLVM nor ptxas turns back into
+/// `neg`. ptxas 12.9 (and the driver's JIT of the same era) miscompiles a negation feeding an
+/// integer min/max: `min(-abs(x), -3)` (LLVM's form of `min(min(x, -x), -3)`) lost its `min`,
+/// and of four negated lanes folded into a three-way `VIMNMX3` one stayed unnegated (GPU
+/// fuzzing, seeds 913000438 and 913005634; visible in the SASS of `ptxas -O3`).
+fn int_neg(e: &mut Emitter, ty: &str, x: &str) -> String {
+    let (bits, c) = if ty == "i64" { ("64", "l") } else { ("32", "r") };
+    e.op(&format!("llvm.inline_asm \"not.b{bits} $0, $1;\\n\\tadd.s{bits} $0, $0, 1;\", \"={c},{c}\" {x} : ({ty}) -> {ty}"))
+}
+
 /// Truncating integer division as the interpreter defines it: `x / 0 = 0`, and `MIN / -1`
 /// wraps to `MIN` (`arith.divsi` leaves both undefined).
 fn int_div(e: &mut Emitter, ty: &str, x: &str, y: &str) -> String {
@@ -231,7 +237,7 @@ fn int_div(e: &mut Emitter, ty: &str, x: &str, y: &str) -> String {
     let bad = e.op(&format!("arith.ori {is0}, {ism1} : i1"));
     let safe = e.op(&format!("arith.select {bad}, {one}, {y} : {ty}"));
     let q = e.op(&format!("arith.divsi {x}, {safe} : {ty}"));
-    let neg = e.op(&format!("arith.subi {zero}, {x} : {ty}"));
+    let neg = int_neg(e, ty, x);
     let q = e.op(&format!("arith.select {ism1}, {neg}, {q} : {ty}"));
     e.op(&format!("arith.select {is0}, {zero}, {q} : {ty}"))
 }
