@@ -220,6 +220,12 @@ impl CudaExecutor {
         &self.ctx
     }
 
+    /// Free and total bytes of device memory on the executor's device (`cuMemGetInfo`).
+    pub fn device_memory(&self) -> Result<(usize, usize), CudaError> {
+        self.ctx.bind_to_thread().map_err(driver("binding the context"))?;
+        result::mem_get_info().map_err(driver("reading device memory"))
+    }
+
     /// Allocates device memory on the executor's device.
     pub fn alloc(&self, bytes: usize) -> Result<DeviceTensor, CudaError> {
         self.ctx.bind_to_thread().map_err(driver("binding the context"))?;
