@@ -323,6 +323,27 @@ fn integer_min_max_of_negation() -> R<()> {
     Ok(())
 }
 
+/// Pads and concats whose bounds tests LLVM narrowed to 16 bits and ptxas fused into a packed
+/// `VIMNMX.U16x2` with one predicate for both halves (GPU fuzzing, seeds 923002788 and
+/// 925001213; the clamps are inline PTX now).
+#[test]
+fn pad_concat_bounds_tests() -> R<()> {
+    for (name, text) in [
+        (
+            "ne_pad_concat_bool",
+            "graph @g {\n  %0 = input {name=\"x\"} : i64[7,1,1]\n  %1 = slice(%0) {axis=0, start=4, end=7, step=3} : i64[1,1,1]\n  %2 = ne(%0, %1) : bool[7,1,1]\n  %3 = pad(%2) {pads=[(0, 0), (0, 0), (1, 2)], value=1.0} : bool[7,1,4]\n  %4 = concat(%2, %2, %3) {axis=2} : bool[7,1,6]\n  return %4, %2, %1\n}\n",
+        ),
+        (
+            "pad_pad_concat_i64",
+            "graph @g {\n  %0 = input {name=\"x\"} : i64[1]\n  %1 = expand(%0) {shape=[3, 13]} : i64[3,13]\n  %2 = slice(%1) {axis=1, start=12, end=13, step=1} : i64[3,1]\n  %3 = pad(%2) {pads=[(1, 0), (0, 0)], value=0.0} : i64[4,1]\n  %4 = pad(%3) {pads=[(1, 1), (0, 2)], value=1.0} : i64[6,3]\n  %5 = concat(%4, %4) {axis=1} : i64[6,6]\n  %6 = full {value=0.0} : i64[6,6]\n  %7 = add(%5, %6) : i64[6,6]\n  return %7, %4, %2\n}\n",
+        ),
+    ] {
+        let g = ir::text::parse(text)?;
+        check(name, &g, 14)?;
+    }
+    Ok(())
+}
+
 /// A row reduction read at another row (broadcast along a different axis) cannot be computed
 /// inline by the block of the consumer's row: it is materialized first (GPU fuzzing found these
 /// three computing every row with the block's own row sum).

@@ -26,6 +26,17 @@ use std::fmt::Write;
 
 /// Threads per block of an elementwise kernel.
 const EW_THREADS: u32 = 256;
+
+/// Tuning knobs, read from the environment (`KILN_GPU_*` variables are part of the compile
+/// cache key, so an artifact built under other settings is not reused):
+/// - `KILN_GPU_EW_VECS` (default 1): 16-byte vectors each thread of an elementwise kernel
+///   handles (more bytes in flight per thread, fewer blocks);
+/// - `KILN_GPU_ROW_CHUNKS` (default 1): vector chunks each thread of a row kernel holds at
+///   least, when the row is long enough (fewer threads per row: cheaper block reductions and
+///   more rows resident per SM).
+fn knob(name: &str, default: usize) -> usize {
+    std::env::var(name).ok().and_then(|v| v.parse().ok()).filter(|&v| v >= 1).unwrap_or(default)
+}
 /// A thread holds at most this many vector chunks of a reduced row in registers.
 const MAX_CHUNKS: u32 = 16;
 
@@ -279,11 +290,26 @@ impl<'g> Emitter<'g> {
     }
 
     /// Clamp into `[lo, hi]` (signed): the index stays in bounds whatever it was.
+    ///
+    /// In inline PTX, opaque to LLVM: otherwise LLVM narrows the clamp and the bounds test of
+    /// a pad or concat to 16-bit `max.u16` + `setp`, which ptxas 12.9 (and the driver's JIT)
+    /// fuses into a packed `VIMNMX.U16x2` whose two halves write the same predicate, so the
+    /// test came out wrong (GPU fuzzing, seeds 923002788 and 925001213).
     fn ix_clamp(&mut self, a: &Ix, lo: i64, hi: i64) -> Ix {
-        let (l, h) = (self.c_index(lo), self.c_index(hi));
-        let form = if matches!(a.form, Form::Uniform { .. }) { Form::Uniform { mult: false } } else { Form::Other };
-        let b = self.ix_map(a, |x| format!("arith.maxsi {x}, {l} : index"), form);
-        self.ix_map(&b, |x| format!("arith.minsi {x}, {h} : index"), form)
+        let (l, h) = (self.constant(&lo.to_string(), "i64"), self.constant(&hi.to_string(), "i64"));
+        let mut clamp = |e: &mut Self, x: &str| {
+            let x = e.op(&format!("arith.index_cast {x} : index to i64"));
+            let r = e.op(&format!(
+                "llvm.inline_asm \"max.s64 $0, $1, $2;\\n\\tmin.s64 $0, $0, $3;\", \"=l,l,l,l\" {x}, {l}, {h} : (i64, i64, i64) -> i64"
+            ));
+            e.op(&format!("arith.index_cast {r} : i64 to index"))
+        };
+        if matches!(a.form, Form::Uniform { .. }) {
+            let v = clamp(self, &a.lanes[0]);
+            return Ix { lanes: vec![v; self.vec], form: Form::Uniform { mult: false } };
+        }
+        let lanes = a.lanes.clone().iter().map(|x| clamp(self, x)).collect();
+        Ix { lanes, form: Form::Other }
     }
 
     /// Row-major linear offset of a multi-index into `shape`.
@@ -758,33 +784,41 @@ pub(crate) fn elementwise(symbol: &str, body: &Graph, args: &[(DType, usize)]) -
     }
     let mut e = Emitter::new(body, args, vec);
     let groups = numel / vec;
+    // Each thread handles `per` vectors, a block-sized stride apart (coalesced per step).
+    let per = knob("KILN_GPU_EW_VECS", 1).min(groups.div_ceil(EW_THREADS as usize)).max(1);
     let tid = e.op("gpu.thread_id x");
     let bid = e.op("gpu.block_id x");
-    let bdim = e.c_index(EW_THREADS as i64);
+    let bdim = e.c_index((EW_THREADS as usize * per) as i64);
     let g0 = e.op(&format!("arith.muli {bid}, {bdim} : index"));
-    let g = e.op(&format!("arith.addi {g0}, {tid} : index"));
-    let ng = e.c_index(groups as i64);
-    let inb = e.op(&format!("arith.cmpi ult, {g}, {ng} : index"));
-    e.line(&format!("scf.if {inb} {{"));
-    e.indent += 1;
-    let vc = e.c_index(vec as i64);
-    let base = e.op(&format!("arith.muli {g}, {vc} : index"));
-    let lanes: Vec<String> = (0..vec)
-        .map(|j| {
-            let c = e.c_index(j as i64);
-            if j == 0 { base.clone() } else { e.op(&format!("arith.addi {base}, {c} : index")) }
-        })
-        .collect();
-    let lin = Ix { lanes, form: if vec > 1 { Form::Contig { aligned: true } } else { Form::Uniform { mult: true } } };
-    let idx = e.delinearize(&lin, &first);
-    for &(arg, o) in &outs {
-        let v = e.value(o, &idx).map_err(|err| err.in_kernel(symbol))?;
-        let d = body.node(o).dtype;
-        e.store(arg, d, &first, &idx, &v);
+    let g0 = e.op(&format!("arith.addi {g0}, {tid} : index"));
+    for step in 0..per {
+        let off = e.c_index((step * EW_THREADS as usize) as i64);
+        let g = if step == 0 { g0.clone() } else { e.op(&format!("arith.addi {g0}, {off} : index")) };
+        let ng = e.c_index(groups as i64);
+        let inb = e.op(&format!("arith.cmpi ult, {g}, {ng} : index"));
+        e.line(&format!("scf.if {inb} {{"));
+        e.indent += 1;
+        let vc = e.c_index(vec as i64);
+        let base = e.op(&format!("arith.muli {g}, {vc} : index"));
+        let lanes: Vec<String> = (0..vec)
+            .map(|j| {
+                let c = e.c_index(j as i64);
+                if j == 0 { base.clone() } else { e.op(&format!("arith.addi {base}, {c} : index")) }
+            })
+            .collect();
+        let lin = Ix { lanes, form: if vec > 1 { Form::Contig { aligned: true } } else { Form::Uniform { mult: true } } };
+        let idx = e.delinearize(&lin, &first);
+        for &(arg, o) in &outs {
+            let v = e.value(o, &idx).map_err(|err| err.in_kernel(symbol))?;
+            let d = body.node(o).dtype;
+            e.store(arg, d, &first, &idx, &v);
+        }
+        e.indent -= 1;
+        e.line("}");
+        // values computed inside this `scf.if` are not visible to the next one
+        e.memo.clear();
     }
-    e.indent -= 1;
-    e.line("}");
-    let blocks = groups.div_ceil(EW_THREADS as usize);
+    let blocks = groups.div_ceil(EW_THREADS as usize * per);
     let max_elements = args.iter().map(|a| a.1).max().unwrap_or(0);
     let attrs = format!("known_block_size = array<i32: {EW_THREADS}, 1, 1>");
     Ok(EmittedKernel {
@@ -825,7 +859,8 @@ pub(crate) fn row_reduction(symbol: &str, body: &Graph, args: &[(DType, usize)])
         vec = 1;
     }
     let groups = cols / vec;
-    let mut threads = (groups.div_ceil(32) * 32).clamp(32, 512) as u32;
+    let per_thread = knob("KILN_GPU_ROW_CHUNKS", 1);
+    let mut threads = (groups.div_ceil(per_thread).div_ceil(32) * 32).clamp(32, 512) as u32;
     if groups.div_ceil(threads as usize) > MAX_CHUNKS as usize {
         threads = 1024;
     }
