@@ -303,11 +303,16 @@ fn integer_division_and_power_are_exact() -> R<()> {
     Ok(())
 }
 
+/// Each graph of `cases` (name, IR text) compiled, written as PTX and checked on the GPU.
+fn check_texts(cases: &[(&str, &str)], seed: u64) -> R<Vec<CudaArtifact>> {
+    cases.iter().map(|(name, text)| check(name, &ir::text::parse(text)?, seed)).collect()
+}
+
 /// Integer min/max of a negation (GPU fuzzing, seeds 913000438 and 913005634: wrong on the
 /// H100 with every input in -4..=4).
 #[test]
 fn integer_min_max_of_negation() -> R<()> {
-    for (name, text) in [
+    let cases = [
         (
             "neg_min_min_i64",
             "graph @g {\n  %0 = input {name=\"x\"} : i64[9]\n  %1 = neg(%0) : i64[9]\n  %2 = min(%0, %1) : i64[9]\n  %3 = full {value=-3.0} : i64[]\n  %4 = min(%2, %3) : i64[9]\n  return %4\n}\n",
@@ -316,10 +321,8 @@ fn integer_min_max_of_negation() -> R<()> {
             "neg_max_reduce_concat_i32",
             "graph @g {\n  %0 = input {name=\"x\"} : i32[1,4]\n  %1 = neg(%0) : i32[1,4]\n  %2 = max_reduce(%1) {axes=[1], keepdim=true} : i32[1,1]\n  %3 = input {name=\"y\"} : i32[1,1]\n  %4 = concat(%2, %3, %2) {axis=0} : i32[3,1]\n  return %4\n}\n",
         ),
-    ] {
-        let g = ir::text::parse(text)?;
-        check(name, &g, 13)?;
-    }
+    ];
+    check_texts(&cases, 13)?;
     Ok(())
 }
 
@@ -328,7 +331,7 @@ fn integer_min_max_of_negation() -> R<()> {
 /// 925001213; the clamps are inline PTX now).
 #[test]
 fn pad_concat_bounds_tests() -> R<()> {
-    for (name, text) in [
+    let cases = [
         (
             "ne_pad_concat_bool",
             "graph @g {\n  %0 = input {name=\"x\"} : i64[7,1,1]\n  %1 = slice(%0) {axis=0, start=4, end=7, step=3} : i64[1,1,1]\n  %2 = ne(%0, %1) : bool[7,1,1]\n  %3 = pad(%2) {pads=[(0, 0), (0, 0), (1, 2)], value=1.0} : bool[7,1,4]\n  %4 = concat(%2, %2, %3) {axis=2} : bool[7,1,6]\n  return %4, %2, %1\n}\n",
@@ -337,10 +340,8 @@ fn pad_concat_bounds_tests() -> R<()> {
             "pad_pad_concat_i64",
             "graph @g {\n  %0 = input {name=\"x\"} : i64[1]\n  %1 = expand(%0) {shape=[3, 13]} : i64[3,13]\n  %2 = slice(%1) {axis=1, start=12, end=13, step=1} : i64[3,1]\n  %3 = pad(%2) {pads=[(1, 0), (0, 0)], value=0.0} : i64[4,1]\n  %4 = pad(%3) {pads=[(1, 1), (0, 2)], value=1.0} : i64[6,3]\n  %5 = concat(%4, %4) {axis=1} : i64[6,6]\n  %6 = full {value=0.0} : i64[6,6]\n  %7 = add(%5, %6) : i64[6,6]\n  return %7, %4, %2\n}\n",
         ),
-    ] {
-        let g = ir::text::parse(text)?;
-        check(name, &g, 14)?;
-    }
+    ];
+    check_texts(&cases, 14)?;
     Ok(())
 }
 

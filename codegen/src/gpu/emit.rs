@@ -293,6 +293,19 @@ impl<'g> Emitter<'g> {
         self.ix_map(a, |l| format!("arith.remui {l}, {c} : index"), form)
     }
 
+    /// The `VEC` consecutive linear positions of vector group `g` (`g * VEC + j`).
+    fn group_lanes(&mut self, g: &str) -> Ix {
+        let vc = self.c_index(self.vec as i64);
+        let base = self.op(&format!("arith.muli {g}, {vc} : index"));
+        let lanes = (0..self.vec)
+            .map(|j| {
+                let c = self.c_index(j as i64);
+                if j == 0 { base.clone() } else { self.op(&format!("arith.addi {base}, {c} : index")) }
+            })
+            .collect();
+        Ix { lanes, form: if self.vec > 1 { Form::Contig { aligned: true } } else { Form::Uniform { mult: true } } }
+    }
+
     /// Clamp into `[lo, hi]` (signed): the index stays in bounds whatever it was.
     ///
     /// In inline PTX, opaque to LLVM: otherwise LLVM narrows the clamp and the bounds test of
@@ -802,15 +815,7 @@ pub(crate) fn elementwise(symbol: &str, body: &Graph, args: &[(DType, usize)]) -
         let inb = e.op(&format!("arith.cmpi ult, {g}, {ng} : index"));
         e.line(&format!("scf.if {inb} {{"));
         e.indent += 1;
-        let vc = e.c_index(vec as i64);
-        let base = e.op(&format!("arith.muli {g}, {vc} : index"));
-        let lanes: Vec<String> = (0..vec)
-            .map(|j| {
-                let c = e.c_index(j as i64);
-                if j == 0 { base.clone() } else { e.op(&format!("arith.addi {base}, {c} : index")) }
-            })
-            .collect();
-        let lin = Ix { lanes, form: if vec > 1 { Form::Contig { aligned: true } } else { Form::Uniform { mult: true } } };
+        let lin = e.group_lanes(&g);
         let idx = e.delinearize(&lin, &first);
         for &(arg, o) in &outs {
             let v = e.value(o, &idx).map_err(|err| err.in_kernel(symbol))?;
@@ -893,15 +898,7 @@ pub(crate) fn row_reduction(symbol: &str, body: &Graph, args: &[(DType, usize)])
         let valid = e.op(&format!("arith.cmpi ult, {g}, {ng} : index"));
         let last = e.c_index(groups as i64 - 1);
         let gc = e.op(&format!("arith.minui {g}, {last} : index"));
-        let vc = e.c_index(vec as i64);
-        let base = e.op(&format!("arith.muli {gc}, {vc} : index"));
-        let lanes: Vec<String> = (0..vec)
-            .map(|j| {
-                let k = e.c_index(j as i64);
-                if j == 0 { base.clone() } else { e.op(&format!("arith.addi {base}, {k} : index")) }
-            })
-            .collect();
-        let col = Ix { lanes, form: if vec > 1 { Form::Contig { aligned: true } } else { Form::Uniform { mult: true } } };
+        let col = e.group_lanes(&gc);
         let col_idx = e.delinearize(&col, &col_shape);
         let mut idx = Vec::with_capacity(rank);
         let (mut ri, mut ci) = (0, 0);
