@@ -15,8 +15,10 @@
 //! Movement ops (reshape, permute, expand, slice, pad, concat) are index maps, never copies.
 
 mod attn;
+mod skinny;
 
 pub(crate) use attn::{attention, is_index_map};
+pub(crate) use skinny::{main_kernel as skinny_gemm, reduce_kernel as skinny_reduce, Skinny};
 
 use super::math;
 use super::GpuError;

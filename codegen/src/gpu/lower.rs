@@ -487,11 +487,8 @@ impl<'a> BodyLowering<'a> {
         let (m, n) = (out.dims()[r - 2], out.dims()[r - 1]);
         let k = self.body.node(a_id).shape.dims()[self.body.node(a_id).shape.rank() - 1];
         let batch_shape = Shape::new(out.dims()[..r - 2].iter().copied());
-        self.gemm(lw, &node.dtype, (a, at, self.body.node(a_id).shape.clone()), (b, bt, self.body.node(b_id).shape.clone()), target, (batch_shape, m, n, k), bias, act)?;
-        if let (Some(r), Some(Pending::Gemm(g))) = (residual, lw.steps.last_mut()) {
-            g.residual = Some(r);
-        }
-        Ok(())
+        let (sa, sb) = (self.body.node(a_id).shape.clone(), self.body.node(b_id).shape.clone());
+        self.gemm(lw, &node.dtype, (a, at, sa), (b, bt, sb), target, (batch_shape, m, n, k), bias, act, residual)
     }
 
     /// Enqueues `target = a @ b` for logical operand shapes, broadcasting batch dims.
@@ -506,6 +503,7 @@ impl<'a> BodyLowering<'a> {
         (batch_shape, m, n, k): (Shape, usize, usize, usize),
         bias: Option<u32>,
         act: Option<GemmActivation>,
+        residual: Option<u32>,
     ) -> Result<(), GpuError> {
         if !dtype.is_float() {
             return Err(GpuError::Unsupported { kernel: self.name.clone(), reason: format!("a {dtype} matmul (cuBLASLt GEMMs are float)") });
@@ -547,6 +545,13 @@ impl<'a> BodyLowering<'a> {
             batch = 1;
             ga.batch_stride = 0;
         }
+        if batch == 1 && !ga.transposed && !gb.transposed {
+            let spec = emit::Skinny { dtype: *dtype, m, n, k, bias: bias.is_some(), act, residual: residual.is_some() };
+            let same = |b: Option<u32>| b.is_none_or(|b| lw.buffers[b as usize].dtype == *dtype);
+            if spec.fits() && same(bias) && same(residual) {
+                return self.skinny_gemm(lw, &spec, ga.buffer, gb.buffer, target, bias, residual);
+            }
+        }
         lw.steps.push(Pending::Gemm(GemmStep {
             kernel: self.name.clone(),
             dtype: *dtype,
@@ -559,8 +564,41 @@ impl<'a> BodyLowering<'a> {
             c: target,
             bias,
             activation: act,
-            residual: None,
+            residual,
         }));
+        Ok(())
+    }
+
+    /// `target = epilogue(a @ b)` by Kiln's skinny GEMM (`emit/skinny.rs`): one kernel, or
+    /// the split-K kernel into an f32 workspace and the finishing kernel.
+    #[allow(clippy::too_many_arguments)]
+    fn skinny_gemm(
+        &mut self,
+        lw: &mut Lowering,
+        spec: &emit::Skinny,
+        a: u32,
+        b: u32,
+        target: u32,
+        bias: Option<u32>,
+        residual: Option<u32>,
+    ) -> Result<(), GpuError> {
+        let (splits, _) = spec.splits();
+        let epilogue: Vec<u32> = bias.into_iter().chain(residual).collect();
+        let kernel = format!("{}_gemm", self.name);
+        let symbol = format!("kiln_{}_skinny_{}", sanitize(&self.name), lw.next_symbol);
+        lw.next_symbol += 1;
+        if splits == 1 {
+            let ins: Vec<u32> = [a, b].into_iter().chain(epilogue).collect();
+            let emitted = emit::skinny_gemm(&symbol, spec, &lw.arg_types(&ins, &[target]))?;
+            lw.push_launch(&kernel, emitted, &ins, &[target]);
+            return Ok(());
+        }
+        let ws = lw.temp(DType::F32, Shape::new([splits, spec.m, spec.n]));
+        let emitted = emit::skinny_gemm(&symbol, spec, &lw.arg_types(&[a, b], &[ws]))?;
+        lw.push_launch(&kernel, emitted, &[a, b], &[ws]);
+        let ins: Vec<u32> = [ws].into_iter().chain(epilogue).collect();
+        let emitted = emit::skinny_reduce(&format!("{symbol}_sum"), spec, &lw.arg_types(&ins, &[target]))?;
+        lw.push_launch(&kernel, emitted, &ins, &[target]);
         Ok(())
     }
 
@@ -582,11 +620,11 @@ impl<'a> BodyLowering<'a> {
         let s_shape = Shape::new(batch_shape.dims().iter().copied().chain([sq, sk]));
         let s = lw.temp(dtype, s_shape.clone());
         // S = q @ k^T: k stored [sk, d] is k^T stored transposed.
-        self.gemm(lw, &dtype, (qb, qt, qs.clone()), (kb, !kt, ks.clone()), s, (batch_shape.clone(), sq, sk, d), None, None)?;
+        self.gemm(lw, &dtype, (qb, qt, qs.clone()), (kb, !kt, ks.clone()), s, (batch_shape.clone(), sq, sk, d), None, None, None)?;
         let p = lw.temp(dtype, s_shape.clone());
         let g = softmax_graph(&s_shape, dtype, causal, scale)?;
         lw.loop_kernel(&format!("{}_softmax", self.name), &g, &[s], &[p])?;
-        self.gemm(lw, &dtype, (p, false, s_shape), (vb, vt, vs), target, (batch_shape, sq, dv, sk), None, None)
+        self.gemm(lw, &dtype, (p, false, s_shape), (vb, vt, vs), target, (batch_shape, sq, dv, sk), None, None, None)
     }
 }
 

@@ -1,0 +1,189 @@
+//! Kiln's skinny GEMM (`codegen/src/gpu/emit/skinny.rs`): small-`m` GEMMs with every epilogue,
+//! bf16 and f16, odd shapes (`m` = 1, 7, 32, 63; `k` and `n` off the tiles), one split and
+//! split-K, against the interpreter with poisoned outputs; the PTX goes to `target/kiln-ptx/`.
+//! An ignored benchmark times each GPT-2 small GEMM shape and the whole b1 t32 graph with the
+//! skinny kernel and with cuBLASLt (`KILN_GPU_SKINNY_MAX_M=0`).
+
+use super::{check_with, scaled_weights, trace, R};
+#[cfg(feature = "cuda")]
+use super::device;
+use frontend::Tensor;
+use ir::{DType, Graph};
+use runtime::cuda::{CudaArtifact, GpuStep};
+
+/// `x [m, k] @ w [k, n]` under epilogue `ep`: "" | "bias" | "bias_gelu" | "gelu" |
+/// "bias_relu" | "res" | "bias_res".
+fn gemm_graph(name: &str, d: DType, m: usize, k: usize, n: usize, ep: &str) -> Graph {
+    trace(name, |t| {
+        let x = t.input("x", d, [m, k])?;
+        let w = t.input("w", d, [k, n])?;
+        let mut y: Tensor = x.matmul(&w)?;
+        if ep.contains("bias") {
+            let b = t.input("b", d, [n])?;
+            y = y.add(&b)?;
+        }
+        if ep.contains("gelu") {
+            y = y.gelu_tanh()?;
+        }
+        if ep.contains("relu") {
+            y = y.relu()?;
+        }
+        if ep.contains("res") {
+            let r = t.input("r", d, [m, n])?;
+            y = r.add(&y)?;
+        }
+        Ok(vec![y])
+    })
+}
+
+fn skinny_launches(art: &CudaArtifact) -> usize {
+    art.steps.iter().filter(|s| matches!(s, GpuStep::Launch(l) if l.symbol.contains("_skinny_"))).count()
+}
+
+#[test]
+fn skinny_gemm_odd_shapes_every_epilogue() -> R<()> {
+    let eps = ["", "bias", "bias_gelu", "gelu", "bias_relu", "res", "bias_res"];
+    let mut case = 0;
+    for d in [DType::BF16, DType::F16] {
+        for (m, k, n) in [(1, 770, 100), (7, 64, 72), (32, 770, 100), (63, 1000, 64), (32, 96, 136), (5, 40, 9000)] {
+            for (i, ep) in eps.iter().enumerate() {
+                // Every epilogue on two shapes, the plain GEMM and one rotating epilogue on the others.
+                if !(ep.is_empty() || (m, k) == (32, 770) || (m, n) == (1, 100) || i == case % eps.len()) {
+                    continue;
+                }
+                case += 1;
+                let name = format!("skinny_{d}_m{m}_k{k}_n{n}_{}", if ep.is_empty() { "plain" } else { ep });
+                let g = gemm_graph(&name, d, m, k, n, ep);
+                let art = check_with(&name, &g, scaled_weights(&g, 40 + case as u64))?;
+                assert!(skinny_launches(&art) >= 1, "{name}: {}", art.summary());
+                assert!(!art.steps.iter().any(|s| matches!(s, GpuStep::Gemm(_))), "{name}: {}", art.summary());
+            }
+        }
+    }
+    Ok(())
+}
+
+/// One split (enough column blocks to fill the GPU) and split-K (few columns, long `k`) both
+/// run; a batched `[b, s, k] @ [k, n]` folds into one skinny GEMM of `b * s` rows; a transposed
+/// weight and `m > 64` stay on cuBLASLt.
+#[test]
+fn skinny_gemm_splits_batches_and_fallbacks() -> R<()> {
+    let g = gemm_graph("skinny_one_split", DType::BF16, 3, 48, 64 * 140, "bias");
+    let art = check_with("skinny_one_split", &g, scaled_weights(&g, 5))?;
+    assert_eq!(skinny_launches(&art), 1, "{}", art.summary());
+    let g = gemm_graph("skinny_split_k", DType::BF16, 17, 3000, 40, "bias_res");
+    let art = check_with("skinny_split_k", &g, scaled_weights(&g, 6))?;
+    assert_eq!(skinny_launches(&art), 2, "{}", art.summary());
+    let g = trace("skinny_batched", |t| {
+        let x = t.input("x", DType::F16, [3, 11, 200])?;
+        let w = t.input("w", DType::F16, [200, 72])?;
+        let b = t.input("b", DType::F16, [72])?;
+        let wt = t.input("wt", DType::F16, [72, 200])?;
+        let big = t.input("big", DType::F16, [65, 200])?;
+        Ok(vec![x.matmul(&w)?.add(&b)?.gelu_tanh()?, x.matmul(&wt.t()?)?, big.matmul(&w)?])
+    });
+    let art = check_with("skinny_batched", &g, scaled_weights(&g, 7))?;
+    assert!(skinny_launches(&art) >= 1, "{}", art.summary());
+    assert_eq!(art.steps.iter().filter(|s| matches!(s, GpuStep::Gemm(_))).count(), 2, "{}", art.summary());
+    Ok(())
+}
+
+/// The GPT-2 small GEMM shapes at b1 t32 and the whole graph, skinny vs cuBLASLt: each GEMM
+/// checked against the interpreter, then timed (CUDA events, L2 flushed, graph replay, median).
+#[cfg(feature = "cuda")]
+#[test]
+#[ignore = "GPU benchmark"]
+fn bench_skinny_gemms() -> R<()> {
+    use ir::interp;
+    use runtime::cuda::{driver_present, CudaExecutor};
+    if !driver_present() {
+        println!("skipping: no CUDA driver");
+        return Ok(());
+    }
+    let median = |mut t: Vec<f64>| {
+        t.sort_by(f64::total_cmp);
+        t[t.len() / 2]
+    };
+    let modes = [("skinny", "64"), ("cublaslt", "0")];
+    for (k, n, ep) in [(768, 2304, "bias"), (768, 768, "bias_res"), (768, 3072, "bias_gelu"), (3072, 768, "bias_res"), (768, 50257, "")] {
+        let name = format!("gpt2_gemm_k{k}_n{n}_{ep}");
+        let g = gemm_graph(&name, DType::BF16, 32, k, n, ep);
+        let inputs = scaled_weights(&g, 3);
+        let reference = interp::run(&g, &inputs)?;
+        for (mode, max_m) in modes {
+            std::env::set_var("KILN_GPU_SKINNY_MAX_M", max_m);
+            let art = codegen::gpu::compile_graph(&g, &Default::default())?;
+            device::run_and_compare(&format!("{name} {mode}"), &art, &inputs, &reference)?;
+            let mut ex = CudaExecutor::new(art.clone(), 0)?;
+            let ins: Vec<_> = inputs
+                .iter()
+                .map(|v| {
+                    let t = ex.alloc(v.data.len() * 2).unwrap();
+                    t.upload(&device::to_bytes(v)).unwrap();
+                    t
+                })
+                .collect();
+            let o = ex.alloc(32 * n * 2)?;
+            let ptrs: Vec<u64> = ins.iter().map(|t| t.ptr).collect();
+            let ms = median(ex.time_runs(&ptrs, &[o.ptr], 50, true)?);
+            let bytes = (k * n * 2) as f64;
+            println!(
+                "SKINNY {name:<34} {mode:<8} {:>7.2} us  weights {:>6.0} GB/s  ({} steps)",
+                ms * 1e3,
+                bytes / (ms * 1e-3) / 1e9,
+                art.steps.len()
+            );
+        }
+    }
+    // The whole model, through the optimizer (as the benchmark suite runs it).
+    use frontend::models::{Gpt2, Gpt2Config};
+    let cfg = Gpt2Config::small().with_dtype(DType::BF16);
+    let traced = frontend::trace(&Gpt2::new(cfg.clone()), &[cfg.input_spec(1, 32)])?;
+    let kg = passes::optimize(&traced.graph, &passes::DeviceProfile::h200())?.kernels;
+    let inputs = traced.random_inputs(7);
+    let mut outs = Vec::new();
+    for (mode, max_m) in modes {
+        std::env::set_var("KILN_GPU_SKINNY_MAX_M", max_m);
+        let art = codegen::gpu::compile(&kg, &Default::default())?;
+        let mut ex = CudaExecutor::new(art.clone(), 0)?;
+        let ins: Vec<_> = inputs
+            .iter()
+            .map(|v| {
+                let t = ex.alloc(v.data.len() * v.dtype.size_bytes()).unwrap();
+                t.upload(&device::to_bytes(v)).unwrap();
+                t
+            })
+            .collect();
+        let on = traced.graph.node(traced.graph.outputs()[0]);
+        let o = ex.alloc(on.shape.numel() * on.dtype.size_bytes())?;
+        o.fill(0xFF)?;
+        let ptrs: Vec<u64> = ins.iter().map(|t| t.ptr).collect();
+        unsafe { ex.run_graph(&ptrs, &[o.ptr], None)? };
+        ex.synchronize()?;
+        let v = device::from_bytes(on.dtype, on.shape.dims(), &o.download()?);
+        assert!(v.data.iter().all(|x| x.is_finite()), "gpt2 {mode}: non-finite output");
+        let ms = median(ex.time_runs(&ptrs, &[o.ptr], 100, true)?);
+        let per = ex.time_steps(&ptrs, &[o.ptr], 10)?;
+        let mut groups: std::collections::BTreeMap<String, (usize, f64)> = Default::default();
+        for (st, t) in art.steps.iter().zip(&per) {
+            let key = match st {
+                GpuStep::Gemm(g) => format!("cublaslt m{} n{} k{}", g.m, g.n, g.k),
+                GpuStep::Launch(l) if l.symbol.contains("_skinny_") => format!("skinny grid {:?} {}", l.grid, if l.symbol.ends_with("_sum") { "sum" } else { "" }),
+                GpuStep::Launch(_) => "other kernels".into(),
+                GpuStep::Copy { .. } => "copy".into(),
+            };
+            let e = groups.entry(key).or_default();
+            e.0 += 1;
+            e.1 += t;
+        }
+        for (k, (n, t)) in &groups {
+            println!("SKINNY gpt2 {mode}: {k:<40} x{n:<3} {:.2} us each", 1e3 * t / *n as f64);
+        }
+        println!("SKINNY gpt2_small_b1_t32 {mode}: {:.4} ms per graph replay, {} steps (steps alone {:.1} us)", ms, art.steps.len(), 1e3 * per.iter().sum::<f64>());
+        outs.push(v);
+    }
+    let diff = outs[0].max_rel_diff(&outs[1]);
+    println!("SKINNY gpt2 skinny vs cuBLASLt output: max rel diff {diff:e}");
+    std::env::remove_var("KILN_GPU_SKINNY_MAX_M");
+    Ok(())
+}
