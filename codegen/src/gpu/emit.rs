@@ -15,10 +15,12 @@
 //! Movement ops (reshape, permute, expand, slice, pad, concat) are index maps, never copies.
 
 mod attn;
+mod flash;
 mod skinny;
 
 pub(crate) use attn::{attention, is_index_map};
-pub(crate) use skinny::{main_kernel as skinny_gemm, reduce_kernel as skinny_reduce, Skinny};
+pub(crate) use flash::{flash_attention, flash_fits};
+pub(crate) use skinny::{main_kernel as skinny_gemm, zero_counters as skinny_zero_counters, Skinny};
 
 use super::math;
 use super::GpuError;

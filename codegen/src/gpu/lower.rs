@@ -46,6 +46,8 @@ struct Lowering {
     buffers: Vec<Buffer>,
     steps: Vec<Pending>,
     next_symbol: usize,
+    /// Skinny split-K GEMMs' arrival counters: (buffer, step to zero them before, length).
+    counters: Option<(u32, usize, usize)>,
 }
 
 impl Lowering {
@@ -73,11 +75,12 @@ impl Lowering {
     }
 
     /// Emits Kiln's fused attention kernel for `g` (output: attention or a permute of it).
-    fn attention_kernel(&mut self, kernel: &str, g: &Graph, ins: &[u32], outs: &[u32]) -> Result<(), GpuError> {
-        let symbol = format!("kiln_{}_attn_{}", sanitize(kernel), self.next_symbol);
+    /// `flash`: the tensor-core kernel (`emit::flash_attention`) rather than the SIMT one.
+    fn attention_kernel(&mut self, kernel: &str, g: &Graph, ins: &[u32], outs: &[u32], flash: bool) -> Result<(), GpuError> {
+        let symbol = format!("kiln_{}_{}_{}", sanitize(kernel), if flash { "flash" } else { "attn" }, self.next_symbol);
         self.next_symbol += 1;
         let args = self.arg_types(ins, outs);
-        let emitted = emit::attention(&symbol, g, &args)?;
+        let emitted = if flash { emit::flash_attention(&symbol, g, &args)? } else { emit::attention(&symbol, g, &args)? };
         self.push_launch(kernel, emitted, ins, outs);
         Ok(())
     }
@@ -357,7 +360,12 @@ impl<'a> BodyLowering<'a> {
         let node = self.body.node(attn).clone();
         let r = node.shape.rank();
         let sk = self.body.node(node.inputs[1]).shape.dims()[r - 2];
-        if sk > FUSED_ATTENTION_MAX_KEYS {
+        let d = self.body.node(node.inputs[0]).shape.dims()[r - 1];
+        let dv = self.body.node(node.inputs[2]).shape.dims()[r - 1];
+        // The tensor-core kernel where it fits (any number of keys), else the SIMT kernel up
+        // to FUSED_ATTENTION_MAX_KEYS keys.
+        let flash = emit::flash_fits(node.dtype, d, dv);
+        if !flash && sk > FUSED_ATTENTION_MAX_KEYS {
             return Ok(false);
         }
         // q, k, v are read through their movement chains; whatever computes them is in memory.
@@ -369,7 +377,7 @@ impl<'a> BodyLowering<'a> {
             self.materialize(lw, n)?;
         }
         let (g, ins) = self.extract(root);
-        lw.attention_kernel(&self.name, &g, &ins, &[target])?;
+        lw.attention_kernel(&self.name, &g, &ins, &[target], flash)?;
         Ok(true)
     }
 
@@ -545,8 +553,9 @@ impl<'a> BodyLowering<'a> {
             batch = 1;
             ga.batch_stride = 0;
         }
-        if batch == 1 && !ga.transposed && !gb.transposed {
-            let spec = emit::Skinny { dtype: *dtype, m, n, k, bias: bias.is_some(), act, residual: residual.is_some() };
+        if batch == 1 && !ga.transposed {
+            let spec =
+                emit::Skinny { dtype: *dtype, m, n, k, bias: bias.is_some(), act, residual: residual.is_some(), b_transposed: gb.transposed, counter_base: 0 };
             let same = |b: Option<u32>| b.is_none_or(|b| lw.buffers[b as usize].dtype == *dtype);
             if spec.fits() && same(bias) && same(residual) {
                 return self.skinny_gemm(lw, &spec, ga.buffer, gb.buffer, target, bias, residual);
@@ -593,11 +602,22 @@ impl<'a> BodyLowering<'a> {
             lw.push_launch(&kernel, emitted, &ins, &[target]);
             return Ok(());
         }
+        // Split-K: partials in an f32 workspace; the last block of each column block sums them.
+        // Its arrival counters live in one i32 buffer per graph, zeroed by a kernel inserted
+        // before the first split-K GEMM (`lower_steps`).
         let ws = lw.temp(DType::F32, Shape::new([splits, spec.m, spec.n]));
-        let emitted = emit::skinny_gemm(&symbol, spec, &lw.arg_types(&[a, b], &[ws]))?;
-        lw.push_launch(&kernel, emitted, &[a, b], &[ws]);
-        let ins: Vec<u32> = [ws].into_iter().chain(epilogue).collect();
-        let emitted = emit::skinny_reduce(&format!("{symbol}_sum"), spec, &lw.arg_types(&ins, &[target]))?;
+        let blocks = spec.n.div_ceil(64);
+        let (counters, base) = match lw.counters {
+            Some((c, _, len)) => (c, len),
+            None => (lw.temp(DType::I32, Shape::new([1])), 0),
+        };
+        let at = lw.counters.map_or(lw.steps.len(), |c| c.1);
+        lw.counters = Some((counters, at, base + blocks));
+        let spec = emit::Skinny { counter_base: base, ..spec.clone() };
+        let ins: Vec<u32> = [a, b, ws, counters].into_iter().chain(epilogue).collect();
+        let mut args = lw.arg_types(&ins, &[target]);
+        args[3].1 = base + blocks;
+        let emitted = emit::skinny_gemm(&symbol, &spec, &args)?;
         lw.push_launch(&kernel, emitted, &ins, &[target]);
         Ok(())
     }
@@ -820,7 +840,7 @@ fn rebuild(
 fn lower_steps(kg: &KernelGraph) -> Result<Lowering, GpuError> {
     let kg = &prepare(kg)?;
     kg.verify()?;
-    let mut lw = Lowering { buffers: kg.buffers.clone(), steps: Vec::new(), next_symbol: 0 };
+    let mut lw = Lowering { buffers: kg.buffers.clone(), steps: Vec::new(), next_symbol: 0, counters: None };
     for k in &kg.kernels {
         let body = &k.body;
         let mut bl = BodyLowering { name: k.name.clone(), body, mat: HashMap::new(), out_target: HashMap::new() };
@@ -841,6 +861,12 @@ fn lower_steps(kg: &KernelGraph) -> Result<Lowering, GpuError> {
         for (o, to) in copies {
             lw.steps.push(Pending::Copy { from: bl.mat[&o], to });
         }
+    }
+    if let Some((buf, at, len)) = lw.counters {
+        lw.buffers[buf as usize].shape = Shape::new([len]);
+        let emitted = emit::skinny_zero_counters(&format!("kiln_splitk_counters_{}", lw.next_symbol), len);
+        lw.next_symbol += 1;
+        lw.steps.insert(at, Pending::Launch { kernel: "skinny_counters".into(), emitted, args: vec![buf] });
     }
     Ok(lw)
 }
