@@ -610,7 +610,17 @@ impl Cx<'_> {
                 let other = if base == "mv" { "vec" } else if base == "dot" { "tensor" } else if base == "matmul" { "other" } else { "mat2" };
                 let y = self.t(other)?;
                 match base {
-                    "bmm" => one(x.bmm(&y)),
+                    "bmm" => match self.batched_source(&x, &y) {
+                        // `bmm(view(a, [b, m, k]), view(c, [b, k, n]))` of `a, c` with the
+                        // same batch dims: PyTorch's `matmul` on 4-D tensors. Import it as
+                        // that matmul (as the Rust tracer records it) so attention discovery
+                        // sees `q @ kᵀ` and `att @ v` over heads.
+                        Some((a, c)) => {
+                            let dims = [x.dims()[0], x.dims()[1], y.dims()[2]];
+                            one(a.matmul(&c).and_then(|p| p.reshape(dims.map(|d| d as i64).to_vec())))
+                        }
+                        None => one(x.bmm(&y)),
+                    },
                     "mm" if x.rank() != 2 || y.rank() != 2 => Err("mm expects two 2-D tensors".into()),
                     "dot" if x.rank() != 1 || y.rank() != 1 => Err("dot expects two 1-D tensors".into()),
                     "mv" if x.rank() != 2 || y.rank() != 1 => Err("mv expects a matrix and a vector".into()),
@@ -779,6 +789,36 @@ impl Cx<'_> {
 
             _ => Err(format!("{target} is not an op Kiln maps")),
         }
+    }
+
+    /// For `bmm(x, y)` where `x` and `y` are reshapes that flatten the batch dims of
+    /// `a [B.., m, k]` and `c [B.., k, n]` (same `B..`, at least two of them): `(a, c)`.
+    fn batched_source(&self, x: &Tensor, y: &Tensor) -> Option<(Tensor, Tensor)> {
+        let a = self.reshape_source(x)?;
+        let c = self.reshape_source(y)?;
+        let r = a.rank();
+        if r < 4 || c.rank() != r || a.dims()[..r - 2] != c.dims()[..r - 2] {
+            return None;
+        }
+        let batch: usize = a.dims()[..r - 2].iter().product();
+        let ok = |t: &Tensor, flat: &Tensor| flat.rank() == 3 && flat.dims()[0] == batch && t.dims()[r - 2..] == flat.dims()[1..];
+        (ok(&a, x) && ok(&c, y)).then_some((a, c))
+    }
+
+    /// The imported value `x` is a reshape of, when `x` is a reshape.
+    fn reshape_source(&self, x: &Tensor) -> Option<Tensor> {
+        let src = {
+            let g = self.tr.graph();
+            let n = g.node(x.id());
+            match n.op {
+                Op::Reshape { .. } => *n.inputs.first()?,
+                _ => return None,
+            }
+        };
+        self.vals.iter().rev().find_map(|v| match v {
+            Val::Tensor(t) if t.id() == src => Some(t.clone()),
+            _ => None,
+        })
     }
 
     fn tensor_operand(&self, o: Operand) -> R<Tensor> {
@@ -1139,6 +1179,37 @@ mod tests {
         // the first query row attends only to the first key: output row 0 == v row 0
         for c in 0..4 {
             assert!((out[0].data[c] - vals[2].data[c]).abs() < 1e-6);
+        }
+    }
+
+    /// `q @ kᵀ` as ATen spells it (`view` to 3-D, `bmm`, `view` back) imports as one 4-D
+    /// matmul, and computes the same as the reference.
+    #[test]
+    fn bmm_of_flattened_heads_is_a_batched_matmul() {
+        let ints = |v: &[i64]| Arg::List(v.iter().map(|&i| Arg::Int(i)).collect());
+        let g = AtenGraph {
+            name: "scores".into(),
+            inputs: vec![input("q", DType::F32, &[2, 3, 5, 4]), input("k", DType::F32, &[2, 3, 5, 4])],
+            nodes: vec![
+                node("aten.transpose.int", &[("self", Arg::Value(1)), ("dim0", Arg::Int(-2)), ("dim1", Arg::Int(-1))], vec![meta(DType::F32, &[2, 3, 4, 5])]),
+                node("aten.view.default", &[("self", Arg::Value(0)), ("size", ints(&[6, 5, 4]))], vec![meta(DType::F32, &[6, 5, 4])]),
+                node("aten.clone.default", &[("self", Arg::Value(2))], vec![meta(DType::F32, &[2, 3, 4, 5])]),
+                node("aten._unsafe_view.default", &[("self", Arg::Value(4)), ("size", ints(&[6, 4, 5]))], vec![meta(DType::F32, &[6, 4, 5])]),
+                node("aten.bmm.default", &[("self", Arg::Value(3)), ("mat2", Arg::Value(5))], vec![meta(DType::F32, &[6, 5, 5])]),
+                node("aten._unsafe_view.default", &[("self", Arg::Value(6)), ("size", ints(&[2, 3, 5, 5]))], vec![meta(DType::F32, &[2, 3, 5, 5])]),
+            ],
+            outputs: vec![7],
+        };
+        let ir = import(&g).unwrap();
+        let mm: Vec<_> = ir.nodes().filter(|(_, n)| matches!(n.op, Op::MatMul)).collect();
+        assert_eq!(mm.len(), 1);
+        assert_eq!(mm[0].1.shape.dims(), &[2, 3, 5, 5], "{ir}");
+        let vals: Vec<Value> = (0..2).map(|i| Value::new(DType::F32, [2, 3, 5, 4], data(120, i + 3)).unwrap()).collect();
+        let out = run(&ir, &vals).unwrap();
+        for (bh, row, col) in [(0, 0, 0), (4, 2, 3), (5, 4, 1)] {
+            let want: f64 = (0..4).map(|d| vals[0].data[bh * 20 + row * 4 + d] * vals[1].data[bh * 20 + col * 4 + d]).sum();
+            let got = out[0].data[bh * 25 + row * 5 + col];
+            assert!((got - want).abs() < 1e-9, "{got} vs {want}");
         }
     }
 }

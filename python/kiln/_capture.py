@@ -120,6 +120,7 @@ class Compiled:
         self._lock = threading.Lock()
         self._state_refs: Optional[List[Tuple[dict, str]]] = None
         self._state_names: List[str] = []
+        self._state_is_buffer: List[bool] = []
         # The hot path: (number of positional tensors, grad mode, PyTorch's C++ guards over
         # state + inputs, entry) of the last signature that compiled. A call that passes
         # those guards skips building and hashing the full key.
@@ -135,7 +136,7 @@ class Compiled:
         if self._state_refs is None:
             # one entry per distinct tensor: tied weights are one graph input
             # (functional_call's tie_weights binds the other names)
-            refs, names, seen = [], [], set()
+            refs, names, seen, is_buf = [], [], set(), []
             for mod_name, mod in m.named_modules(remove_duplicate=False):
                 for d in (mod._parameters, mod._buffers):
                     for k, v in d.items():
@@ -145,7 +146,8 @@ class Compiled:
                         seen.add(id(v))
                         refs.append((d, k))
                         names.append(full)
-            self._state_refs, self._state_names = refs, names
+                        is_buf.append(d is mod._buffers)
+            self._state_refs, self._state_names, self._state_is_buffer = refs, names, is_buf
         ts = []
         for d, k in self._state_refs:
             t = d.get(k)
@@ -189,7 +191,7 @@ class Compiled:
                 hit = fast[2].check(*all_tensors)
             except TypeError:  # a non-tensor argument
                 hit = False
-            if hit:
+            if hit and _frozen_ok(fast[3], all_tensors):
                 return self._run(fast[3], all_tensors)
         state_names, state = self._state()
         if not kwargs and all(isinstance(a, torch.Tensor) for a in args):
@@ -212,6 +214,11 @@ class Compiled:
         all_tensors = state + tensors
         key = self._key(state, tensors, consts, spec)
         entry = self._cache.get(key, _MISS)
+        if entry is not _MISS and entry is not None and not _frozen_ok(entry, all_tensors):
+            # a buffer compiled as a constant changed: compile this signature again
+            del self._cache[key]
+            self._fast = None
+            entry = _MISS
         if entry is _MISS:
             entry = self._miss(key, state_names, all_tensors, args, kwargs)
         if entry is None:
@@ -223,7 +230,7 @@ class Compiled:
 
     @staticmethod
     def _run(entry, all_tensors: List[torch.Tensor]):
-        plan, out_spec, out_consts = entry
+        plan, out_spec, out_consts, _ = entry
         outs = plan(all_tensors)
         if out_spec is None:  # a single tensor
             return outs[0]
@@ -317,10 +324,11 @@ class Compiled:
             # the captured graph would not replay the Python-side RNG effects (seeding,
             # the order random numbers are drawn in) exactly as eager does
             raise _RunEager(f"it draws random numbers ({', '.join(random_ops)}); it runs eagerly")
+        frozen = _freeze_causal_masks(gm, all_tensors[:n_state], self._state_is_buffer[:n_state])
         plan = build_plan(gm, strict=self._strict, name=self._name)
         if box["consts"] == [_TENSOR] and box["spec"] == _LEAF_SPEC:
-            return plan, None, None  # a single tensor: returned as it is
-        return plan, box["spec"], box["consts"]
+            return plan, None, None, frozen  # a single tensor: returned as it is
+        return plan, box["spec"], box["consts"], frozen
 
     # ---- introspection ----
     def plans(self) -> List[Plan]:
@@ -330,6 +338,59 @@ class Compiled:
     @property
     def cache_size(self) -> int:
         return len(self._cache)
+
+
+def _is_causal_ones(t: torch.Tensor) -> bool:
+    """Whether ``t`` is ``tril(ones(n, n))`` (viewed with leading 1s), nanoGPT's mask buffer."""
+    if t.dim() < 2 or t.shape[-1] != t.shape[-2] or any(s != 1 for s in t.shape[:-2]) or t.dtype not in _DTYPES:
+        return False
+    if t.dtype is torch.bool:
+        return False  # handled the same way, but nanoGPT's is a float buffer; keep it narrow
+    n = t.shape[-1]
+    if n < 2 or n > 65536:
+        return False
+    m = t.reshape(n, n)
+    return bool(torch.equal(m, torch.ones((n, n), dtype=t.dtype, device=t.device).tril()))
+
+
+def _freeze_causal_masks(gm: torch.fx.GraphModule, state: List[torch.Tensor], is_buffer: List[bool]) -> tuple:
+    """Compiles buffers that hold a causal mask (``tril(ones(n, n))``, nanoGPT's ``bias``) as
+    that constant: the placeholder's readers read ``view(tril(ones(n, n)))`` computed in the
+    graph, which Kiln's attention discovery recognises as causal (as in the Rust tracer's
+    GPT-2), instead of a mask loaded from memory. Returns ``((input index, version, data
+    pointer), ...)`` of the frozen buffers: a call whose buffer was modified in place
+    (version), or replaced (pointer), compiles again."""
+    placeholders = [n for n in gm.graph.nodes if n.op == "placeholder"]
+    frozen = []
+    for i, (ph, t, buf) in enumerate(zip(placeholders, state, is_buffer)):
+        if not buf or not ph.users or not _is_causal_ones(t):
+            continue
+        n = t.shape[-1]
+        like = t.new_empty(())  # meta values: zero-size stand-ins of the right shape and dtype
+        with gm.graph.inserting_after(ph):
+            ones = gm.graph.call_function(aten.ones.default, ([n, n],), {"dtype": t.dtype, "device": t.device, "pin_memory": False})
+            ones.meta["val"] = like.expand(n, n)
+            with gm.graph.inserting_after(ones):
+                tril = gm.graph.call_function(aten.tril.default, (ones,))
+                tril.meta["val"] = like.expand(n, n)
+                with gm.graph.inserting_after(tril):
+                    view = gm.graph.call_function(aten.view.default, (tril, list(t.shape)))
+                    view.meta["val"] = like.expand(*t.shape)
+        ph.replace_all_uses_with(view)
+        frozen.append((i, t._version, t.data_ptr()))
+    if frozen:
+        gm.graph.lint()
+        gm.recompile()
+    return tuple(frozen)
+
+
+def _frozen_ok(entry, all_tensors: List[torch.Tensor]) -> bool:
+    """Whether the buffers ``entry`` compiled as constants are unchanged (see above)."""
+    for i, version, ptr in entry[3]:
+        t = all_tensors[i]
+        if t._version != version or t.data_ptr() != ptr:
+            return False
+    return True
 
 
 class _TensorMarker:
