@@ -17,7 +17,7 @@ mod lower;
 mod math;
 mod ptx;
 
-pub use emit::EmittedKernel;
+pub use emit::{with_skinny_gemm, EmittedKernel};
 pub use lower::single_kernel;
 
 use ir::{Graph, IrError, KernelGraph};

@@ -2,22 +2,23 @@
 //! bf16 and f16, odd shapes (`m` = 1, 7, 32, 63; `k` and `n` off the tiles), one split and
 //! split-K, against the interpreter with poisoned outputs; the PTX goes to `target/kiln-ptx/`.
 //! An ignored benchmark times each GPT-2 small GEMM shape and the whole b1 t32 graph with the
-//! skinny kernel and with cuBLASLt (`KILN_GPU_SKINNY_MAX_M=0`).
+//! skinny kernel and with cuBLASLt. The kernel is off by default (`with_skinny_gemm` turns it on
+//! for a thread).
 
-use super::{check_with, scaled_weights, trace, R};
+use super::{scaled_weights, trace, R};
+use codegen::gpu::with_skinny_gemm;
 #[cfg(feature = "cuda")]
 use super::device;
 use frontend::Tensor;
 use ir::{DType, Graph};
 use runtime::cuda::{CudaArtifact, GpuStep};
 
-/// `x [m, k] @ w [k, n]` under epilogue `ep`: "" | "bias" | "bias_gelu" | "gelu" |
-/// "bias_relu" | "res" | "bias_res".
+/// `x [m, k] @ w [k, n]` (or `x @ w.t()` with `w [n, k]` when `ep` holds "wt") under epilogue
+/// `ep`: "" | "bias" | "bias_gelu" | "gelu" | "bias_relu" | "res" | "bias_res".
 fn gemm_graph(name: &str, d: DType, m: usize, k: usize, n: usize, ep: &str) -> Graph {
     trace(name, |t| {
         let x = t.input("x", d, [m, k])?;
-        let w = t.input("w", d, [k, n])?;
-        let mut y: Tensor = x.matmul(&w)?;
+        let mut y: Tensor = if ep.contains("wt") { x.matmul(&t.input("w", d, [n, k])?.t()?)? } else { x.matmul(&t.input("w", d, [k, n])?)? };
         if ep.contains("bias") {
             let b = t.input("b", d, [n])?;
             y = y.add(&b)?;
@@ -36,24 +37,49 @@ fn gemm_graph(name: &str, d: DType, m: usize, k: usize, n: usize, ep: &str) -> G
     })
 }
 
+/// Compiles, writes the PTX and runs `g` against the interpreter with the skinny GEMM on.
+fn check_with(name: &str, g: &Graph, inputs: Vec<ir::interp::Value>) -> R<CudaArtifact> {
+    with_skinny_gemm(64, || super::check_with(name, g, inputs))
+}
+
 fn skinny_launches(art: &CudaArtifact) -> usize {
     art.steps.iter().filter(|s| matches!(s, GpuStep::Launch(l) if l.symbol.contains("_skinny_"))).count()
 }
 
 #[test]
-fn skinny_gemm_odd_shapes_every_epilogue() -> R<()> {
+fn skinny_gemm_odd_shapes_bf16() -> R<()> {
+    odd_shapes(DType::BF16, "")
+}
+
+#[test]
+fn skinny_gemm_odd_shapes_f16() -> R<()> {
+    odd_shapes(DType::F16, "")
+}
+
+#[test]
+fn skinny_gemm_odd_shapes_bf16_transposed_weight() -> R<()> {
+    odd_shapes(DType::BF16, "wt_")
+}
+
+#[test]
+fn skinny_gemm_odd_shapes_f16_transposed_weight() -> R<()> {
+    odd_shapes(DType::F16, "wt_")
+}
+
+/// Every epilogue on one shape, the plain GEMM and one rotating epilogue on the others.
+fn odd_shapes(d: DType, layout: &str) -> R<()> {
     let eps = ["", "bias", "bias_gelu", "gelu", "bias_relu", "res", "bias_res"];
     let mut case = 0;
-    for d in [DType::BF16, DType::F16] {
-        for (m, k, n) in [(1, 770, 100), (7, 64, 72), (32, 770, 100), (63, 1000, 64), (32, 96, 136), (5, 40, 9000)] {
+    {
+        for (m, k, n) in [(1, 770, 100), (7, 64, 72), (32, 770, 100), (63, 520, 64), (5, 40, 9000), (16, 72, 24)] {
             for (i, ep) in eps.iter().enumerate() {
-                // Every epilogue on two shapes, the plain GEMM and one rotating epilogue on the others.
-                if !(ep.is_empty() || (m, k) == (32, 770) || (m, n) == (1, 100) || i == case % eps.len()) {
+                if !(ep.is_empty() || (m, k) == (32, 770) || i == case % eps.len()) {
                     continue;
                 }
                 case += 1;
-                let name = format!("skinny_{d}_m{m}_k{k}_n{n}_{}", if ep.is_empty() { "plain" } else { ep });
-                let g = gemm_graph(&name, d, m, k, n, ep);
+                let ep = format!("{layout}{}", if ep.is_empty() { "plain" } else { ep });
+                let name = format!("skinny_{d}_m{m}_k{k}_n{n}_{ep}");
+                let g = gemm_graph(&name, d, m, k, n, &ep);
                 let art = check_with(&name, &g, scaled_weights(&g, 40 + case as u64))?;
                 assert!(skinny_launches(&art) >= 1, "{name}: {}", art.summary());
                 assert!(!art.steps.iter().any(|s| matches!(s, GpuStep::Gemm(_))), "{name}: {}", art.summary());
@@ -64,8 +90,8 @@ fn skinny_gemm_odd_shapes_every_epilogue() -> R<()> {
 }
 
 /// One split (enough column blocks to fill the GPU) and split-K (few columns, long `k`) both
-/// run; a batched `[b, s, k] @ [k, n]` folds into one skinny GEMM of `b * s` rows; a transposed
-/// weight and `m > 64` stay on cuBLASLt.
+/// run (row-major and transposed weights); a batched `[b, s, k] @ [k, n]` folds into one skinny
+/// GEMM of `b * s` rows; `m > 64` stays on cuBLASLt.
 #[test]
 fn skinny_gemm_splits_batches_and_fallbacks() -> R<()> {
     let g = gemm_graph("skinny_one_split", DType::BF16, 3, 48, 64 * 140, "bias");
@@ -73,7 +99,10 @@ fn skinny_gemm_splits_batches_and_fallbacks() -> R<()> {
     assert_eq!(skinny_launches(&art), 1, "{}", art.summary());
     let g = gemm_graph("skinny_split_k", DType::BF16, 17, 3000, 40, "bias_res");
     let art = check_with("skinny_split_k", &g, scaled_weights(&g, 6))?;
-    assert_eq!(skinny_launches(&art), 2, "{}", art.summary());
+    assert_eq!(skinny_launches(&art), 1, "{}", art.summary());
+    let g = gemm_graph("skinny_split_k_wt", DType::F16, 32, 3072, 200, "wt_bias_gelu");
+    let art = check_with("skinny_split_k_wt", &g, scaled_weights(&g, 8))?;
+    assert_eq!(skinny_launches(&art), 1, "{}", art.summary());
     let g = trace("skinny_batched", |t| {
         let x = t.input("x", DType::F16, [3, 11, 200])?;
         let w = t.input("w", DType::F16, [200, 72])?;
@@ -84,7 +113,7 @@ fn skinny_gemm_splits_batches_and_fallbacks() -> R<()> {
     });
     let art = check_with("skinny_batched", &g, scaled_weights(&g, 7))?;
     assert!(skinny_launches(&art) >= 1, "{}", art.summary());
-    assert_eq!(art.steps.iter().filter(|s| matches!(s, GpuStep::Gemm(_))).count(), 2, "{}", art.summary());
+    assert_eq!(art.steps.iter().filter(|s| matches!(s, GpuStep::Gemm(_))).count(), 1, "{}", art.summary());
     Ok(())
 }
 
@@ -104,15 +133,14 @@ fn bench_skinny_gemms() -> R<()> {
         t.sort_by(f64::total_cmp);
         t[t.len() / 2]
     };
-    let modes = [("skinny", "64"), ("cublaslt", "0")];
-    for (k, n, ep) in [(768, 2304, "bias"), (768, 768, "bias_res"), (768, 3072, "bias_gelu"), (3072, 768, "bias_res"), (768, 50257, "")] {
+    let modes = [("skinny", 64), ("cublaslt", 0)];
+    for (k, n, ep) in [(768, 2304, "wt_bias"), (768, 768, "wt_bias_res"), (768, 3072, "wt_bias_gelu"), (3072, 768, "wt_bias_res"), (768, 3072, "bias_gelu"), (3072, 768, "bias_res")] {
         let name = format!("gpt2_gemm_k{k}_n{n}_{ep}");
         let g = gemm_graph(&name, DType::BF16, 32, k, n, ep);
         let inputs = scaled_weights(&g, 3);
         let reference = interp::run(&g, &inputs)?;
         for (mode, max_m) in modes {
-            std::env::set_var("KILN_GPU_SKINNY_MAX_M", max_m);
-            let art = codegen::gpu::compile_graph(&g, &Default::default())?;
+            let art = with_skinny_gemm(max_m, || codegen::gpu::compile_graph(&g, &Default::default()))?;
             device::run_and_compare(&format!("{name} {mode}"), &art, &inputs, &reference)?;
             let mut ex = CudaExecutor::new(art.clone(), 0)?;
             let ins: Vec<_> = inputs
@@ -143,8 +171,7 @@ fn bench_skinny_gemms() -> R<()> {
     let inputs = traced.random_inputs(7);
     let mut outs = Vec::new();
     for (mode, max_m) in modes {
-        std::env::set_var("KILN_GPU_SKINNY_MAX_M", max_m);
-        let art = codegen::gpu::compile(&kg, &Default::default())?;
+        let art = with_skinny_gemm(max_m, || codegen::gpu::compile(&kg, &Default::default()))?;
         let mut ex = CudaExecutor::new(art.clone(), 0)?;
         let ins: Vec<_> = inputs
             .iter()
@@ -184,6 +211,5 @@ fn bench_skinny_gemms() -> R<()> {
     }
     let diff = outs[0].max_rel_diff(&outs[1]);
     println!("SKINNY gpt2 skinny vs cuBLASLt output: max rel diff {diff:e}");
-    std::env::remove_var("KILN_GPU_SKINNY_MAX_M");
     Ok(())
 }

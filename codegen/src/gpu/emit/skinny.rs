@@ -29,14 +29,34 @@ use runtime::cuda::GemmActivation;
 
 /// Columns per block (8 mma n-tiles of 8, one 16-byte load of 8 columns per lane).
 const BLOCK_N: usize = 64;
-/// `k` rows per mma step.
-const STEP_K: usize = 16;
 /// Steps whose loads a warp issues before their mmas.
 const UNROLL: usize = 2;
 
-/// The largest `m` the skinny kernel takes (`KILN_GPU_SKINNY_MAX_M`; 0 turns it off).
+/// The largest `m` by default: 0, off. Measured on an H100 (docs/gpu-gemm.md), cuBLASLt is
+/// faster at every GPT-2 small shape at m = 32, by 1-5 us a GEMM inside a CUDA graph.
+const DEFAULT_MAX_M: usize = 0;
+
+thread_local! {
+    static MAX_M: std::cell::Cell<Option<usize>> = const { std::cell::Cell::new(None) };
+}
+
+/// The largest `m` the skinny kernel takes (at most 64; 0: never): [`with_skinny_gemm`]'s
+/// bound on this thread, else `KILN_GPU_SKINNY_MAX_M`, else [`DEFAULT_MAX_M`].
 pub(crate) fn max_m() -> usize {
-    std::env::var("KILN_GPU_SKINNY_MAX_M").ok().and_then(|v| v.parse().ok()).unwrap_or(64).min(64)
+    MAX_M
+        .with(|c| c.get())
+        .or_else(|| std::env::var("KILN_GPU_SKINNY_MAX_M").ok().and_then(|v| v.parse().ok()))
+        .unwrap_or(DEFAULT_MAX_M)
+        .min(64)
+}
+
+/// Runs `f` (which compiles graphs) with Kiln's skinny GEMM taking GEMMs of `m <= max_m`
+/// rows (0: none) on this thread, whatever `KILN_GPU_SKINNY_MAX_M` says.
+pub fn with_skinny_gemm<T>(max_m: usize, f: impl FnOnce() -> T) -> T {
+    let old = MAX_M.with(|c| c.replace(Some(max_m)));
+    let out = f();
+    MAX_M.with(|c| c.set(old));
+    out
 }
 
 /// One skinny GEMM: shapes and what the epilogue adds.
@@ -49,12 +69,26 @@ pub(crate) struct Skinny {
     pub bias: bool,
     pub act: Option<GemmActivation>,
     pub residual: bool,
+    /// `b` stored as `[n, k]` (read as its transpose).
+    pub b_transposed: bool,
+    /// Split-K: this GEMM's first counter in the graph's counter buffer.
+    pub counter_base: usize,
 }
 
 impl Skinny {
     /// Whether the kernel computes this GEMM (a row-major `a`, `b` not batched).
     pub(crate) fn fits(&self) -> bool {
         matches!(self.dtype, DType::BF16 | DType::F16) && self.m >= 1 && self.m <= max_m() && self.n >= 1 && self.k >= 1 && !(self.act.is_some() && self.residual)
+    }
+
+    /// `k` rows per step of a warp: one k16 mma step for a row-major `b`; two for a transposed
+    /// one (a lane's 16-byte load spans 8 `k`).
+    fn step_k(&self) -> usize {
+        if self.b_transposed {
+            32
+        } else {
+            16
+        }
     }
 
     fn m_tiles(&self) -> usize {
@@ -68,7 +102,7 @@ impl Skinny {
 
     /// `(splits, steps per split)`.
     pub(crate) fn splits(&self) -> (usize, usize) {
-        let steps = self.k.div_ceil(STEP_K);
+        let steps = self.k.div_ceil(self.step_k());
         let blocks_n = self.n.div_ceil(BLOCK_N);
         let target = super::knob("KILN_GPU_SKINNY_CTAS", 132);
         // At least one step per warp in each split.
@@ -77,6 +111,13 @@ impl Skinny {
         let per = steps.div_ceil(want);
         (steps.div_ceil(per), per)
     }
+}
+
+/// An item's epilogue operands, loaded early.
+#[derive(Default)]
+struct Prefetched {
+    bias: Option<Vec<String>>,
+    residual: Option<Vec<String>>,
 }
 
 /// Builds MLIR for the kernels on top of the loop emitter's text helpers.
@@ -190,8 +231,17 @@ impl<'g> K<'g> {
 
     /// `act(v + bias) + residual`, stored at `out[m * n_total + n ..]` (`vals.len()` columns).
     #[allow(clippy::too_many_arguments)]
-    fn epilogue_store(&mut self, s: &Skinny, args: (Option<usize>, Option<usize>, usize), m: &str, n: &str, vals: Vec<String>, ok_m: &str) {
+    fn epilogue_store(&mut self, s: &Skinny, args: (Option<usize>, Option<usize>, usize), m: &str, n: &str, vals: Vec<String>, ok_m: &str, pre: &Prefetched) {
         let (bias_arg, res_arg, out_arg) = args;
+        if pre.bias.is_some() || pre.residual.is_some() {
+            let v = self.epilogue_math(s, vals, pre.bias.as_deref(), pre.residual.as_deref());
+            let col_ok = self.col_ok(s, n, ok_m, v.len());
+            let row = self.mul(m, s.n);
+            let at = self.add(&row, n);
+            let vector = s.n % v.len() == 0;
+            self.store_run(out_arg, s.dtype, &at, v, &col_ok, vector);
+            return;
+        }
         let len = vals.len();
         let vector = s.n % len == 0;
         let col_ok: Vec<String> = (0..len)
@@ -225,6 +275,55 @@ impl<'g> K<'g> {
             v = v.iter().zip(&rs).map(|(x, y)| self.op(&format!("arith.addf {x}, {y} : f32"))).collect();
         }
         self.store_run(out_arg, s.dtype, &at, v, &col_ok, vector);
+    }
+
+    fn col_ok(&mut self, s: &Skinny, n: &str, ok_m: &str, len: usize) -> Vec<String> {
+        (0..len)
+            .map(|j| {
+                let c = self.addc(n, j);
+                let lt = self.lt(&c, s.n);
+                self.and(&lt, ok_m)
+            })
+            .collect()
+    }
+
+    /// Loads the epilogue's bias and residual values of one item (8 columns of row `m`),
+    /// issued at kernel start so that their latency hides under the weight stream.
+    fn prefetch(&mut self, s: &Skinny, args: (Option<usize>, Option<usize>, usize), m: &str, n: &str, ok_m: &str) -> Prefetched {
+        let (bias_arg, res_arg, _) = args;
+        let len = 8;
+        let vector = s.n % len == 0;
+        let col_ok = self.col_ok(s, n, ok_m, len);
+        let oks: Vec<String> = if vector { vec![col_ok[0].clone(); len] } else { col_ok.clone() };
+        let bias = bias_arg.map(|b| self.load_run(b, s.dtype, n, len, &oks, vector));
+        let residual = res_arg.map(|r| {
+            let row = self.mul(m, s.n);
+            let at = self.add(&row, n);
+            self.load_run(r, s.dtype, &at, len, &oks, vector)
+        });
+        Prefetched { bias, residual }
+    }
+
+    /// `act(v + bias) + residual` in f32.
+    fn epilogue_math(&mut self, s: &Skinny, vals: Vec<String>, bias: Option<&[String]>, residual: Option<&[String]>) -> Vec<String> {
+        let mut v = vals;
+        if let Some(bs) = bias {
+            v = v.iter().zip(bs).map(|(x, y)| self.op(&format!("arith.addf {x}, {y} : f32"))).collect();
+        }
+        match s.act {
+            Some(GemmActivation::Relu) => {
+                let z = self.e.c_f32(0.0);
+                v = v.iter().map(|x| self.op(&format!("arith.maximumf {x}, {z} : f32"))).collect();
+            }
+            Some(GemmActivation::GeluTanh) => {
+                v = v.into_iter().map(|x| gelu_tanh(&mut self.e, &x)).collect();
+            }
+            None => {}
+        }
+        if let Some(rs) = residual {
+            v = v.iter().zip(rs).map(|(x, y)| self.op(&format!("arith.addf {x}, {y} : f32"))).collect();
+        }
+        v
     }
 
     /// Stores f32 `vals` as `d` at `arg[idx ..]`, each where `ok[j]`.
@@ -282,6 +381,146 @@ fn epilogue_args(s: &Skinny, first: usize) -> (Option<usize>, Option<usize>, usi
     (bias, res, i)
 }
 
+/// `b [k, n]` row-major, one 16-row step at `k0`: per lane 4 weight rows x 8 columns (16-byte
+/// loads), `A` as 4 values per row (8 bytes).
+#[allow(clippy::too_many_arguments)]
+fn step_b_rows(
+    k: &mut K,
+    s: &Skinny,
+    a_rows: &[(String, String)],
+    j_ok: &str,
+    k0: &str,
+    t: &str,
+    ncol: &str,
+    ncol_ok: &str,
+) -> Vec<(usize, Vec<[String; 4]>, [String; 2])> {
+    let (d, st) = (s.dtype, storage_type(s.dtype));
+    let (a_vec, b_vec) = (s.k % 4 == 0, s.n % 8 == 0);
+    let t4 = k.mul(t, 4);
+    let kt = k.add(k0, &t4);
+    let mut brows = Vec::new();
+    for r in 0..4 {
+        let kr = k.addc(&kt, r);
+        let kr_ok = k.lt(&kr, s.k);
+        let ok = k.and(j_ok, &kr_ok);
+        let row = k.mul(&kr, s.n);
+        let idx = k.add(&row, ncol);
+        let oks: Vec<String> = if b_vec {
+            let o = k.and(&ok, ncol_ok);
+            vec![o; 8]
+        } else {
+            (0..8)
+                .map(|c| {
+                    let nc = k.addc(ncol, c);
+                    let nok = k.lt(&nc, s.n);
+                    k.and(&ok, &nok)
+                })
+                .collect()
+        };
+        brows.push(k.load_raw(1, d, &idx, 8, &oks, b_vec));
+    }
+    let arows: Vec<(String, String)> = a_rows
+        .iter()
+        .map(|(row, mok)| {
+            let idx = k.add(row, &kt);
+            let oks = k_oks(k, mok, j_ok, &kt, 4, s.k, a_vec);
+            let v = k.load_raw(0, d, &idx, 4, &oks, a_vec);
+            let w = k.op(&format!("vector.bitcast {v} : vector<4x{st}> to vector<2xi32>"));
+            let p0 = k.op(&format!("vector.extract {w}[0] : i32 from vector<2xi32>"));
+            let p1 = k.op(&format!("vector.extract {w}[1] : i32 from vector<2xi32>"));
+            (p0, p1)
+        })
+        .collect();
+    (0..8)
+        .map(|i| {
+            let b0 = k.pack(&brows[0], &brows[1], i, st);
+            let b1 = k.pack(&brows[2], &brows[3], i, st);
+            let a = (0..a_rows.len() / 2)
+                .map(|tile| {
+                    let (p0, p1) = arows[2 * tile].clone();
+                    let (q0, q1) = arows[2 * tile + 1].clone();
+                    [p0, q0, p1, q1]
+                })
+                .collect();
+            (i, a, [b0, b1])
+        })
+        .collect()
+}
+
+/// `b` stored transposed (`[n, k]`, `nn.Linear`'s weight), one 32-row step at `k0`: per lane
+/// and n-tile `i`, row `n0 + 8i + g` at `k0 + 8t ..` (16 bytes: both k16 halves' fragments),
+/// and `A` as 8 values per row.
+#[allow(clippy::too_many_arguments)]
+fn step_b_transposed(
+    k: &mut K,
+    s: &Skinny,
+    a_rows: &[(String, String)],
+    j_ok: &str,
+    k0: &str,
+    t: &str,
+    n0: &str,
+    g: &str,
+) -> Vec<(usize, Vec<[String; 4]>, [String; 2])> {
+    let (d, st) = (s.dtype, storage_type(s.dtype));
+    let vec8 = s.k % 8 == 0;
+    let t8 = k.mul(t, 8);
+    let kt = k.add(k0, &t8);
+    let regs = |k: &mut K, v: &str| -> Vec<String> {
+        let w = k.op(&format!("vector.bitcast {v} : vector<8x{st}> to vector<4xi32>"));
+        (0..4).map(|r| k.op(&format!("vector.extract {w}[{r}] : i32 from vector<4xi32>"))).collect()
+    };
+    let mut bregs = Vec::new();
+    for i in 0..8 {
+        let c = k.addc(n0, 8 * i);
+        let n = k.add(&c, g);
+        let n_ok = k.lt(&n, s.n);
+        let row = k.mul(&n, s.k);
+        let idx = k.add(&row, &kt);
+        let oks = k_oks(k, &n_ok, j_ok, &kt, 8, s.k, vec8);
+        let v = k.load_raw(1, d, &idx, 8, &oks, vec8);
+        bregs.push(regs(k, &v));
+    }
+    let aregs: Vec<Vec<String>> = a_rows
+        .iter()
+        .map(|(row, mok)| {
+            let idx = k.add(row, &kt);
+            let oks = k_oks(k, mok, j_ok, &kt, 8, s.k, vec8);
+            let v = k.load_raw(0, d, &idx, 8, &oks, vec8);
+            regs(k, &v)
+        })
+        .collect();
+    let mut out = Vec::new();
+    for h in 0..2 {
+        for (i, b) in bregs.iter().enumerate() {
+            let a = (0..a_rows.len() / 2)
+                .map(|tile| {
+                    let (r, r8) = (&aregs[2 * tile], &aregs[2 * tile + 1]);
+                    [r[2 * h].clone(), r8[2 * h].clone(), r[2 * h + 1].clone(), r8[2 * h + 1].clone()]
+                })
+                .collect();
+            out.push((i, a, [b[2 * h].clone(), b[2 * h + 1].clone()]));
+        }
+    }
+    out
+}
+
+/// Validity of `len` consecutive `k` from `kt` (all alike when `vector`: `k % len == 0`).
+fn k_oks(k: &mut K, row_ok: &str, j_ok: &str, kt: &str, len: usize, k_total: usize, vector: bool) -> Vec<String> {
+    let both = k.and(row_ok, j_ok);
+    let oks: Vec<String> = (0..if vector { 1 } else { len })
+        .map(|c| {
+            let kc = k.addc(kt, c);
+            let kok = k.lt(&kc, k_total);
+            k.and(&both, &kok)
+        })
+        .collect();
+    if vector {
+        vec![oks[0].clone(); len]
+    } else {
+        oks
+    }
+}
+
 /// The main kernel. Arguments: `a [m, k]`, `b [k, n]`, then with one split `[bias [n]]`,
 /// `[residual [m, n]]`, `out [m, n]`; with several, the f32 workspace `[splits, m, n]`.
 pub(crate) fn main_kernel(symbol: &str, s: &Skinny, args: &[(DType, usize)]) -> Result<EmittedKernel, GpuError> {
@@ -291,16 +530,20 @@ pub(crate) fn main_kernel(symbol: &str, s: &Skinny, args: &[(DType, usize)]) -> 
     let empty = Graph::new("skinny");
     let mut k = K { e: Emitter::new(&empty, args, 1) };
     let d = s.dtype;
-    let st = storage_type(d);
     let mma_ty = if d == DType::BF16 { "bf16" } else { "f16" };
     let warps = s.warps();
     let threads = warps * 32;
     let mt = s.m_tiles();
     let (splits, per) = s.splits();
-    let steps = s.k.div_ceil(STEP_K);
+    let steps = s.k.div_ceil(s.step_k());
     let mp = mt * 16;
     // Shared memory: the block's [mp, 64] f32 sum.
-    k.e.smem.push(format!("%s0 : memref<{}xf32, #gpu.address_space<workgroup>> {{llvm.align = 16 : i64}}", mp * BLOCK_N));
+    // Shared memory: each warp's [mp, 64] f32 sums side by side when they fit (one barrier),
+    // else one [mp, 64] that the warps add into in turn.
+    let parallel = warps * mp * BLOCK_N * 4 <= 40 * 1024;
+    let smem_len = if parallel { warps * mp * BLOCK_N } else { mp * BLOCK_N };
+    k.e.smem.push(format!("%s0 : memref<{smem_len}xf32, #gpu.address_space<workgroup>> {{llvm.align = 16 : i64}}"));
+    k.e.smem.push("%s1 : memref<1xi32, #gpu.address_space<workgroup>>".into());
     let tid = k.tid("x");
     let bx = k.bid("x");
     let by = k.bid("y");
@@ -313,7 +556,6 @@ pub(crate) fn main_kernel(symbol: &str, s: &Skinny, args: &[(DType, usize)]) -> 
     let n0 = k.mul(&bx, BLOCK_N);
     let g8 = k.mul(&g, 8);
     let ncol = k.add(&n0, &g8);
-    let t4 = k.mul(&t, 4);
     let ncol_ok = k.lt(&ncol, s.n);
     // This split's steps: [by * per, min((by + 1) * per, steps)); warp w takes first + w + warps * i.
     let first = k.mul(&by, per);
@@ -331,8 +573,22 @@ pub(crate) fn main_kernel(symbol: &str, s: &Skinny, args: &[(DType, usize)]) -> 
             (row, ok)
         })
         .collect();
-    let a_vec = s.k % 4 == 0;
-    let b_vec = s.n % 8 == 0;
+    // The epilogue's items (row m, 8 columns), and their bias / residual loaded now.
+    let reps = (mp * BLOCK_N / 8).div_ceil(threads);
+    let ea = epilogue_args(s, if splits == 1 { 2 } else { 4 });
+    let items: Vec<(String, String, String, String, Prefetched)> = (0..reps)
+        .map(|rep| {
+            let item = k.addc(&tid, rep * threads);
+            let c8c = k.ci(8);
+            let m = k.op(&format!("arith.divui {item}, {c8c} : index"));
+            let c8 = k.op(&format!("arith.remui {item}, {c8c} : index"));
+            let lc = k.mul(&c8, 8);
+            let m_ok = k.lt(&m, s.m);
+            let n = k.add(&n0, &lc);
+            let pre = k.prefetch(s, ea, &m, &n, &m_ok);
+            (m, lc, n, m_ok, pre)
+        })
+        .collect();
     let n_acc = mt * 8 * 4;
     let zero = k.e.c_f32(0.0);
     let lo = k.ci(0);
@@ -347,74 +603,31 @@ pub(crate) fn main_kernel(symbol: &str, s: &Skinny, args: &[(DType, usize)]) -> 
     ));
     k.e.indent += 1;
     let mut cur = accs.clone();
-    // Loads of all unrolled steps first, then their mmas.
-    let mut loaded = Vec::new();
+    // Loads of all unrolled steps first, then their mmas: (n-tile, A registers per m-tile,
+    // B registers).
+    let mut mmas: Vec<(usize, Vec<[String; 4]>, [String; 2])> = Vec::new();
     for u in 0..UNROLL {
         let it_w = k.mul("%it", warps * UNROLL);
         let j = k.addc(&it_w, u * warps);
         let j = k.add(&j, &wfirst);
         let j_ok = k.op(&format!("arith.cmpi ult, {j}, {end} : index"));
-        let k0 = k.mul(&j, STEP_K);
-        let kt = k.add(&k0, &t4);
-        // B: rows kt + r, columns ncol .. ncol + 8.
-        let mut brows = Vec::new();
-        for r in 0..4 {
-            let kr = k.addc(&kt, r);
-            let kr_ok = k.lt(&kr, s.k);
-            let ok = k.and(&j_ok, &kr_ok);
-            let row = k.mul(&kr, s.n);
-            let idx = k.add(&row, &ncol);
-            let oks: Vec<String> = if b_vec {
-                let o = k.and(&ok, &ncol_ok);
-                vec![o; 8]
-            } else {
-                (0..8)
-                    .map(|c| {
-                        let nc = k.addc(&ncol, c);
-                        let nok = k.lt(&nc, s.n);
-                        k.and(&ok, &nok)
-                    })
-                    .collect()
-            };
-            brows.push(k.load_raw(1, d, &idx, 8, &oks, b_vec));
+        let k0 = k.mul(&j, s.step_k());
+        if s.b_transposed {
+            mmas.extend(step_b_transposed(&mut k, s, &a_rows, &j_ok, &k0, &t, &n0, &g));
+        } else {
+            mmas.extend(step_b_rows(&mut k, s, &a_rows, &j_ok, &k0, &t, &ncol, &ncol_ok));
         }
-        // A: rows g + 8h (+ 16 tile), columns kt .. kt + 4.
-        let mut arows = Vec::new();
-        for (row, mok) in a_rows.clone() {
-            let idx = k.add(&row, &kt);
-            let oks: Vec<String> = (0..4)
-                .map(|c| {
-                    let kc = k.addc(&kt, c);
-                    let kok = k.lt(&kc, s.k);
-                    let a = k.and(&mok, &kok);
-                    k.and(&a, &j_ok)
-                })
-                .collect();
-            let oks = if a_vec { vec![oks[0].clone(); 4] } else { oks };
-            let v = k.load_raw(0, d, &idx, 4, &oks, a_vec);
-            let w = k.op(&format!("vector.bitcast {v} : vector<4x{st}> to vector<2xi32>"));
-            let p0 = k.op(&format!("vector.extract {w}[0] : i32 from vector<2xi32>"));
-            let p1 = k.op(&format!("vector.extract {w}[1] : i32 from vector<2xi32>"));
-            arows.push((p0, p1));
-        }
-        loaded.push((brows, arows));
     }
-    for (brows, arows) in loaded {
-        for i in 0..8 {
-            let b0 = k.pack(&brows[0], &brows[1], i, st);
-            let b1 = k.pack(&brows[2], &brows[3], i, st);
-            for tile in 0..mt {
-                let (p0, p1) = arows[2 * tile].clone();
-                let (q0, q1) = arows[2 * tile + 1].clone();
-                let base = (tile * 8 + i) * 4;
-                let c = &cur[base..base + 4];
-                let r = k.op(&format!(
-                    "llvm.inline_asm \"mma.sync.aligned.m16n8k16.row.col.f32.{mma_ty}.{mma_ty}.f32 {{$0,$1,$2,$3}}, {{$4,$5,$6,$7}}, {{$8,$9}}, {{$10,$11,$12,$13}};\", \"=f,=f,=f,=f,r,r,r,r,r,r,f,f,f,f\" {p0}, {q0}, {p1}, {q1}, {b0}, {b1}, {}, {}, {}, {} : (i32, i32, i32, i32, i32, i32, f32, f32, f32, f32) -> !llvm.struct<(f32, f32, f32, f32)>",
-                    c[0], c[1], c[2], c[3]
-                ));
-                for q in 0..4 {
-                    cur[base + q] = k.op(&format!("llvm.extractvalue {r}[{q}] : !llvm.struct<(f32, f32, f32, f32)>"));
-                }
+    for (i, a, b) in mmas {
+        for (tile, a) in a.iter().enumerate() {
+            let base = (tile * 8 + i) * 4;
+            let c = &cur[base..base + 4];
+            let r = k.op(&format!(
+                "llvm.inline_asm \"mma.sync.aligned.m16n8k16.row.col.f32.{mma_ty}.{mma_ty}.f32 {{$0,$1,$2,$3}}, {{$4,$5,$6,$7}}, {{$8,$9}}, {{$10,$11,$12,$13}};\", \"=f,=f,=f,=f,r,r,r,r,r,r,f,f,f,f\" {}, {}, {}, {}, {}, {}, {}, {}, {}, {} : (i32, i32, i32, i32, i32, i32, f32, f32, f32, f32) -> !llvm.struct<(f32, f32, f32, f32)>",
+                a[0], a[1], a[2], a[3], b[0], b[1], c[0], c[1], c[2], c[3]
+            ));
+            for q in 0..4 {
+                cur[base + q] = k.op(&format!("llvm.extractvalue {r}[{q}] : !llvm.struct<(f32, f32, f32, f32)>"));
             }
         }
     }
@@ -424,20 +637,30 @@ pub(crate) fn main_kernel(symbol: &str, s: &Skinny, args: &[(DType, usize)]) -> 
     // Sum the warps in shared memory, in warp order: c0 (row g, col 16t + i), c1 (col + 8),
     // c2, c3 (row g + 8).
     let t16 = k.mul(&t, 16);
-    let smem_ty = format!("memref<{}xf32, #gpu.address_space<workgroup>>", mp * BLOCK_N);
+    let t2 = k.mul(&t, 2);
+    let smem_ty = format!("memref<{smem_len}xf32, #gpu.address_space<workgroup>>");
     let mut slots = Vec::new();
     for tile in 0..mt {
         for i in 0..8 {
             for q in 0..4 {
                 let m = k.addc(&g, 16 * tile + 8 * (q / 2));
-                let col = k.addc(&t16, i + 8 * (q % 2));
+                // Tile i, column c: n0 + 8c + i (row-major b), n0 + 8i + c (transposed b).
+                let col = if s.b_transposed { k.addc(&t2, 8 * i + q % 2) } else { k.addc(&t16, i + 8 * (q % 2)) };
                 let row = k.mul(&m, BLOCK_N);
                 let at = k.add(&row, &col);
                 slots.push((at, format!("{res}#{}", (tile * 8 + i) * 4 + q)));
             }
         }
     }
-    for w in 0..warps {
+    if parallel {
+        let wbase = k.mul(&warp, mp * BLOCK_N);
+        for (at, v) in &slots {
+            let at = k.add(&wbase, at);
+            k.line(&format!("memref.store {v}, %s0[{at}] : {smem_ty}"));
+        }
+        k.line("gpu.barrier");
+    }
+    for w in 0..if parallel { 0 } else { warps } {
         let wc = k.ci(w);
         let mine = k.op(&format!("arith.cmpi eq, {warp}, {wc} : index"));
         k.line(&format!("scf.if {mine} {{"));
@@ -456,42 +679,41 @@ pub(crate) fn main_kernel(symbol: &str, s: &Skinny, args: &[(DType, usize)]) -> 
         k.line("gpu.barrier");
     }
     // Each thread: row m, 8 columns from c8 * 8 of the block.
-    for rep in 0..(mp * BLOCK_N / 8).div_ceil(threads) {
-        let item = k.addc(&tid, rep * threads);
-        let c8c = k.ci(8);
-        let m = k.op(&format!("arith.divui {item}, {c8c} : index"));
-        let c8 = k.op(&format!("arith.remui {item}, {c8c} : index"));
-        let lc = k.mul(&c8, 8);
-        let m_ok = k.lt(&m, s.m);
-        let m_in = k.lt(&m, mp);
-        let sm_row = k.mul(&m, BLOCK_N);
-        let sm_at = k.add(&sm_row, &lc);
+    for (m, lc, n, m_ok, pre) in &items {
+        let (m, lc, n, m_ok) = (m.as_str(), lc.as_str(), n.as_str(), m_ok.as_str());
+        let m_in = k.lt(m, mp);
+        let sm_row = k.mul(m, BLOCK_N);
+        let sm_at = k.add(&sm_row, lc);
         let sm_at = k.clamp(&m_in, &sm_at);
-        let vals: Vec<String> = (0..8)
+        let mut vals: Vec<String> = (0..8)
             .map(|j| {
                 let a = k.addc(&sm_at, j);
                 k.op(&format!("memref.load %s0[{a}] : {smem_ty}"))
             })
             .collect();
-        let n = k.add(&n0, &lc);
+        for w in 1..if parallel { warps } else { 1 } {
+            vals = (0..8)
+                .map(|j| {
+                    let a = k.addc(&sm_at, w * mp * BLOCK_N + j);
+                    let x = k.op(&format!("memref.load %s0[{a}] : {smem_ty}"));
+                    k.op(&format!("arith.addf {}, {x} : f32", vals[j]))
+                })
+                .collect();
+        }
         if splits == 1 {
-            let ea = epilogue_args(s, 2);
-            k.epilogue_store(s, ea, &m, &n, vals, &m_ok);
+            k.epilogue_store(s, ea, m, n, vals, m_ok, pre);
         } else {
             // Partial: ws[(by * m + row) * n_total + n ..].
             let bm = k.mul(&by, s.m);
-            let r = k.add(&bm, &m);
+            let r = k.add(&bm, m);
             let row = k.mul(&r, s.n);
-            let at = k.add(&row, &n);
-            let ok: Vec<String> = (0..8)
-                .map(|j| {
-                    let c = k.addc(&n, j);
-                    let lt = k.lt(&c, s.n);
-                    k.and(&lt, &m_ok)
-                })
-                .collect();
+            let at = k.add(&row, n);
+            let ok = k.col_ok(s, n, m_ok, 8);
             k.store_run(2, DType::F32, &at, vals, &ok, s.n % 8 == 0);
         }
+    }
+    if splits > 1 {
+        last_block_sums(&mut k, s, &tid, &bx, &items);
     }
     let attrs = format!("known_block_size = array<i32: {threads}, 1, 1>");
     Ok(EmittedKernel {
@@ -503,52 +725,79 @@ pub(crate) fn main_kernel(symbol: &str, s: &Skinny, args: &[(DType, usize)]) -> 
     })
 }
 
-/// The split-K finishing kernel: `out = epilogue(sum over splits of ws[split])`, the splits
-/// added in order. Arguments: `ws [splits, m, n]` (f32), `[bias [n]]`, `[residual [m, n]]`,
-/// `out [m, n]`.
-pub(crate) fn reduce_kernel(symbol: &str, s: &Skinny, args: &[(DType, usize)]) -> Result<EmittedKernel, GpuError> {
+/// Split-K, the block that finishes a column block last: every block has stored its partial
+/// and counted itself in `counters[base + bx]` (zeroed at the start of the graph); the last one
+/// sums the partials of all splits in split order (deterministic), applies the epilogue and
+/// stores. Arguments: `a, b, ws, counters, [bias], [residual], out`.
+fn last_block_sums(k: &mut K, s: &Skinny, tid: &str, bx: &str, items: &[(String, String, String, String, Prefetched)]) {
     let (splits, _) = s.splits();
-    let empty = Graph::new("skinny_reduce");
-    let mut k = K { e: Emitter::new(&empty, args, 1) };
+    let fence = "llvm.inline_asm has_side_effects \"fence.acq_rel.gpu;\", \"\"  : () -> ()";
+    k.line(fence);
+    k.line("gpu.barrier");
+    let z = k.ci(0);
+    let is0 = k.op(&format!("arith.cmpi eq, {tid}, {z} : index"));
+    let n_counters = k.e.arg_types[3].1;
+    let cidx = k.addc(bx, s.counter_base);
+    let one = k.e.c_i32(1);
+    let lastc = k.e.c_i32(splits as i64 - 1);
+    let smem_flag = "memref<1xi32, #gpu.address_space<workgroup>>";
+    k.line(&format!("scf.if {is0} {{"));
+    let old = k.op(&format!("memref.atomic_rmw addi {one}, %a3[{cidx}] : (i32, memref<{n_counters}xi32>) -> i32"));
+    k.line(fence);
+    let last = k.op(&format!("arith.cmpi eq, {old}, {lastc} : i32"));
+    let flag = k.op(&format!("arith.extui {last} : i1 to i32"));
+    k.line(&format!("  memref.store {flag}, %s1[{z}] : {smem_flag}"));
+    k.line("}");
+    k.line("gpu.barrier");
+    let flag = k.op(&format!("memref.load %s1[{z}] : {smem_flag}"));
+    let zi = k.e.c_i32(0);
+    let am_last = k.op(&format!("arith.cmpi ne, {flag}, {zi} : i32"));
+    k.line(&format!("scf.if {am_last} {{"));
+    k.e.indent += 1;
+    k.line(fence);
+    let vector = s.n % 8 == 0;
+    for (m, _, n, m_ok, pre) in items {
+        let (m, n, m_ok) = (m.as_str(), n.as_str(), m_ok.as_str());
+        let ok = k.col_ok(s, n, m_ok, 8);
+        let row = k.mul(m, s.n);
+        let at = k.add(&row, n);
+        let mut sum: Option<Vec<String>> = None;
+        for sp in 0..splits {
+            let idx = k.addc(&at, sp * s.m * s.n);
+            let oks = if vector { vec![ok[0].clone(); 8] } else { ok.clone() };
+            let v = k.load_run(2, DType::F32, &idx, 8, &oks, vector);
+            sum = Some(match sum {
+                None => v,
+                Some(p) => p.iter().zip(&v).map(|(x, y)| k.op(&format!("arith.addf {x}, {y} : f32"))).collect(),
+            });
+        }
+        let ea = epilogue_args(s, 4);
+        k.epilogue_store(s, ea, m, n, sum.expect("at least one split"), m_ok, pre);
+    }
+    k.e.indent -= 1;
+    k.line("}");
+}
+
+/// Zeroes the split-K counters (`[len]` i32) at the start of a graph.
+pub(crate) fn zero_counters(symbol: &str, len: usize) -> EmittedKernel {
+    let empty = Graph::new("skinny_zero");
+    let mut k = K { e: Emitter::new(&empty, &[(DType::I32, len)], 1) };
     const THREADS: usize = 128;
     let tid = k.tid("x");
     let bx = k.bid("x");
     let base = k.mul(&bx, THREADS);
-    let item = k.add(&base, &tid);
-    let groups = s.n.div_ceil(8);
-    let gc = k.ci(groups);
-    let m = k.op(&format!("arith.divui {item}, {gc} : index"));
-    let c8 = k.op(&format!("arith.remui {item}, {gc} : index"));
-    let n = k.mul(&c8, 8);
-    let m_ok = k.lt(&m, s.m);
-    let vector = s.n % 8 == 0;
-    let ok: Vec<String> = (0..8)
-        .map(|j| {
-            let c = k.addc(&n, j);
-            let lt = k.lt(&c, s.n);
-            k.and(&lt, &m_ok)
-        })
-        .collect();
-    let row = k.mul(&m, s.n);
-    let at = k.add(&row, &n);
-    let mut sum: Option<Vec<String>> = None;
-    for sp in 0..splits {
-        let idx = k.addc(&at, sp * s.m * s.n);
-        let oks = if vector { vec![ok[0].clone(); 8] } else { ok.clone() };
-        let v = k.load_run(0, DType::F32, &idx, 8, &oks, vector);
-        sum = Some(match sum {
-            None => v,
-            Some(p) => p.iter().zip(&v).map(|(x, y)| k.op(&format!("arith.addf {x}, {y} : f32"))).collect(),
-        });
-    }
-    let ea = epilogue_args(s, 1);
-    k.epilogue_store(s, ea, &m, &n, sum.expect("at least one split"), &m_ok);
+    let i = k.add(&base, &tid);
+    let ok = k.lt(&i, len);
+    let z = k.e.c_i32(0);
+    k.line(&format!("scf.if {ok} {{"));
+    k.line(&format!("  memref.store {z}, %a0[{i}] : memref<{len}xi32>"));
+    k.line("}");
     let attrs = format!("known_block_size = array<i32: {THREADS}, 1, 1>");
-    Ok(EmittedKernel {
+    EmittedKernel {
         symbol: symbol.into(),
         func: k.e.finish(symbol, &attrs),
-        grid: [(s.m * groups).div_ceil(THREADS) as u32, 1, 1],
+        grid: [len.div_ceil(THREADS) as u32, 1, 1],
         block: [THREADS as u32, 1, 1],
-        max_elements: args.iter().map(|a| a.1).max().unwrap_or(0),
-    })
+        max_elements: len,
+    }
 }
