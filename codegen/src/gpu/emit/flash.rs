@@ -4,12 +4,16 @@
 //!
 //! - **Blocks.** One block of `WARPS` warps per (tile of `BLOCK_M` query rows, batch entry);
 //!   each warp owns 16 query rows. Its `q` rows are loaded once into mma A-fragments (registers).
-//! - **Key tiles.** The block walks the keys in tiles of `BLOCK_N`: it stages the `k` tile in
-//!   shared memory row-major (`[key][d]`, rows padded by 8 elements against bank conflicts) and
-//!   the `v` tile transposed (`[dv][key]`), so every B-fragment register of both products is
-//!   one 4-byte shared load of two adjacent elements. Keys past `sk` are clamped (real,
-//!   finite data) and masked in the scores.
-//! - **Scores.** `S = Q K^T` per warp: 16 rows x `BLOCK_N` keys in `BLOCK_N / 8` accumulator
+//! - **Key tiles.** The block walks the keys in tiles of `block_n` (64 for head dims up to 64,
+//!   32 above: registers). It stages the `k` and `v` tiles in shared memory row-major
+//!   (`[key][d]`, rows padded by 8 elements so that the 8 row addresses of an `ldmatrix` fall
+//!   in distinct banks), 16-byte stores by consecutive threads along a row. Keys past `sk` are
+//!   clamped (real, finite data) and masked in the scores.
+//! - **Fragments by `ldmatrix`.** The B operand of `S = Q K^T` is `k`'s rows as stored: one
+//!   `ldmatrix.x4` gives the B registers of one 8-key fragment for two 16-wide k-steps. The B
+//!   operand of `O += P V` is `v` transposed: one `ldmatrix.x4.trans` gives the B registers of
+//!   two 8-column output fragments for one 16-key step.
+//! - **Scores.** `S = Q K^T` per warp: 16 rows x `block_n` keys in `block_n / 8` accumulator
 //!   fragments (`d / 16` mmas each), scaled by `scale * log2 e` in f32.
 //! - **Online softmax on the fragments.** A lane holds rows `g` and `g + 8` (`g = lane / 4`);
 //!   the row maximum is reduced over the quad (`shuffle xor 1, 2`), probabilities are `ex2(s -
@@ -22,10 +26,12 @@
 //!   skipped); keys `j > i + sk - sq` are masked with selects.
 //! - `q`, `k`, `v` are read through the body's index maps (slices of a fused qkv GEMM output,
 //!   head permutes), the output is written through the root's permute, as in `attn.rs`.
+//! - Knobs: `KILN_GPU_FLASH=0` (the SIMT kernel / GEMM path instead), `KILN_GPU_FLASH_BLOCK_N`.
 //!
-//! Known limits (later work): the k / v tiles are staged with ordinary loads and a barrier
-//! (no `cp.async` double buffering), and the `v` transpose is done by scalar shared stores
-//! rather than `ldmatrix.trans`.
+//! Known limits (later work): the k / v tiles are staged through registers with ordinary
+//! 16-byte loads and a barrier per tile (no `cp.async` double buffering: the next tile's loads
+//! do not overlap this tile's mmas except across the blocks of an SM); every tile applies the
+//! key mask, not only the diagonal and tail tiles; head dims above 128 take the other paths.
 
 use super::{storage_type, EmittedKernel, Emitter, Form, Ix};
 use crate::gpu::GpuError;
@@ -35,8 +41,8 @@ use ir::{DType, Graph, Op, Shape};
 const WARPS: usize = 4;
 /// Query rows per block.
 const BLOCK_M: usize = 16 * WARPS;
-/// Keys per tile.
-const BLOCK_N: usize = 64;
+/// Keys per tile, at most (head dims past 64 take 32: registers).
+const MAX_BLOCK_N: usize = 64;
 /// Shared-memory row padding (elements).
 const PAD: usize = 8;
 /// The widest head dim the kernel takes (shared memory and registers).
@@ -80,6 +86,9 @@ pub(crate) fn flash_attention(symbol: &str, body: &Graph, args: &[(DType, usize)
     let batch_shape = Shape::new(an.shape.dims()[..r - 2].iter().copied());
     let batch = batch_shape.numel().max(1);
     let threads = 32 * WARPS;
+    // Keys per tile: 64 for head dims up to 64, else 32 (the S and P fragments of a 64-key tile
+    // on top of a 128-wide accumulator exhaust the registers); KILN_GPU_FLASH_BLOCK_N (16 .. 64).
+    let block_n = super::knob("KILN_GPU_FLASH_BLOCK_N", if d.max(dv) <= 64 { 64 } else { 32 }).clamp(16, MAX_BLOCK_N) / 16 * 16;
     let mut e = Emitter::new(body, args, 8);
 
     // ---- small text helpers ----
@@ -178,12 +187,54 @@ pub(crate) fn flash_attention(symbol: &str, body: &Graph, args: &[(DType, usize)
     }
 
     // ---- shared tiles ----
-    let (kstride, vstride) = (d + PAD, BLOCK_N + PAD);
+    let (kstride, vstride) = (d + PAD, dv + PAD);
     let wg = |n: usize| format!("memref<{n}x{st}, #gpu.address_space<workgroup>>");
     let (ksm, vsm) = (format!("%s{}", e.smem.len()), format!("%s{}", e.smem.len() + 1));
-    let (kty, vty) = (wg(BLOCK_N * kstride), wg(dv * vstride));
+    let (kty, vty) = (wg(block_n * kstride), wg(block_n * vstride));
     e.smem.push(format!("{ksm} : {kty} {{llvm.align = 16 : i64}}"));
     e.smem.push(format!("{vsm} : {vty} {{llvm.align = 16 : i64}}"));
+
+    // Shared byte addresses (32-bit) of the tiles and each lane's ldmatrix row address within a
+    // tile: k (no transpose) row 8n + lane % 8, column 8 (lane / 8); v (transposed) row
+    // lane % 8 + 8 ((lane / 8) % 2), column 8 (lane / 16).
+    let smem_addr = |e: &mut Emitter, sm: &str, ty: &str| -> String {
+        let p = e.op(&format!("memref.extract_aligned_pointer_as_index {sm} : {ty} -> index"));
+        e.op(&format!("arith.index_cast {p} : index to i32"))
+    };
+    let ksm_addr = smem_addr(&mut e, &ksm, &kty);
+    let vsm_addr = smem_addr(&mut e, &vsm, &vty);
+    let c8 = ci(&mut e, 8);
+    let l8 = e.op(&format!("arith.remui {lane}, {c8} : index"));
+    let m8 = e.op(&format!("arith.divui {lane}, {c8} : index"));
+    let lane_base = |e: &mut Emitter, row: &str, col: &str, stride: usize| -> String {
+        let r = mulc(e, row, stride);
+        let c = mulc(e, col, 8);
+        let x = e.op(&format!("arith.addi {r}, {c} : index"));
+        let x = mulc(e, &x, dt.size_bytes());
+        e.op(&format!("arith.index_cast {x} : index to i32"))
+    };
+    let kbase_lane = lane_base(&mut e, &l8, &m8, kstride);
+    let c2 = ci(&mut e, 2);
+    let mlow = e.op(&format!("arith.remui {m8}, {c2} : index"));
+    let mhigh = e.op(&format!("arith.divui {m8}, {c2} : index"));
+    let vrow = mulc(&mut e, &mlow, 8);
+    let vrow = e.op(&format!("arith.addi {vrow}, {l8} : index"));
+    let vbase_lane = lane_base(&mut e, &vrow, &mhigh, vstride);
+    // `ldmatrix` (x4, or x2 when not `four`) at tile + lane offset + `bytes`: the i32 registers.
+    let ldmatrix = |e: &mut Emitter, tile: &str, lane_off: &str, bytes: usize, four: bool, trans: bool| -> Vec<String> {
+        let c = e.c_i32(bytes as i64);
+        let a = e.op(&format!("arith.addi {tile}, {lane_off} : i32"));
+        let a = e.op(&format!("arith.addi {a}, {c} : i32"));
+        let (n, tr) = (if four { 4 } else { 2 }, if trans { ".trans" } else { "" });
+        let outs: Vec<String> = (0..n).map(|i| format!("${i}")).collect();
+        let cons = vec!["=r"; n].join(",");
+        let ty = vec!["i32"; n].join(", ");
+        let r = e.op(&format!(
+            "llvm.inline_asm has_side_effects \"ldmatrix.sync.aligned.m8n8.x{n}{tr}.shared.b16 {{{}}}, [${n}];\", \"{cons},r\" {a} : (i32) -> !llvm.struct<({ty})>",
+            outs.join(",")
+        ));
+        (0..n).map(|i| e.op(&format!("llvm.extractvalue {r}[{i}] : !llvm.struct<({ty})>"))).collect()
+    };
 
     // ---- loop bounds and carried state: m (2 rows), l (2 rows, per-lane partial), O ----
     let csk = ci(&mut e, sk);
@@ -217,78 +268,57 @@ pub(crate) fn flash_attention(symbol: &str, body: &Graph, args: &[(DType, usize)
     let (res, ts) = (e.fresh(), e.fresh());
     let state: Vec<String> = (0..n_state).map(|_| e.fresh()).collect();
     let c0 = ci(&mut e, 0);
-    let cbn = ci(&mut e, BLOCK_N);
+    let cbn = ci(&mut e, block_n);
     let iter: Vec<String> = state.iter().zip(&inits).map(|(a, b)| format!("{a} = {b}")).collect();
     e.line(&format!("{res}:{n_state} = scf.for {ts} = {c0} to {ub} step {cbn} iter_args({}) -> ({types}) {{", iter.join(", ")));
     e.indent += 1;
     let last_k = ci(&mut e, sk - 1);
 
-    // Stage k (row-major, consecutive threads along a row) and v (transposed, consecutive
-    // threads along the keys) as 8-element groups.
+    // Stage the k and v tiles row-major (`[key][d]`), 8-element groups, consecutive threads
+    // along a row.
     e.line("gpu.barrier");
     let vt8 = format!("vector<8x{st}>");
-    let kgroups = d / 8;
-    for it in 0..(BLOCK_N * kgroups).div_ceil(threads) {
-        let gi = addc(&mut e, &tid, it * threads);
-        let lastg = ci(&mut e, BLOCK_N * kgroups - 1);
-        let gi = e.op(&format!("arith.minui {gi}, {lastg} : index"));
-        let cg = ci(&mut e, kgroups);
-        let jj = e.op(&format!("arith.divui {gi}, {cg} : index"));
-        let col = e.op(&format!("arith.remui {gi}, {cg} : index"));
-        let col = mulc(&mut e, &col, 8);
-        let j = e.op(&format!("arith.addi {ts}, {jj} : index"));
-        let j = e.op(&format!("arith.minui {j}, {last_k} : index"));
-        let inner = run(&mut e, &col, 8);
-        let idx = at(&mut e, 8, &uni(&j, 8), &inner, &ks);
-        let vals = e.value(k, &idx)?;
-        let raw: Vec<String> = vals.iter().map(|x| e.op(&format!("arith.truncf {x} : f32 to {st}"))).collect();
-        let x = e.op(&format!("vector.from_elements {} : {vt8}", raw.join(", ")));
-        let rs = mulc(&mut e, &jj, kstride);
-        let off = e.op(&format!("arith.addi {rs}, {col} : index"));
-        e.line(&format!("vector.store {x}, {ksm}[{off}] : {kty}, {vt8}"));
-    }
-    let vgroups = dv / 8;
-    for it in 0..(BLOCK_N * vgroups).div_ceil(threads) {
-        let gi = addc(&mut e, &tid, it * threads);
-        let lastg = ci(&mut e, BLOCK_N * vgroups - 1);
-        let gi = e.op(&format!("arith.minui {gi}, {lastg} : index"));
-        let cn = ci(&mut e, BLOCK_N);
-        let jj = e.op(&format!("arith.remui {gi}, {cn} : index"));
-        let col = e.op(&format!("arith.divui {gi}, {cn} : index"));
-        let col = mulc(&mut e, &col, 8);
-        let j = e.op(&format!("arith.addi {ts}, {jj} : index"));
-        let j = e.op(&format!("arith.minui {j}, {last_k} : index"));
-        let inner = run(&mut e, &col, 8);
-        let idx = at(&mut e, 8, &uni(&j, 8), &inner, &vs);
-        let vals = e.value(v, &idx)?;
-        for (l, x) in vals.iter().enumerate() {
-            let raw = e.op(&format!("arith.truncf {x} : f32 to {st}"));
-            let c = addc(&mut e, &col, l);
-            let rs = mulc(&mut e, &c, vstride);
-            let off = e.op(&format!("arith.addi {rs}, {jj} : index"));
-            e.line(&format!("memref.store {raw}, {vsm}[{off}] : {vty}"));
+    for (node, shape, width, sm, ty, stride) in [(k, &ks, d, &ksm, &kty, kstride), (v, &vs, dv, &vsm, &vty, vstride)] {
+        let groups = width / 8;
+        for it in 0..(block_n * groups).div_ceil(threads) {
+            let gi = addc(&mut e, &tid, it * threads);
+            let lastg = ci(&mut e, block_n * groups - 1);
+            let gi = e.op(&format!("arith.minui {gi}, {lastg} : index"));
+            let cg = ci(&mut e, groups);
+            let jj = e.op(&format!("arith.divui {gi}, {cg} : index"));
+            let col = e.op(&format!("arith.remui {gi}, {cg} : index"));
+            let col = mulc(&mut e, &col, 8);
+            let j = e.op(&format!("arith.addi {ts}, {jj} : index"));
+            let j = e.op(&format!("arith.minui {j}, {last_k} : index"));
+            let inner = run(&mut e, &col, 8);
+            let idx = at(&mut e, 8, &uni(&j, 8), &inner, shape);
+            let vals = e.value(node, &idx)?;
+            let raw: Vec<String> = vals.iter().map(|x| e.op(&format!("arith.truncf {x} : f32 to {st}"))).collect();
+            let x = e.op(&format!("vector.from_elements {} : {vt8}", raw.join(", ")));
+            let rs = mulc(&mut e, &jj, stride);
+            let off = e.op(&format!("arith.addi {rs}, {col} : index"));
+            e.line(&format!("vector.store {x}, {sm}[{off}] : {ty}, {vt8}"));
         }
     }
     e.line("gpu.barrier");
 
-    // Two adjacent elements of a shared tile as one i32 register.
-    let pair = |e: &mut Emitter, sm: &str, ty: &str, off: &str| -> String {
-        let x = e.op(&format!("vector.load {sm}[{off}] : {ty}, vector<2x{st}>"));
-        e.op(&format!("llvm.bitcast {x} : vector<2x{st}> to i32"))
-    };
-    // S = Q K^T: per 8-key fragment n, B = k rows (n*8 + g), elements 2t.. and 2t + 8.. of each k-step.
+    // S = Q K^T. Per 8-key fragment n and two k-steps, one `ldmatrix.x4` of the k tile: matrix
+    // m (lanes 8m .. 8m + 7 give its row addresses) is keys 8n .. 8n + 7 at columns 8m + 16kk'
+    // of the pair, i.e. the b0, b1 registers of both k-steps (an odd last k-step: `.x2`).
     let scale_l2 = e.c_f32(scale.0 * std::f64::consts::LOG2_E);
     let mut s_frags: Vec<Vec<String>> = Vec::new();
-    for n in 0..BLOCK_N / 8 {
-        let krow = addc(&mut e, &g, 8 * n);
-        let kbase = mulc(&mut e, &krow, kstride);
-        let kbase = e.op(&format!("arith.addi {kbase}, {t2} : index"));
+    for n in 0..block_n / 8 {
         let mut acc = vec![zero.clone(); 4];
-        for (kk, a) in qf.iter().enumerate() {
-            let o0 = addc(&mut e, &kbase, 16 * kk);
-            let o1 = addc(&mut e, &kbase, 16 * kk + 8);
-            let b = [pair(&mut e, &ksm, &kty, &o0), pair(&mut e, &ksm, &kty, &o1)];
-            acc = mma(&mut e, a, &b, &acc);
+        let mut kk = 0;
+        while kk < d / 16 {
+            let two = kk + 1 < d / 16;
+            let off = kbase_lane.clone();
+            let b = ldmatrix(&mut e, &ksm_addr, &off, (8 * n * kstride + 16 * kk) * dt.size_bytes(), two, false);
+            acc = mma(&mut e, &qf[kk], &b[0..2], &acc);
+            if two {
+                acc = mma(&mut e, &qf[kk + 1], &b[2..4], &acc);
+            }
+            kk += 2;
         }
         // Scale and mask: element i is row (i < 2 ? g : g + 8), key ts + 8n + 2t + (i & 1).
         let mut out = Vec::new();
@@ -344,18 +374,16 @@ pub(crate) fn flash_attention(symbol: &str, body: &Graph, args: &[(DType, usize)
     let mut o: Vec<Vec<String>> = (0..dv / 8)
         .map(|n| (0..4).map(|i| e.op(&format!("arith.mulf {}, {} : f32", state[4 + 4 * n + i], corr[i / 2]))).collect())
         .collect();
-    for kk in 0..BLOCK_N / 16 {
+    for kk in 0..block_n / 16 {
         let (p0, p1) = (&p_frags[2 * kk], &p_frags[2 * kk + 1]);
         let a = [pack(&mut e, &p0[0], &p0[1]), pack(&mut e, &p0[2], &p0[3]), pack(&mut e, &p1[0], &p1[1]), pack(&mut e, &p1[2], &p1[3])];
-        for (n, acc) in o.iter_mut().enumerate() {
-            // B: v^T row (8n + g), keys 16kk + 2t.. and 16kk + 2t + 8..
-            let vrow = addc(&mut e, &g, 8 * n);
-            let vbase = mulc(&mut e, &vrow, vstride);
-            let vbase = e.op(&format!("arith.addi {vbase}, {t2} : index"));
-            let o0 = addc(&mut e, &vbase, 16 * kk);
-            let o1 = addc(&mut e, &vbase, 16 * kk + 8);
-            let b = [pair(&mut e, &vsm, &vty, &o0), pair(&mut e, &vsm, &vty, &o1)];
-            *acc = mma(&mut e, &a, &b, acc);
+        // B of fragments n, n + 1: one `ldmatrix.x4.trans` of the v tile, matrix m = keys
+        // 16kk + 8 (m % 2) .., columns 8 (n + m / 2) .. (transposed: lane (g, t) gets keys 2t,
+        // 2t + 1 of column g).
+        for n in (0..dv / 8).step_by(2) {
+            let b = ldmatrix(&mut e, &vsm_addr, &vbase_lane, (16 * kk * vstride + 8 * n) * dt.size_bytes(), true, true);
+            o[n] = mma(&mut e, &a, &b[0..2], &o[n]);
+            o[n + 1] = mma(&mut e, &a, &b[2..4], &o[n + 1]);
         }
     }
     next.extend(o.into_iter().flatten());
