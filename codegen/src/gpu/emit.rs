@@ -16,6 +16,7 @@
 
 mod attn;
 mod flash;
+mod mma;
 mod skinny;
 
 pub(crate) use attn::{attention, is_index_map};

@@ -1,27 +1,32 @@
 //! Kiln's skinny GEMM: `C[m, n] = A[m, k] B[k, n]` for small `m` (activations times weights at
 //! batch 1), on the tensor cores with `mma.sync.aligned.m16n8k16` (bf16 / f16 in, f32
-//! accumulate), weights streamed straight from global memory into registers.
+//! accumulate), weights streamed straight from global memory into registers. Design, measured
+//! numbers and why it is off by default: `docs/gpu-gemm.md`.
 //!
 //! At `m <= 64` a GEMM is a weight stream: every weight is used `m` times, so the time is the
 //! weight bytes over the memory bandwidth, if enough loads are in flight on every SM.
 //!
-//! - **Fragments from 16-byte loads.** A lane (`g = lane / 4`, `t = lane % 4`) loads, for each
-//!   of the 4 weight rows `k0 + 4t + r`, the 8 consecutive columns `n0 + 8g ..`: one 16-byte
-//!   load per row, and the 8 lanes of one `t` read 128 contiguous bytes. The sum over `k` is
-//!   order-free, so the mma's logical `k` is permuted (logical `2t + e` is row `4t + e`,
-//!   `2t + 8 + e` is row `4t + 2 + e`), the same for `A` (whose 4 values per lane and row are
-//!   then one 8-byte load). The 8 columns of a lane are the 8 `n`-tiles of the warp: tile `i`'s
-//!   column `c` is `n0 + 8c + i`. A warp thus covers 16 `k` x 64 `n` per step with 4 loads per
-//!   lane and `8 * ceil(m / 16)` mmas.
-//! - **Grid.** One block per (64 columns, K split); its warps take interleaved 16-row steps
-//!   of the split and are summed through shared memory in a fixed order. With one split the
-//!   block applies the epilogue and stores; with several, each block stores an f32 partial
-//!   `[split, m, n]` and a second kernel sums the partials in split order (deterministic) and
-//!   applies the epilogue. The split count fills the SMs (`KILN_GPU_SKINNY_CTAS` blocks).
-//! - **Epilogue** (as cuBLASLt's): `act(acc + bias[n]) + residual[m, n]`, rounded once.
-//! - Odd shapes: rows past `k`, columns past `n` and rows past `m` read zeros (clamped address,
-//!   select); `n % 8 != 0` or `k % 4 != 0` use scalar loads.
+//! - **Fragments from 16-byte loads.** The sum over `k` is order-free, so the mma's logical `k`
+//!   is permuted to match the loads (the same permutation for A and B). With
+//!   `g = lane / 4`, `t = lane % 4`: for `b [k, n]` a lane loads, for the 4 weight rows
+//!   `k0 + 4t + r`, the 8 columns `n0 + 8g ..` (logical `2t + e` is row `4t + e`, `2t + 8 + e`
+//!   is row `4t + 2 + e`); the 8 columns of a lane are the warp's 8 n-tiles (tile `i`, column
+//!   `c` is `n0 + 8c + i`). For `b` stored `[n, k]` (`nn.Linear`) a lane loads per n-tile `i`
+//!   row `n0 + 8i + g` at `k0 + 8t ..`: both k16 halves' B registers as they are. A is one 8-
+//!   or 16-byte load per row.
+//! - **Grid.** One block per (64 columns, K split); its warps take interleaved steps of the
+//!   split and are summed through shared memory in warp order. With one split the block applies
+//!   the epilogue and stores.
+//! - **Split-K, deterministic, one kernel.** Each block stores an f32 partial `[split, m, n]`,
+//!   fences, and counts itself in its column block's counter; the last block to arrive sums all
+//!   splits' partials in split order and applies the epilogue. The counters (one i32 buffer per
+//!   graph) are zeroed by [`zero_counters`] before the first split-K GEMM.
+//! - **Epilogue** (as cuBLASLt's): `act(acc + bias[n]) + residual[m, n]`, rounded once; bias and
+//!   residual are loaded at kernel start.
+//! - Odd shapes: rows past `k` or `m` and columns past `n` read zeros (clamped address and a
+//!   select); `n % 8 != 0` (row-major `b`) or `k % 4`/`k % 8 != 0` use scalar loads.
 
+use super::mma::{mma_m16n8k16, pack_pair};
 use super::{storage_type, EmittedKernel, Emitter};
 use crate::gpu::GpuError;
 use ir::{DType, Graph, UnaryOp};
@@ -223,10 +228,8 @@ impl<'g> K<'g> {
         }
     }
 
-    /// Elements `i` of `lo` and `hi` (both `vector<8 x st>`) as one `i32` (lo in the low half).
     fn pack(&mut self, lo: &str, hi: &str, i: usize, st: &str) -> String {
-        let p = self.op(&format!("vector.shuffle {lo}, {hi} [{i}, {}] : vector<8x{st}>, vector<8x{st}>", i + 8));
-        self.op(&format!("llvm.bitcast {p} : vector<2x{st}> to i32"))
+        pack_pair(&mut self.e, lo, hi, i, st)
     }
 
     /// `act(v + bias) + residual`, stored at `out[m * n_total + n ..]` (`vals.len()` columns).
@@ -529,8 +532,6 @@ pub(crate) fn main_kernel(symbol: &str, s: &Skinny, args: &[(DType, usize)]) -> 
     }
     let empty = Graph::new("skinny");
     let mut k = K { e: Emitter::new(&empty, args, 1) };
-    let d = s.dtype;
-    let mma_ty = if d == DType::BF16 { "bf16" } else { "f16" };
     let warps = s.warps();
     let threads = warps * 32;
     let mt = s.m_tiles();
@@ -622,13 +623,8 @@ pub(crate) fn main_kernel(symbol: &str, s: &Skinny, args: &[(DType, usize)]) -> 
         for (tile, a) in a.iter().enumerate() {
             let base = (tile * 8 + i) * 4;
             let c = &cur[base..base + 4];
-            let r = k.op(&format!(
-                "llvm.inline_asm \"mma.sync.aligned.m16n8k16.row.col.f32.{mma_ty}.{mma_ty}.f32 {{$0,$1,$2,$3}}, {{$4,$5,$6,$7}}, {{$8,$9}}, {{$10,$11,$12,$13}};\", \"=f,=f,=f,=f,r,r,r,r,r,r,f,f,f,f\" {}, {}, {}, {}, {}, {}, {}, {}, {}, {} : (i32, i32, i32, i32, i32, i32, f32, f32, f32, f32) -> !llvm.struct<(f32, f32, f32, f32)>",
-                a[0], a[1], a[2], a[3], b[0], b[1], c[0], c[1], c[2], c[3]
-            ));
-            for q in 0..4 {
-                cur[base + q] = k.op(&format!("llvm.extractvalue {r}[{q}] : !llvm.struct<(f32, f32, f32, f32)>"));
-            }
+            let d = mma_m16n8k16(&mut k.e, s.dtype, a, &b, c);
+            cur[base..base + 4].clone_from_slice(&d);
         }
     }
     k.line(&format!("scf.yield {} : {f32s}", cur.join(", ")));
