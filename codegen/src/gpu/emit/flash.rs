@@ -22,16 +22,18 @@
 //! - **P in registers.** The S accumulator layout of two adjacent 8-key fragments is the A
 //!   layout of one 16-key k-step, so P is rounded to bf16 / f16 and packed in place (no shared
 //!   memory), then `O += P V` with `dv / 8` mmas per k-step.
-//! - **Causal.** A block stops after the last key its last row may see (fully masked tiles are
-//!   skipped); keys `j > i + sk - sq` are masked with selects.
+//! - **Masking.** Keys past `sk` and (causal) keys `j > i + sk - sq` are set to -inf with
+//!   selects, only in the tiles that reach past `sk` or past the block's first diagonal (a
+//!   uniform branch per tile). Causal: a block stops after the last key its last row may see
+//!   (fully masked tiles are never loaded).
 //! - `q`, `k`, `v` are read through the body's index maps (slices of a fused qkv GEMM output,
 //!   head permutes), the output is written through the root's permute, as in `attn.rs`.
 //! - Knobs: `KILN_GPU_FLASH=0` (the SIMT kernel / GEMM path instead), `KILN_GPU_FLASH_BLOCK_N`.
 //!
 //! Known limits (later work): the k / v tiles are staged through registers with ordinary
 //! 16-byte loads and a barrier per tile (no `cp.async` double buffering: the next tile's loads
-//! do not overlap this tile's mmas except across the blocks of an SM); every tile applies the
-//! key mask, not only the diagonal and tail tiles; head dims above 128 take the other paths.
+//! do not overlap this tile's mmas except across the blocks of an SM); head dims above 128
+//! take the other paths.
 
 use super::{storage_type, EmittedKernel, Emitter, Form, Ix};
 use crate::gpu::GpuError;
@@ -320,10 +322,29 @@ pub(crate) fn flash_attention(symbol: &str, body: &Graph, args: &[(DType, usize)
             }
             kk += 2;
         }
-        // Scale and mask: element i is row (i < 2 ? g : g + 8), key ts + 8n + 2t + (i & 1).
-        let mut out = Vec::new();
-        for (i, x) in acc.iter().enumerate() {
-            let s = e.op(&format!("arith.mulf {x}, {scale_l2} : f32"));
+        s_frags.push(acc.iter().map(|x| e.op(&format!("arith.mulf {x}, {scale_l2} : f32"))).collect());
+    }
+    // Mask: only tiles that reach past `sk` or (causal) past the block's first row's diagonal
+    // (a uniform branch); element i of fragment n is row (i < 2 ? g : g + 8), key ts + 8n + 2t
+    // + (i & 1).
+    let tile_end = addc(&mut e, &ts, block_n);
+    let mut need = e.op(&format!("arith.cmpi ugt, {tile_end}, {csk} : index"));
+    if causal {
+        let lim = addc(&mut e, &row0, sk);
+        let csq = ci(&mut e, sq);
+        let lim = e.op(&format!("arith.subi {lim}, {csq} : index"));
+        let last = addc(&mut e, &ts, block_n - 1);
+        let c = e.op(&format!("arith.cmpi sgt, {last}, {lim} : index"));
+        need = e.op(&format!("arith.ori {need}, {c} : i1"));
+    }
+    let n_s = s_frags.len() * 4;
+    let stypes = vec!["f32"; n_s].join(", ");
+    let masked = e.fresh();
+    e.line(&format!("{masked}:{n_s} = scf.if {need} -> ({stypes}) {{"));
+    e.indent += 1;
+    let mut out = Vec::new();
+    for (n, f) in s_frags.iter().enumerate() {
+        for (i, s) in f.iter().enumerate() {
             let kj = addc(&mut e, &t2, 8 * n + (i & 1));
             let j = e.op(&format!("arith.addi {ts}, {kj} : index"));
             let mut ok = e.op(&format!("arith.cmpi ult, {j}, {csk} : index"));
@@ -333,8 +354,14 @@ pub(crate) fn flash_attention(symbol: &str, body: &Graph, args: &[(DType, usize)
             }
             out.push(e.op(&format!("arith.select {ok}, {s}, {ninf} : f32")));
         }
-        s_frags.push(out);
     }
+    e.line(&format!("scf.yield {} : {stypes}", out.join(", ")));
+    e.indent -= 1;
+    e.line("} else {");
+    let all: Vec<String> = s_frags.iter().flatten().cloned().collect();
+    e.line(&format!("  scf.yield {} : {stypes}", all.join(", ")));
+    e.line("}");
+    let s_frags: Vec<Vec<String>> = (0..s_frags.len()).map(|n| (0..4).map(|i| format!("{masked}#{}", 4 * n + i)).collect()).collect();
     // Online softmax per row h (0: g, 1: g + 8).
     let mut next = Vec::new();
     let mut corr = Vec::new();
