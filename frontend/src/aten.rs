@@ -177,6 +177,7 @@ pub fn import(g: &AtenGraph) -> Result<ir::Graph, AtenError> {
     let gerr = |reason: String| AtenError::Graph { name: g.name.clone(), reason };
     let tr = Tracer::new(if g.name.is_empty() { "aten" } else { g.name.as_str() });
     let mut vals: Vec<Val> = Vec::with_capacity(g.inputs.len() + g.nodes.len());
+    let inner = std::cell::RefCell::new(Vec::new());
     for (i, inp) in g.inputs.iter().enumerate() {
         let dtype = inp.meta.dtype.clone().map_err(|d| gerr(format!("input {i} ({:?}) has dtype {d}, which Kiln does not support", inp.name)))?;
         let t = tr.input(inp.name.clone(), dtype, Shape::new(inp.meta.shape.iter().copied())).map_err(|e| gerr(format!("input {i}: {e}")))?;
@@ -184,7 +185,7 @@ pub fn import(g: &AtenGraph) -> Result<ir::Graph, AtenError> {
     }
     for (index, node) in g.nodes.iter().enumerate() {
         let nerr = |reason: String| AtenError::Node { index, target: node.target.clone(), reason };
-        let cx = Cx { tr: &tr, vals: &vals, node };
+        let cx = Cx { tr: &tr, vals: &vals, node, inner: &inner };
         let v = cx.lower().map_err(nerr)?;
         check_meta(&v, &node.out).map_err(nerr)?;
         vals.push(v);
@@ -234,6 +235,8 @@ struct Cx<'a> {
     tr: &'a Tracer,
     vals: &'a [Val],
     node: &'a AtenNode,
+    /// Tensors built inside a node's lowering that a later view may return (see `bmm`).
+    inner: &'a std::cell::RefCell<Vec<Tensor>>,
 }
 
 type R<T> = Result<T, String>;
@@ -617,7 +620,9 @@ impl Cx<'_> {
                         // sees `q @ kᵀ` and `att @ v` over heads.
                         Some((a, c)) => {
                             let dims = [x.dims()[0], x.dims()[1], y.dims()[2]];
-                            one(a.matmul(&c).and_then(|p| p.reshape(dims.map(|d| d as i64).to_vec())))
+                            let p = a.matmul(&c).map_err(fe)?;
+                            self.inner.borrow_mut().push(p.clone());
+                            one(p.reshape(dims.map(|d| d as i64).to_vec()))
                         }
                         None => one(x.bmm(&y)),
                     },
@@ -655,7 +660,13 @@ impl Cx<'_> {
             ("view" | "_unsafe_view" | "reshape", _) => {
                 let x = self.t("self")?;
                 let size = self.ints(if self.arg("size").is_some() { "size" } else { "shape" })?;
-                one(x.reshape(size))
+                let y = x.reshape(size).map_err(fe)?;
+                // `view(view(a, s), a.shape)` is `a` (ATen's matmul flattens batch dims and
+                // views the result back): the optimizer then sees `a` itself
+                match self.reshape_source(&x) {
+                    Some(a) if a.dims() == y.dims() => Ok(Val::Tensor(a)),
+                    _ => Ok(Val::Tensor(y)),
+                }
             }
             ("permute", _) => one(self.t("self")?.permute(self.ints("dims")?)),
             ("transpose", _) => one(self.t("self")?.transpose(self.req_int("dim0")? as isize, self.req_int("dim1")? as isize)),
@@ -815,10 +826,11 @@ impl Cx<'_> {
                 _ => return None,
             }
         };
-        self.vals.iter().rev().find_map(|v| match v {
+        let found = self.vals.iter().rev().find_map(|v| match v {
             Val::Tensor(t) if t.id() == src => Some(t.clone()),
             _ => None,
-        })
+        });
+        found.or_else(|| self.inner.borrow().iter().rev().find(|t| t.id() == src).cloned())
     }
 
     fn tensor_operand(&self, o: Operand) -> R<Tensor> {
@@ -1127,7 +1139,7 @@ mod tests {
         let vals = vec![Val::Tensor(x)];
         for t in supported_targets() {
             let n = node(t, &[], vec![meta(DType::F32, &[2, 3])]);
-            let cx = Cx { tr: &tr, vals: &vals, node: &n };
+            let cx = Cx { tr: &tr, vals: &vals, node: &n, inner: &Default::default() };
             if let Err(e) = cx.lower() {
                 assert!(!e.contains("is not an op Kiln maps"), "{t}: {e}");
             }
@@ -1204,6 +1216,8 @@ mod tests {
         let mm: Vec<_> = ir.nodes().filter(|(_, n)| matches!(n.op, Op::MatMul)).collect();
         assert_eq!(mm.len(), 1);
         assert_eq!(mm[0].1.shape.dims(), &[2, 3, 5, 5], "{ir}");
+        // the view back to 4-D is the matmul itself, not a reshape of a reshape of it
+        assert_eq!(ir.outputs(), &[mm[0].0], "{ir}");
         let vals: Vec<Value> = (0..2).map(|i| Value::new(DType::F32, [2, 3, 5, 4], data(120, i + 3)).unwrap()).collect();
         let out = run(&ir, &vals).unwrap();
         for (bh, row, col) in [(0, 0, 0), (4, 2, 3), (5, 4, 1)] {

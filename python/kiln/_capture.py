@@ -99,6 +99,29 @@ def _draws_random(n) -> bool:
     return True
 
 
+# How many parameters, buffers and submodules have been assigned to any module since Kiln
+# started watching: a module's list of state tensors is walked again only after one was.
+# (In-place changes and `.data` swaps keep the tensor object: the per-call guards and data
+# pointers see those. Not seen: deleting an attribute or editing `_parameters` directly.)
+_registrations = [0]
+_watching = [False]
+
+
+def _watch_registrations() -> None:
+    if _watching[0]:
+        return
+    from torch.nn.modules import module as _m
+
+    def bump(*_a):
+        _registrations[0] += 1
+        return None
+
+    _m.register_module_parameter_registration_hook(bump)
+    _m.register_module_buffer_registration_hook(bump)
+    _m.register_module_module_registration_hook(bump)
+    _watching[0] = True
+
+
 class _RunEager(Exception):
     """This signature runs eagerly, for the reason given."""
 
@@ -121,6 +144,9 @@ class Compiled:
         self._state_refs: Optional[List[Tuple[dict, str]]] = None
         self._state_names: List[str] = []
         self._state_is_buffer: List[bool] = []
+        # (registration count, state tensors) as of the last walk of the module (see
+        # `_watch_registrations`)
+        self._state_cached: Optional[Tuple[int, List[torch.Tensor]]] = None
         # The hot path: (number of positional tensors, grad mode, PyTorch's C++ guards over
         # state + inputs, entry) of the last signature that compiled. A call that passes
         # those guards skips building and hashing the full key.
@@ -133,6 +159,9 @@ class Compiled:
         m = self._module
         if m is None:
             return [], []
+        cached = self._state_cached
+        if cached is not None and cached[0] == _registrations[0]:
+            return self._state_names, cached[1]
         if self._state_refs is None:
             # one entry per distinct tensor: tied weights are one graph input
             # (functional_call's tie_weights binds the other names)
@@ -155,6 +184,8 @@ class Compiled:
                 self._state_refs = None
                 return self._state()
             ts.append(t)
+        _watch_registrations()
+        self._state_cached = (_registrations[0], ts)
         return self._state_names, ts
 
     # ---- guards ----

@@ -155,29 +155,48 @@ def _subst(v: Any, env: List[Any]) -> Any:
 
 
 class Region:
-    """A compiled region: gathers its inputs, allocates outputs, one call into Rust."""
+    """A compiled region: gathers its inputs, allocates outputs, one call into Rust.
 
-    __slots__ = ("native", "ins", "outs", "out_meta", "device", "info")
+    Inputs known to be contiguous (guarded graph inputs captured contiguous, other regions'
+    outputs, contiguous constants) are not checked per call: ``native.run_env`` reads their
+    data pointers straight from the value list. Only inputs computed by PyTorch ops
+    (``check``) are checked; a non-contiguous one sends the call down the copying path."""
 
-    def __init__(self, native, ins: List[int], outs: List[int], device: torch.device, info: RegionInfo):
+    __slots__ = ("native", "ins", "outs", "out_meta", "device", "info", "check", "cuda", "stream_index")
+
+    def __init__(self, native, ins: List[int], outs: List[int], device: torch.device, info: RegionInfo,
+                 check: Optional[List[int]] = None):
         self.native = native
         self.ins = ins
         self.outs = outs
         self.out_meta = [(tuple(s), _DTYPE_BY_NAME[d]) for d, s in native.output_meta]
         self.device = device
         self.info = info
+        self.check = tuple(ins if check is None else check)
+        self.cuda = device.type == "cuda"
+        self.stream_index = device.index if device.index is not None else 0
+        native.set_input_slots(list(ins))
 
     def __call__(self, env: List[Any]) -> None:
-        ts = [env[i] for i in self.ins]
-        if all(t.is_contiguous() for t in ts):
-            ptrs = [t.data_ptr() for t in ts]
-        else:
-            ts = [t.contiguous() for t in ts]  # kept alive until the call returns
-            ptrs = [t.data_ptr() for t in ts]
+        for i in self.check:
+            if not env[i].is_contiguous():
+                return self._run_copying(env)
         dev = self.device
         outs = [torch.empty(s, dtype=d, device=dev) for s, d in self.out_meta]
-        if dev.type == "cuda":
+        if self.cuda:
             # enqueued on PyTorch's current stream: ordered with the PyTorch ops around it
+            self.native.run_env(env, outs, _current_stream(dev))
+        else:
+            self.native.run_env(env, outs)
+        for i, o in zip(self.outs, outs):
+            env[i] = o
+
+    def _run_copying(self, env: List[Any]) -> None:
+        ts = [env[i].contiguous() for i in self.ins]  # kept alive until the call returns
+        ptrs = [t.data_ptr() for t in ts]
+        dev = self.device
+        outs = [torch.empty(s, dtype=d, device=dev) for s, d in self.out_meta]
+        if self.cuda:
             self.native.run(ptrs, [o.data_ptr() for o in outs], _current_stream(dev))
         else:
             self.native.run(ptrs, [o.data_ptr() for o in outs])
@@ -218,9 +237,12 @@ class Plan:
     compile_seconds: float = 0.0
     n_nodes: int = 0
 
+    def __post_init__(self) -> None:
+        self._pad = [None] * (self.n_values - self.n_inputs)
+
     def __call__(self, inputs: Sequence[Any]) -> Any:
         env: List[Any] = list(inputs)
-        env.extend([None] * (self.n_values - len(env)))
+        env += self._pad if len(env) == self.n_inputs else [None] * (self.n_values - len(env))
         for s in self.steps:
             s(env)
         return _subst(self.outputs, env)
@@ -448,8 +470,10 @@ def build_plan(gm: fx.GraphModule, *, strict: bool = False, name: str = "graph")
             args = fx.node.map_arg(n.args, ref_of)
             kwargs = fx.node.map_arg(n.kwargs, ref_of)
             steps.append((fstages[n], 0, order[n], TorchStep(n.target, args, kwargs, slot[n])))
+    region_made = {o for _, (_, members, _, r_out, _) in regions.items() for o in r_out}
     for k, (native, members, r_in, r_out, info) in regions.items():
-        steps.append((k, 1, 0, Region(native, [slot[i] for i in r_in], [slot[o] for o in r_out], device, info)))
+        check = [slot[i] for i in r_in if not _contiguous_by_construction(gm, i, region_made)]
+        steps.append((k, 1, 0, Region(native, [slot[i] for i in r_in], [slot[o] for o in r_out], device, info, check)))
     steps.sort(key=lambda s: (s[0], s[1], s[2]))
 
     out_node = next(n for n in nodes if n.op == "output")
@@ -462,6 +486,21 @@ def build_plan(gm: fx.GraphModule, *, strict: bool = False, name: str = "graph")
     if _debug() >= 1:
         print(f"[kiln] {name}: {plan.describe()}")
     return plan
+
+
+def _contiguous_by_construction(gm: fx.GraphModule, n: fx.Node, region_made: set) -> bool:
+    """Whether the value of ``n`` is contiguous on every call without looking: a graph input
+    captured contiguous (the guards pin its strides), another region's output (allocated
+    contiguous) or a contiguous constant."""
+    if n in region_made:
+        return True
+    if n.op == "placeholder":
+        v = _meta_val(n)
+        return isinstance(v, torch.Tensor) and v.is_contiguous()
+    if n.op == "get_attr":
+        v = _fetch_attr(gm, n.target)
+        return isinstance(v, torch.Tensor) and v.is_contiguous()
+    return False
 
 
 class _Const:

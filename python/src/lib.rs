@@ -17,7 +17,9 @@ pub mod json;
 use engine::Engine;
 use pyo3::create_exception;
 use pyo3::exceptions::PyException;
+use pyo3::intern;
 use pyo3::prelude::*;
+use pyo3::types::PyList;
 
 create_exception!(_kiln, CompileError, PyException, "Kiln could not import or compile a graph.");
 create_exception!(_kiln, UnsupportedNode, CompileError, "One node of a region cannot be imported: args = (message, node_index).");
@@ -49,6 +51,8 @@ struct Region {
     ir_text: String,
     inputs: Vec<(ir::DType, Vec<usize>)>,
     outputs: Vec<(ir::DType, Vec<usize>)>,
+    /// Where each input lies in the plan's value list (set once by the planner).
+    slots: std::sync::OnceLock<Vec<usize>>,
 }
 
 fn specs(g: &ir::Graph, ids: &[ir::NodeId]) -> Vec<(ir::DType, Vec<usize>)> {
@@ -68,7 +72,7 @@ impl Region {
         let outputs = specs(&graph, graph.outputs());
         let backend = backend.map(str::to_string);
         let engine = py.detach(move || Engine::compile(graph, backend.as_deref())).map_err(CompileError::new_err)?;
-        Ok(Region { engine, ir_text, inputs, outputs })
+        Ok(Region { engine, ir_text, inputs, outputs, slots: std::sync::OnceLock::new() })
     }
 
     /// Runs on PyTorch's memory: one pointer per input (contiguous, of the input's dtype and
@@ -91,6 +95,44 @@ impl Region {
             // SAFETY: the Python caller passes data_ptr()s of live contiguous tensors whose
             // dtype and shape it checked against `input_meta` / allocated from `output_meta`.
             unsafe { self.engine.run(&self.inputs, &inputs, &self.outputs, &outputs, stream) }
+        })
+        .map_err(CompileError::new_err)
+    }
+
+    /// Sets, once, the index in the plan's value list of each input (for [`Region::run_env`]).
+    fn set_input_slots(&self, slots: Vec<usize>) -> PyResult<()> {
+        if slots.len() != self.inputs.len() {
+            return Err(CompileError::new_err(format!("region takes {} inputs, got {} slots", self.inputs.len(), slots.len())));
+        }
+        self.slots.set(slots).map_err(|_| CompileError::new_err("the input slots of a region are set once"))
+    }
+
+    /// The per-call path: reads each input tensor from the plan's value list `env` at the
+    /// slots set by `set_input_slots`, takes the data pointers of those and of `outputs`
+    /// (tensors the caller allocated from `output_meta`), and runs, in one call. The caller
+    /// guarantees what the guards check: every input is contiguous and of its spec's dtype,
+    /// shape and device (the planner calls this only for inputs that are guarded graph
+    /// inputs, outputs of other regions, or constants it checked).
+    #[pyo3(signature = (env, outputs, stream=None))]
+    fn run_env(&self, py: Python<'_>, env: &Bound<'_, PyList>, outputs: &Bound<'_, PyList>, stream: Option<u64>) -> PyResult<()> {
+        let slots = self.slots.get().ok_or_else(|| CompileError::new_err("run_env before set_input_slots"))?;
+        if outputs.len() != self.outputs.len() {
+            return Err(CompileError::new_err(format!("region has {} outputs, got {}", self.outputs.len(), outputs.len())));
+        }
+        let data_ptr = intern!(py, "data_ptr");
+        let ptr = |t: Bound<'_, PyAny>| -> PyResult<usize> { t.call_method0(data_ptr)?.extract::<usize>() };
+        let mut ins = Vec::with_capacity(slots.len());
+        for &i in slots {
+            ins.push(ptr(env.get_item(i)?)?);
+        }
+        let mut outs = Vec::with_capacity(outputs.len());
+        for o in outputs.iter() {
+            outs.push(ptr(o)?);
+        }
+        py.detach(|| {
+            // SAFETY: the planner's contract above: live contiguous tensors of the region's
+            // types (kept alive by `env` and `outputs` for the call).
+            unsafe { self.engine.run(&self.inputs, &ins, &self.outputs, &outs, stream) }
         })
         .map_err(CompileError::new_err)
     }
