@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import platform
 import statistics
 import sys
@@ -300,7 +301,9 @@ def main():
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--dtype", default=None, help="bf16 (GPU default) or f32 (CPU default)")
     ap.add_argument("--no-kiln", action="store_true", help="skip Kiln even if importable")
-    ap.add_argument("--variants", default="", help="comma list to restrict variants (eager,torch.compile,reduce-overhead,SDPA,kiln)")
+    ap.add_argument("--variants", default=os.environ.get("KILN_COMPARE_VARIANTS", ""),
+                    help="comma list to restrict variants (eager,torch.compile,reduce-overhead,SDPA,kiln); "
+                         "default $KILN_COMPARE_VARIANTS, else all")
     args = ap.parse_args()
 
     device = torch.device(args.device)
