@@ -241,12 +241,12 @@ impl<'g> K<'g> {
             let col_ok = self.col_ok(s, n, ok_m, v.len());
             let row = self.mul(m, s.n);
             let at = self.add(&row, n);
-            let vector = s.n % v.len() == 0;
+            let vector = s.n.is_multiple_of(v.len());
             self.store_run(out_arg, s.dtype, &at, v, &col_ok, vector);
             return;
         }
         let len = vals.len();
-        let vector = s.n % len == 0;
+        let vector = s.n.is_multiple_of(len);
         let col_ok: Vec<String> = (0..len)
             .map(|j| {
                 let c = self.addc(n, j);
@@ -295,7 +295,7 @@ impl<'g> K<'g> {
     fn prefetch(&mut self, s: &Skinny, args: (Option<usize>, Option<usize>, usize), m: &str, n: &str, ok_m: &str) -> Prefetched {
         let (bias_arg, res_arg, _) = args;
         let len = 8;
-        let vector = s.n % len == 0;
+        let vector = s.n.is_multiple_of(len);
         let col_ok = self.col_ok(s, n, ok_m, len);
         let oks: Vec<String> = if vector { vec![col_ok[0].clone(); len] } else { col_ok.clone() };
         let bias = bias_arg.map(|b| self.load_run(b, s.dtype, n, len, &oks, vector));
@@ -398,7 +398,7 @@ fn step_b_rows(
     ncol_ok: &str,
 ) -> Vec<(usize, Vec<[String; 4]>, [String; 2])> {
     let (d, st) = (s.dtype, storage_type(s.dtype));
-    let (a_vec, b_vec) = (s.k % 4 == 0, s.n % 8 == 0);
+    let (a_vec, b_vec) = (s.k.is_multiple_of(4), s.n.is_multiple_of(8));
     let t4 = k.mul(t, 4);
     let kt = k.add(k0, &t4);
     let mut brows = Vec::new();
@@ -465,7 +465,7 @@ fn step_b_transposed(
     g: &str,
 ) -> Vec<(usize, Vec<[String; 4]>, [String; 2])> {
     let (d, st) = (s.dtype, storage_type(s.dtype));
-    let vec8 = s.k % 8 == 0;
+    let vec8 = s.k.is_multiple_of(8);
     let t8 = k.mul(t, 8);
     let kt = k.add(k0, &t8);
     let regs = |k: &mut K, v: &str| -> Vec<String> {
@@ -705,7 +705,7 @@ pub(crate) fn main_kernel(symbol: &str, s: &Skinny, args: &[(DType, usize)]) -> 
             let row = k.mul(&r, s.n);
             let at = k.add(&row, n);
             let ok = k.col_ok(s, n, m_ok, 8);
-            k.store_run(2, DType::F32, &at, vals, &ok, s.n % 8 == 0);
+            k.store_run(2, DType::F32, &at, vals, &ok, s.n.is_multiple_of(8));
         }
     }
     if splits > 1 {
@@ -751,7 +751,7 @@ fn last_block_sums(k: &mut K, s: &Skinny, tid: &str, bx: &str, items: &[(String,
     k.line(&format!("scf.if {am_last} {{"));
     k.e.indent += 1;
     k.line(fence);
-    let vector = s.n % 8 == 0;
+    let vector = s.n.is_multiple_of(8);
     for (m, _, n, m_ok, pre) in items {
         let (m, n, m_ok) = (m.as_str(), n.as_str(), m_ok.as_str());
         let ok = k.col_ok(s, n, m_ok, 8);
