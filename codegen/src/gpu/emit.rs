@@ -320,7 +320,7 @@ impl<'g> Emitter<'g> {
     /// test came out wrong (GPU fuzzing, seeds 923002788 and 925001213).
     fn ix_clamp(&mut self, a: &Ix, lo: i64, hi: i64) -> Ix {
         let (l, h) = (self.constant(&lo.to_string(), "i64"), self.constant(&hi.to_string(), "i64"));
-        let mut clamp = |e: &mut Self, x: &str| {
+        let clamp = |e: &mut Self, x: &str| {
             let x = e.op(&format!("arith.index_cast {x} : index to i64"));
             let r = e.op(&format!(
                 "llvm.inline_asm \"max.s64 $0, $1, $2;\\n\\tmin.s64 $0, $0, $3;\", \"=l,l,l,l\" {x}, {l}, {h} : (i64, i64, i64) -> i64"
