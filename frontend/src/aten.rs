@@ -931,14 +931,21 @@ impl Cx<'_> {
             return Ok(Val::Tensor(y));
         }
         // native_layer_norm also returns mean and rstd over the normalized dims (keepdim),
-        // in the compute dtype.
+        // computed in f32 and stored in the dtype PyTorch reports for them: f32 on CUDA, the
+        // input's dtype on the CPU (a bf16 model on the CPU fell back to eager here).
+        let stat_dtype = |k: usize| self.node.out.get(k).and_then(|m| m.as_ref()).and_then(|m| m.dtype.clone().ok());
         let stats = || -> Result<(Tensor, Tensor), FrontendError> {
             let r = x.rank();
             let dims: Vec<isize> = (r - shape.len()..r).map(|d| d as isize).collect();
             let xc = if x.dtype().is_float() && x.dtype() != DType::F32 { x.to_dtype(DType::F32)? } else { x.clone() };
             let mean = xc.mean(dims.clone(), true)?;
             let var = xc.var(dims, 0.0, true)?;
-            Ok((mean, var.add(eps)?.rsqrt()?))
+            let rstd = var.add(eps)?.rsqrt()?;
+            let as_reported = |t: Tensor, k: usize| match stat_dtype(k) {
+                Some(d) if d != t.dtype() && d.is_float() => t.to_dtype(d),
+                _ => Ok(t),
+            };
+            Ok((as_reported(mean, 1)?, as_reported(rstd, 2)?))
         };
         let (m, rs) = match stats() {
             Ok((m, rs)) => (Ok(m), Ok(rs)),

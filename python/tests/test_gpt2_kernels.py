@@ -45,6 +45,22 @@ def test_gpt2_stack_kernel_count_matches_the_rust_tracer(spelling):
     assert kernels == 7 * n_layer + 1, str(kiln.explain(m, x))
 
 
+def test_gpt2_stack_in_bf16_is_one_region_with_attention():
+    """bf16 on the CPU: native_layer_norm's mean/rstd are bf16 there (f32 on CUDA); the
+    importer stores them as PyTorch reports, so no layer norm falls back to eager."""
+    n_layer = 2
+    m = Blocks(n_layer, 64, 4, 32, "masked_fill").eval().to(torch.bfloat16)
+    x = torch.randn(1, 19, 64, dtype=torch.bfloat16)
+    c = kiln.compile(m, strict=True)
+    with torch.no_grad():
+        assert_same(c(x), m(x))
+    plan = plan_of(c)
+    kernels, attention = _kernels(plan)
+    assert len(plan.regions) == 1, plan.describe()
+    assert attention == n_layer, plan.describe()
+    assert kernels == 7 * n_layer + 1, str(kiln.explain(m, x))
+
+
 def test_causal_mask_buffer_is_a_guarded_constant():
     m = Blocks(2, 32, 2, 16, "masked_fill").eval()
     x = torch.randn(2, 7, 32)
