@@ -31,25 +31,7 @@ const SMEM_BYTES: usize = 40 * 1024;
 /// `FlashAttention` node) or a `Permute` of it.
 pub(crate) fn attention(symbol: &str, body: &Graph, args: &[(DType, usize)]) -> Result<super::EmittedKernel, GpuError> {
     let unsupported = |reason: String| GpuError::Unsupported { kernel: symbol.into(), reason };
-    let root = body.outputs()[0];
-    let (attn, perm) = match &body.node(root).op {
-        Op::FlashAttention { .. } => (root, None),
-        Op::Permute { perm } => (body.node(root).inputs[0], Some(perm.clone())),
-        op => return Err(unsupported(format!("an attention kernel rooted at `{}`", op.name()))),
-    };
-    let an = body.node(attn).clone();
-    let Op::FlashAttention { causal, scale } = an.op else {
-        return Err(unsupported("an attention kernel without a flash_attention node".into()));
-    };
-    let (q, k, v) = (an.inputs[0], an.inputs[1], an.inputs[2]);
-    let (qs, ks, vs) = (body.node(q).shape.clone(), body.node(k).shape.clone(), body.node(v).shape.clone());
-    let r = an.shape.rank();
-    if r < 2 || qs.rank() != r || ks.rank() != r || vs.rank() != r {
-        return Err(unsupported(format!("attention over operands of ranks {}, {}, {}", qs.rank(), ks.rank(), vs.rank())));
-    }
-    let (sq, d) = (qs.dims()[r - 2], qs.dims()[r - 1]);
-    let (sk, dv) = (ks.dims()[r - 2], vs.dims()[r - 1]);
-    let batch_shape = Shape::new(an.shape.dims()[..r - 2].iter().copied());
+    let AttnBody { an, perm, causal, scale, q, k, v, qs, ks, vs, r, sq, sk, d, dv, batch_shape } = attention_body(symbol, body)?;
     let batch = batch_shape.numel().max(1);
     if sq == 0 || sk == 0 || d == 0 || dv == 0 {
         return Err(unsupported("an empty attention".into()));
@@ -340,7 +322,7 @@ pub(crate) fn attention(symbol: &str, body: &Graph, args: &[(DType, usize)]) -> 
     let one = e.c_f32(1.0);
     let inv = e.op(&format!("arith.divf {one}, {} : f32", carried[1]));
     let out_arg = body.inputs().len();
-    let out_shape = body.node(root).shape.clone();
+    let out_shape = body.node(body.outputs()[0]).shape.clone();
     for (c, (ix, ok)) in dvv.into_iter().enumerate() {
         let vals: Vec<String> = (0..vec).map(|j| e.op(&format!("arith.mulf {}, {inv} : f32", carried[2 + c * vec + j]))).collect();
         let idx = at(&mut e, &uni(&row, vec), &ix, &an.shape);
@@ -370,4 +352,54 @@ pub(crate) fn attention(symbol: &str, body: &Graph, args: &[(DType, usize)]) -> 
 /// kernel can read through index maps.
 pub(crate) fn is_index_map(body: &Graph, id: NodeId) -> bool {
     matches!(body.node(id).op, Op::Reshape { .. } | Op::Permute { .. } | Op::Slice { .. } | Op::Expand { .. } | Op::Cast { .. })
+}
+
+/// An attention kernel's body taken apart: what both attention emitters (this SIMT kernel and
+/// the tensor-core one in `flash.rs`) start from.
+pub(crate) struct AttnBody {
+    /// The `FlashAttention` node.
+    pub an: ir::Node,
+    /// The permute the root applies to the attention's output, if any.
+    pub perm: Option<Vec<usize>>,
+    pub causal: bool,
+    pub scale: ir::Scalar,
+    pub q: NodeId,
+    pub k: NodeId,
+    pub v: NodeId,
+    pub qs: Shape,
+    pub ks: Shape,
+    pub vs: Shape,
+    /// The rank of every operand and of the output.
+    pub r: usize,
+    pub sq: usize,
+    pub sk: usize,
+    pub d: usize,
+    pub dv: usize,
+    /// The output's leading (batch) dims.
+    pub batch_shape: Shape,
+}
+
+/// Takes apart `body`, whose single output is a `FlashAttention` node or a `Permute` of it.
+pub(crate) fn attention_body(symbol: &str, body: &Graph) -> Result<AttnBody, GpuError> {
+    let unsupported = |reason: String| GpuError::Unsupported { kernel: symbol.into(), reason };
+    let root = body.outputs()[0];
+    let (attn, perm) = match &body.node(root).op {
+        Op::FlashAttention { .. } => (root, None),
+        Op::Permute { perm } => (body.node(root).inputs[0], Some(perm.clone())),
+        op => return Err(unsupported(format!("an attention kernel rooted at `{}`", op.name()))),
+    };
+    let an = body.node(attn).clone();
+    let Op::FlashAttention { causal, scale } = an.op else {
+        return Err(unsupported("an attention kernel without a flash_attention node".into()));
+    };
+    let (q, k, v) = (an.inputs[0], an.inputs[1], an.inputs[2]);
+    let (qs, ks, vs) = (body.node(q).shape.clone(), body.node(k).shape.clone(), body.node(v).shape.clone());
+    let r = an.shape.rank();
+    if r < 2 || qs.rank() != r || ks.rank() != r || vs.rank() != r {
+        return Err(unsupported(format!("attention over operands of ranks {}, {}, {}", qs.rank(), ks.rank(), vs.rank())));
+    }
+    let (sq, d) = (qs.dims()[r - 2], qs.dims()[r - 1]);
+    let (sk, dv) = (ks.dims()[r - 2], vs.dims()[r - 1]);
+    let batch_shape = Shape::new(an.shape.dims()[..r - 2].iter().copied());
+    Ok(AttnBody { an, perm, causal, scale, q, k, v, qs, ks, vs, r, sq, sk, d, dv, batch_shape })
 }

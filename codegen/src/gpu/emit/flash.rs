@@ -35,9 +35,10 @@
 //! do not overlap this tile's mmas except across the blocks of an SM); head dims above 128
 //! take the other paths.
 
+use super::attn::{attention_body, AttnBody};
 use super::{storage_type, EmittedKernel, Emitter, Form, Ix};
 use crate::gpu::GpuError;
-use ir::{DType, Graph, Op, Shape};
+use ir::{DType, Graph, Shape};
 
 /// Warps per block (16 query rows each).
 const WARPS: usize = 4;
@@ -61,31 +62,13 @@ pub(crate) fn flash_fits(dtype: DType, d: usize, dv: usize) -> bool {
 /// `FlashAttention` node or a `Permute` of it.
 pub(crate) fn flash_attention(symbol: &str, body: &Graph, args: &[(DType, usize)]) -> Result<EmittedKernel, GpuError> {
     let unsupported = |reason: String| GpuError::Unsupported { kernel: symbol.into(), reason };
-    let root = body.outputs()[0];
-    let (attn, perm) = match &body.node(root).op {
-        Op::FlashAttention { .. } => (root, None),
-        Op::Permute { perm } => (body.node(root).inputs[0], Some(perm.clone())),
-        op => return Err(unsupported(format!("an attention kernel rooted at `{}`", op.name()))),
-    };
-    let an = body.node(attn).clone();
-    let Op::FlashAttention { causal, scale } = an.op else {
-        return Err(unsupported("an attention kernel without a flash_attention node".into()));
-    };
-    let (q, k, v) = (an.inputs[0], an.inputs[1], an.inputs[2]);
-    let (qs, ks, vs) = (body.node(q).shape.clone(), body.node(k).shape.clone(), body.node(v).shape.clone());
-    let r = an.shape.rank();
-    if r < 2 || qs.rank() != r || ks.rank() != r || vs.rank() != r {
-        return Err(unsupported(format!("attention over operands of ranks {}, {}, {}", qs.rank(), ks.rank(), vs.rank())));
-    }
-    let (sq, d) = (qs.dims()[r - 2], qs.dims()[r - 1]);
-    let (sk, dv) = (ks.dims()[r - 2], vs.dims()[r - 1]);
+    let AttnBody { an, perm, causal, scale, q, k, v, qs, ks, vs, r, sq, sk, d, dv, batch_shape } = attention_body(symbol, body)?;
     if sq == 0 || sk == 0 || !flash_fits(an.dtype, d, dv) {
         return Err(unsupported(format!("tensor-core attention of {} with head dims {d}, {dv} over {sq} x {sk}", an.dtype)));
     }
     let dt = an.dtype;
     let st = storage_type(dt);
     let mma_ty = if dt == DType::BF16 { "bf16" } else { "f16" };
-    let batch_shape = Shape::new(an.shape.dims()[..r - 2].iter().copied());
     let batch = batch_shape.numel().max(1);
     let threads = 32 * WARPS;
     // Keys per tile: 64 for head dims up to 64, else 32 (the S and P fragments of a 64-key tile
@@ -435,7 +418,7 @@ pub(crate) fn flash_attention(symbol: &str, body: &Graph, args: &[(DType, usize)
         .collect();
     let csq = ci(&mut e, sq);
     let out_arg = body.inputs().len();
-    let out_shape = body.node(root).shape.clone();
+    let out_shape = body.node(body.outputs()[0]).shape.clone();
     for h in 0..2 {
         let ok = e.op(&format!("arith.cmpi ult, {}, {csq} : index", rows[h]));
         e.line(&format!("scf.if {ok} {{"));
