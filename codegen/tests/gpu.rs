@@ -647,6 +647,13 @@ fn no_driver_is_a_typed_error_or_a_device() {
 
 // ---------------------------------------------------------------- benchmark (run by scripts/gpu-run)
 
+/// The median of some timings (the GPU benchmarks here and in `skinny`, `flash`).
+#[cfg(feature = "cuda")]
+fn median(mut t: Vec<f64>) -> f64 {
+    t.sort_by(f64::total_cmp);
+    t[t.len() / 2]
+}
+
 /// The workloads of `shared/bench/WORKLOADS.md` that this backend covers, each checked against
 /// an f64 reference on sampled rows before it is timed (CUDA events, L2 flushed, graph replay,
 /// median). Writes JSON to `$KILN_BENCH_OUT`.
@@ -659,10 +666,6 @@ fn bench_workloads() -> R<()> {
         println!("skipping the GPU benchmark: no CUDA driver found");
         return Ok(());
     }
-    let median = |mut t: Vec<f64>| {
-        t.sort_by(f64::total_cmp);
-        t[t.len() / 2]
-    };
     let mut results = Vec::new();
     let upload = |ex: &CudaExecutor, vals: &[Value]| -> R<Vec<DeviceTensor>> {
         vals.iter()

@@ -124,9 +124,7 @@ fn bench_flash_attention() -> R<()> {
                 .collect::<R<Vec<_>>>()?;
             let in_ptrs: Vec<u64> = ins.iter().map(|t| t.ptr).collect();
             let o = ex.alloc(b * h * s * d * 2)?;
-            let mut t = ex.time_runs(&in_ptrs, &[o.ptr], 20, true)?;
-            t.sort_by(f64::total_cmp);
-            let ms = t[t.len() / 2];
+            let ms = super::median(ex.time_runs(&in_ptrs, &[o.ptr], 20, true)?);
             let out = super::device::from_bytes(DType::BF16, &[b * h * s * d], &o.download()?);
             let finite = out.data.iter().all(|x| x.is_finite());
             println!(

@@ -129,10 +129,7 @@ fn bench_skinny_gemms() -> R<()> {
         println!("skipping: no CUDA driver");
         return Ok(());
     }
-    let median = |mut t: Vec<f64>| {
-        t.sort_by(f64::total_cmp);
-        t[t.len() / 2]
-    };
+    use super::median;
     let modes = [("skinny", 64), ("cublaslt", 0)];
     for (k, n, ep) in [(768, 2304, "wt_bias"), (768, 768, "wt_bias_res"), (768, 3072, "wt_bias_gelu"), (3072, 768, "wt_bias_res"), (768, 3072, "bias_gelu"), (3072, 768, "bias_res")] {
         let name = format!("gpt2_gemm_k{k}_n{n}_{ep}");
