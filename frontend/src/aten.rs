@@ -127,8 +127,8 @@ const SUPPORTED: &[&str] = &[
     "aten.bitwise_or.Tensor",
     "aten.where.self", "aten.masked_fill.Scalar", "aten.masked_fill.Tensor",
     // dtype and copies
-    "aten._to_copy.default", "aten.clone.default", "aten.alias.default", "aten.detach.default",
-    "aten.lift_fresh_copy.default", "aten.contiguous.default",
+    "aten._to_copy.default", "aten.clone.default", "aten.alias.default", "aten.alias_copy.default",
+    "aten.detach.default", "aten.detach_copy.default", "aten.lift_fresh_copy.default", "aten.contiguous.default",
     // reductions and row ops
     "aten.sum.default", "aten.sum.dim_IntList", "aten.mean.default", "aten.mean.dim",
     "aten.amax.default", "aten.amin.default", "aten.max.default", "aten.min.default",

@@ -45,6 +45,23 @@ def test_gpt2_stack_kernel_count_matches_the_rust_tracer(spelling):
     assert kernels == 7 * n_layer + 1, str(kiln.explain(m, x))
 
 
+def test_gpt2_at_full_block_size_keeps_attention():
+    """At T == block_size, nanoGPT's `bias[:, :, :T, :T]` is a full slice, which ATen traces as
+    `alias_copy`: it must import as the identity, or the mask runs in PyTorch and attention
+    discovery misses every layer (GPT-2 b8 t1024 fell back to 193 kernels on CUDA)."""
+    n_layer = 2
+    m = Blocks(n_layer, 64, 4, 32, "masked_fill").eval()
+    x = torch.randn(2, 32, 64)
+    c = kiln.compile(m, strict=True)
+    with torch.no_grad():
+        assert_same(c(x), m(x))
+    plan = plan_of(c)
+    kernels, attention = _kernels(plan)
+    assert len(plan.regions) == 1 and not plan.fallbacks, plan.describe()
+    assert attention == n_layer, plan.describe()
+    assert kernels == 7 * n_layer + 1, plan.describe()
+
+
 def test_gpt2_stack_in_bf16_is_one_region_with_attention():
     """bf16 on the CPU: native_layer_norm's mean/rstd are bf16 there (f32 on CUDA); the
     importer stores them as PyTorch reports, so no layer norm falls back to eager."""
