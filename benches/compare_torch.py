@@ -304,6 +304,7 @@ def main():
     ap.add_argument("--variants", default=os.environ.get("KILN_COMPARE_VARIANTS", ""),
                     help="comma list to restrict variants (eager,torch.compile,reduce-overhead,SDPA,kiln); "
                          "default $KILN_COMPARE_VARIANTS, else all")
+    ap.add_argument("--explain", metavar="DIR", help="write kiln.explain (regions, kernels, fallbacks) of each workload to DIR/NAME.txt")
     args = ap.parse_args()
 
     device = torch.device(args.device)
@@ -346,6 +347,10 @@ def main():
                         out = vfn(*inputs)
                         timer.sync()
                         entry["first_call_s"] = round(time.perf_counter() - t0, 3)
+                    if args.explain and vname == "kiln":
+                        os.makedirs(args.explain, exist_ok=True)
+                        with open(os.path.join(args.explain, f"{w.name}.txt"), "w") as f:
+                            f.write(str(kiln_mod.explain(vfn, *inputs)) + "\n")
                     if caught:
                         entry["warnings"] = [str(c.message)[:200] for c in caught][:3]
                     err = rel_error(out, ref)
