@@ -62,7 +62,7 @@ def _describe_key_diff(old: tuple, new: tuple, names: List[str]) -> str:
     """Names the first input whose guarded property changed between two signatures."""
     if len(old) != len(new):
         return f"the number of tensor inputs changed from {len(old)} to {len(new)}"
-    props = ("dtype", "device", "shape", "contiguous", "requires_grad")
+    props = ("dtype", "device", "shape", "contiguous", "requires_grad", "layout")
     for i, (a, b) in enumerate(zip(old, new)):
         for p, x, y in zip(props, a, b):
             if x != y:
@@ -75,7 +75,8 @@ _MISS = object()
 
 
 def _tensor_key(t: torch.Tensor) -> tuple:
-    return (t.dtype, t.device, tuple(t.shape), t.is_contiguous(), t.requires_grad)
+    strided = t.layout is torch.strided
+    return (t.dtype, t.device, tuple(t.shape), strided and t.is_contiguous(), t.requires_grad, t.layout)
 
 
 def _tensor_guards(ts: List[torch.Tensor]) -> Any:
@@ -289,6 +290,8 @@ class Compiled:
             for nm, t in zip(names, all_tensors):
                 if t.dtype not in _DTYPES:
                     return self._bad(key, f"{nm}: expected dtype one of float32, float16, bfloat16, int32, int64, bool; got {dtype_name(t.dtype)}")
+                if t.layout is not torch.strided:
+                    return self._bad(key, f"{nm}: expected a dense (strided) tensor, got layout {t.layout}")
                 if t.device.type not in ("cpu", "cuda"):
                     return self._bad(key, f"{nm}: expected a CPU or CUDA tensor, got device {t.device}")
                 if t.requires_grad and torch.is_grad_enabled():

@@ -162,7 +162,7 @@ class Region:
     data pointers straight from the value list. Only inputs computed by PyTorch ops
     (``check``) are checked; a non-contiguous one sends the call down the copying path."""
 
-    __slots__ = ("native", "ins", "outs", "out_meta", "device", "info", "check", "cuda", "stream_index")
+    __slots__ = ("native", "ins", "outs", "out_meta", "out_strided", "fast_empty", "device", "info", "check", "cuda", "stream_index")
 
     def __init__(self, native, ins: List[int], outs: List[int], device: torch.device, info: RegionInfo,
                  check: Optional[List[int]] = None):
@@ -170,6 +170,8 @@ class Region:
         self.ins = ins
         self.outs = outs
         self.out_meta = [(tuple(s), _DTYPE_BY_NAME[d]) for d, s in native.output_meta]
+        self.out_strided = [(s, _contiguous_strides(s), d) for s, d in self.out_meta]
+        self.fast_empty = _FAST_EMPTY.get(device.type)
         self.device = device
         self.info = info
         self.check = tuple(ins if check is None else check)
@@ -177,12 +179,21 @@ class Region:
         self.stream_index = device.index if device.index is not None else 0
         native.set_input_slots(list(ins))
 
+    def _empty_outputs(self) -> List[torch.Tensor]:
+        """The outputs, allocated by PyTorch's caching allocator: through the low-overhead
+        allocator Inductor's wrappers use when this PyTorch has it and the region's device is
+        the current one (it allocates on the current device), else ``torch.empty``."""
+        fast = self.fast_empty
+        if fast is not None and (not self.cuda or torch._C._cuda_getDevice() == self.stream_index):
+            return [fast(s, st, d) for s, st, d in self.out_strided]
+        dev = self.device
+        return [torch.empty(s, dtype=d, device=dev) for s, d in self.out_meta]
+
     def __call__(self, env: List[Any]) -> None:
         for i in self.check:
             if not env[i].is_contiguous():
                 return self._run_copying(env)
-        dev = self.device
-        outs = [torch.empty(s, dtype=d, device=dev) for s, d in self.out_meta]
+        outs = self._empty_outputs()
         if self.cuda:
             # enqueued on PyTorch's current stream: ordered with the PyTorch ops around it
             self.native.run_env(env, outs, _current_stream(dev))
@@ -195,13 +206,40 @@ class Region:
         ts = [env[i].contiguous() for i in self.ins]  # kept alive until the call returns
         ptrs = [t.data_ptr() for t in ts]
         dev = self.device
-        outs = [torch.empty(s, dtype=d, device=dev) for s, d in self.out_meta]
+        outs = self._empty_outputs()
         if self.cuda:
             self.native.run(ptrs, [o.data_ptr() for o in outs], _current_stream(dev))
         else:
             self.native.run(ptrs, [o.data_ptr() for o in outs])
         for i, o in zip(self.outs, outs):
             env[i] = o
+
+
+def _contiguous_strides(shape: Tuple[int, ...]) -> Tuple[int, ...]:
+    strides, acc = [], 1
+    for n in reversed(shape):
+        strides.append(acc)
+        acc *= max(n, 1)
+    return tuple(reversed(strides))
+
+
+def _fast_empty() -> Dict[str, Callable]:
+    """``_empty_strided_{cpu,cuda}(size, stride, dtype)``: the allocators Inductor's generated
+    wrappers call (``torch.empty`` costs several microseconds more per tensor); absent in
+    PyTorch versions without them, where ``torch.empty`` is used."""
+    try:
+        from torch._C._dynamo import guards
+    except ImportError:
+        return {}
+    found = {}
+    for dev in ("cpu", "cuda"):
+        f = getattr(guards, f"_empty_strided_{dev}", None)
+        if f is not None and (dev == "cpu" or torch.cuda.is_available()):
+            found[dev] = f
+    return found
+
+
+_FAST_EMPTY = _fast_empty()
 
 
 def _current_stream(dev: torch.device) -> int:
@@ -239,8 +277,19 @@ class Plan:
 
     def __post_init__(self) -> None:
         self._pad = [None] * (self.n_values - self.n_inputs)
+        # one Kiln region and nothing else (a fully supported model): its outputs are the
+        # plan's outputs, returned without walking the output structure
+        only = self.steps[0] if len(self.steps) == 1 and isinstance(self.steps[0], Region) else None
+        flat = isinstance(self.outputs, list) and all(type(o) is _Ref for o in self.outputs)
+        self._only_region = only if only is not None and flat and not only.check else None
 
     def __call__(self, inputs: Sequence[Any]) -> Any:
+        r = self._only_region
+        if r is not None and len(inputs) == self.n_inputs:
+            env = list(inputs)
+            env += self._pad
+            r(env)
+            return [env[i] for i in self.outputs]
         env: List[Any] = list(inputs)
         env += self._pad if len(env) == self.n_inputs else [None] * (self.n_values - len(env))
         for s in self.steps:

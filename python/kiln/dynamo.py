@@ -26,6 +26,10 @@ def _fx_compiler(gm: torch.fx.GraphModule, example_inputs: List[Any]):
     if not static:
         warnings.warn("kiln: the graph has dynamic shapes; it runs in PyTorch", KilnWarning, stacklevel=2)
         return make_boxed_func(gm.forward)
+    dense = all(getattr(_meta_val(n), "layout", torch.strided) is torch.strided for n in gm.graph.nodes if n.op == "placeholder")
+    if not dense:
+        warnings.warn("kiln: the graph takes a sparse or other non-strided tensor; it runs in PyTorch", KilnWarning, stacklevel=2)
+        return make_boxed_func(gm.forward)
     try:
         plan = build_plan(gm, name="dynamo")
     except Exception as e:  # never fail the user's model: run the graph as captured

@@ -13,11 +13,11 @@
 
 pub mod engine;
 pub mod json;
+pub mod tensor_ptr;
 
 use engine::Engine;
 use pyo3::create_exception;
 use pyo3::exceptions::PyException;
-use pyo3::intern;
 use pyo3::prelude::*;
 use pyo3::types::PyList;
 
@@ -119,15 +119,13 @@ impl Region {
         if outputs.len() != self.outputs.len() {
             return Err(CompileError::new_err(format!("region has {} outputs, got {}", self.outputs.len(), outputs.len())));
         }
-        let data_ptr = intern!(py, "data_ptr");
-        let ptr = |t: Bound<'_, PyAny>| -> PyResult<usize> { t.call_method0(data_ptr)?.extract::<usize>() };
         let mut ins = Vec::with_capacity(slots.len());
         for &i in slots {
-            ins.push(ptr(env.get_item(i)?)?);
+            ins.push(tensor_ptr::data_ptr(&env.get_item(i)?)?);
         }
         let mut outs = Vec::with_capacity(outputs.len());
         for o in outputs.iter() {
-            outs.push(ptr(o)?);
+            outs.push(tensor_ptr::data_ptr(&o)?);
         }
         py.detach(|| {
             // SAFETY: the planner's contract above: live contiguous tensors of the region's
@@ -184,6 +182,7 @@ fn _kiln(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("UnsupportedNode", m.py().get_type::<UnsupportedNode>())?;
     m.add_function(wrap_pyfunction!(supported_targets, m)?)?;
     m.add_function(wrap_pyfunction!(import_graph, m)?)?;
+    m.add_function(wrap_pyfunction!(tensor_ptr::set_tensor_access, m)?)?;
     m.add_class::<Region>()?;
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     Ok(())

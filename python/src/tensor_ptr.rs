@@ -1,0 +1,60 @@
+//! Data pointers of PyTorch tensors without a Python method call per tensor.
+//!
+//! A compiled GPT-2 region takes ~150 tensors (every parameter is an input), and
+//! `tensor.data_ptr()` through Python costs ~150 ns each: more than the CUDA graph launch.
+//! PyTorch exports, for Inductor's generated C++ wrappers, a C function that returns a
+//! tensor's data pointer from its `PyObject*`
+//! (`torch._C._dynamo.guards._torchinductor_pyobject_tensor_data_ptr`, an address). The
+//! Python package hands that address here once ([`set_tensor_access`]) with the exact types
+//! it is used for (`torch.Tensor`, `torch.nn.Parameter`); anything else, or a PyTorch without
+//! the export, goes through `data_ptr()`.
+//!
+//! The function throws a C++ exception for a non-tensor (and `data_ptr()` does for tensors
+//! without strided storage); an exception must never unwind into Rust, so it is called only
+//! for objects whose type is exactly one of the registered tensor types, and the planner only
+//! sends strided tensors (its guards refuse other layouts).
+
+use pyo3::intern;
+use pyo3::prelude::*;
+use pyo3::types::PyType;
+use std::ffi::c_void;
+use std::sync::OnceLock;
+
+type DataPtrFn = unsafe extern "C-unwind" fn(*mut pyo3::ffi::PyObject) -> *mut c_void;
+
+struct Access {
+    data_ptr: DataPtrFn,
+    /// The exact types the function is used for (kept alive for the process).
+    types: Vec<Py<PyType>>,
+}
+
+static ACCESS: OnceLock<Access> = OnceLock::new();
+
+/// Registers PyTorch's exported data-pointer function (its address) for objects of exactly
+/// these types. Once per process; later calls are ignored. Returns whether it is in use.
+#[pyfunction]
+pub fn set_tensor_access(address: usize, types: Vec<Bound<'_, PyType>>) -> bool {
+    if address == 0 || types.is_empty() {
+        return ACCESS.get().is_some();
+    }
+    // SAFETY: the Python package passes the address PyTorch exports for exactly this
+    // signature (`void* (*)(PyObject*)`, the C calling convention on every platform PyTorch
+    // ships for); it stays valid while torch is loaded, which outlives every region.
+    let data_ptr: DataPtrFn = unsafe { std::mem::transmute::<usize, DataPtrFn>(address) };
+    let _ = ACCESS.set(Access { data_ptr, types: types.into_iter().map(|t| t.unbind()).collect() });
+    true
+}
+
+/// The data pointer of `t`, a live strided tensor.
+pub fn data_ptr(t: &Bound<'_, PyAny>) -> PyResult<usize> {
+    if let Some(a) = ACCESS.get() {
+        let ty = t.get_type();
+        if a.types.iter().any(|k| ty.is(k.bind(t.py()))) {
+            // SAFETY: `t` is exactly a registered tensor type (so the function does not throw
+            // for a non-tensor) and the caller's contract makes it a strided tensor; the GIL
+            // is held and `t` is borrowed for the call.
+            return Ok(unsafe { (a.data_ptr)(t.as_ptr()) } as usize);
+        }
+    }
+    t.call_method0(intern!(t.py(), "data_ptr"))?.extract::<usize>()
+}
