@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import functools
-import os
 import threading
 import warnings
 from typing import Any, Callable, Dict, List, Optional, Tuple

@@ -196,7 +196,7 @@ class Region:
         outs = self._empty_outputs()
         if self.cuda:
             # enqueued on PyTorch's current stream: ordered with the PyTorch ops around it
-            self.native.run_env(env, outs, _current_stream(dev))
+            self.native.run_env(env, outs, _current_stream(self.device))
         else:
             self.native.run_env(env, outs)
         for i, o in zip(self.outs, outs):
@@ -205,10 +205,9 @@ class Region:
     def _run_copying(self, env: List[Any]) -> None:
         ts = [env[i].contiguous() for i in self.ins]  # kept alive until the call returns
         ptrs = [t.data_ptr() for t in ts]
-        dev = self.device
         outs = self._empty_outputs()
         if self.cuda:
-            self.native.run(ptrs, [o.data_ptr() for o in outs], _current_stream(dev))
+            self.native.run(ptrs, [o.data_ptr() for o in outs], _current_stream(self.device))
         else:
             self.native.run(ptrs, [o.data_ptr() for o in outs])
         for i, o in zip(self.outs, outs):

@@ -1,6 +1,3 @@
-import os
-import warnings
-
 import pytest
 import torch
 

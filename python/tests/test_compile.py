@@ -6,7 +6,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 import kiln
-from conftest import assert_same, check, plan_of
+from conftest import assert_same, check
 from models import GPT, MLP
 
 

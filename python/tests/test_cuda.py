@@ -3,11 +3,10 @@ PyTorch's current stream. Skipped on machines without a CUDA device (CI)."""
 
 import pytest
 import torch
-import torch.nn as nn
 import torch.nn.functional as F
 
 import kiln
-from conftest import assert_same, check, plan_of
+from conftest import assert_same, check
 from models import GPT, MLP
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
