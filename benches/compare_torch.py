@@ -289,6 +289,9 @@ def variants(fn, sdpa_fn, kiln_mod):
         v["SDPA"] = sdpa_fn
     if kiln_mod is not None:
         v["kiln"] = kiln_mod.compile(fn)
+        if isinstance(fn, nn.Module):
+            # the parameters guarded by address only (see kiln.compile's static_weights)
+            v["kiln static_weights"] = kiln_mod.compile(fn, static_weights=True)
     return v
 
 
@@ -302,7 +305,7 @@ def main():
     ap.add_argument("--dtype", default=None, help="bf16 (GPU default) or f32 (CPU default)")
     ap.add_argument("--no-kiln", action="store_true", help="skip Kiln even if importable")
     ap.add_argument("--variants", default=os.environ.get("KILN_COMPARE_VARIANTS", ""),
-                    help="comma list to restrict variants (eager,torch.compile,reduce-overhead,SDPA,kiln); "
+                    help="comma list to restrict variants (eager,torch.compile,reduce-overhead,SDPA,kiln,kiln static_weights); "
                          "default $KILN_COMPARE_VARIANTS, else all")
     ap.add_argument("--explain", metavar="DIR", help="write kiln.explain (regions, kernels, fallbacks) of each workload to DIR/NAME.txt")
     args = ap.parse_args()
@@ -359,8 +362,10 @@ def main():
                         entry["note"] = f"WRONG: relative error {err:.2e} > {tolerance(dtype):.0e}; not timed"
                     else:
                         entry["ms"] = timer(lambda: vfn(*inputs))
-                        entry["kernels"] = count_kernels(lambda: vfn(*inputs), device)
+                        # before count_kernels: once torch.profiler has attached CUPTI, every
+                        # CUDA API call on the host is slower for the rest of the process
                         entry["host_us"] = host_us(lambda: vfn(*inputs), device)
+                        entry["kernels"] = count_kernels(lambda: vfn(*inputs), device)
                 except Exception as e:  # a variant failing is a result, not a crash
                     entry["note"] = f"failed: {type(e).__name__}: {str(e)[:200]}"
                 row.results[vname] = entry
@@ -411,6 +416,14 @@ def markdown(rows, meta) -> str:
         ratio = lambda a, b: f"{b / a:.2f}x" if a and b else ""
         hu = r.results.get("kiln", {}).get("host_us")
         out.append(f"| {r.name} | " + " | ".join(cells) + f" | {ratio(k, eg)} | {ratio(k, tc)} | " + (f"{hu:.1f}" if hu else "") + " |")
+    static = [(r.name, r.results["kiln static_weights"]) for r in rows if "ms" in r.results.get("kiln static_weights", {})]
+    if static:
+        out += ["", "kiln.compile(model, static_weights=True), same run:", "",
+                "| workload | kiln static_weights ms (kernels) | host us/call |", "|---|---|---|"]
+        for name, e in static:
+            k = e.get("kernels")
+            hu = e.get("host_us")
+            out.append(f"| {name} | {e['ms']:.3f}" + (f" ({k})" if k is not None else "") + " | " + (f"{hu:.1f}" if hu else "") + " |")
     return "\n".join(out) + "\n"
 
 

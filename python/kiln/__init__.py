@@ -26,7 +26,8 @@ __all__ = ["compile", "explain", "supported_ops", "KilnError", "KilnWarning", "C
 __version__ = "0.1.0"
 
 
-def compile(fn: Optional[Callable] = None, *, strict: bool = False, recompile_limit: int = 8, name: Optional[str] = None):
+def compile(fn: Optional[Callable] = None, *, strict: bool = False, recompile_limit: int = 8, name: Optional[str] = None,
+            static_weights: bool = False):
     """Compiles a function or ``nn.Module`` with Kiln; usable as ``@kiln.compile`` or
     ``@kiln.compile(strict=True)``.
 
@@ -35,12 +36,21 @@ def compile(fn: Optional[Callable] = None, *, strict: bool = False, recompile_li
     compiles again, up to ``recompile_limit``; after that new signatures run eagerly with a
     warning. Anything Kiln cannot do runs in PyTorch with a :class:`KilnWarning`, unless
     ``strict=True``, which raises :class:`KilnError` instead.
+
+    ``static_weights=True`` (inference, a module): under ``torch.no_grad()`` /
+    ``inference_mode``, a call checks the module's parameters and buffers by address only
+    (one native call), not property by property: GPT-2 small has ~150 of them, and their full
+    guard is most of a call's host time. New values written in place, replaced parameters,
+    ``.to()`` and ``.data = other`` (a new address) are all still seen. What is not seen is a
+    parameter whose shape, strides or dtype change while its address stays the same
+    (``p.data = p.data.t()``, ``p.t_()``): do not compile with ``static_weights`` a model whose
+    weights are reshaped in place like that.
     """
     if fn is None:
-        return lambda f: Compiled(f, strict=strict, recompile_limit=recompile_limit, name=name)
+        return lambda f: Compiled(f, strict=strict, recompile_limit=recompile_limit, name=name, static_weights=static_weights)
     if isinstance(fn, Compiled):
         return fn
-    return Compiled(fn, strict=strict, recompile_limit=recompile_limit, name=name)
+    return Compiled(fn, strict=strict, recompile_limit=recompile_limit, name=name, static_weights=static_weights)
 
 
 class Explanation:

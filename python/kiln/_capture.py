@@ -11,6 +11,7 @@ import torch
 import torch.nn as nn
 from torch.utils._pytree import tree_flatten, tree_unflatten
 
+from . import _native
 from ._errors import KilnError, KilnWarning
 from ._plan import _DTYPES, Plan, build_plan, dtype_name
 
@@ -129,8 +130,12 @@ class _RunEager(Exception):
 class Compiled:
     """The callable ``kiln.compile`` returns. Guards each call; compiles on a miss."""
 
-    def __init__(self, fn: Callable, *, strict: bool = False, recompile_limit: int = 8, name: Optional[str] = None):
+    def __init__(self, fn: Callable, *, strict: bool = False, recompile_limit: int = 8, name: Optional[str] = None,
+                 static_weights: bool = False):
         self._fn = fn
+        self._static_weights = static_weights
+        # static_weights: (registration count, Addresses of the state) as of the last full check
+        self._weights_seen: Optional[Tuple[int, Any]] = None
         self._module = fn if isinstance(fn, nn.Module) else None
         self._strict = strict
         self._limit = recompile_limit
@@ -217,9 +222,17 @@ class Compiled:
     def __call__(self, *args, **kwargs):
         fast = self._fast
         if fast is not None and not kwargs and len(args) == fast[0] and torch.is_grad_enabled() == fast[1]:
-            all_tensors = self._state()[1] + list(args)
+            state = self._state()[1]
+            all_tensors = state + list(args)
+            seen = self._weights_seen
             try:
-                hit = fast[2].check(*all_tensors)
+                if seen is not None and seen[0] == _registrations[0] and fast[4] is not None and seen[1].same(state):
+                    # static_weights, grad off: the state at the addresses the full check saw
+                    hit = fast[4].check(*args)
+                else:
+                    hit = fast[2].check(*all_tensors)
+                    if hit and self._static_weights and not fast[1]:
+                        self._weights_seen = (_registrations[0], _native.Addresses(state))
             except TypeError:  # a non-tensor argument
                 hit = False
             if hit and _frozen_ok(fast[3], all_tensors):
@@ -256,7 +269,9 @@ class Compiled:
             return self._eager(args, kwargs)
         if spec == len(args) and not kwargs:
             guards = _tensor_guards(all_tensors)
-            self._fast = None if guards is None else (len(args), torch.is_grad_enabled(), guards, entry)
+            arg_guards = _tensor_guards(list(args)) if self._static_weights else None
+            self._fast = None if guards is None else (len(args), torch.is_grad_enabled(), guards, entry, arg_guards)
+            self._weights_seen = None
         return self._run(entry, all_tensors)
 
     @staticmethod

@@ -14,17 +14,18 @@
 //! for objects whose type is exactly one of the registered tensor types, and the planner only
 //! sends strided tensors (its guards refuse other layouts).
 
+use pyo3::ffi;
 use pyo3::intern;
 use pyo3::prelude::*;
-use pyo3::types::PyType;
+use pyo3::types::{PyList, PyType};
 use std::ffi::c_void;
 use std::sync::OnceLock;
 
-type DataPtrFn = unsafe extern "C-unwind" fn(*mut pyo3::ffi::PyObject) -> *mut c_void;
+type DataPtrFn = unsafe extern "C-unwind" fn(*mut ffi::PyObject) -> *mut c_void;
 
 struct Access {
     data_ptr: DataPtrFn,
-    /// The exact types the function is used for (kept alive for the process).
+    /// The exact types the function is used for (strong references, held for the process).
     types: Vec<Py<PyType>>,
 }
 
@@ -48,8 +49,9 @@ pub fn set_tensor_access(address: usize, types: Vec<Bound<'_, PyType>>) -> bool 
 /// The data pointer of `t`, a live strided tensor.
 pub fn data_ptr(t: &Bound<'_, PyAny>) -> PyResult<usize> {
     if let Some(a) = ACCESS.get() {
-        let ty = t.get_type();
-        if a.types.iter().any(|k| ty.is(k.bind(t.py()))) {
+        // SAFETY: `t` is a live object; reading its type is what `Py_TYPE` does.
+        let ty = unsafe { ffi::Py_TYPE(t.as_ptr()) };
+        if a.types.iter().any(|k| k.as_ptr() as *mut ffi::PyTypeObject == ty) {
             // SAFETY: `t` is exactly a registered tensor type (so the function does not throw
             // for a non-tensor) and the caller's contract makes it a strided tensor; the GIL
             // is held and `t` is borrowed for the call.
@@ -57,4 +59,36 @@ pub fn data_ptr(t: &Bound<'_, PyAny>) -> PyResult<usize> {
         }
     }
     t.call_method0(intern!(t.py(), "data_ptr"))?.extract::<usize>()
+}
+
+/// The data pointers of a list of tensors, as of one call: a later list is checked against
+/// them in one native call (the address half of `kiln.compile(static_weights=True)`'s guard).
+#[pyclass(frozen, module = "kiln._kiln")]
+pub struct Addresses {
+    ptrs: Vec<usize>,
+}
+
+#[pymethods]
+impl Addresses {
+    #[new]
+    fn new(tensors: &Bound<'_, PyList>) -> PyResult<Addresses> {
+        Ok(Addresses { ptrs: tensors.iter().map(|t| data_ptr(&t)).collect::<PyResult<_>>()? })
+    }
+
+    /// Whether `tensors` has as many tensors as the snapshot, each at the same address.
+    fn same(&self, tensors: &Bound<'_, PyList>) -> PyResult<bool> {
+        if tensors.len() != self.ptrs.len() {
+            return Ok(false);
+        }
+        for (t, &p) in tensors.iter().zip(&self.ptrs) {
+            if data_ptr(&t)? != p {
+                return Ok(false);
+            }
+        }
+        Ok(true)
+    }
+
+    fn __len__(&self) -> usize {
+        self.ptrs.len()
+    }
 }

@@ -182,3 +182,44 @@ def test_compiled_graphs_are_cached_on_disk_across_processes(tmp_path):
     if not cache.exists() or not any(cache.rglob("*")):
         pytest.xfail("the native compile cache wrote nothing (kiln::compile did not store the artifact)")
     assert "cache hit" in runs[1].stdout, runs[1].stdout
+
+
+def test_static_weights_checks_addresses_and_still_sees_every_new_weight():
+    """static_weights=True guards the parameters by address under no_grad: values written in
+    place, replaced parameters, `.data = other` and `.to()` are all still seen."""
+    m = MLP(12, 20, 7).eval()
+    c = kiln.compile(m, strict=True, static_weights=True)
+    x = torch.randn(5, 12)
+    with torch.no_grad():
+        for _ in range(3):
+            assert_same(c(x), m(x))
+        assert c._weights_seen is not None, "the address guard is in use after the first full check"
+        first = next(iter(m.parameters()))
+        first.mul_(1.5)  # in place: same address, new values
+        assert_same(c(x), m(x))
+        first.data = torch.randn_like(first)  # a new address: the full guard runs again
+        assert_same(c(x), m(x))
+        assert_same(c(x), m(x))
+        name, p = next(iter(m.named_parameters()))
+        mod = m.get_submodule(name.rsplit(".", 1)[0]) if "." in name else m
+        setattr(mod, name.rsplit(".", 1)[-1], nn.Parameter(torch.randn_like(p)))  # a new parameter
+        assert_same(c(x), m(x))
+        m.to(torch.bfloat16)  # new dtype and addresses: compiles again
+        xb = x.to(torch.bfloat16)
+        assert_same(c(xb), m(xb), rtol=2e-2, atol=2e-2)
+    assert c.cache_size == 2
+    # with grad enabled, every property is guarded again (a new signature: grad mode)
+    m.float().requires_grad_(False)
+    assert_same(c(x), m(x))
+    assert_same(c(x), m(x))
+    assert c.cache_size == 3
+
+
+def test_static_weights_off_by_default():
+    m = MLP(6, 8, 3).eval()
+    c = kiln.compile(m, strict=True)
+    x = torch.randn(2, 6)
+    with torch.no_grad():
+        for _ in range(3):
+            assert_same(c(x), m(x))
+    assert c._weights_seen is None
