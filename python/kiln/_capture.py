@@ -223,19 +223,20 @@ class Compiled:
         fast = self._fast
         if fast is not None and not kwargs and len(args) == fast[0] and torch.is_grad_enabled() == fast[1]:
             state = self._state()[1]
-            all_tensors = state + list(args)
             seen = self._weights_seen
             try:
-                if seen is not None and seen[0] == _registrations[0] and fast[4] is not None and seen[1].same(state):
-                    # static_weights, grad off: the state at the addresses the full check saw
-                    hit = fast[4].check(*args)
-                else:
-                    hit = fast[2].check(*all_tensors)
-                    if hit and self._static_weights and not fast[1]:
-                        self._weights_seen = (_registrations[0], _native.Addresses(state))
+                if seen is not None and seen[0] == _registrations[0] and seen[1].same(state) and fast[4].check(*args):
+                    # static_weights, grad off: the state at the addresses (and the frozen
+                    # buffers at the versions) the last full check saw; only the arguments
+                    # are guarded property by property
+                    return self._run_static(fast[3], seen[1], state, args)
+                all_tensors = state + list(args)
+                hit = fast[2].check(*all_tensors)
             except TypeError:  # a non-tensor argument
                 hit = False
             if hit and _frozen_ok(fast[3], all_tensors):
+                if self._static_weights and not fast[1] and fast[4] is not None:
+                    self._weights_seen = (_registrations[0], _native.Addresses(state, [i for i, _, _ in fast[3][3]]))
                 return self._run(fast[3], all_tensors)
         state_names, state = self._state()
         if not kwargs and all(isinstance(a, torch.Tensor) for a in args):
@@ -274,12 +275,26 @@ class Compiled:
             self._weights_seen = None
         return self._run(entry, all_tensors)
 
+    def _run_static(self, entry, weights, state: List[torch.Tensor], args) -> Any:
+        plan = entry[0]
+        r = plan._only_region
+        if r is None or plan._only_outs is None:
+            return self._run(entry, state + list(args))
+        outs = r.run_static(weights, list(args))
+        if entry[1] is None:  # a single tensor
+            return outs[plan._only_outs[0]]
+        return self._unflatten(entry, [outs[j] for j in plan._only_outs])
+
     @staticmethod
     def _run(entry, all_tensors: List[torch.Tensor]):
-        plan, out_spec, out_consts, _ = entry
-        outs = plan(all_tensors)
-        if out_spec is None:  # a single tensor
+        outs = entry[0](all_tensors)
+        if entry[1] is None:  # a single tensor
             return outs[0]
+        return Compiled._unflatten(entry, outs)
+
+    @staticmethod
+    def _unflatten(entry, outs: List[torch.Tensor]) -> Any:
+        _, out_spec, out_consts, _ = entry
         leaves = list(out_consts)
         it = iter(outs)
         for i, c in enumerate(leaves):

@@ -189,6 +189,16 @@ class Region:
         dev = self.device
         return [torch.empty(s, dtype=d, device=dev) for s, d in self.out_meta]
 
+    def run_static(self, weights, args: List[Any]) -> List[torch.Tensor]:
+        """This region as a whole plan, its leading inputs at the addresses of ``weights`` (a
+        ``_native.Addresses`` the caller checked this call), the rest ``args``."""
+        outs = self._empty_outputs()
+        if self.cuda:
+            self.native.run_static(weights, args, outs, _current_stream(self.device))
+        else:
+            self.native.run_static(weights, args, outs)
+        return outs
+
     def __call__(self, env: List[Any]) -> None:
         for i in self.check:
             if not env[i].is_contiguous():
@@ -281,6 +291,9 @@ class Plan:
         only = self.steps[0] if len(self.steps) == 1 and isinstance(self.steps[0], Region) else None
         flat = isinstance(self.outputs, list) and all(type(o) is _Ref for o in self.outputs)
         self._only_region = only if only is not None and flat and not only.check else None
+        # where each plan output lies among that region's outputs (None: an output is not one)
+        r = self._only_region
+        self._only_outs = [r.outs.index(o) for o in self.outputs] if r is not None and all(o in r.outs for o in self.outputs) else None
 
     def __call__(self, inputs: Sequence[Any]) -> Any:
         r = self._only_region

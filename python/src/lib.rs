@@ -135,6 +135,36 @@ impl Region {
         .map_err(CompileError::new_err)
     }
 
+    /// `run_env` for a plan that is this region alone, with its leading inputs (the module's
+    /// parameters and buffers) at the addresses of `state` (which the caller just checked
+    /// with `Addresses.same`): value slot `i < len(state)` is `state`'s pointer `i`, slot
+    /// `len(state) + j` is `args[j]`. No pointer of a parameter is read again.
+    #[pyo3(signature = (state, args, outputs, stream=None))]
+    fn run_static(&self, py: Python<'_>, state: &Bound<'_, tensor_ptr::Addresses>, args: &Bound<'_, PyList>, outputs: &Bound<'_, PyList>, stream: Option<u64>) -> PyResult<()> {
+        let slots = self.slots.get().ok_or_else(|| CompileError::new_err("run_static before set_input_slots"))?;
+        if outputs.len() != self.outputs.len() {
+            return Err(CompileError::new_err(format!("region has {} outputs, got {}", self.outputs.len(), outputs.len())));
+        }
+        let fixed = &state.get().ptrs;
+        let mut ins = Vec::with_capacity(slots.len());
+        for &i in slots {
+            ins.push(match fixed.get(i) {
+                Some(&p) => p,
+                None => tensor_ptr::data_ptr(&args.get_item(i - fixed.len())?)?,
+            });
+        }
+        let mut outs = Vec::with_capacity(outputs.len());
+        for o in outputs.iter() {
+            outs.push(tensor_ptr::data_ptr(&o)?);
+        }
+        py.detach(|| {
+            // SAFETY: as `run_env`; the state's tensors are at the snapshot's addresses (the
+            // caller checked them this call) and are kept alive by the module.
+            unsafe { self.engine.run(&self.inputs, &ins, &self.outputs, &outs, stream) }
+        })
+        .map_err(CompileError::new_err)
+    }
+
     /// The region's IR (after import, before optimization).
     #[getter]
     fn ir_text(&self) -> &str {

@@ -61,27 +61,45 @@ pub fn data_ptr(t: &Bound<'_, PyAny>) -> PyResult<usize> {
     t.call_method0(intern!(t.py(), "data_ptr"))?.extract::<usize>()
 }
 
-/// The data pointers of a list of tensors, as of one call: a later list is checked against
-/// them in one native call (the address half of `kiln.compile(static_weights=True)`'s guard).
+/// The data pointers of a list of tensors (and the version counters of some of them), as of
+/// one call: a later list is checked against them in one native call, and a region can run
+/// on the pointers without reading them again (the address guard of
+/// `kiln.compile(static_weights=True)`).
 #[pyclass(frozen, module = "kiln._kiln")]
 pub struct Addresses {
-    ptrs: Vec<usize>,
+    pub(crate) ptrs: Vec<usize>,
+    /// `(index, version)`: tensors whose contents were compiled in as constants, so a write
+    /// in place (a new version) must be seen too.
+    versions: Vec<(usize, i64)>,
+}
+
+fn version(t: &Bound<'_, PyAny>) -> PyResult<i64> {
+    t.getattr(intern!(t.py(), "_version"))?.extract::<i64>()
 }
 
 #[pymethods]
 impl Addresses {
     #[new]
-    fn new(tensors: &Bound<'_, PyList>) -> PyResult<Addresses> {
-        Ok(Addresses { ptrs: tensors.iter().map(|t| data_ptr(&t)).collect::<PyResult<_>>()? })
+    #[pyo3(signature = (tensors, watch=Vec::new()))]
+    fn new(tensors: &Bound<'_, PyList>, watch: Vec<usize>) -> PyResult<Addresses> {
+        let ptrs = tensors.iter().map(|t| data_ptr(&t)).collect::<PyResult<_>>()?;
+        let versions = watch.into_iter().map(|i| Ok((i, version(&tensors.get_item(i)?)?))).collect::<PyResult<_>>()?;
+        Ok(Addresses { ptrs, versions })
     }
 
-    /// Whether `tensors` has as many tensors as the snapshot, each at the same address.
+    /// Whether `tensors` has as many tensors as the snapshot, each at the same address, and
+    /// the watched ones at the same version.
     fn same(&self, tensors: &Bound<'_, PyList>) -> PyResult<bool> {
         if tensors.len() != self.ptrs.len() {
             return Ok(false);
         }
         for (t, &p) in tensors.iter().zip(&self.ptrs) {
             if data_ptr(&t)? != p {
+                return Ok(false);
+            }
+        }
+        for &(i, v) in &self.versions {
+            if version(&tensors.get_item(i)?)? != v {
                 return Ok(false);
             }
         }

@@ -184,16 +184,22 @@ def test_compiled_graphs_are_cached_on_disk_across_processes(tmp_path):
     assert "cache hit" in runs[1].stdout, runs[1].stdout
 
 
-def test_static_weights_checks_addresses_and_still_sees_every_new_weight():
+def test_static_weights_checks_addresses_and_still_sees_every_new_weight(monkeypatch):
     """static_weights=True guards the parameters by address under no_grad: values written in
     place, replaced parameters, `.data = other` and `.to()` are all still seen."""
+    from kiln._plan import Region
+
+    static_runs = []
+    run_static = Region.run_static
+    monkeypatch.setattr(Region, "run_static", lambda self, *a: static_runs.append(1) or run_static(self, *a))
     m = MLP(12, 20, 7).eval()
     c = kiln.compile(m, strict=True, static_weights=True)
     x = torch.randn(5, 12)
     with torch.no_grad():
-        for _ in range(3):
+        for _ in range(4):
             assert_same(c(x), m(x))
         assert c._weights_seen is not None, "the address guard is in use after the first full check"
+        assert len(static_runs) == 2, "calls 3 and 4 run on the checked addresses"
         first = next(iter(m.parameters()))
         first.mul_(1.5)  # in place: same address, new values
         assert_same(c(x), m(x))
