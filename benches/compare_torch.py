@@ -323,6 +323,7 @@ def main():
     keep = set(filter(None, args.variants.split(",")))
     timer = Timer(device)
     rows = []
+    to_count = []  # (result entry, compiled fn, inputs): kernel counts, taken last
     torch.backends.cuda.matmul.allow_tf32 = False
     for w in WORKLOADS:
         if args.filter not in w.name:
@@ -362,21 +363,31 @@ def main():
                         entry["note"] = f"WRONG: relative error {err:.2e} > {tolerance(dtype):.0e}; not timed"
                     else:
                         entry["ms"] = timer(lambda: vfn(*inputs))
-                        # before count_kernels: once torch.profiler has attached CUPTI, every
-                        # CUDA API call on the host is slower for the rest of the process
                         entry["host_us"] = host_us(lambda: vfn(*inputs), device)
-                        entry["kernels"] = count_kernels(lambda: vfn(*inputs), device)
+                        # counted after every workload is timed: once torch.profiler has
+                        # attached CUPTI, launches (host and device side) stay slower for the
+                        # rest of the process
+                        to_count.append((entry, vfn, inputs))
                 except Exception as e:  # a variant failing is a result, not a crash
                     entry["note"] = f"failed: {type(e).__name__}: {str(e)[:200]}"
                 row.results[vname] = entry
                 ms = entry.get("ms")
                 hu = entry.get("host_us")
-                print(f"{w.name:24s} {vname:16s} " + (f"{ms:9.4f} ms  kernels={entry.get('kernels')}  err={entry['rel_err']:.1e}"
+                print(f"{w.name:24s} {vname:16s} " + (f"{ms:9.4f} ms  err={entry['rel_err']:.1e}"
                                                       + (f"  host {hu:.1f} us/call" if hu else "") if ms else entry.get("note", "")), flush=True)
         rows.append(row)
-        del inputs, fn
+        del fn
         if device.type == "cuda":
             torch.cuda.empty_cache()
+
+    for entry, vfn, inputs in to_count:
+        with torch.no_grad():
+            entry["kernels"] = count_kernels(lambda: vfn(*inputs), device)
+    del to_count
+    for r in rows:
+        for vname, entry in r.results.items():
+            if "ms" in entry:
+                print(f"{r.name:24s} {vname:20s} kernels={entry.get('kernels')}", flush=True)
 
     meta = {
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or platform.machine(),
