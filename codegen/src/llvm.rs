@@ -50,9 +50,28 @@ impl HostTarget {
         Ok(HostTarget { machine, triple: triple.as_str().to_string_lossy().into_owned(), cpu, features })
     }
 
-    /// `triple/cpu/features`: part of the cache key and checked by the executor.
+    /// `triple/cpu/features` (and `/v{bits}` where [`HostTarget::vector_bits`] picks a width):
+    /// part of the cache key and checked by the executor.
     pub fn id(&self) -> String {
-        format!("{}/{}/{}", self.triple, self.cpu, self.features)
+        match self.vector_bits() {
+            Some(v) => format!("{}/{}/{}/v{v}", self.triple, self.cpu, self.features),
+            None => format!("{}/{}/{}", self.triple, self.cpu, self.features),
+        }
+    }
+
+    /// The vector width (bits) loop kernels are vectorized for: `$KILN_CPU_VECTOR_BITS` (128,
+    /// 256 or 512; anything else is ignored), else 512 where the host has AVX-512, else LLVM's
+    /// own choice (`None`). LLVM's tuning for Intel server cores prefers 256-bit vectors; the
+    /// exp and divide of fused elementwise and softmax kernels are compute-bound there per
+    /// thread, and 512-bit vectors do twice the math per instruction.
+    pub fn vector_bits(&self) -> Option<u32> {
+        let env = std::env::var("KILN_CPU_VECTOR_BITS").ok().and_then(|v| v.trim().parse::<u32>().ok()).filter(|v| [128, 256, 512].contains(v));
+        let avx512 = self.features.split(',').any(|f| f == "+avx512f");
+        match env {
+            Some(512) if !avx512 => None,
+            Some(v) => Some(v),
+            None => avx512.then_some(512),
+        }
     }
 }
 
@@ -129,6 +148,10 @@ struct Prefetch<'ctx> {
     next: Option<IntValue<'ctx>>,
 }
 
+/// The clamp of `exp` where its result feeds a reciprocal estimate: e^87 = 6.1e37 keeps
+/// `1 + exp` under 2^126, so its reciprocal is a normal number.
+const EST_EXP_HI: f32 = 87.0;
+
 /// Iterations of a prefetching stage between prefetch groups.
 const CHUNK: usize = 64;
 
@@ -187,7 +210,11 @@ fn emit_kernel<'ctx>(ctx: &'ctx Context, module: &Module<'ctx>, target: &HostTar
         ctx.create_enum_attribute(inkwell::attributes::Attribute::get_named_enum_kind_id("noinline"), 0),
     );
     let wrapper = module.add_function(sym, ctx.void_type().fn_type(&[ptr.into(), i64t.into(), i64t.into()], false), None);
+    let width = target.vector_bits().map(|v| v.to_string());
     for f in [body, wrapper] {
+        if let Some(w) = &width {
+            f.add_attribute(inkwell::attributes::AttributeLoc::Function, ctx.create_string_attribute("prefer-vector-width", w));
+        }
         f.add_attribute(inkwell::attributes::AttributeLoc::Function, ctx.create_string_attribute("target-cpu", &target.cpu));
         f.add_attribute(inkwell::attributes::AttributeLoc::Function, ctx.create_string_attribute("target-features", &target.features));
         f.add_attribute(inkwell::attributes::AttributeLoc::Function, nounwind);
@@ -557,6 +584,14 @@ impl<'ctx, 'a> Gen<'ctx, 'a> {
                     DType::Bool => self.b.build_int_compare(IntPredicate::NE, raw.into_int_value(), self.ctx.i8_type().const_zero(), "b")?.into(),
                 }
             }
+            Expr::Unary(UnaryOp::Recip, a) if ty == Ty::F32 && self.sigmoid_arg(a).is_some() => {
+                let u = self.expr(self.sigmoid_arg(a).expect("checked"))?.into_float_value();
+                self.sigmoid_of_exp_arg(u)?.into()
+            }
+            Expr::Binary(BinaryOp::Div, one, a) if ty == Ty::F32 && self.is_f32_const(one, 1.0) && self.sigmoid_arg(a).is_some() => {
+                let u = self.expr(self.sigmoid_arg(a).expect("checked"))?.into_float_value();
+                self.sigmoid_of_exp_arg(u)?.into()
+            }
             Expr::Unary(u, a) => {
                 let a = self.expr(a)?;
                 self.unary(u, ty, a)?
@@ -591,6 +626,26 @@ impl<'ctx, 'a> Gen<'ctx, 'a> {
         };
         self.memo.insert(e, v);
         Ok(v)
+    }
+
+    fn is_f32_const(&self, e: ExprId, v: f64) -> bool {
+        matches!(&self.k.exprs[e as usize], (Expr::Const(Ty::F32, c), _) if c.0 == v)
+    }
+
+    /// `Some(u)` where `e` is `exp(u) + 1` (or `1 + exp(u)`) in f32: the divisor of a sigmoid.
+    fn sigmoid_arg(&self, e: ExprId) -> Option<ExprId> {
+        let &(Expr::Binary(BinaryOp::Add, x, y), Ty::F32) = &self.k.exprs[e as usize] else { return None };
+        let exp_of = |z: ExprId| match &self.k.exprs[z as usize] {
+            &(Expr::Unary(UnaryOp::Exp, u), Ty::F32) => Some(u),
+            _ => None,
+        };
+        if self.is_f32_const(y, 1.0) {
+            exp_of(x)
+        } else if self.is_f32_const(x, 1.0) {
+            exp_of(y)
+        } else {
+            None
+        }
     }
 
     fn unary(&mut self, u: UnaryOp, ty: Ty, a: BasicValueEnum<'ctx>) -> R<BasicValueEnum<'ctx>> {
@@ -782,13 +837,20 @@ impl<'ctx, 'a> Gen<'ctx, 'a> {
     /// the clamped range. Clamping to [-104, 88.8] makes the result exactly 0 below and inf
     /// above; the clamps are compare + select, so a NaN passes through the arithmetic.
     fn exp(&mut self, x: FloatValue<'ctx>) -> R<FloatValue<'ctx>> {
-        const HI: f32 = 88.8;
+        self.exp_upto(x, 88.8)
+    }
+
+    /// [`Gen::exp`] with the input clamped above at `hi` instead: `exp_upto(x, EST_EXP_HI)`
+    /// is finite (at most 6.1e37) for every non-NaN `x`, so `1 + exp` is a safe divisor for
+    /// [`Gen::div_est`].
+    fn exp_upto(&mut self, x: FloatValue<'ctx>, hi: f32) -> R<FloatValue<'ctx>> {
+        let hi_c = hi;
         const LO: f32 = -104.0;
         const MAGIC: f32 = 12582912.0;
         let f32t = self.ctx.f32_type();
         let i32t = self.ctx.i32_type();
-        let big = self.b.build_float_compare(FloatPredicate::OGT, x, self.f32c(HI), "big")?;
-        let xc = self.b.build_select(big, self.f32c(HI), x, "xc")?.into_float_value();
+        let big = self.b.build_float_compare(FloatPredicate::OGT, x, self.f32c(hi_c), "big")?;
+        let xc = self.b.build_select(big, self.f32c(hi_c), x, "xc")?.into_float_value();
         let small = self.b.build_float_compare(FloatPredicate::OLT, xc, self.f32c(LO), "small")?;
         let xc = self.b.build_select(small, self.f32c(LO), xc, "xc")?.into_float_value();
         let t = self.fma(xc, self.f32c(std::f32::consts::LOG2_E), self.f32c(MAGIC))?;
@@ -849,17 +911,42 @@ impl<'ctx, 'a> Gen<'ctx, 'a> {
         Ok(self.b.build_select(neg, nanv, r, "log")?.into_float_value())
     }
 
+    /// `n / d` by the CPU's reciprocal estimate and one Newton step (`fdiv arcp ninf`, which
+    /// LLVM's x86 backend lowers to `rcp14ps`/`rcpps` + 2-3 FMA-port ops for vectors instead of
+    /// a `divps` that occupies the divider for 5-16 cycles). The estimate is wrong where `d`
+    /// is 0, infinite or denormal (the Newton step turns 1/inf into NaN), so callers pass only
+    /// divisors they have bounded to normal finite magnitudes (NaN is fine: it propagates).
+    fn div_est(&mut self, n: FloatValue<'ctx>, d: FloatValue<'ctx>) -> R<FloatValue<'ctx>> {
+        let q = self.b.build_float_div(n, d, "q")?;
+        self.flags(q, inkwell::values::FastMathFlags::AllowReciprocal | inkwell::values::FastMathFlags::NoInfs | inkwell::values::FastMathFlags::AllowContract);
+        Ok(q)
+    }
+
+    /// `1 / (1 + exp(u))` (a sigmoid, as the frontend writes it): `exp` clamped at
+    /// [`EST_EXP_HI`] so the divisor lies in [1, 6.1e37] and [`Gen::div_est`] applies. Past
+    /// the clamp (sigmoid(x) for x < -87, exactly under 1.7e-38) the result is 0, as the exact
+    /// divide gives from x < -88.7 on, so `x * sigmoid(x)` stays 0 for huge negative x.
+    fn sigmoid_of_exp_arg(&mut self, u: FloatValue<'ctx>) -> R<FloatValue<'ctx>> {
+        let e = self.exp_upto(u, EST_EXP_HI)?;
+        let d = self.b.build_float_add(e, self.f32c(1.0), "d")?;
+        let r = self.div_est(self.f32c(1.0), d)?;
+        // The same compare as the clamp inside `exp_upto` (LLVM merges the two).
+        let past = self.b.build_float_compare(FloatPredicate::OGT, u, self.f32c(EST_EXP_HI), "past")?;
+        Ok(self.b.build_select(past, self.f32c(0.0), r, "sigmoid")?.into_float_value())
+    }
+
     /// tanh(x) = sign(x) (1 - 2 / (exp(2|x|) + 1)).
     fn tanh(&mut self, x: FloatValue<'ctx>) -> R<FloatValue<'ctx>> {
         let ax = self.f1("llvm.fabs", x)?;
         let two = self.b.build_float_mul(ax, self.f32c(2.0), "2x")?;
-        let e = self.exp(two)?;
+        // exp clamped at 87 (tanh(43.5) is 1 in f32): the divisor is finite, >= 1.
+        let e = self.exp_upto(two, EST_EXP_HI)?;
         let d = self.b.build_float_add(e, self.f32c(1.0), "d")?;
-        let q = self.b.build_float_div(self.f32c(2.0), d, "q")?;
+        let q = self.div_est(self.f32c(2.0), d)?;
         let t = self.b.build_float_sub(self.f32c(1.0), q, "t")?;
-        // Small |x|: the odd series avoids cancellation.
+        // Small |x|: the odd series x - x^3/3 + 2x^5/15 - 17x^7/315 avoids cancellation.
         let x2 = self.b.build_float_mul(x, x, "x2")?;
-        let s = self.poly(x2, &[0.05396825, -0.13333334, 0.33333334])?;
+        let s = self.poly(x2, &[-0.05396825, 0.13333334, -0.33333334])?;
         let s = self.b.build_float_mul(s, x2, "s")?;
         let s = self.fma(s, ax, ax)?;
         let small = self.b.build_float_compare(FloatPredicate::OLT, ax, self.f32c(0.02), "small")?;

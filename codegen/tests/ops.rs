@@ -277,3 +277,90 @@ fn f16_matmul_needs_no_f32_copies() {
     g.set_outputs(vec![y]);
     check_fused(&g, 32, false);
 }
+
+/// Sigmoid (`1 / (1 + exp(-x))` as the frontend writes it, in both operand orders and as
+/// `recip` or `1 / d`) and tanh divide by a reciprocal estimate on bounded divisors: check
+/// them (and erf, whose divide stays exact) over the whole f32 range and at the edges (±inf, NaN, ±1e30, the exp clamps,
+/// denormals, ±0) against the f64 interpreter, tighter than the dtype tolerance.
+#[test]
+fn estimated_divides_are_accurate_at_the_edges() {
+    let mut xs: Vec<f32> = (0..8001).map(|i| (-200.0 + 400.0 * i as f64 / 8000.0) as f32).collect();
+    xs.extend([f32::NEG_INFINITY, f32::INFINITY, -1e30, 1e30, f32::MAX, f32::MIN, 0.0, -0.0, 1e-40, -1e-40, f32::MIN_POSITIVE, 1e-8, -1e-8, 0.019, 0.021, -0.02]);
+    xs.extend([86.9, 87.0, 87.1, 88.0, 88.72, 88.8, 89.0, 103.9, 104.0, 150.0, 3.9, 4.0, 9.9, 10.0, 10.1, 43.4, 43.5, 43.6]);
+    let negs: Vec<f32> = xs.iter().map(|x| -x).collect();
+    xs.extend(negs);
+    let n = xs.len();
+    type Build = fn(&mut Graph, ir::NodeId) -> ir::NodeId;
+    let cases: [(&str, Build); 6] = [
+        ("sigmoid_recip", |g, x| {
+            let e = g.add(Op::Unary(UnaryOp::Neg), &[x]).unwrap();
+            let e = g.add(Op::Unary(UnaryOp::Exp), &[e]).unwrap();
+            let one = g.full(1.0, DType::F32, Shape::scalar());
+            let d = g.add(Op::Binary(BinaryOp::Add), &[e, one]).unwrap();
+            g.add(Op::Unary(UnaryOp::Recip), &[d]).unwrap()
+        }),
+        ("sigmoid_div", |g, x| {
+            let e = g.add(Op::Unary(UnaryOp::Neg), &[x]).unwrap();
+            let e = g.add(Op::Unary(UnaryOp::Exp), &[e]).unwrap();
+            let one = g.full(1.0, DType::F32, Shape::scalar());
+            let d = g.add(Op::Binary(BinaryOp::Add), &[one, e]).unwrap();
+            g.add(Op::Binary(BinaryOp::Div), &[one, d]).unwrap()
+        }),
+        ("silu", |g, x| {
+            let e = g.add(Op::Unary(UnaryOp::Neg), &[x]).unwrap();
+            let e = g.add(Op::Unary(UnaryOp::Exp), &[e]).unwrap();
+            let one = g.full(1.0, DType::F32, Shape::scalar());
+            let d = g.add(Op::Binary(BinaryOp::Add), &[e, one]).unwrap();
+            let s = g.add(Op::Unary(UnaryOp::Recip), &[d]).unwrap();
+            g.add(Op::Binary(BinaryOp::Mul), &[s, x]).unwrap()
+        }),
+        ("exp_plus_one_recip_unclamped_use", |g, x| {
+            // The exp is also an output of its own: it keeps the exact clamp (inf past 88.7).
+            let e = g.add(Op::Unary(UnaryOp::Exp), &[x]).unwrap();
+            let one = g.full(1.0, DType::F32, Shape::scalar());
+            let d = g.add(Op::Binary(BinaryOp::Add), &[e, one]).unwrap();
+            let r = g.add(Op::Unary(UnaryOp::Recip), &[d]).unwrap();
+            g.add(Op::Binary(BinaryOp::Add), &[r, e]).unwrap()
+        }),
+        ("tanh", |g, x| g.add(Op::Unary(UnaryOp::Tanh), &[x]).unwrap()),
+        ("erf", |g, x| g.add(Op::Unary(UnaryOp::Erf), &[x]).unwrap()),
+    ];
+    for (name, build) in cases {
+        for fused in [false, true] {
+            let mut g = Graph::new(name);
+            let x = g.input("x", DType::F32, [n]).unwrap();
+            let y = build(&mut g, x);
+            g.set_outputs(vec![y]);
+            let kg = if fused { common::fused(&g) } else { ir::KernelGraph::one_per_op(&g) };
+            let art = codegen::cpu::compile(&kg, &codegen::cpu::CpuOptions::default()).unwrap();
+            let mut ex = runtime::CpuExecutor::new(&art).unwrap();
+            let mut with_nan = xs.clone();
+            with_nan.push(f32::NAN);
+            let mut g2 = Graph::new(name);
+            let x2 = g2.input("x", DType::F32, [n + 1]).unwrap();
+            let y2 = build(&mut g2, x2);
+            g2.set_outputs(vec![y2]);
+            let kg2 = if fused { common::fused(&g2) } else { ir::KernelGraph::one_per_op(&g2) };
+            let art2 = codegen::cpu::compile(&kg2, &codegen::cpu::CpuOptions::default()).unwrap();
+            let got2 = runtime::CpuExecutor::new(&art2).unwrap().run(&[runtime::HostTensor::from_f32([n + 1], &with_nan).unwrap()]).unwrap();
+            assert!(got2[0].as_f32().unwrap()[n].is_nan(), "{name}(NaN) is not NaN");
+            let input = runtime::HostTensor::from_f32([n], &xs).unwrap();
+            let got = ex.run(std::slice::from_ref(&input)).unwrap();
+            let reference = ir::interp::run(&g, &[input.to_value()]).unwrap();
+            for ((&x, y), &want) in xs.iter().zip(got[0].as_f32().unwrap()).zip(&reference[0].data) {
+                if want.is_nan() {
+                    assert!(y.is_nan(), "{name}({x}) = {y}, want NaN (fused {fused})");
+                    continue;
+                }
+                if want.is_infinite() || (want as f32).is_infinite() {
+                    assert_eq!(y, want as f32, "{name}({x}) (fused {fused})");
+                    continue;
+                }
+                let err = (y as f64 - want).abs();
+                // 2e-6 relative, or 1e-36 absolute (sigmoid is 0 from x < -87 on; silu there is under 1.5e-36).
+                assert!(err <= 2e-6 * want.abs() || err <= 2e-36 || (name == "tanh" || name == "erf") && err <= 3e-7, "{name}({x}) = {y}, want {want} (fused {fused})");
+            }
+        }
+    }
+}
+
