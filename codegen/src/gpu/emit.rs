@@ -26,7 +26,7 @@ pub(crate) use skinny::{main_kernel as skinny_gemm, zero_counters as skinny_zero
 
 use super::math;
 use super::GpuError;
-use ir::{BinaryOp, CmpOp, DType, Graph, Node, NodeId, Op, ReduceOp, Shape, UnaryOp};
+use ir::{CmpOp, DType, Graph, Node, NodeId, Op, ReduceOp, Shape};
 use std::collections::HashMap;
 use std::fmt::Write;
 
@@ -480,12 +480,7 @@ impl<'g> Emitter<'g> {
                 let xi = self.broadcast_index(idx, &node.shape, &operand(0).shape);
                 let x = self.value(node.inputs[0], &xi)?;
                 let d = operand(0).dtype;
-                if *u == UnaryOp::Recip && d.is_float() && at_least_one(body, node.inputs[0]) {
-                    // a sigmoid's `1 / (1 + exp(-x))`: no SFU reciprocal needed
-                    self.lanewise(&x, math::recip_at_least_one)
-                } else {
-                    self.lanewise(&x, |e, x| math::unary(e, *u, d, x))
-                }
+                self.lanewise(&x, |e, x| math::unary(e, *u, d, x))
             }
             Op::Binary(b) => {
                 let (x, y) = self.two(node, idx)?;
@@ -1158,27 +1153,4 @@ impl RowWalk<'_> {
             Op::MatMul | Op::FlashAttention { .. } | Op::Fused(_) => None,
         }
     }
-}
-
-/// Whether body node `id` is at least 1 or NaN wherever it is defined: `a + c` with `a` an
-/// `exp` (never negative) and `c` a constant of at least 1 (through broadcasts and casts to a
-/// float), as in a sigmoid's `1 + exp(-x)`.
-fn at_least_one(body: &Graph, id: NodeId) -> bool {
-    fn constant(body: &Graph, id: NodeId) -> Option<f64> {
-        let n = body.node(id);
-        match &n.op {
-            Op::Full { value } => Some(value.0),
-            Op::Expand { .. } | Op::Reshape { .. } => constant(body, n.inputs[0]),
-            _ => None,
-        }
-    }
-    fn is_exp(body: &Graph, id: NodeId) -> bool {
-        matches!(body.node(id).op, Op::Unary(UnaryOp::Exp))
-    }
-    let n = body.node(id);
-    if !matches!(n.op, Op::Binary(BinaryOp::Add)) || !n.dtype.is_float() {
-        return false;
-    }
-    let (a, b) = (n.inputs[0], n.inputs[1]);
-    (is_exp(body, a) && constant(body, b).is_some_and(|c| c >= 1.0)) || (is_exp(body, b) && constant(body, a).is_some_and(|c| c >= 1.0))
 }

@@ -63,34 +63,8 @@ fn poly(e: &mut Emitter, x: &str, coeffs: &[f64]) -> String {
     acc
 }
 
-/// `1 / d` for `d >= 1` (or NaN) without the special-function unit: a bit-trick seed (relative
-/// error < 12.5%) and three Newton steps, each two FMAs (error squared each step: below 1e-7,
-/// ~1 ulp). `d > 2^64` (and +inf) gives 0: an absolute error below 6e-20, and tolerances are
-/// relative to `max(1, |reference|)`. NaN stays NaN.
-///
-/// Why: `rcp.rn.f32` and `ex2.approx` both issue on the SFU, 16 results per clock per SM
-/// against 128 FMAs. A bf16 sigmoid (`1 / (1 + exp(-x))`) is two SFU operations per element
-/// and at HBM3e speed that, not memory, bounds an elementwise kernel; this takes one away.
-pub(crate) fn recip_at_least_one(e: &mut Emitter, d: &str) -> String {
-    let one = e.c_f32(1.0);
-    let bits = e.op(&format!("arith.bitcast {d} : f32 to i32"));
-    let magic = e.op("arith.constant 2129859011 : i32"); // 0x7EF311C3
-    let seed = e.op(&format!("arith.subi {magic}, {bits} : i32"));
-    let mut r = e.op(&format!("arith.bitcast {seed} : i32 to f32"));
-    for _ in 0..3 {
-        let dr = mul(e, d, &r);
-        let err = sub(e, &one, &dr); // fma(-d, r, 1)
-        let re = mul(e, &r, &err);
-        r = add(e, &r, &re); // fma(r, err, r)
-    }
-    let huge = e.c_f32(18_446_744_073_709_551_616.0); // 2^64
-    let zero = e.c_f32(0.0);
-    let is_huge = e.op(&format!("arith.cmpf ogt, {d}, {huge} : f32"));
-    e.op(&format!("arith.select {is_huge}, {zero}, {r} : f32"))
-}
-
 /// `tanh(x) = sign(x) (1 - 2 / (e^{2|x|} + 1))`, with `x (1 + x^2 p(x^2))` near zero where the
-/// subtraction would cancel. The denominator is at least 1: its reciprocal skips the SFU.
+/// subtraction would cancel.
 fn tanh(e: &mut Emitter, x: &str) -> String {
     let ax = fabs(e, x);
     let two = e.c_f32(2.0);
@@ -98,8 +72,7 @@ fn tanh(e: &mut Emitter, x: &str) -> String {
     let t = mul(e, &ax, &two);
     let ex = exp(e, &t);
     let den = add(e, &ex, &one);
-    let inv = recip_at_least_one(e, &den);
-    let q = mul(e, &two, &inv);
+    let q = e.op(&format!("arith.divf {two}, {den} : f32"));
     let big = sub(e, &one, &q);
     let big = copysign(e, &big, x);
     // Small |x|: Taylor series to x^9 (error < 1e-8 for |x| < 0.125).
