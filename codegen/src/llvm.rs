@@ -138,8 +138,9 @@ struct Gen<'ctx, 'a> {
 }
 
 /// Multi-pass row kernels (softmax, layer_norm) read their row from memory in the first pass
-/// and then compute on it in cache, leaving the memory system idle. One later elementwise
-/// stage (`stage`) is strip-mined into chunks of `CHUNK` iterations, and each chunk prefetches
+/// and then compute on it in cache, leaving the memory system idle; one-pass kernels heavy in
+/// math keep too few lines in flight (see [`plan_prefetch`]). One elementwise stage (`stage`:
+/// a later one, or the only one) is strip-mined into chunks of `CHUNK` iterations, and each chunk prefetches
 /// its share of the next outer iteration's rows of `params` (`row_bytes` each), so the next
 /// row streams in while this one is computed.
 struct Prefetch<'ctx> {
@@ -158,10 +159,16 @@ const CHUNK: usize = 64;
 /// Plans prefetching for a kernel (see [`Prefetch`]); `None` where it does not apply.
 fn plan_prefetch<'ctx>(k: &LoopKernel) -> Option<Prefetch<'ctx>> {
     let kk = k.outer.len();
-    // Only where the first pass is a reduction (softmax's max, rms_norm's sum of squares): a
-    // first pass that computes as it streams (layer_norm's residual add) keeps the hardware
+    // Where the first pass is a reduction (softmax's max, rms_norm's sum of squares), and in
+    // a one-pass elementwise kernel heavy in math (a sigmoid chain: exp and a divide per
+    // element): there each element's long dependent chain fills the scheduler, so few cache
+    // lines are in flight per core and the stream runs under the copy's rate. A light first
+    // pass that computes as it streams (layer_norm's residual add, a copy) keeps the hardware
     // prefetcher busy on its own, and measured slower with the extra prefetches.
-    if kk == 0 || k.stages.len() < 2 || k.outer_count() < 2 || k.stages[0].reduce.is_none() {
+    let heavy = k.exprs.iter().any(|(e, t)| *t == Ty::F32 && matches!(e, Expr::Unary(UnaryOp::Exp | UnaryOp::Tanh | UnaryOp::Erf | UnaryOp::Log, _) | Expr::Binary(BinaryOp::Div | BinaryOp::Pow, _, _)));
+    let one_pass = k.stages.len() == 1 && k.stages[0].reduce.is_none() && heavy;
+    let row_first = k.stages.len() >= 2 && k.stages[0].reduce.is_some();
+    if kk == 0 || k.outer_count() < 2 || !(one_pass || row_first) {
         return None;
     }
     let mut loaded = vec![false; k.params.len()];
@@ -181,7 +188,7 @@ fn plan_prefetch<'ctx>(k: &LoopKernel) -> Option<Prefetch<'ctx>> {
     if params.is_empty() {
         return None;
     }
-    let stage = (1..k.stages.len()).find(|&s| {
+    let stage = (usize::from(!one_pass)..k.stages.len()).find(|&s| {
         let st = &k.stages[s];
         st.reduce.is_none() && st.dims.len() == kk + 1 && st.dims[kk] >= 4 * CHUNK && st.dims[kk] % CHUNK == 0
     })?;

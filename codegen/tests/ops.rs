@@ -364,3 +364,25 @@ fn estimated_divides_are_accurate_at_the_edges() {
     }
 }
 
+
+/// A one-pass elementwise kernel heavy in math (`sigmoid(x * a + b) * x`) over rows that are a
+/// multiple of 64 long takes the strip-mined, prefetching loop: results unchanged.
+#[test]
+fn heavy_elementwise_rows_prefetch_and_match() {
+    for shape in [[5usize, 1024], [3, 4096], [2, 320]] {
+        let mut g = Graph::new("ew_sigmoid");
+        let x = g.input("x", DType::F32, shape).unwrap();
+        let a = g.input("a", DType::F32, [shape[1]]).unwrap();
+        let b = g.input("b", DType::F32, [shape[1]]).unwrap();
+        let y = g.add(Op::Binary(BinaryOp::Mul), &[x, a]).unwrap();
+        let y = g.add(Op::Binary(BinaryOp::Add), &[y, b]).unwrap();
+        let y = g.add(Op::Unary(UnaryOp::Neg), &[y]).unwrap();
+        let y = g.add(Op::Unary(UnaryOp::Exp), &[y]).unwrap();
+        let one = g.full(1.0, DType::F32, Shape::scalar());
+        let y = g.add(Op::Binary(BinaryOp::Add), &[y, one]).unwrap();
+        let y = g.add(Op::Unary(UnaryOp::Recip), &[y]).unwrap();
+        let y = g.add(Op::Binary(BinaryOp::Mul), &[y, x]).unwrap();
+        g.set_outputs(vec![y]);
+        check_fused(&g, 41, false);
+    }
+}
