@@ -891,6 +891,32 @@ fn bench_workloads() -> R<()> {
                 println!("PROFILE {label}: {k:<48} x{n:<3} {:.1} us each, {:.1} us total", 1e3 * t / *n as f64, 1e3 * t);
             }
             println!("PROFILE {label}: steps alone sum to {:.1} us (graph replay {:.1} us)", 1e3 * per.iter().sum::<f64>(), 1e3 * ms);
+            // Inside a graph: the first layer's steps and the last step, each as 20 back-to-back
+            // launches of itself, per launch (the kernel plus its share of the boundary gaps).
+            let n = art.steps.len();
+            let mut sum = 0.0;
+            for i in (0..7.min(n)).chain([n - 1]) {
+                let t = ex.time_step_in_graph(i, &in_ptrs, &[o.ptr], 20, 20)?;
+                sum += if i + 1 == n { t } else { t * ((n - 1) / 7) as f64 };
+                println!("PROFILE {label}: in-graph step {i:<3} {:<40} {:.2} us", art.steps[i].kernel(), 1e3 * t);
+            }
+            println!("PROFILE {label}: in-graph steps x layers sum to {:.1} us (graph replay {:.1} us)", 1e3 * sum, 1e3 * ms);
+            // The graph modes side by side (KILN_GPU_PDL), outputs compared with the default's.
+            let first = v.clone();
+            for mode in [runtime::cuda::GraphMode::Child, runtime::cuda::GraphMode::Flat, runtime::cuda::GraphMode::Pdl, runtime::cuda::GraphMode::Child, runtime::cuda::GraphMode::Pdl] {
+                ex.set_graph_mode(mode);
+                o.fill(0xFF)?;
+                unsafe { ex.run_graph(&in_ptrs, &[o.ptr], None)? };
+                ex.synchronize()?;
+                let w = device::from_bytes(on.dtype, on.shape.dims(), &o.download()?);
+                let same = w.data == first.data;
+                let m = median(ex.time_runs(&in_ptrs, &[o.ptr], reps, true)?);
+                println!(
+                    "PROFILE {label}: graph mode {mode:?}: {:.4} ms, {} GEMMs inlined, {} programmatic edges, output identical: {same}",
+                    m, ex.inlined_gemms, ex.programmatic_edges
+                );
+            }
+            ex.set_graph_mode(runtime::cuda::GraphMode::from_env());
         }
         let t = std::time::Instant::now();
         for _ in 0..1000 {

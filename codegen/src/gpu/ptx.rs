@@ -54,7 +54,37 @@ pub(crate) fn to_ptx(mlir: &str, sm: SmVersion, index_bits: u32) -> Result<Strin
     }
     let ptx = unsafe { read_ptx(&module) }.ok_or_else(|| messages("reading the gpu.binary object"))?;
     context.detach_diagnostic_handler(handler);
-    Ok(ptx)
+    Ok(match sm {
+        SmVersion::Sm90 => with_grid_dependency_control(&ptx),
+        SmVersion::Sm80 => ptx,
+    })
+}
+
+/// Programmatic dependent launch (sm_90): every kernel begins with `griddepcontrol.wait`
+/// (nothing of it runs before the kernel it depends on has finished and its writes are
+/// visible), then `griddepcontrol.launch_dependents` (the next kernel may be launched now; its
+/// blocks wait the same way). Launched without the programmatic attribute or edge both are
+/// no-ops. The executor makes an edge programmatic only into a kernel that waits, so every
+/// kernel completing still implies every earlier one has.
+pub(crate) fn with_grid_dependency_control(ptx: &str) -> String {
+    let mut out = String::with_capacity(ptx.len() + 256);
+    // 0: outside an entry; 1: in an entry's header; 2: in its declarations.
+    let mut state = 0;
+    for line in ptx.lines() {
+        let t = line.trim_start();
+        if state == 2 && !(t.is_empty() || t.starts_with(".reg") || t.starts_with(".shared") || t.starts_with(".local") || t.starts_with("//")) {
+            out.push_str("\tgriddepcontrol.wait;\n\tgriddepcontrol.launch_dependents;\n");
+            state = 0;
+        }
+        out.push_str(line);
+        out.push('\n');
+        if t.starts_with(".visible .entry") || t.starts_with(".entry") {
+            state = 1;
+        } else if state == 1 && t == "{" {
+            state = 2;
+        }
+    }
+    out
 }
 
 /// The first object of the first `gpu.binary` op in the module's body.
@@ -80,5 +110,19 @@ unsafe fn read_ptx(module: &Module) -> Option<String> {
             op = mlirOperationGetNextInBlock(op);
         }
         None
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn grid_dependency_control_follows_each_entrys_declarations() {
+        let ptx = ".visible .entry k0(\n\t.param .u64 p0\n)\n.maxntid 128, 1, 1\n{\n\t.reg .b32 \t%r<4>;\n\t// demoted\n\t.shared .align 16 .b8 s[64];\n\tld.param.b64 \t%rd1, [p0];\n\tret;\n}\n.entry k1()\n{\n\tret;\n}\n";
+        let out = super::with_grid_dependency_control(ptx);
+        assert_eq!(out.matches("griddepcontrol.wait;").count(), 2);
+        assert_eq!(out.matches("griddepcontrol.launch_dependents;").count(), 2);
+        let wait = out.find("griddepcontrol.wait").unwrap();
+        assert!(wait > out.find(".shared").unwrap() && wait < out.find("ld.param").unwrap());
+        assert!(out.find("griddepcontrol.wait").unwrap() < out.find("ld.param").unwrap());
     }
 }

@@ -107,11 +107,50 @@ impl Drop for DeviceTensor {
     }
 }
 
+/// How GEMM steps enter the CUDA graph and how consecutive kernels are chained
+/// (`KILN_GPU_PDL`; measured in `docs/gpu.md`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GraphMode {
+    /// `0`: each GEMM is a child-graph node (its cuBLASLt launch captured alone); plain edges.
+    Child,
+    /// `flat`: a GEMM whose capture is one kernel becomes a kernel node of the graph itself
+    /// (attributes such as the cluster shape copied); plain edges.
+    Flat,
+    /// `1` (default): as `Flat`, and an edge between two kernel nodes is programmatic
+    /// (programmatic dependent launch, sm_90) where the later kernel waits for the earlier one
+    /// with `griddepcontrol.wait`: Kiln's sm_90 kernels do so at entry, and a cuBLASLt kernel
+    /// is trusted to only when cuBLASLt itself launches it with programmatic stream
+    /// serialization. After a Kiln kernel the next one may launch once every block of it has
+    /// executed `griddepcontrol.launch_dependents` (right after its wait); after a cuBLASLt
+    /// kernel, which does not trigger, once every block of it has started (the
+    /// launch-completion port). Either way the next kernel's launch and prologue overlap the
+    /// previous kernel's run, and its wait keeps the order of memory.
+    Pdl,
+}
+
+impl GraphMode {
+    /// The mode `KILN_GPU_PDL` names (`0`, `flat`, `1`; unset or anything else: `1`).
+    pub fn from_env() -> GraphMode {
+        match std::env::var("KILN_GPU_PDL").as_deref() {
+            Ok("0") | Ok("off") => GraphMode::Child,
+            Ok("flat") => GraphMode::Flat,
+            _ => GraphMode::Pdl,
+        }
+    }
+
+    fn programmatic(self) -> bool {
+        self == GraphMode::Pdl
+    }
+}
+
 /// The executable CUDA graph of every step, and the addresses it was built for.
 struct Captured {
     exec: CUgraphExec,
     /// One node per step, in step order (each depends on the one before).
     nodes: Vec<CUgraphNode>,
+    /// Per node: a GEMM step inlined as a kernel node (rebound by re-capturing it and copying
+    /// the captured kernel's parameters).
+    flat: Vec<bool>,
     /// The template graph `exec` was instantiated from (owns `nodes`).
     graph: CUgraph,
     /// Input addresses, then output addresses.
@@ -135,6 +174,13 @@ pub struct CudaExecutor {
     pub updates: usize,
     /// Why the last in-place rebinding was refused (the graph was rebuilt instead).
     pub rebind_refused: Option<String>,
+    mode: GraphMode,
+    /// Per step: a GEMM whose cuBLASLt kernel waits for its predecessor (probed once).
+    gemm_waits: Vec<Option<bool>>,
+    /// Programmatic edges in the last graph built (a count, for reports and tests).
+    pub programmatic_edges: usize,
+    /// GEMM steps inlined as kernel nodes in the last graph built.
+    pub inlined_gemms: usize,
 }
 
 // SAFETY: the raw handles (module functions, cuBLASLt handle and plans, graph exec, device
@@ -204,7 +250,7 @@ impl CudaExecutor {
         if let Some(b) = &blas {
             tune_gemms(&artifact, &mut plans, b, stream.cu_stream(), &alloc)?;
         }
-        Ok(CudaExecutor { artifact, ctx, stream, funcs, plans, blas, arena, workspace, graph: None, captures: 0, updates: 0, rebind_refused: None })
+        Ok(CudaExecutor { artifact, ctx, stream, funcs, plans, blas, arena, workspace, graph: None, captures: 0, updates: 0, rebind_refused: None, mode: GraphMode::from_env(), gemm_waits: Vec::new(), programmatic_edges: 0, inlined_gemms: 0 })
     }
 
     pub fn artifact(&self) -> &CudaArtifact {
@@ -384,23 +430,113 @@ impl CudaExecutor {
         }
     }
 
+    /// The graph mode in use (from `KILN_GPU_PDL` at construction).
+    pub fn graph_mode(&self) -> GraphMode {
+        self.mode
+    }
+
+    /// Switches the graph mode; the next `run_graph` builds a new graph.
+    pub fn set_graph_mode(&mut self, mode: GraphMode) {
+        if mode != self.mode {
+            self.mode = mode;
+            if let Some(old) = self.graph.take() {
+                unsafe { destroy(old) };
+            }
+        }
+    }
+
+    /// Whether cuBLASLt launches GEMM step `i`'s kernel with programmatic stream serialization
+    /// (then the kernel waits for its predecessor itself): a capture of some Kiln kernel
+    /// followed by the GEMM, read back for a programmatic edge. Nothing runs.
+    unsafe fn probe_gemm_waits(&self, i: usize, inputs: &[CUdeviceptr], outputs: &[CUdeviceptr]) -> Result<bool, CudaError> {
+        let Some(j) = self.artifact.steps.iter().position(|s| matches!(s, GpuStep::Launch(_))) else { return Ok(false) };
+        let s = self.stream.cu_stream();
+        let graph = unsafe {
+            result::stream::begin_capture(s, sys::CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_THREAD_LOCAL)
+                .map_err(driver("beginning a stream capture"))?;
+            let enq = self.enqueue_step(j, inputs, outputs, s).and_then(|_| self.enqueue_step(i, inputs, outputs, s));
+            let graph = result::stream::end_capture(s).map_err(driver("ending a stream capture"));
+            enq?;
+            graph?
+        };
+        let mut n = 0usize;
+        let mut waits = false;
+        unsafe {
+            if sys::cuGraphGetEdges_v2(graph, std::ptr::null_mut(), std::ptr::null_mut(), std::ptr::null_mut(), &mut n).result().is_ok() && n > 0 {
+                let (mut from, mut to) = (vec![std::ptr::null_mut(); n], vec![std::ptr::null_mut(); n]);
+                let mut data = vec![std::mem::zeroed::<sys::CUgraphEdgeData>(); n];
+                if sys::cuGraphGetEdges_v2(graph, from.as_mut_ptr(), to.as_mut_ptr(), data.as_mut_ptr(), &mut n).result().is_ok() {
+                    waits = data[..n].iter().any(|d| d.type_ == sys::CUgraphDependencyType::CU_GRAPH_DEPENDENCY_TYPE_PROGRAMMATIC as u8);
+                }
+            }
+            let _ = result::graph::destroy(graph);
+        }
+        Ok(waits)
+    }
+
+    /// The only node of `child` when it is a kernel node.
+    unsafe fn single_kernel(child: CUgraph) -> Option<CUgraphNode> {
+        let mut n = 0usize;
+        unsafe { sys::cuGraphGetNodes(child, std::ptr::null_mut(), &mut n) }.result().ok()?;
+        if n != 1 {
+            return None;
+        }
+        let mut node: CUgraphNode = std::ptr::null_mut();
+        unsafe { sys::cuGraphGetNodes(child, &mut node, &mut n) }.result().ok()?;
+        let mut ty = sys::CUgraphNodeType::CU_GRAPH_NODE_TYPE_EMPTY;
+        unsafe { sys::cuGraphNodeGetType(node, &mut ty) }.result().ok()?;
+        (ty == sys::CUgraphNodeType::CU_GRAPH_NODE_TYPE_KERNEL).then_some(node)
+    }
+
     /// Builds and instantiates the graph of every step at these addresses.
     unsafe fn build(&mut self, inputs: &[CUdeviceptr], outputs: &[CUdeviceptr]) -> Result<(), CudaError> {
         if let Some(old) = self.graph.take() {
             unsafe { destroy(old) };
         }
+        if self.mode.programmatic() && self.gemm_waits.is_empty() {
+            let mut w = vec![None; self.artifact.steps.len()];
+            for (i, step) in self.artifact.steps.iter().enumerate() {
+                if matches!(step, GpuStep::Gemm(_)) {
+                    w[i] = Some(unsafe { self.probe_gemm_waits(i, inputs, outputs)? });
+                }
+            }
+            self.gemm_waits = w;
+        }
+        let order: Vec<usize> = (0..self.artifact.steps.len()).collect();
+        let (captured, edges) = unsafe { self.build_graph(&order, inputs, outputs)? };
+        let inlined = captured.flat.iter().filter(|&&f| f).count();
+        self.graph = Some(captured);
+        self.programmatic_edges = edges;
+        self.inlined_gemms = inlined;
+        self.captures += 1;
+        Ok(())
+    }
+
+    /// Builds and instantiates a graph of the steps in `order` (a step may repeat), each node
+    /// depending on the one before. Returns it and its count of programmatic edges.
+    unsafe fn build_graph(&self, order: &[usize], inputs: &[CUdeviceptr], outputs: &[CUdeviceptr]) -> Result<(Captured, usize), CudaError> {
         let what = |step: &str| format!("adding {step} to the CUDA graph of @{}", self.artifact.name);
         let mut graph: CUgraph = std::ptr::null_mut();
         unsafe { sys::cuGraphCreate(&mut graph, 0) }.result().map_err(driver("creating a CUDA graph"))?;
-        let mut captured = Captured { exec: std::ptr::null_mut(), nodes: Vec::with_capacity(self.artifact.steps.len()), graph, addresses: Vec::new() };
+        let mut captured =
+            Captured { exec: std::ptr::null_mut(), nodes: Vec::with_capacity(order.len()), flat: Vec::with_capacity(order.len()), graph, addresses: Vec::new() };
+        // Kiln's kernels wait for their predecessor when the PTX says so (sm_90 targets).
+        let kiln_waits = self.artifact.ptx.contains("griddepcontrol.wait");
         let (mut addrs, mut params) = (Vec::new(), Vec::new());
-        for (i, step) in self.artifact.steps.iter().enumerate() {
-            let deps: &[CUgraphNode] = captured.nodes.last().map(std::slice::from_ref).unwrap_or(&[]);
+        let mut edges = 0;
+        // Whether the previous node is a kernel node, and one that triggers its dependents
+        // (`griddepcontrol.launch_dependents`: Kiln's sm_90 kernels).
+        let (mut prev_kernel, mut prev_triggers) = (false, false);
+        for &i in order {
+            let step = &self.artifact.steps[i];
+            let prev = captured.nodes.last().copied();
             let mut node: CUgraphNode = std::ptr::null_mut();
+            let (mut is_kernel, mut waits, mut flat) = (false, false, false);
             let added = match step {
                 GpuStep::Launch(_) => {
                     let p = self.kernel_params(i, inputs, outputs, &mut addrs, &mut params);
-                    unsafe { sys::cuGraphAddKernelNode_v2(&mut node, graph, deps.as_ptr(), deps.len(), &p) }.result()
+                    (is_kernel, waits) = (true, kiln_waits);
+                    unsafe { sys::cuGraphAddKernelNode_v2(&mut node, graph, std::ptr::null(), 0, &p) }.result()
                 }
                 _ => {
                     let child = match unsafe { self.capture_step(i, inputs, outputs) } {
@@ -410,16 +546,52 @@ impl CudaExecutor {
                             return Err(e);
                         }
                     };
-                    let r = unsafe { sys::cuGraphAddChildGraphNode(&mut node, graph, deps.as_ptr(), deps.len(), child) }.result();
+                    let inner = if self.mode == GraphMode::Child { None } else { unsafe { Self::single_kernel(child) } };
+                    let r = match inner {
+                        Some(k) => unsafe {
+                            let mut p: sys::CUDA_KERNEL_NODE_PARAMS = std::mem::zeroed();
+                            sys::cuGraphKernelNodeGetParams_v2(k, &mut p)
+                                .result()
+                                .and_then(|_| sys::cuGraphAddKernelNode_v2(&mut node, graph, std::ptr::null(), 0, &p).result())
+                                .and_then(|_| sys::cuGraphKernelNodeCopyAttributes(node, k).result())
+                        },
+                        None => unsafe { sys::cuGraphAddChildGraphNode(&mut node, graph, std::ptr::null(), 0, child) }.result(),
+                    };
+                    if inner.is_some() {
+                        (is_kernel, flat) = (true, true);
+                        waits = self.gemm_waits.get(i).copied().flatten().unwrap_or(false);
+                    }
                     let _ = unsafe { result::graph::destroy(child) };
                     r
                 }
             };
-            if let Err(e) = added {
+            let linked = added.and_then(|_| {
+                let Some(p) = prev else { return Ok(()) };
+                let programmatic = self.mode.programmatic() && prev_kernel && is_kernel && waits;
+                let mut data: sys::CUgraphEdgeData = unsafe { std::mem::zeroed() };
+                if programmatic {
+                    data.type_ = sys::CUgraphDependencyType::CU_GRAPH_DEPENDENCY_TYPE_PROGRAMMATIC as u8;
+                    // Every block of a triggering kernel triggers right after its wait: waiting
+                    // for that (rather than for every block to start) keeps a chain of Kiln
+                    // kernels from launching far ahead and filling the SMs with waiting blocks
+                    // (measured: 0.587 ms against 0.494 on the all-Kiln GPT-2 graph).
+                    data.from_port = if prev_triggers {
+                        sys::CU_GRAPH_KERNEL_NODE_PORT_PROGRAMMATIC
+                    } else {
+                        sys::CU_GRAPH_KERNEL_NODE_PORT_LAUNCH_ORDER
+                    } as u8;
+                    edges += 1;
+                }
+                unsafe { sys::cuGraphAddDependencies_v2(graph, &p, &node, &data, 1) }.result()
+            });
+            if let Err(e) = linked {
                 unsafe { destroy(captured) };
                 return Err(driver(&what(step.kernel()))(e));
             }
+            prev_kernel = is_kernel;
+            prev_triggers = kiln_waits && matches!(step, GpuStep::Launch(_));
             captured.nodes.push(node);
+            captured.flat.push(flat);
         }
         if let Err(e) = unsafe { sys::cuGraphInstantiateWithFlags(&mut captured.exec, graph, 0) }.result() {
             captured.exec = std::ptr::null_mut();
@@ -427,9 +599,46 @@ impl CudaExecutor {
             return Err(driver("instantiating a CUDA graph")(e));
         }
         captured.addresses = inputs.iter().chain(outputs).copied().collect();
-        self.graph = Some(captured);
-        self.captures += 1;
-        Ok(())
+        Ok((captured, edges))
+    }
+
+    /// Times step `i` inside a CUDA graph of `copies` back-to-back launches of it (this
+    /// executor's graph mode; medians of `reps` replays, L2 flushed before each), in
+    /// milliseconds per launch: what the step costs inside the whole graph, its share of the
+    /// kernel-boundary gaps included.
+    pub fn time_step_in_graph(&mut self, i: usize, inputs: &[CUdeviceptr], outputs: &[CUdeviceptr], copies: usize, reps: usize) -> Result<f64, CudaError> {
+        self.check(inputs, outputs)?;
+        self.ctx.bind_to_thread().map_err(driver("binding the context"))?;
+        let order = vec![i; copies.max(1)];
+        let (g, _) = unsafe { self.build_graph(&order, inputs, outputs)? };
+        let flush = self.alloc(256 << 20)?;
+        let s = self.stream.cu_stream();
+        let ev = || result::event::create(sys::CUevent_flags::CU_EVENT_DEFAULT).map_err(driver("creating an event"));
+        let (start, end) = (ev()?, ev()?);
+        let mut times = Vec::with_capacity(reps);
+        let r = (|| -> Result<(), CudaError> {
+            for rep in 0..reps + 2 {
+                unsafe {
+                    result::memset_d8_async(flush.ptr, 0x5a, flush.bytes, s).map_err(driver("memset"))?;
+                    result::event::record(start, s).map_err(driver("event record"))?;
+                    sys::cuGraphLaunch(g.exec, s).result().map_err(driver("launching a graph"))?;
+                    result::event::record(end, s).map_err(driver("event record"))?;
+                    result::event::synchronize(end).map_err(driver("event synchronize"))?;
+                    if rep >= 2 {
+                        times.push(result::event::elapsed(start, end).map_err(driver("event elapsed"))? as f64);
+                    }
+                }
+            }
+            Ok(())
+        })();
+        unsafe {
+            let _ = result::event::destroy(start);
+            let _ = result::event::destroy(end);
+            destroy(g);
+        }
+        r?;
+        times.sort_by(f64::total_cmp);
+        Ok(times[times.len() / 2] / copies.max(1) as f64)
     }
 
     /// Points the nodes of every step that touches a moved input or output at the new
@@ -455,7 +664,21 @@ impl CudaExecutor {
                 }
                 _ => {
                     let child = unsafe { self.capture_step(i, inputs, outputs)? };
-                    let r = unsafe { sys::cuGraphExecChildGraphNodeSetParams(g.exec, g.nodes[i], child) }.result();
+                    let r = if g.flat[i] {
+                        // The inlined kernel takes the re-captured kernel's parameters; a
+                        // capture that is no longer one kernel rebuilds the graph.
+                        match unsafe { Self::single_kernel(child) } {
+                            Some(k) => unsafe {
+                                let mut p: sys::CUDA_KERNEL_NODE_PARAMS = std::mem::zeroed();
+                                sys::cuGraphKernelNodeGetParams_v2(k, &mut p)
+                                    .result()
+                                    .and_then(|_| sys::cuGraphExecKernelNodeSetParams_v2(g.exec, g.nodes[i], &p).result())
+                            },
+                            None => Err(DriverError(sys::CUresult::CUDA_ERROR_NOT_SUPPORTED)),
+                        }
+                    } else {
+                        unsafe { sys::cuGraphExecChildGraphNodeSetParams(g.exec, g.nodes[i], child) }.result()
+                    };
                     let _ = unsafe { result::graph::destroy(child) };
                     r
                 }

@@ -12,7 +12,7 @@ mod exec;
 mod gemm;
 
 #[cfg(feature = "cuda")]
-pub use exec::{driver_present, CudaExecutor, DeviceTensor};
+pub use exec::{driver_present, CudaExecutor, DeviceTensor, GraphMode};
 
 use ir::DType;
 use serde::{Deserialize, Serialize};
