@@ -155,9 +155,12 @@ impl Plan {
             };
             // Skinny GEMMs (few output tiles, long k) fill the chip only when k is split: the
             // heuristic's first algorithm with k split 2..16 ways joins the candidates where
-            // cuBLASLt accepts it.
+            // cuBLASLt accepts it. `KILN_GEMM_SPLITK=0` leaves them out: a split GEMM is two
+            // kernels (the reduction after it), which a CUDA graph pays a launch gap for and
+            // which cannot take a programmatic edge (docs/gpu-gemm.md).
             let mut candidates = candidates;
-            if m * n <= 256 * 4096 && k >= 512 {
+            let split_k = !std::env::var("KILN_GEMM_SPLITK").is_ok_and(|v| v.trim() == "0");
+            if split_k && m * n <= 256 * 4096 && k >= 512 {
                 for split in [2i32, 4, 8, 16] {
                     if k / (split as u64) < 128 {
                         break;
