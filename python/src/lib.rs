@@ -59,6 +59,32 @@ fn specs(g: &ir::Graph, ids: &[ir::NodeId]) -> Vec<(ir::DType, Vec<usize>)> {
     ids.iter().map(|&id| (g.node(id).dtype, g.node(id).shape.dims().to_vec())).collect()
 }
 
+impl Region {
+    /// Runs with the input of each value slot (set by `set_input_slots`) from `input` and the
+    /// outputs' data pointers; `what` names the entry point in errors. The caller of each
+    /// entry point guarantees live contiguous tensors of the region's types.
+    fn run_slots(
+        &self,
+        py: Python<'_>,
+        what: &str,
+        mut input: impl FnMut(usize) -> PyResult<usize>,
+        outputs: &Bound<'_, PyList>,
+        stream: Option<u64>,
+    ) -> PyResult<()> {
+        let slots = self.slots.get().ok_or_else(|| CompileError::new_err(format!("{what} before set_input_slots")))?;
+        if outputs.len() != self.outputs.len() {
+            return Err(CompileError::new_err(format!("region has {} outputs, got {}", self.outputs.len(), outputs.len())));
+        }
+        let ins = slots.iter().map(|&i| input(i)).collect::<PyResult<Vec<_>>>()?;
+        let outs = outputs.iter().map(|o| tensor_ptr::data_ptr(&o)).collect::<PyResult<Vec<_>>>()?;
+        py.detach(|| {
+            // SAFETY: forwarded from the entry points' contracts (see each).
+            unsafe { self.engine.run(&self.inputs, &ins, &self.outputs, &outs, stream) }
+        })
+        .map_err(CompileError::new_err)
+    }
+}
+
 #[pymethods]
 impl Region {
     /// Imports the JSON region and compiles it for `backend` ("auto", "cpu", "cuda",
@@ -115,24 +141,9 @@ impl Region {
     /// inputs, outputs of other regions, or constants it checked).
     #[pyo3(signature = (env, outputs, stream=None))]
     fn run_env(&self, py: Python<'_>, env: &Bound<'_, PyList>, outputs: &Bound<'_, PyList>, stream: Option<u64>) -> PyResult<()> {
-        let slots = self.slots.get().ok_or_else(|| CompileError::new_err("run_env before set_input_slots"))?;
-        if outputs.len() != self.outputs.len() {
-            return Err(CompileError::new_err(format!("region has {} outputs, got {}", self.outputs.len(), outputs.len())));
-        }
-        let mut ins = Vec::with_capacity(slots.len());
-        for &i in slots {
-            ins.push(tensor_ptr::data_ptr(&env.get_item(i)?)?);
-        }
-        let mut outs = Vec::with_capacity(outputs.len());
-        for o in outputs.iter() {
-            outs.push(tensor_ptr::data_ptr(&o)?);
-        }
-        py.detach(|| {
-            // SAFETY: the planner's contract above: live contiguous tensors of the region's
-            // types (kept alive by `env` and `outputs` for the call).
-            unsafe { self.engine.run(&self.inputs, &ins, &self.outputs, &outs, stream) }
-        })
-        .map_err(CompileError::new_err)
+        // SAFETY (of the run): the planner's contract above: live contiguous tensors of the
+        // region's types, kept alive by `env` and `outputs` for the call.
+        self.run_slots(py, "run_env", |i| tensor_ptr::data_ptr(&env.get_item(i)?), outputs, stream)
     }
 
     /// `run_env` for a plan that is this region alone, with its leading inputs (the module's
@@ -141,28 +152,19 @@ impl Region {
     /// `len(state) + j` is `args[j]`. No pointer of a parameter is read again.
     #[pyo3(signature = (state, args, outputs, stream=None))]
     fn run_static(&self, py: Python<'_>, state: &Bound<'_, tensor_ptr::Addresses>, args: &Bound<'_, PyList>, outputs: &Bound<'_, PyList>, stream: Option<u64>) -> PyResult<()> {
-        let slots = self.slots.get().ok_or_else(|| CompileError::new_err("run_static before set_input_slots"))?;
-        if outputs.len() != self.outputs.len() {
-            return Err(CompileError::new_err(format!("region has {} outputs, got {}", self.outputs.len(), outputs.len())));
-        }
         let fixed = &state.get().ptrs;
-        let mut ins = Vec::with_capacity(slots.len());
-        for &i in slots {
-            ins.push(match fixed.get(i) {
-                Some(&p) => p,
-                None => tensor_ptr::data_ptr(&args.get_item(i - fixed.len())?)?,
-            });
-        }
-        let mut outs = Vec::with_capacity(outputs.len());
-        for o in outputs.iter() {
-            outs.push(tensor_ptr::data_ptr(&o)?);
-        }
-        py.detach(|| {
-            // SAFETY: as `run_env`; the state's tensors are at the snapshot's addresses (the
-            // caller checked them this call) and are kept alive by the module.
-            unsafe { self.engine.run(&self.inputs, &ins, &self.outputs, &outs, stream) }
-        })
-        .map_err(CompileError::new_err)
+        // SAFETY (of the run): as `run_env`; the state's tensors are at the snapshot's
+        // addresses (the caller checked them this call) and are kept alive by the module.
+        self.run_slots(
+            py,
+            "run_static",
+            |i| match fixed.get(i) {
+                Some(&p) => Ok(p),
+                None => tensor_ptr::data_ptr(&args.get_item(i - fixed.len())?),
+            },
+            outputs,
+            stream,
+        )
     }
 
     /// The region's IR (after import, before optimization).
