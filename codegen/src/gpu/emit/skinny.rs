@@ -398,7 +398,7 @@ fn step_b_rows(
     ncol_ok: &str,
 ) -> Vec<(usize, Vec<[String; 4]>, [String; 2])> {
     let (d, st) = (s.dtype, storage_type(s.dtype));
-    let (a_vec, b_vec) = (s.k.is_multiple_of(4), s.n.is_multiple_of(8));
+    let b_vec = s.n.is_multiple_of(8);
     let t4 = k.mul(t, 4);
     let kt = k.add(k0, &t4);
     let mut brows = Vec::new();
@@ -422,27 +422,15 @@ fn step_b_rows(
         };
         brows.push(k.load_raw(1, d, &idx, 8, &oks, b_vec));
     }
-    let arows: Vec<(String, String)> = a_rows
-        .iter()
-        .map(|(row, mok)| {
-            let idx = k.add(row, &kt);
-            let oks = k_oks(k, mok, j_ok, &kt, 4, s.k, a_vec);
-            let v = k.load_raw(0, d, &idx, 4, &oks, a_vec);
-            let w = k.op(&format!("vector.bitcast {v} : vector<4x{st}> to vector<2xi32>"));
-            let p0 = k.op(&format!("vector.extract {w}[0] : i32 from vector<2xi32>"));
-            let p1 = k.op(&format!("vector.extract {w}[1] : i32 from vector<2xi32>"));
-            (p0, p1)
-        })
-        .collect();
+    let arows = a_regs(k, s, a_rows, j_ok, &kt, 4);
     (0..8)
         .map(|i| {
             let b0 = k.pack(&brows[0], &brows[1], i, st);
             let b1 = k.pack(&brows[2], &brows[3], i, st);
             let a = (0..a_rows.len() / 2)
                 .map(|tile| {
-                    let (p0, p1) = arows[2 * tile].clone();
-                    let (q0, q1) = arows[2 * tile + 1].clone();
-                    [p0, q0, p1, q1]
+                    let (p, q) = (&arows[2 * tile], &arows[2 * tile + 1]);
+                    [p[0].clone(), q[0].clone(), p[1].clone(), q[1].clone()]
                 })
                 .collect();
             (i, a, [b0, b1])
@@ -464,14 +452,10 @@ fn step_b_transposed(
     n0: &str,
     g: &str,
 ) -> Vec<(usize, Vec<[String; 4]>, [String; 2])> {
-    let (d, st) = (s.dtype, storage_type(s.dtype));
+    let d = s.dtype;
     let vec8 = s.k.is_multiple_of(8);
     let t8 = k.mul(t, 8);
     let kt = k.add(k0, &t8);
-    let regs = |k: &mut K, v: &str| -> Vec<String> {
-        let w = k.op(&format!("vector.bitcast {v} : vector<8x{st}> to vector<4xi32>"));
-        (0..4).map(|r| k.op(&format!("vector.extract {w}[{r}] : i32 from vector<4xi32>"))).collect()
-    };
     let mut bregs = Vec::new();
     for i in 0..8 {
         let c = k.addc(n0, 8 * i);
@@ -481,17 +465,9 @@ fn step_b_transposed(
         let idx = k.add(&row, &kt);
         let oks = k_oks(k, &n_ok, j_ok, &kt, 8, s.k, vec8);
         let v = k.load_raw(1, d, &idx, 8, &oks, vec8);
-        bregs.push(regs(k, &v));
+        bregs.push(i32_regs(k, &v, 8, d));
     }
-    let aregs: Vec<Vec<String>> = a_rows
-        .iter()
-        .map(|(row, mok)| {
-            let idx = k.add(row, &kt);
-            let oks = k_oks(k, mok, j_ok, &kt, 8, s.k, vec8);
-            let v = k.load_raw(0, d, &idx, 8, &oks, vec8);
-            regs(k, &v)
-        })
-        .collect();
+    let aregs = a_regs(k, s, a_rows, j_ok, &kt, 8);
     let mut out = Vec::new();
     for h in 0..2 {
         for (i, b) in bregs.iter().enumerate() {
@@ -505,6 +481,29 @@ fn step_b_transposed(
         }
     }
     out
+}
+
+/// The `A` fragments of one step for both weight layouts: per row of `a_rows` (address of
+/// the row, row valid), `len` values from `kt` (one vector load when `k % len == 0`) as
+/// `len / 2` packed i32 registers.
+fn a_regs(k: &mut K, s: &Skinny, a_rows: &[(String, String)], j_ok: &str, kt: &str, len: usize) -> Vec<Vec<String>> {
+    let vector = s.k.is_multiple_of(len);
+    a_rows
+        .iter()
+        .map(|(row, mok)| {
+            let idx = k.add(row, kt);
+            let oks = k_oks(k, mok, j_ok, kt, len, s.k, vector);
+            let v = k.load_raw(0, s.dtype, &idx, len, &oks, vector);
+            i32_regs(k, &v, len, s.dtype)
+        })
+        .collect()
+}
+
+/// A loaded `vector<len x 16-bit>` as its `len / 2` packed i32 registers.
+fn i32_regs(k: &mut K, v: &str, len: usize, d: DType) -> Vec<String> {
+    let (st, n) = (storage_type(d), len / 2);
+    let w = k.op(&format!("vector.bitcast {v} : vector<{len}x{st}> to vector<{n}xi32>"));
+    (0..n).map(|r| k.op(&format!("vector.extract {w}[{r}] : i32 from vector<{n}xi32>"))).collect()
 }
 
 /// Validity of `len` consecutive `k` from `kt` (all alike when `vector`: `k % len == 0`).
