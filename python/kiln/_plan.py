@@ -189,14 +189,16 @@ class Region:
         dev = self.device
         return [torch.empty(s, dtype=d, device=dev) for s, d in self.out_meta]
 
+    def _stream(self) -> Optional[int]:
+        """CUDA regions enqueue on PyTorch's current stream (ordered with the PyTorch ops
+        around them); CPU regions take none."""
+        return _current_stream(self.device) if self.cuda else None
+
     def run_static(self, weights, args: List[Any]) -> List[torch.Tensor]:
         """This region as a whole plan, its leading inputs at the addresses of ``weights`` (a
         ``_native.Addresses`` the caller checked this call), the rest ``args``."""
         outs = self._empty_outputs()
-        if self.cuda:
-            self.native.run_static(weights, args, outs, _current_stream(self.device))
-        else:
-            self.native.run_static(weights, args, outs)
+        self.native.run_static(weights, args, outs, self._stream())
         return outs
 
     def __call__(self, env: List[Any]) -> None:
@@ -204,11 +206,7 @@ class Region:
             if not env[i].is_contiguous():
                 return self._run_copying(env)
         outs = self._empty_outputs()
-        if self.cuda:
-            # enqueued on PyTorch's current stream: ordered with the PyTorch ops around it
-            self.native.run_env(env, outs, _current_stream(self.device))
-        else:
-            self.native.run_env(env, outs)
+        self.native.run_env(env, outs, self._stream())
         for i, o in zip(self.outs, outs):
             env[i] = o
 
@@ -216,10 +214,7 @@ class Region:
         ts = [env[i].contiguous() for i in self.ins]  # kept alive until the call returns
         ptrs = [t.data_ptr() for t in ts]
         outs = self._empty_outputs()
-        if self.cuda:
-            self.native.run(ptrs, [o.data_ptr() for o in outs], _current_stream(self.device))
-        else:
-            self.native.run(ptrs, [o.data_ptr() for o in outs])
+        self.native.run(ptrs, [o.data_ptr() for o in outs], self._stream())
         for i, o in zip(self.outs, outs):
             env[i] = o
 
