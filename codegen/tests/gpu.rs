@@ -1070,8 +1070,13 @@ fn gpt2_small_b1_t32_compiles() -> R<()> {
     let kg = passes::optimize(&traced.graph, &passes::DeviceProfile::h200())?.kernels;
     let opt = codegen::gpu::compile(&kg, &GpuOptions::default())?;
     println!("gpt2 small b1 t32 via passes: {} kernels -> {}", kg.kernels.len(), opt.summary());
-    assert_eq!(opt.steps.len(), 7 * 12 + 1, "7 steps per layer + the final LN");
-    // With Kiln's skinny GEMM: one more step, zeroing the split-K GEMMs' counters.
+    // By default the narrow deep-K GEMMs (n 768: k 768 in 6 K splits, k 3072 in 11) run as
+    // Kiln's skinny GEMM, whose split-K counters one more step zeroes; with cuBLASLt
+    // everywhere: 7 steps per layer + the final LN.
+    assert_eq!(opt.steps.len(), 7 * 12 + 2, "{}", opt.summary());
+    let cublas = codegen::gpu::with_skinny_gemm(0, || codegen::gpu::compile(&kg, &GpuOptions::default()))?;
+    assert_eq!(cublas.steps.len(), 7 * 12 + 1, "{}", cublas.summary());
+    // Every GEMM on Kiln's skinny GEMM: the same steps.
     let skinny = codegen::gpu::with_skinny_gemm(64, || codegen::gpu::compile(&kg, &GpuOptions::default()))?;
     assert_eq!(skinny.steps.len(), 7 * 12 + 2, "{}", skinny.summary());
     std::fs::create_dir_all(ptx_dir())?;

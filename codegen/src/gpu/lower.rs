@@ -48,6 +48,8 @@ struct Lowering {
     next_symbol: usize,
     /// Skinny split-K GEMMs' arrival counters: (buffer, step to zero them before, length).
     counters: Option<(u32, usize, usize)>,
+    /// The graph's input buffers: no step writes them (an output that is an input is copied).
+    inputs: Vec<u32>,
 }
 
 impl Lowering {
@@ -554,8 +556,19 @@ impl<'a> BodyLowering<'a> {
             ga.batch_stride = 0;
         }
         if batch == 1 && !ga.transposed {
-            let spec =
-                emit::Skinny { dtype: *dtype, m, n, k, bias: bias.is_some(), act, residual: residual.is_some(), b_transposed: gb.transposed, counter_base: 0 };
+            let invariant = emit::Invariant { b: lw.inputs.contains(&gb.buffer), bias: bias.is_some_and(|b| lw.inputs.contains(&b)) };
+            let spec = emit::Skinny {
+                dtype: *dtype,
+                m,
+                n,
+                k,
+                bias: bias.is_some(),
+                act,
+                residual: residual.is_some(),
+                b_transposed: gb.transposed,
+                counter_base: 0,
+                invariant,
+            };
             let same = |b: Option<u32>| b.is_none_or(|b| lw.buffers[b as usize].dtype == *dtype);
             if spec.fits() && same(bias) && same(residual) {
                 return self.skinny_gemm(lw, &spec, ga.buffer, gb.buffer, target, bias, residual);
@@ -840,7 +853,8 @@ fn rebuild(
 fn lower_steps(kg: &KernelGraph) -> Result<Lowering, GpuError> {
     let kg = &prepare(kg)?;
     kg.verify()?;
-    let mut lw = Lowering { buffers: kg.buffers.clone(), steps: Vec::new(), next_symbol: 0, counters: None };
+    let inputs = kg.inputs.iter().map(|b| b.0).collect();
+    let mut lw = Lowering { buffers: kg.buffers.clone(), steps: Vec::new(), next_symbol: 0, counters: None, inputs };
     for k in &kg.kernels {
         let body = &k.body;
         let mut bl = BodyLowering { name: k.name.clone(), body, mat: HashMap::new(), out_target: HashMap::new() };

@@ -1,6 +1,7 @@
 //! MLIR text -> PTX through melior: parse, run the NVVM pipeline of `TOOLCHAIN.md`, and read
 //! the PTX out of the `gpu.binary` op's object attribute.
 
+use super::emit::WAIT_MARK;
 use super::{GpuError, SmVersion};
 use melior::{
     dialect::DialectRegistry,
@@ -63,23 +64,44 @@ pub(crate) fn to_ptx(mlir: &str, sm: SmVersion, index_bits: u32) -> Result<Strin
 /// Programmatic dependent launch (sm_90): every kernel begins with `griddepcontrol.wait`
 /// (nothing of it runs before the kernel it depends on has finished and its writes are
 /// visible), then `griddepcontrol.launch_dependents` (the next kernel may be launched now; its
-/// blocks wait the same way). Launched without the programmatic attribute or edge both are
-/// no-ops. The executor makes an edge programmatic only into a kernel that waits, so every
-/// kernel completing still implies every earlier one has.
+/// blocks wait the same way). A kernel that marks its own wait ([`WAIT_MARK`]: the skinny GEMM
+/// loads its weights first) waits there instead. Launched without the programmatic attribute or
+/// edge both are no-ops. The executor makes an edge programmatic only into a kernel that
+/// waits, so every kernel completing still implies every earlier one has.
 pub(crate) fn with_grid_dependency_control(ptx: &str) -> String {
+    const WAIT: &str = "\tgriddepcontrol.wait;\n\tgriddepcontrol.launch_dependents;\n";
+    let is_entry = |t: &str| t.starts_with(".visible .entry") || t.starts_with(".entry");
+    // Whether each entry marks its own wait.
+    let mut marked = Vec::new();
+    for t in ptx.lines().map(str::trim_start) {
+        if is_entry(t) {
+            marked.push(false);
+        } else if t == WAIT_MARK {
+            if let Some(m) = marked.last_mut() {
+                *m = true;
+            }
+        }
+    }
     let mut out = String::with_capacity(ptx.len() + 256);
     // 0: outside an entry; 1: in an entry's header; 2: in its declarations.
-    let mut state = 0;
+    let (mut state, mut entry) = (0, 0);
     for line in ptx.lines() {
         let t = line.trim_start();
         if state == 2 && !(t.is_empty() || t.starts_with(".reg") || t.starts_with(".shared") || t.starts_with(".local") || t.starts_with("//")) {
-            out.push_str("\tgriddepcontrol.wait;\n\tgriddepcontrol.launch_dependents;\n");
+            if !marked[entry - 1] {
+                out.push_str(WAIT);
+            }
             state = 0;
+        }
+        if t == WAIT_MARK {
+            out.push_str(WAIT);
+            continue;
         }
         out.push_str(line);
         out.push('\n');
-        if t.starts_with(".visible .entry") || t.starts_with(".entry") {
+        if is_entry(t) {
             state = 1;
+            entry += 1;
         } else if state == 1 && t == "{" {
             state = 2;
         }
@@ -124,5 +146,18 @@ mod tests {
         let wait = out.find("griddepcontrol.wait").unwrap();
         assert!(wait > out.find(".shared").unwrap() && wait < out.find("ld.param").unwrap());
         assert!(out.find("griddepcontrol.wait").unwrap() < out.find("ld.param").unwrap());
+    }
+
+    #[test]
+    fn a_kernel_that_marks_its_wait_waits_there_only() {
+        let mark = super::WAIT_MARK;
+        let ptx = format!(".visible .entry k0(\n)\n{{\n\t.reg .b32 %r<4>;\n\tld.global.v4.u32 {{%r0, %r1, %r2, %r3}}, [%rd1];\n\t// begin inline asm\n\t{mark}\n\t// end inline asm\n\tld.global.u32 %r0, [%rd2];\n\tret;\n}}\n.visible .entry k1(\n)\n{{\n\tret;\n}}\n");
+        let out = super::with_grid_dependency_control(&ptx);
+        assert_eq!(out.matches("griddepcontrol.wait;").count(), 2);
+        assert!(!out.contains(mark));
+        let (k0, k1) = out.split_at(out.find(".entry k1").unwrap());
+        let wait = k0.find("griddepcontrol.wait").unwrap();
+        assert!(wait > k0.find("ld.global.v4").unwrap() && wait < k0.find("ld.global.u32").unwrap());
+        assert!(k1.find("griddepcontrol.wait").unwrap() < k1.find("ret").unwrap());
     }
 }

@@ -2,8 +2,8 @@
 //! bf16 and f16, odd shapes (`m` = 1, 7, 32, 63; `k` and `n` off the tiles), one split and
 //! split-K, against the interpreter with poisoned outputs; the PTX goes to `target/kiln-ptx/`.
 //! An ignored benchmark times each GPT-2 small GEMM shape and the whole b1 t32 graph with the
-//! skinny kernel and with cuBLASLt. The kernel is off by default (`with_skinny_gemm` turns it on
-//! for a thread).
+//! skinny kernel and with cuBLASLt. By default the kernel takes only deep-K GEMMs
+//! (`docs/gpu-gemm.md`); `with_skinny_gemm` gives it every GEMM it can take on a thread.
 
 use super::{scaled_weights, trace, R};
 use codegen::gpu::with_skinny_gemm;
@@ -167,8 +167,13 @@ fn bench_skinny_gemms() -> R<()> {
     let kg = passes::optimize(&traced.graph, &passes::DeviceProfile::h200())?.kernels;
     let inputs = traced.random_inputs(7);
     let mut outs = Vec::new();
-    for (mode, max_m) in modes {
-        let art = with_skinny_gemm(max_m, || codegen::gpu::compile(&kg, &Default::default()))?;
+    // Every GEMM it can take on the skinny kernel, none, and the default policy.
+    for (mode, max_m) in [("skinny", Some(64)), ("cublaslt", Some(0)), ("default", None)] {
+        let compile = || codegen::gpu::compile(&kg, &Default::default());
+        let art = match max_m {
+            Some(m) => with_skinny_gemm(m, compile)?,
+            None => compile()?,
+        };
         let mut ex = CudaExecutor::new(art.clone(), 0)?;
         let ins: Vec<_> = inputs
             .iter()
@@ -206,7 +211,8 @@ fn bench_skinny_gemms() -> R<()> {
         println!("SKINNY gpt2_small_b1_t32 {mode}: {:.4} ms per graph replay, {} steps (steps alone {:.1} us)", ms, art.steps.len(), 1e3 * per.iter().sum::<f64>());
         outs.push(v);
     }
-    let diff = outs[0].max_rel_diff(&outs[1]);
-    println!("SKINNY gpt2 skinny vs cuBLASLt output: max rel diff {diff:e}");
+    for (i, mode) in [(0, "skinny"), (2, "default")] {
+        println!("SKINNY gpt2 {mode} vs cuBLASLt output: max rel diff {:e}", outs[i].max_rel_diff(&outs[1]));
+    }
     Ok(())
 }
