@@ -36,6 +36,7 @@
 //! take the other paths.
 
 use super::attn::{attention_body, AttnBody};
+use super::mma::mma_m16n8k16;
 use super::{storage_type, EmittedKernel, Emitter, Form, Ix};
 use crate::gpu::GpuError;
 use ir::{DType, Graph, Shape};
@@ -68,7 +69,6 @@ pub(crate) fn flash_attention(symbol: &str, body: &Graph, args: &[(DType, usize)
     }
     let dt = an.dtype;
     let st = storage_type(dt);
-    let mma_ty = if dt == DType::BF16 { "bf16" } else { "f16" };
     let batch = batch_shape.numel().max(1);
     let threads = 32 * WARPS;
     // Keys per tile: 64 for head dims up to 64, else 32 (the S and P fragments of a 64-key tile
@@ -141,13 +141,7 @@ pub(crate) fn flash_attention(symbol: &str, body: &Graph, args: &[(DType, usize)
         let v = e.op(&format!("vector.from_elements {x}, {y} : vector<2x{st}>"));
         e.op(&format!("llvm.bitcast {v} : vector<2x{st}> to i32"))
     };
-    let mma = |e: &mut Emitter, a: &[String], b: &[String], c: &[String]| -> Vec<String> {
-        let s = e.op(&format!(
-            "llvm.inline_asm \"mma.sync.aligned.m16n8k16.row.col.f32.{mma_ty}.{mma_ty}.f32 {{$0,$1,$2,$3}}, {{$4,$5,$6,$7}}, {{$8,$9}}, {{$10,$11,$12,$13}};\", \"=f,=f,=f,=f,r,r,r,r,r,r,f,f,f,f\" {}, {}, {}, {}, {}, {}, {}, {}, {}, {} : (i32, i32, i32, i32, i32, i32, f32, f32, f32, f32) -> !llvm.struct<(f32, f32, f32, f32)>",
-            a[0], a[1], a[2], a[3], b[0], b[1], c[0], c[1], c[2], c[3]
-        ));
-        (0..4).map(|i| e.op(&format!("llvm.extractvalue {s}[{i}] : !llvm.struct<(f32, f32, f32, f32)>"))).collect()
-    };
+    let mma = |e: &mut Emitter, a: &[String], b: &[String], c: &[String]| -> Vec<String> { mma_m16n8k16(e, dt, a, b, c).to_vec() };
     let ex2 = |e: &mut Emitter, x: &str| e.op(&format!("llvm.inline_asm \"ex2.approx.ftz.f32 $0, $1;\", \"=f,f\" {x} : (f32) -> f32"));
     let width32 = e.c_i32(32);
     let shfl = |e: &mut Emitter, x: &str, off: i64| -> String {

@@ -1,4 +1,5 @@
-//! Warp-level tensor-core helpers shared by the GPU kernels (PTX through `llvm.inline_asm`).
+//! Warp-level tensor-core helpers shared by the GPU kernels (skinny GEMM, flash attention;
+//! PTX through `llvm.inline_asm`).
 //!
 //! `mma.sync.aligned.m16n8k16.row.col` with f32 accumulators, per lane `g = lane / 4`,
 //! `t = lane % 4` (PTX ISA, "Matrix fragments for mma.m16n8k16"):
