@@ -386,3 +386,53 @@ fn heavy_elementwise_rows_prefetch_and_match() {
         check_fused(&g, 41, false);
     }
 }
+
+/// f32 max reductions propagate NaN (as `llvm.maximum` and PyTorch's `amax`) whatever the
+/// NaN's position in the row (vector body or remainder) and with infinities around; a
+/// softmax row with a NaN is all NaN, a row of -inf all NaN, and the other rows match.
+#[test]
+fn max_reductions_propagate_nan_at_every_position() {
+    let (rows, cols) = (70, 37);
+    let mut xs: Vec<f32> = (0..rows * cols).map(|i| ((i * 7919 % 1000) as f32 - 500.0) / 37.0).collect();
+    for r in 0..cols {
+        xs[r * cols + r] = f32::NAN; // rows 0..37: one NaN at column r
+    }
+    xs[40 * cols..41 * cols].fill(f32::NEG_INFINITY);
+    xs[41 * cols + 5] = f32::INFINITY;
+    xs[42 * cols..43 * cols].fill(f32::NAN);
+    xs[43 * cols + 3] = f32::NEG_INFINITY;
+    xs[44 * cols + 36] = f32::INFINITY;
+    xs[44 * cols + 2] = f32::NAN;
+    let want_max = |r: usize| {
+        let row = &xs[r * cols..(r + 1) * cols];
+        if row.iter().any(|v| v.is_nan()) {
+            f32::NAN
+        } else {
+            row.iter().copied().fold(f32::NEG_INFINITY, f32::max)
+        }
+    };
+    let mut g = Graph::new("max_nan");
+    let x = g.input("x", DType::F32, [rows, cols]).unwrap();
+    let m = g.add(Op::Reduce { op: ReduceOp::Max, axes: vec![1], keepdim: true }, &[x]).unwrap();
+    let d = g.add(Op::Binary(BinaryOp::Sub), &[x, m]).unwrap();
+    let e = g.add(Op::Unary(UnaryOp::Exp), &[d]).unwrap();
+    let s = g.add(Op::Reduce { op: ReduceOp::Sum, axes: vec![1], keepdim: true }, &[e]).unwrap();
+    let y = g.add(Op::Binary(BinaryOp::Div), &[e, s]).unwrap();
+    g.set_outputs(vec![m, y]);
+    for (what, kg) in [("one kernel per op", ir::KernelGraph::one_per_op(&g)), ("fused", passes::optimize(&g, &passes::DeviceProfile::cpu()).unwrap().kernels)] {
+        let art = codegen::cpu::compile(&kg, &codegen::cpu::CpuOptions::default()).unwrap();
+        let got = runtime::CpuExecutor::new(&art).unwrap().run(&[runtime::HostTensor::from_f32([rows, cols], &xs).unwrap()]).unwrap();
+        let (mx, sm) = (got[0].as_f32().unwrap(), got[1].as_f32().unwrap());
+        for r in 0..rows {
+            let want = want_max(r);
+            assert!(mx[r] == want || (want.is_nan() && mx[r].is_nan()), "{what}: max of row {r} = {}, want {want}", mx[r]);
+            let row = &sm[r * cols..(r + 1) * cols];
+            if want.is_nan() || want == f32::NEG_INFINITY || want == f32::INFINITY {
+                assert!(row.iter().all(|v| v.is_nan()), "{what}: softmax row {r} should be all NaN: {row:?}");
+            } else {
+                let total: f32 = row.iter().sum();
+                assert!((total - 1.0).abs() < 1e-5 && row.iter().all(|v| v.is_finite()), "{what}: softmax row {r}: {row:?}");
+            }
+        }
+    }
+}
