@@ -5,10 +5,10 @@
 //! skinny kernel and with cuBLASLt. By default the kernel takes only deep-K GEMMs
 //! (`docs/gpu-gemm.md`); `with_skinny_gemm` gives it every GEMM it can take on a thread.
 
-use super::{scaled_weights, trace, R};
-use codegen::gpu::with_skinny_gemm;
 #[cfg(feature = "cuda")]
 use super::device;
+use super::{scaled_weights, trace, R};
+use codegen::gpu::with_skinny_gemm;
 use frontend::Tensor;
 use ir::{DType, Graph};
 use runtime::cuda::{CudaArtifact, GpuStep};
@@ -18,7 +18,11 @@ use runtime::cuda::{CudaArtifact, GpuStep};
 fn gemm_graph(name: &str, d: DType, m: usize, k: usize, n: usize, ep: &str) -> Graph {
     trace(name, |t| {
         let x = t.input("x", d, [m, k])?;
-        let mut y: Tensor = if ep.contains("wt") { x.matmul(&t.input("w", d, [n, k])?.t()?)? } else { x.matmul(&t.input("w", d, [k, n])?)? };
+        let mut y: Tensor = if ep.contains("wt") {
+            x.matmul(&t.input("w", d, [n, k])?.t()?)?
+        } else {
+            x.matmul(&t.input("w", d, [k, n])?)?
+        };
         if ep.contains("bias") {
             let b = t.input("b", d, [n])?;
             y = y.add(&b)?;
@@ -43,7 +47,10 @@ fn check_with(name: &str, g: &Graph, inputs: Vec<ir::interp::Value>) -> R<CudaAr
 }
 
 fn skinny_launches(art: &CudaArtifact) -> usize {
-    art.steps.iter().filter(|s| matches!(s, GpuStep::Launch(l) if l.symbol.contains("_skinny_"))).count()
+    art.steps
+        .iter()
+        .filter(|s| matches!(s, GpuStep::Launch(l) if l.symbol.contains("_skinny_")))
+        .count()
 }
 
 #[test]
@@ -68,12 +75,30 @@ fn skinny_gemm_odd_shapes_f16_transposed_weight() -> R<()> {
 
 /// Every epilogue on one shape (bf16), the plain GEMM and one rotating epilogue on the others.
 fn odd_shapes(d: DType, layout: &str) -> R<()> {
-    let eps = ["", "bias", "bias_gelu", "gelu", "bias_relu", "res", "bias_res"];
+    let eps = [
+        "",
+        "bias",
+        "bias_gelu",
+        "gelu",
+        "bias_relu",
+        "res",
+        "bias_res",
+    ];
     let mut case = 0;
     {
-        for (m, k, n) in [(1, 770, 100), (7, 64, 72), (32, 770, 100), (63, 520, 64), (5, 40, 9000), (16, 72, 24)] {
+        for (m, k, n) in [
+            (1, 770, 100),
+            (7, 64, 72),
+            (32, 770, 100),
+            (63, 520, 64),
+            (5, 40, 9000),
+            (16, 72, 24),
+        ] {
             for (i, ep) in eps.iter().enumerate() {
-                if !(ep.is_empty() || ((m, k) == (32, 770) && d == DType::BF16) || i == case % eps.len()) {
+                if !(ep.is_empty()
+                    || ((m, k) == (32, 770) && d == DType::BF16)
+                    || i == case % eps.len())
+                {
                     continue;
                 }
                 case += 1;
@@ -82,9 +107,123 @@ fn odd_shapes(d: DType, layout: &str) -> R<()> {
                 let g = gemm_graph(&name, d, m, k, n, &ep);
                 let art = check_with(&name, &g, scaled_weights(&g, 40 + case as u64))?;
                 assert!(skinny_launches(&art) >= 1, "{name}: {}", art.summary());
-                assert!(!art.steps.iter().any(|s| matches!(s, GpuStep::Gemm(_))), "{name}: {}", art.summary());
+                assert!(
+                    !art.steps.iter().any(|s| matches!(s, GpuStep::Gemm(_))),
+                    "{name}: {}",
+                    art.summary()
+                );
             }
         }
+    }
+    Ok(())
+}
+
+/// Transposed weights over enough columns take narrow column blocks (16 or 32 columns) and no
+/// K split: GPT-2 small's qkv shape, and odd `m`, `k`, `n` (a partial last block, scalar
+/// loads past `k % 8`, a third m-tile) with every kind of epilogue.
+#[test]
+fn skinny_gemm_narrow_column_blocks() -> R<()> {
+    for (i, (d, m, k, n, ep)) in [
+        (DType::BF16, 32, 768, 2304, "wt_bias"),
+        (DType::BF16, 5, 770, 2200, "wt_bias_gelu"),
+        (DType::F16, 33, 520, 4300, "wt_bias_res"),
+        (DType::F16, 1, 64, 2210, "wt_plain"),
+        (DType::BF16, 64, 96, 4200, "wt_res"),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let name = format!("skinny_narrow_{d}_m{m}_k{k}_n{n}_{ep}");
+        let g = gemm_graph(&name, d, m, k, n, ep);
+        let art = check_with(&name, &g, scaled_weights(&g, 90 + i as u64))?;
+        assert_eq!(skinny_launches(&art), 1, "{name}: {}", art.summary());
+        assert!(
+            !art.steps.iter().any(|s| matches!(s, GpuStep::Gemm(_))),
+            "{name}: {}",
+            art.summary()
+        );
+    }
+    Ok(())
+}
+
+/// `layer_norm(x) @ w.t()` (x `[m, k]`, w `[n, k]`) with gamma and beta as `affine` says, then
+/// epilogue `ep`.
+fn norm_gemm_graph(
+    name: &str,
+    d: DType,
+    (m, k, n): (usize, usize, usize),
+    affine: (bool, bool),
+    ep: &str,
+) -> Graph {
+    trace(name, |t| {
+        let x = t.input("x", d, [m, k])?;
+        let gamma = if affine.0 {
+            Some(t.input("gamma", d, [k])?)
+        } else {
+            None
+        };
+        let beta = if affine.1 {
+            Some(t.input("beta", d, [k])?)
+        } else {
+            None
+        };
+        let h = x.layer_norm(&[k], gamma.as_ref(), beta.as_ref(), 1e-5)?;
+        let mut y = h.matmul(&t.input("w", d, [n, k])?.t()?)?;
+        if ep.contains("bias") {
+            y = y.add(&t.input("b", d, [n])?)?;
+        }
+        if ep.contains("gelu") {
+            y = y.gelu_tanh()?;
+        }
+        if ep.contains("res") {
+            y = t.input("r", d, [m, n])?.add(&y)?;
+        }
+        Ok(vec![y])
+    })
+}
+
+/// A layer norm before a GEMM runs inside the skinny GEMM (one launch, no norm kernel), as one
+/// kernel body and through the optimizer's kernel graph (where the norm is a kernel of its
+/// own until the lowering moves it into the GEMM): GPT-2's shapes and odd ones (`k % 8 != 0`,
+/// a partial column block, one row), with and without gamma and beta. A GEMM whose `A` would
+/// not fit in registers keeps its norm kernel (and, split over K, the counter reset), and
+/// both stay right.
+#[test]
+fn skinny_gemm_fused_layer_norm() -> R<()> {
+    let cases = [
+        (DType::BF16, (32, 768, 2304), (true, true), "bias", 1),
+        (DType::BF16, (32, 768, 3072), (true, true), "bias_gelu", 1),
+        (DType::F16, (5, 770, 300), (true, true), "bias_res", 1),
+        (DType::BF16, (1, 64, 100), (false, false), "plain", 1),
+        (DType::F16, (13, 200, 72), (true, false), "res", 1),
+        (DType::BF16, (64, 768, 256), (true, true), "bias", 3),
+    ];
+    for (i, (d, (m, k, n), affine, ep, launches)) in cases.into_iter().enumerate() {
+        let name = format!(
+            "skinny_norm_{d}_m{m}_k{k}_n{n}_{ep}_{}{}",
+            u8::from(affine.0),
+            u8::from(affine.1)
+        );
+        let g = norm_gemm_graph(&name, d, (m, k, n), affine, ep);
+        let art = check_with(&name, &g, scaled_weights(&g, 120 + i as u64))?;
+        assert_eq!(art.steps.len(), launches, "{name}: {}", art.summary());
+        assert_eq!(skinny_launches(&art), 1, "{name}: {}", art.summary());
+        let kg = passes::optimize(&g, &passes::DeviceProfile::h200())?.kernels;
+        let opt = with_skinny_gemm(64, || codegen::gpu::compile(&kg, &Default::default()))?;
+        assert_eq!(
+            opt.steps.len(),
+            launches,
+            "{name} via passes ({} kernels): {}",
+            kg.kernels.len(),
+            opt.summary()
+        );
+        std::fs::write(
+            super::ptx_dir().join(format!("{name}_optimized.ptx")),
+            &opt.ptx,
+        )?;
+        let inputs = scaled_weights(&g, 120 + i as u64);
+        let reference = ir::interp::run(&g, &inputs)?;
+        super::device::run_and_compare(&format!("{name}_optimized"), &opt, &inputs, &reference)?;
     }
     Ok(())
 }
@@ -100,7 +239,14 @@ fn skinny_gemm_splits_batches_and_fallbacks() -> R<()> {
     let g = gemm_graph("skinny_split_k", DType::BF16, 17, 3000, 40, "bias_res");
     let art = check_with("skinny_split_k", &g, scaled_weights(&g, 6))?;
     assert_eq!(skinny_launches(&art), 1, "{}", art.summary());
-    let g = gemm_graph("skinny_split_k_wt", DType::F16, 32, 3072, 200, "wt_bias_gelu");
+    let g = gemm_graph(
+        "skinny_split_k_wt",
+        DType::F16,
+        32,
+        3072,
+        200,
+        "wt_bias_gelu",
+    );
     let art = check_with("skinny_split_k_wt", &g, scaled_weights(&g, 8))?;
     assert_eq!(skinny_launches(&art), 1, "{}", art.summary());
     let g = trace("skinny_batched", |t| {
@@ -109,11 +255,23 @@ fn skinny_gemm_splits_batches_and_fallbacks() -> R<()> {
         let b = t.input("b", DType::F16, [72])?;
         let wt = t.input("wt", DType::F16, [72, 200])?;
         let big = t.input("big", DType::F16, [65, 200])?;
-        Ok(vec![x.matmul(&w)?.add(&b)?.gelu_tanh()?, x.matmul(&wt.t()?)?, big.matmul(&w)?])
+        Ok(vec![
+            x.matmul(&w)?.add(&b)?.gelu_tanh()?,
+            x.matmul(&wt.t()?)?,
+            big.matmul(&w)?,
+        ])
     });
     let art = check_with("skinny_batched", &g, scaled_weights(&g, 7))?;
     assert!(skinny_launches(&art) >= 1, "{}", art.summary());
-    assert_eq!(art.steps.iter().filter(|s| matches!(s, GpuStep::Gemm(_))).count(), 1, "{}", art.summary());
+    assert_eq!(
+        art.steps
+            .iter()
+            .filter(|s| matches!(s, GpuStep::Gemm(_)))
+            .count(),
+        1,
+        "{}",
+        art.summary()
+    );
     Ok(())
 }
 
@@ -131,13 +289,22 @@ fn bench_skinny_gemms() -> R<()> {
     }
     use super::median;
     let modes = [("skinny", 64), ("cublaslt", 0)];
-    for (k, n, ep) in [(768, 2304, "wt_bias"), (768, 768, "wt_bias_res"), (768, 3072, "wt_bias_gelu"), (3072, 768, "wt_bias_res"), (768, 3072, "bias_gelu"), (3072, 768, "bias_res")] {
+    for (k, n, ep) in [
+        (768, 2304, "wt_bias"),
+        (768, 768, "wt_bias_res"),
+        (768, 3072, "wt_bias_gelu"),
+        (3072, 768, "wt_bias_res"),
+        (768, 3072, "bias_gelu"),
+        (3072, 768, "bias_res"),
+    ] {
         let name = format!("gpt2_gemm_k{k}_n{n}_{ep}");
         let g = gemm_graph(&name, DType::BF16, 32, k, n, ep);
         let inputs = scaled_weights(&g, 3);
         let reference = interp::run(&g, &inputs)?;
         for (mode, max_m) in modes {
-            let art = with_skinny_gemm(max_m, || codegen::gpu::compile_graph(&g, &Default::default()))?;
+            let art = with_skinny_gemm(max_m, || {
+                codegen::gpu::compile_graph(&g, &Default::default())
+            })?;
             device::run_and_compare(&format!("{name} {mode}"), &art, &inputs, &reference)?;
             let mut ex = CudaExecutor::new(art.clone(), 0)?;
             let ins: Vec<_> = inputs
@@ -168,7 +335,11 @@ fn bench_skinny_gemms() -> R<()> {
     let inputs = traced.random_inputs(7);
     let mut outs = Vec::new();
     // Every GEMM it can take on the skinny kernel, none, and the default policy.
-    for (mode, max_m) in [("skinny", Some(64)), ("cublaslt", Some(0)), ("default", None)] {
+    for (mode, max_m) in [
+        ("skinny", Some(64)),
+        ("cublaslt", Some(0)),
+        ("default", None),
+    ] {
         let compile = || codegen::gpu::compile(&kg, &Default::default());
         let art = match max_m {
             Some(m) => with_skinny_gemm(m, compile)?,
@@ -190,14 +361,25 @@ fn bench_skinny_gemms() -> R<()> {
         unsafe { ex.run_graph(&ptrs, &[o.ptr], None)? };
         ex.synchronize()?;
         let v = device::from_bytes(on.dtype, on.shape.dims(), &o.download()?);
-        assert!(v.data.iter().all(|x| x.is_finite()), "gpt2 {mode}: non-finite output");
+        assert!(
+            v.data.iter().all(|x| x.is_finite()),
+            "gpt2 {mode}: non-finite output"
+        );
         let ms = median(ex.time_runs(&ptrs, &[o.ptr], 100, true)?);
         let per = ex.time_steps(&ptrs, &[o.ptr], 10)?;
         let mut groups: std::collections::BTreeMap<String, (usize, f64)> = Default::default();
         for (st, t) in art.steps.iter().zip(&per) {
             let key = match st {
                 GpuStep::Gemm(g) => format!("cublaslt m{} n{} k{}", g.m, g.n, g.k),
-                GpuStep::Launch(l) if l.symbol.contains("_skinny_") => format!("skinny grid {:?} {}", l.grid, if l.symbol.ends_with("_sum") { "sum" } else { "" }),
+                GpuStep::Launch(l) if l.symbol.contains("_skinny_") => format!(
+                    "skinny grid {:?} {}",
+                    l.grid,
+                    if l.symbol.ends_with("_sum") {
+                        "sum"
+                    } else {
+                        ""
+                    }
+                ),
                 GpuStep::Launch(_) => "other kernels".into(),
                 GpuStep::Copy { .. } => "copy".into(),
             };
@@ -206,13 +388,19 @@ fn bench_skinny_gemms() -> R<()> {
             e.1 += t;
         }
         for (k, (n, t)) in &groups {
-            println!("SKINNY gpt2 {mode}: {k:<40} x{n:<3} {:.2} us each", 1e3 * t / *n as f64);
+            println!(
+                "SKINNY gpt2 {mode}: {k:<40} x{n:<3} {:.2} us each",
+                1e3 * t / *n as f64
+            );
         }
         println!("SKINNY gpt2_small_b1_t32 {mode}: {:.4} ms per graph replay, {} steps (steps alone {:.1} us)", ms, art.steps.len(), 1e3 * per.iter().sum::<f64>());
         outs.push(v);
     }
     for (i, mode) in [(0, "skinny"), (2, "default")] {
-        println!("SKINNY gpt2 {mode} vs cuBLASLt output: max rel diff {:e}", outs[i].max_rel_diff(&outs[1]));
+        println!(
+            "SKINNY gpt2 {mode} vs cuBLASLt output: max rel diff {:e}",
+            outs[i].max_rel_diff(&outs[1])
+        );
     }
     Ok(())
 }

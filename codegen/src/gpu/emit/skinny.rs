@@ -36,22 +36,22 @@ use crate::gpu::GpuError;
 use ir::{DType, Graph, UnaryOp};
 use runtime::cuda::GemmActivation;
 
-/// Columns per block (8 mma n-tiles of 8, one 16-byte load of 8 columns per lane).
+/// Columns per block for a row-major `b` (8 mma n-tiles of 8, one 16-byte load of 8 columns
+/// per lane), and the widest block of a transposed one ([`Skinny::block_n`]).
 const BLOCK_N: usize = 64;
-/// The most steps whose loads a warp issues before their mmas (registers: a transposed-weight
-/// step holds 32 of them per lane).
-const MAX_UNROLL: usize = 3;
+/// The most weight registers (32-bit) a lane holds for the steps whose loads it issues before
+/// their mmas: 3 steps of a 64-column transposed block (32 each), 12 of a 16-column one.
+const MAX_WEIGHT_REGS: usize = 96;
 
 /// The largest `m` by default.
 const DEFAULT_MAX_M: usize = 64;
-/// By default a GEMM runs here only when it would take at least this many K splits: few
-/// columns over a deep `k`, where cuBLASLt needs a second (split-K reduction) kernel or
-/// leaves SMs idle, while this kernel fills the chip, reduces in one kernel and loads its
-/// weights before it waits for its predecessor. GPT-2 small b1 t32 on an H200, one run
-/// (docs/gpu-gemm.md): 0.339 ms with the `k = 3072, n = 768` (11 splits) and
-/// `k = 768, n = 768` (6) GEMMs here, 0.349 with the first only, 0.363 with cuBLASLt
-/// everywhere, 0.411 with every GEMM here (qkv: 4 splits, fc: 3).
-const DEFAULT_MIN_SPLITS: usize = 5;
+/// The fewest K splits a GEMM must take to run here by default (`KILN_GPU_SKINNY_MIN_SPLITS`):
+/// 1, every GEMM of `m <= 64`. With 64-column blocks only the deep, narrow GEMMs won (GPT-2
+/// small b1 t32, H200: 0.339 ms with the two `n = 768` GEMMs of each layer here, 0.363 with
+/// cuBLASLt everywhere, 0.411 with every GEMM here); with 32-column blocks every GEMM here
+/// is fastest (H100, one call: 0.334 ms against 0.376-0.388 for the other two policies;
+/// docs/gpu-gemm.md).
+const DEFAULT_MIN_SPLITS: usize = 1;
 
 thread_local! {
     static POLICY: std::cell::Cell<Option<usize>> = const { std::cell::Cell::new(None) };
@@ -64,8 +64,14 @@ fn policy() -> (usize, usize) {
     match POLICY.with(|c| c.get()) {
         Some(max_m) => (max_m.min(64), 1),
         None => {
-            let max_m = std::env::var("KILN_GPU_SKINNY_MAX_M").ok().and_then(|v| v.parse().ok()).unwrap_or(DEFAULT_MAX_M);
-            (max_m.min(64), super::knob("KILN_GPU_SKINNY_MIN_SPLITS", DEFAULT_MIN_SPLITS))
+            let max_m = std::env::var("KILN_GPU_SKINNY_MAX_M")
+                .ok()
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(DEFAULT_MAX_M);
+            (
+                max_m.min(64),
+                super::knob("KILN_GPU_SKINNY_MIN_SPLITS", DEFAULT_MIN_SPLITS),
+            )
         }
     }
 }
@@ -95,7 +101,24 @@ pub(crate) struct Skinny {
     pub counter_base: usize,
     /// Which operands no step of the graph writes.
     pub invariant: Invariant,
+    /// A layer norm of `a`'s rows that the kernel applies itself before its mmas.
+    pub norm: Option<Norm>,
 }
+
+/// `a`'s rows layer-normed inside the GEMM, `(x - mean) * rsqrt(var + eps) [* gamma] [+ beta]`
+/// over each row of `k` (f32, rounded to the GEMM's dtype as the norm kernel would store it):
+/// the norm kernel before a GEMM fused into the GEMM (`lower.rs`). Each block then needs whole
+/// rows, so the GEMM takes one K split and every warp holds its `A` fragments in registers;
+/// the row statistics are summed across the block's warps in shared memory, in warp order.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Norm {
+    pub gamma: bool,
+    pub beta: bool,
+    pub eps: f64,
+}
+
+/// The most `A` registers (32-bit) a lane may hold at once for a fused norm (all of its steps).
+const MAX_NORM_A_REGS: usize = 96;
 
 /// Operands of a GEMM that no step of its graph writes (graph inputs: weights). The kernel
 /// loads them before it waits for its predecessor, so that under programmatic dependent launch
@@ -104,6 +127,8 @@ pub(crate) struct Skinny {
 pub(crate) struct Invariant {
     pub b: bool,
     pub bias: bool,
+    /// The fused norm's gamma and beta.
+    pub norm: bool,
 }
 
 impl Skinny {
@@ -116,7 +141,24 @@ impl Skinny {
             && self.n >= 1
             && self.k >= 1
             && !(self.act.is_some() && self.residual)
-            && self.splits().0 >= min_splits
+            && (self.splits().0 >= min_splits || self.norm.is_some())
+            && (self.norm.is_none() || self.norm_fits())
+    }
+
+    /// A fused norm's `k` rounded up to whole steps (its gamma and beta in shared memory).
+    fn norm_kpad(&self) -> usize {
+        self.k.div_ceil(self.step_k()) * self.step_k()
+    }
+
+    /// A fused norm needs transposed weights (8 `k` of a row per lane and step) and all of a
+    /// warp's steps in registers at once: [`Self::unroll`] covers them and their `A`
+    /// fragments fit in [`MAX_NORM_A_REGS`].
+    fn norm_fits(&self) -> bool {
+        let steps = self.k.div_ceil(self.step_k());
+        let per_warp = steps.div_ceil(self.warps());
+        self.b_transposed
+            && self.unroll() == per_warp
+            && per_warp * 2 * self.m_tiles() * 4 <= MAX_NORM_A_REGS
     }
 
     /// `k` rows per step of a warp: one k16 mma step for a row-major `b`; two for a transposed
@@ -138,17 +180,67 @@ impl Skinny {
         super::knob("KILN_GPU_SKINNY_WARPS", 4).clamp(1, 16)
     }
 
+    /// Columns per block. A row-major `b`: 64 (a lane loads 8 columns). A transposed one (a
+    /// lane loads one row per n-tile): 32, the best of 16, 32 and 64 for every GEMM of GPT-2
+    /// small at b1 t32 (whole graph on an H100: 0.334 ms against 0.362 with 16 and 0.384 with
+    /// 64 where K splits are needed, 16 elsewhere; docs/gpu-gemm.md). Narrow blocks need fewer
+    /// K splits to fill the GPU; wide ones read `A` fewer times. `KILN_GPU_SKINNY_BLOCK_N`
+    /// (16, 32 or 64) sets the width for transposed weights.
+    pub(crate) fn block_n(&self) -> usize {
+        if !self.b_transposed {
+            return BLOCK_N;
+        }
+        // A fused norm takes no K split: narrower blocks make up the grid.
+        let (knob, default) = if self.norm.is_some() {
+            ("KILN_GPU_SKINNY_NORM_BLOCK_N", 16)
+        } else {
+            ("KILN_GPU_SKINNY_BLOCK_N", 32)
+        };
+        match super::knob(knob, default) {
+            w @ (16 | 32 | 64) => w,
+            _ => default,
+        }
+    }
+
+    /// Column blocks of the grid.
+    pub(crate) fn blocks_n(&self) -> usize {
+        self.n.div_ceil(self.block_n())
+    }
+
+    /// mma n-tiles (8 columns) per block.
+    fn n_tiles(&self) -> usize {
+        self.block_n() / 8
+    }
+
+    /// The blocks a grid aims for: `KILN_GPU_SKINNY_CTAS`, default 132 (the H100's SMs).
+    fn target_ctas() -> usize {
+        super::knob("KILN_GPU_SKINNY_CTAS", 132)
+    }
+
     /// Steps whose loads a warp issues before their mmas: all of its steps in the split when
-    /// they fit (then every weight load comes before the kernel's wait), else [`MAX_UNROLL`].
+    /// their weights fit in [`MAX_WEIGHT_REGS`] (then every weight load comes before the
+    /// kernel's wait), else as many as fit.
     fn unroll(&self) -> usize {
-        self.splits().1.div_ceil(self.warps()).clamp(1, MAX_UNROLL)
+        // A row-major step holds 4 rows x 8 values, a transposed one 8 values per n-tile.
+        let regs_per_step = if self.b_transposed {
+            4 * self.n_tiles()
+        } else {
+            16
+        };
+        self.splits()
+            .1
+            .div_ceil(self.warps())
+            .clamp(1, (MAX_WEIGHT_REGS / regs_per_step).max(1))
     }
 
     /// `(splits, steps per split)`.
     pub(crate) fn splits(&self) -> (usize, usize) {
         let steps = self.k.div_ceil(self.step_k());
-        let blocks_n = self.n.div_ceil(BLOCK_N);
-        let target = super::knob("KILN_GPU_SKINNY_CTAS", 132);
+        if self.norm.is_some() {
+            return (1, steps);
+        }
+        let blocks_n = self.blocks_n();
+        let target = Self::target_ctas();
         // At least one step per warp in each split.
         let max_splits = (steps / self.warps()).max(1);
         let want = target.div_ceil(blocks_n).clamp(1, max_splits);
@@ -161,7 +253,8 @@ impl Skinny {
 /// comment that `ptx::with_grid_dependency_control` replaces by `griddepcontrol.wait` (sm_90;
 /// the other kernels wait at entry). A side-effecting asm statement: no load moves across it.
 pub(crate) const WAIT_MARK: &str = "// kiln: griddepcontrol.wait";
-const WAIT_MARK_OP: &str = "llvm.inline_asm has_side_effects \"// kiln: griddepcontrol.wait\", \"\" : () -> ()";
+const WAIT_MARK_OP: &str =
+    "llvm.inline_asm has_side_effects \"// kiln: griddepcontrol.wait\", \"\" : () -> ()";
 
 /// An item's epilogue operands, loaded early.
 #[derive(Default)]
@@ -220,18 +313,33 @@ impl<'g> K<'g> {
 
     /// `len` consecutive elements of `arg` from `idx`, f32 values or zeros where `ok[j]` is
     /// false; one vector load when `vector` (then all `ok[j]` are `ok[0]`).
-    fn load_run(&mut self, arg: usize, d: DType, idx: &str, len: usize, ok: &[String], vector: bool) -> Vec<String> {
+    fn load_run(
+        &mut self,
+        arg: usize,
+        d: DType,
+        idx: &str,
+        len: usize,
+        ok: &[String],
+        vector: bool,
+    ) -> Vec<String> {
         let (st, n) = (storage_type(d), self.e.arg_types[arg].1);
         let mem = format!("memref<{n}x{st}>");
         let zero = self.e.c_f32(0.0);
         if vector {
             let at = self.clamp(&ok[0], idx);
             let vt = format!("vector<{len}x{st}>");
-            let v = self.op(&format!("vector.load %a{arg}[{at}] {{alignment = {} : i64}} : {mem}, {vt}", len * d.size_bytes()));
+            let v = self.op(&format!(
+                "vector.load %a{arg}[{at}] {{alignment = {} : i64}} : {mem}, {vt}",
+                len * d.size_bytes()
+            ));
             (0..len)
                 .map(|j| {
                     let x = self.op(&format!("vector.extract {v}[{j}] : {st} from {vt}"));
-                    let x = if d == DType::F32 { x } else { self.op(&format!("arith.extf {x} : {st} to f32")) };
+                    let x = if d == DType::F32 {
+                        x
+                    } else {
+                        self.op(&format!("arith.extf {x} : {st} to f32"))
+                    };
                     self.op(&format!("arith.select {}, {x}, {zero} : f32", ok[0]))
                 })
                 .collect()
@@ -241,7 +349,11 @@ impl<'g> K<'g> {
                     let i = self.addc(idx, j);
                     let at = self.clamp(&ok[j], &i);
                     let x = self.op(&format!("memref.load %a{arg}[{at}] : {mem}"));
-                    let x = if d == DType::F32 { x } else { self.op(&format!("arith.extf {x} : {st} to f32")) };
+                    let x = if d == DType::F32 {
+                        x
+                    } else {
+                        self.op(&format!("arith.extf {x} : {st} to f32"))
+                    };
                     self.op(&format!("arith.select {}, {x}, {zero} : f32", ok[j]))
                 })
                 .collect()
@@ -250,15 +362,29 @@ impl<'g> K<'g> {
 
     /// Raw (storage-typed) loads for mma operands: `len` elements from `idx`, zeros where not
     /// `ok`. Returns one `vector<len x st>`.
-    fn load_raw(&mut self, arg: usize, d: DType, idx: &str, len: usize, ok: &[String], vector: bool) -> String {
+    fn load_raw(
+        &mut self,
+        arg: usize,
+        d: DType,
+        idx: &str,
+        len: usize,
+        ok: &[String],
+        vector: bool,
+    ) -> String {
         let (st, n) = (storage_type(d), self.e.arg_types[arg].1);
         let mem = format!("memref<{n}x{st}>");
         let vt = format!("vector<{len}x{st}>");
         let zv = self.e.constant("dense<0.0>", &vt);
         if vector {
             let at = self.clamp(&ok[0], idx);
-            let v = self.op(&format!("vector.load %a{arg}[{at}] {{alignment = {} : i64}} : {mem}, {vt}", len * d.size_bytes()));
-            self.op(&format!("arith.select {}, {v}, {zv} : vector<{len}x{st}>", ok[0]))
+            let v = self.op(&format!(
+                "vector.load %a{arg}[{at}] {{alignment = {} : i64}} : {mem}, {vt}",
+                len * d.size_bytes()
+            ));
+            self.op(&format!(
+                "arith.select {}, {v}, {zv} : vector<{len}x{st}>",
+                ok[0]
+            ))
         } else {
             let zs = self.e.constant("0.0", st);
             let xs: Vec<String> = (0..len)
@@ -279,7 +405,16 @@ impl<'g> K<'g> {
 
     /// `act(v + bias) + residual`, stored at `out[m * n_total + n ..]` (`vals.len()` columns).
     #[allow(clippy::too_many_arguments)]
-    fn epilogue_store(&mut self, s: &Skinny, args: (Option<usize>, Option<usize>, usize), m: &str, n: &str, vals: Vec<String>, ok_m: &str, pre: &Prefetched) {
+    fn epilogue_store(
+        &mut self,
+        s: &Skinny,
+        args: (Option<usize>, Option<usize>, usize),
+        m: &str,
+        n: &str,
+        vals: Vec<String>,
+        ok_m: &str,
+        pre: &Prefetched,
+    ) {
         let (bias_arg, res_arg, out_arg) = args;
         if pre.bias.is_some() || pre.residual.is_some() {
             let v = self.epilogue_math(s, vals, pre.bias.as_deref(), pre.residual.as_deref());
@@ -301,14 +436,25 @@ impl<'g> K<'g> {
             .collect();
         let mut v = vals;
         if let Some(b) = bias_arg {
-            let bias_ok: Vec<String> = if vector { vec![col_ok[0].clone(); len] } else { col_ok.clone() };
+            let bias_ok: Vec<String> = if vector {
+                vec![col_ok[0].clone(); len]
+            } else {
+                col_ok.clone()
+            };
             let bs = self.load_run(b, s.dtype, n, len, &bias_ok, vector);
-            v = v.iter().zip(&bs).map(|(x, y)| self.op(&format!("arith.addf {x}, {y} : f32"))).collect();
+            v = v
+                .iter()
+                .zip(&bs)
+                .map(|(x, y)| self.op(&format!("arith.addf {x}, {y} : f32")))
+                .collect();
         }
         match s.act {
             Some(GemmActivation::Relu) => {
                 let z = self.e.c_f32(0.0);
-                v = v.iter().map(|x| self.op(&format!("arith.maximumf {x}, {z} : f32"))).collect();
+                v = v
+                    .iter()
+                    .map(|x| self.op(&format!("arith.maximumf {x}, {z} : f32")))
+                    .collect();
             }
             Some(GemmActivation::GeluTanh) => {
                 v = v.into_iter().map(|x| gelu_tanh(&mut self.e, &x)).collect();
@@ -318,9 +464,17 @@ impl<'g> K<'g> {
         let row = self.mul(m, s.n);
         let at = self.add(&row, n);
         if let Some(r) = res_arg {
-            let r_ok: Vec<String> = if vector { vec![col_ok[0].clone(); len] } else { col_ok.clone() };
+            let r_ok: Vec<String> = if vector {
+                vec![col_ok[0].clone(); len]
+            } else {
+                col_ok.clone()
+            };
             let rs = self.load_run(r, s.dtype, &at, len, &r_ok, vector);
-            v = v.iter().zip(&rs).map(|(x, y)| self.op(&format!("arith.addf {x}, {y} : f32"))).collect();
+            v = v
+                .iter()
+                .zip(&rs)
+                .map(|(x, y)| self.op(&format!("arith.addf {x}, {y} : f32")))
+                .collect();
         }
         self.store_run(out_arg, s.dtype, &at, v, &col_ok, vector);
     }
@@ -337,12 +491,23 @@ impl<'g> K<'g> {
 
     /// Loads the epilogue's bias and residual values of one item (8 columns of row `m`),
     /// issued at kernel start so that their latency hides under the weight stream.
-    fn prefetch(&mut self, s: &Skinny, args: (Option<usize>, Option<usize>, usize), m: &str, n: &str, ok_m: &str) -> Prefetched {
+    fn prefetch(
+        &mut self,
+        s: &Skinny,
+        args: (Option<usize>, Option<usize>, usize),
+        m: &str,
+        n: &str,
+        ok_m: &str,
+    ) -> Prefetched {
         let (bias_arg, res_arg, _) = args;
         let len = 8;
         let vector = s.n.is_multiple_of(len);
         let col_ok = self.col_ok(s, n, ok_m, len);
-        let oks: Vec<String> = if vector { vec![col_ok[0].clone(); len] } else { col_ok.clone() };
+        let oks: Vec<String> = if vector {
+            vec![col_ok[0].clone(); len]
+        } else {
+            col_ok.clone()
+        };
         let bias = bias_arg.map(|b| self.load_run(b, s.dtype, n, len, &oks, vector));
         let residual = res_arg.map(|r| {
             let row = self.mul(m, s.n);
@@ -353,15 +518,28 @@ impl<'g> K<'g> {
     }
 
     /// `act(v + bias) + residual` in f32.
-    fn epilogue_math(&mut self, s: &Skinny, vals: Vec<String>, bias: Option<&[String]>, residual: Option<&[String]>) -> Vec<String> {
+    fn epilogue_math(
+        &mut self,
+        s: &Skinny,
+        vals: Vec<String>,
+        bias: Option<&[String]>,
+        residual: Option<&[String]>,
+    ) -> Vec<String> {
         let mut v = vals;
         if let Some(bs) = bias {
-            v = v.iter().zip(bs).map(|(x, y)| self.op(&format!("arith.addf {x}, {y} : f32"))).collect();
+            v = v
+                .iter()
+                .zip(bs)
+                .map(|(x, y)| self.op(&format!("arith.addf {x}, {y} : f32")))
+                .collect();
         }
         match s.act {
             Some(GemmActivation::Relu) => {
                 let z = self.e.c_f32(0.0);
-                v = v.iter().map(|x| self.op(&format!("arith.maximumf {x}, {z} : f32"))).collect();
+                v = v
+                    .iter()
+                    .map(|x| self.op(&format!("arith.maximumf {x}, {z} : f32")))
+                    .collect();
             }
             Some(GemmActivation::GeluTanh) => {
                 v = v.into_iter().map(|x| gelu_tanh(&mut self.e, &x)).collect();
@@ -369,23 +547,46 @@ impl<'g> K<'g> {
             None => {}
         }
         if let Some(rs) = residual {
-            v = v.iter().zip(rs).map(|(x, y)| self.op(&format!("arith.addf {x}, {y} : f32"))).collect();
+            v = v
+                .iter()
+                .zip(rs)
+                .map(|(x, y)| self.op(&format!("arith.addf {x}, {y} : f32")))
+                .collect();
         }
         v
     }
 
     /// Stores f32 `vals` as `d` at `arg[idx ..]`, each where `ok[j]`.
-    fn store_run(&mut self, arg: usize, d: DType, idx: &str, vals: Vec<String>, ok: &[String], vector: bool) {
+    fn store_run(
+        &mut self,
+        arg: usize,
+        d: DType,
+        idx: &str,
+        vals: Vec<String>,
+        ok: &[String],
+        vector: bool,
+    ) {
         let (st, n) = (storage_type(d), self.e.arg_types[arg].1);
         let mem = format!("memref<{n}x{st}>");
-        let raw: Vec<String> =
-            vals.iter().map(|x| if d == DType::F32 { x.clone() } else { self.op(&format!("arith.truncf {x} : f32 to {st}")) }).collect();
+        let raw: Vec<String> = vals
+            .iter()
+            .map(|x| {
+                if d == DType::F32 {
+                    x.clone()
+                } else {
+                    self.op(&format!("arith.truncf {x} : f32 to {st}"))
+                }
+            })
+            .collect();
         if vector {
             let len = raw.len();
             let vt = format!("vector<{len}x{st}>");
             let v = self.op(&format!("vector.from_elements {} : {vt}", raw.join(", ")));
             self.line(&format!("scf.if {} {{", ok[0]));
-            self.line(&format!("  vector.store {v}, %a{arg}[{idx}] {{alignment = {} : i64}} : {mem}, {vt}", (len * d.size_bytes()).min(16)));
+            self.line(&format!(
+                "  vector.store {v}, %a{arg}[{idx}] {{alignment = {} : i64}} : {mem}, {vt}",
+                (len * d.size_bytes()).min(16)
+            ));
             self.line("}");
         } else {
             for (j, x) in raw.iter().enumerate() {
@@ -445,14 +646,24 @@ struct StepB {
 /// per lane and n-tile `i`, row `n0 + 8i + g` at `k0 + 8t ..` (16 bytes: both k16 halves'
 /// fragments).
 #[allow(clippy::too_many_arguments)]
-fn load_step_b(k: &mut K, s: &Skinny, j_ok: &str, k0: &str, t: &str, n0: &str, g: &str, ncol: &str, ncol_ok: &str) -> StepB {
+fn load_step_b(
+    k: &mut K,
+    s: &Skinny,
+    j_ok: &str,
+    k0: &str,
+    t: &str,
+    n0: &str,
+    g: &str,
+    ncol: &str,
+    ncol_ok: &str,
+) -> StepB {
     let d = s.dtype;
     let mut regs = Vec::new();
     let kt = if s.b_transposed {
         let vec8 = s.k.is_multiple_of(8);
         let t8 = k.mul(t, 8);
         let kt = k.add(k0, &t8);
-        for i in 0..8 {
+        for i in 0..s.n_tiles() {
             let c = k.addc(n0, 8 * i);
             let n = k.add(&c, g);
             let n_ok = k.lt(&n, s.n);
@@ -489,28 +700,25 @@ fn load_step_b(k: &mut K, s: &Skinny, j_ok: &str, k0: &str, t: &str, n0: &str, g
         }
         kt
     };
-    StepB { kt, j_ok: j_ok.to_string(), regs }
+    StepB {
+        kt,
+        j_ok: j_ok.to_string(),
+        regs,
+    }
 }
 
 /// One step's mma operands: (n-tile, A registers per m-tile, B registers), its `A` fragments
 /// loaded now. Row-major `b`: A is 4 values per row (8 bytes), pairs of weight rows packed
 /// with byte permutes. Transposed `b`: A is 8 values per row, two k16 halves.
-fn step_mmas(k: &mut K, s: &Skinny, a_rows: &[(String, String)], b: &StepB) -> Vec<(usize, Vec<[String; 4]>, [String; 2])> {
+fn step_mmas(
+    k: &mut K,
+    s: &Skinny,
+    a_rows: &[(String, String)],
+    b: &StepB,
+) -> Vec<(usize, Vec<[String; 4]>, [String; 2])> {
     if s.b_transposed {
         let aregs = a_regs(k, s, a_rows, &b.j_ok, &b.kt, 8);
-        let mut out = Vec::new();
-        for h in 0..2 {
-            for (i, bi) in b.regs.iter().enumerate() {
-                let a = (0..a_rows.len() / 2)
-                    .map(|tile| {
-                        let (r, r8) = (&aregs[2 * tile], &aregs[2 * tile + 1]);
-                        [r[2 * h].clone(), r8[2 * h].clone(), r[2 * h + 1].clone(), r8[2 * h + 1].clone()]
-                    })
-                    .collect();
-                out.push((i, a, [bi[2 * h].clone(), bi[2 * h + 1].clone()]));
-            }
-        }
-        return out;
+        return transposed_mmas(&aregs, b);
     }
     let st = storage_type(s.dtype);
     let arows = a_regs(k, s, a_rows, &b.j_ok, &b.kt, 4);
@@ -530,13 +738,59 @@ fn step_mmas(k: &mut K, s: &Skinny, a_rows: &[(String, String)], b: &StepB) -> V
         .collect()
 }
 
+/// A transposed-weight step's mma operands from its `A` registers (per row of the lane, 4
+/// packed registers of 8 `k`): per k16 half and n-tile.
+fn transposed_mmas(
+    aregs: &[Vec<String>],
+    b: &StepB,
+) -> Vec<(usize, Vec<[String; 4]>, [String; 2])> {
+    let mut out = Vec::new();
+    for h in 0..2 {
+        for (i, bi) in b.regs.iter().enumerate() {
+            let a = (0..aregs.len() / 2)
+                .map(|tile| {
+                    let (r, r8) = (&aregs[2 * tile], &aregs[2 * tile + 1]);
+                    [
+                        r[2 * h].clone(),
+                        r8[2 * h].clone(),
+                        r[2 * h + 1].clone(),
+                        r8[2 * h + 1].clone(),
+                    ]
+                })
+                .collect();
+            out.push((i, a, [bi[2 * h].clone(), bi[2 * h + 1].clone()]));
+        }
+    }
+    out
+}
+
 /// The mmas of `steps` (their `A` fragments loaded now) into the accumulators `acc`
 /// (`[m-tile][n-tile][4]`).
-fn accumulate(k: &mut K, s: &Skinny, a_rows: &[(String, String)], steps: &[StepB], acc: &mut [String]) {
-    let mmas: Vec<_> = steps.iter().flat_map(|b| step_mmas(k, s, a_rows, b)).collect();
+fn accumulate(
+    k: &mut K,
+    s: &Skinny,
+    a_rows: &[(String, String)],
+    steps: &[StepB],
+    acc: &mut [String],
+) {
+    let mmas: Vec<_> = steps
+        .iter()
+        .flat_map(|b| step_mmas(k, s, a_rows, b))
+        .collect();
+    mma_all(k, s, mmas, acc);
+}
+
+/// Issues `mmas` into the accumulators `acc` (`[m-tile][n-tile][4]`).
+fn mma_all(
+    k: &mut K,
+    s: &Skinny,
+    mmas: Vec<(usize, Vec<[String; 4]>, [String; 2])>,
+    acc: &mut [String],
+) {
+    let nt = s.n_tiles();
     for (i, a, b) in mmas {
         for (tile, a) in a.iter().enumerate() {
-            let base = (tile * 8 + i) * 4;
+            let base = (tile * nt + i) * 4;
             let d = mma_m16n8k16(&mut k.e, s.dtype, a, &b, &acc[base..base + 4]);
             acc[base..base + 4].clone_from_slice(&d);
         }
@@ -546,7 +800,14 @@ fn accumulate(k: &mut K, s: &Skinny, a_rows: &[(String, String)], steps: &[StepB
 /// The `A` fragments of one step for both weight layouts: per row of `a_rows` (address of
 /// the row, row valid), `len` values from `kt` (one vector load when `k % len == 0`) as
 /// `len / 2` packed i32 registers.
-fn a_regs(k: &mut K, s: &Skinny, a_rows: &[(String, String)], j_ok: &str, kt: &str, len: usize) -> Vec<Vec<String>> {
+fn a_regs(
+    k: &mut K,
+    s: &Skinny,
+    a_rows: &[(String, String)],
+    j_ok: &str,
+    kt: &str,
+    len: usize,
+) -> Vec<Vec<String>> {
     let vector = s.k.is_multiple_of(len);
     a_rows
         .iter()
@@ -562,12 +823,28 @@ fn a_regs(k: &mut K, s: &Skinny, a_rows: &[(String, String)], j_ok: &str, kt: &s
 /// A loaded `vector<len x 16-bit>` as its `len / 2` packed i32 registers.
 fn i32_regs(k: &mut K, v: &str, len: usize, d: DType) -> Vec<String> {
     let (st, n) = (storage_type(d), len / 2);
-    let w = k.op(&format!("vector.bitcast {v} : vector<{len}x{st}> to vector<{n}xi32>"));
-    (0..n).map(|r| k.op(&format!("vector.extract {w}[{r}] : i32 from vector<{n}xi32>"))).collect()
+    let w = k.op(&format!(
+        "vector.bitcast {v} : vector<{len}x{st}> to vector<{n}xi32>"
+    ));
+    (0..n)
+        .map(|r| {
+            k.op(&format!(
+                "vector.extract {w}[{r}] : i32 from vector<{n}xi32>"
+            ))
+        })
+        .collect()
 }
 
 /// Validity of `len` consecutive `k` from `kt` (all alike when `vector`: `k % len == 0`).
-fn k_oks(k: &mut K, row_ok: &str, j_ok: &str, kt: &str, len: usize, k_total: usize, vector: bool) -> Vec<String> {
+fn k_oks(
+    k: &mut K,
+    row_ok: &str,
+    j_ok: &str,
+    kt: &str,
+    len: usize,
+    k_total: usize,
+    vector: bool,
+) -> Vec<String> {
     let both = k.and(row_ok, j_ok);
     let oks: Vec<String> = (0..if vector { 1 } else { len })
         .map(|c| {
@@ -583,26 +860,339 @@ fn k_oks(k: &mut K, row_ok: &str, j_ok: &str, kt: &str, len: usize, k_total: usi
     }
 }
 
-/// The main kernel. Arguments: `a [m, k]`, `b [k, n]`, then with one split `[bias [n]]`,
-/// `[residual [m, n]]`, `out [m, n]`; with several, the f32 workspace `[splits, m, n]`.
-pub(crate) fn main_kernel(symbol: &str, s: &Skinny, args: &[(DType, usize)]) -> Result<EmittedKernel, GpuError> {
+/// Copies a fused norm's gamma and beta (argument positions; absent: 1 and 0) into shared
+/// memory `%s3` as f32 `[2][kpad]` (zeros past `k`), all threads of the block; read after
+/// the norm's first barrier.
+fn stage_norm_params(k: &mut K, s: &Skinny, args: [Option<usize>; 2], tid: &str, threads: usize) {
+    let kpad = s.norm_kpad();
+    let smem_ty = format!("memref<{}xf32, #gpu.address_space<workgroup>>", 2 * kpad);
+    for (which, arg) in args.into_iter().enumerate() {
+        let default = if which == 0 { 1.0 } else { 0.0 };
+        for round in 0..kpad.div_ceil(8 * threads) {
+            let base = k.mul(tid, 8);
+            let i0 = k.addc(&base, round * 8 * threads);
+            let in_pad = k.lt(&i0, kpad);
+            let vals: Vec<String> = match arg {
+                Some(a) => {
+                    let d = k.e.arg_types[a].0;
+                    let vector = s.k.is_multiple_of(8);
+                    let oks: Vec<String> = (0..8)
+                        .map(|j| {
+                            let i = k.addc(&i0, if vector { 0 } else { j });
+                            k.lt(&i, s.k)
+                        })
+                        .collect();
+                    k.load_run(a, d, &i0, 8, &oks, vector)
+                }
+                None => {
+                    let c = k.e.c_f32(default);
+                    let z = k.e.c_f32(0.0);
+                    (0..8)
+                        .map(|j| {
+                            let i = k.addc(&i0, j);
+                            let ok = k.lt(&i, s.k);
+                            k.op(&format!("arith.select {ok}, {c}, {z} : f32"))
+                        })
+                        .collect()
+                }
+            };
+            let at = k.addc(&i0, which * kpad);
+            let v = k.op(&format!(
+                "vector.from_elements {} : vector<8xf32>",
+                vals.join(", ")
+            ));
+            k.line(&format!("scf.if {in_pad} {{"));
+            k.line(&format!(
+                "  vector.store {v}, %s3[{at}] {{alignment = 32 : i64}} : {smem_ty}, vector<8xf32>"
+            ));
+            k.line("}");
+        }
+    }
+}
+
+/// The 8 f32 values of a lane's 4 packed registers (8 consecutive `k` of one row).
+fn unpack8(k: &mut K, regs: &[String], d: DType) -> Vec<String> {
+    let st = storage_type(d);
+    let w = k.op(&format!(
+        "vector.from_elements {} : vector<4xi32>",
+        regs.join(", ")
+    ));
+    let v = k.op(&format!(
+        "vector.bitcast {w} : vector<4xi32> to vector<8x{st}>"
+    ));
+    (0..8)
+        .map(|j| {
+            let x = k.op(&format!(
+                "vector.extract {v}[{j}] : {st} from vector<8x{st}>"
+            ));
+            k.op(&format!("arith.extf {x} : {st} to f32"))
+        })
+        .collect()
+}
+
+/// Sums `part` (one value per row of the lane) over the 4 lanes of a row (`t`), then over the
+/// block's warps through shared memory `%s2` at `[slot][warp][row]`, in warp order; every
+/// lane gets its rows' block-wide sums.
+#[allow(clippy::too_many_arguments)]
+fn block_row_sums(
+    k: &mut K,
+    part: Vec<String>,
+    slot: usize,
+    warps: usize,
+    mp: usize,
+    warp: &str,
+    g: &str,
+    t: &str,
+) -> Vec<String> {
+    let width = k.e.c_i32(32);
+    let smem_ty = format!(
+        "memref<{}xf32, #gpu.address_space<workgroup>>",
+        2 * warps * mp
+    );
+    let part: Vec<String> = part
+        .into_iter()
+        .map(|mut acc| {
+            for off in [1, 2] {
+                let o = k.e.c_i32(off);
+                let (x, p) = (k.e.fresh(), k.e.fresh());
+                k.line(&format!(
+                    "{x}, {p} = gpu.shuffle xor {acc}, {o}, {width} : f32"
+                ));
+                acc = k.op(&format!("arith.addf {acc}, {x} : f32"));
+            }
+            acc
+        })
+        .collect();
+    let z = k.ci(0);
+    let lead = k.op(&format!("arith.cmpi eq, {t}, {z} : index"));
+    let base = k.mul(warp, mp);
+    let base = k.addc(&base, slot * warps * mp);
+    k.line(&format!("scf.if {lead} {{"));
+    for (r, v) in part.iter().enumerate() {
+        let row = k.addc(g, 8 * r);
+        let at = k.add(&base, &row);
+        k.line(&format!("  memref.store {v}, %s2[{at}] : {smem_ty}"));
+    }
+    k.line("}");
+    k.line("gpu.barrier");
+    (0..part.len())
+        .map(|r| {
+            let row = k.addc(g, 8 * r);
+            let mut sum: Option<String> = None;
+            for w in 0..warps {
+                let at = k.addc(&row, (slot * warps + w) * mp);
+                let x = k.op(&format!("memref.load %s2[{at}] : {smem_ty}"));
+                sum = Some(match sum {
+                    None => x,
+                    Some(p) => k.op(&format!("arith.addf {p}, {x} : f32")),
+                });
+            }
+            sum.expect("at least one warp")
+        })
+        .collect()
+}
+
+/// The lane's `A` values of every step (`[step][row][8]`, f32), loaded again: the `k` offset
+/// goes through an opaque zero so that the compiler cannot merge this load with an earlier
+/// one and keep those registers alive across the norm's barriers (the lines are in L1).
+fn reload_a(
+    k: &mut K,
+    s: &Skinny,
+    a_rows: &[(String, String)],
+    steps: &[StepB],
+) -> Vec<Vec<Vec<String>>> {
+    let zero = k.op("llvm.inline_asm has_side_effects \"mov.u32 $0, 0;\", \"=r\"  : () -> i32");
+    let zero = k.op(&format!("arith.index_cast {zero} : i32 to index"));
+    steps
+        .iter()
+        .map(|b| {
+            let kt = k.add(&b.kt, &zero);
+            a_regs(k, s, a_rows, &b.j_ok, &kt, 8)
+                .iter()
+                .map(|r| unpack8(k, r, s.dtype))
+                .collect()
+        })
+        .collect()
+}
+
+/// A fused norm on the lane's `A` fragments of all its steps: each row's mean over all `k`,
+/// then the mean of squared deviations (two passes, as the norm kernel), each summed over the
+/// block; then every value normalized, scaled by gamma, shifted by beta (from `%s3`) and
+/// rounded to the GEMM's dtype, as the packed registers of each step (`[step][row][4]`).
+/// Each pass loads `A` again rather than holding it across the barriers.
+#[allow(clippy::too_many_arguments)]
+fn normalize(
+    k: &mut K,
+    s: &Skinny,
+    norm: Norm,
+    steps: &[StepB],
+    a_rows: &[(String, String)],
+    shape: (usize, usize),
+    ids: (&str, &str, &str),
+) -> Vec<Vec<Vec<String>>> {
+    let (warps, mp) = shape;
+    let (warp, g, t) = ids;
+    let d = s.dtype;
+    let rows = a_rows.len();
+    let kf = k.e.c_f32(s.k as f64);
+    let add_all = |k: &mut K, vals: Vec<String>| -> String {
+        let mut it = vals.into_iter();
+        let first = it.next().expect("values");
+        it.fold(first, |p, v| k.op(&format!("arith.addf {p}, {v} : f32")))
+    };
+    // Pass 1: row sums (values past `k` and `m` were loaded as zeros).
+    let x: Vec<Vec<Vec<String>>> = steps
+        .iter()
+        .map(|b| {
+            a_regs(k, s, a_rows, &b.j_ok, &b.kt, 8)
+                .iter()
+                .map(|r| unpack8(k, r, d))
+                .collect()
+        })
+        .collect();
+    let sums: Vec<String> = (0..rows)
+        .map(|r| add_all(k, x.iter().flat_map(|st| st[r].clone()).collect()))
+        .collect();
+    let sums = block_row_sums(k, sums, 0, warps, mp, warp, g, t);
+    let mean: Vec<String> = sums
+        .iter()
+        .map(|v| k.op(&format!("arith.divf {v}, {kf} : f32")))
+        .collect();
+    // Pass 2: squared deviations over the `k` that exist.
+    let kok: Vec<Vec<String>> = steps
+        .iter()
+        .map(|b| k_oks(k, &b.j_ok, &b.j_ok, &b.kt, 8, s.k, s.k.is_multiple_of(8)))
+        .collect();
+    let x = reload_a(k, s, a_rows, steps);
+    let zero = k.e.c_f32(0.0);
+    let sq: Vec<String> = (0..rows)
+        .map(|r| {
+            let vals: Vec<String> = (0..x.len())
+                .flat_map(|st| (0..8).map(move |j| (st, j)))
+                .map(|(st, j)| {
+                    let dv = k.op(&format!("arith.subf {}, {} : f32", x[st][r][j], mean[r]));
+                    let q = k.op(&format!("arith.mulf {dv}, {dv} : f32"));
+                    k.op(&format!("arith.select {}, {q}, {zero} : f32", kok[st][j]))
+                })
+                .collect();
+            add_all(k, vals)
+        })
+        .collect();
+    let sq = block_row_sums(k, sq, 1, warps, mp, warp, g, t);
+    let eps = k.e.c_f32(norm.eps);
+    let rstd: Vec<String> = sq
+        .iter()
+        .map(|v| {
+            let var = k.op(&format!("arith.divf {v}, {kf} : f32"));
+            let ve = k.op(&format!("arith.addf {var}, {eps} : f32"));
+            crate::gpu::math::unary(&mut k.e, UnaryOp::Rsqrt, DType::F32, &ve)
+        })
+        .collect();
+    // Pass 3: normalize, scale, shift, round, repack.
+    let x = reload_a(k, s, a_rows, steps);
+    let kpad = s.norm_kpad();
+    let smem_ty = format!("memref<{}xf32, #gpu.address_space<workgroup>>", 2 * kpad);
+    let st_ty = storage_type(d);
+    (0..x.len())
+        .map(|st| {
+            let kt = &steps[st].kt;
+            let kb = k.addc(kt, kpad);
+            let gv = k.op(&format!(
+                "vector.load %s3[{kt}] {{alignment = 32 : i64}} : {smem_ty}, vector<8xf32>"
+            ));
+            let bv = k.op(&format!(
+                "vector.load %s3[{kb}] {{alignment = 32 : i64}} : {smem_ty}, vector<8xf32>"
+            ));
+            let gamma: Vec<String> = (0..8)
+                .map(|j| {
+                    k.op(&format!(
+                        "vector.extract {gv}[{j}] : f32 from vector<8xf32>"
+                    ))
+                })
+                .collect();
+            let beta: Vec<String> = (0..8)
+                .map(|j| {
+                    k.op(&format!(
+                        "vector.extract {bv}[{j}] : f32 from vector<8xf32>"
+                    ))
+                })
+                .collect();
+            (0..rows)
+                .map(|r| {
+                    let ys: Vec<String> = (0..8)
+                        .map(|j| {
+                            let dv =
+                                k.op(&format!("arith.subf {}, {} : f32", x[st][r][j], mean[r]));
+                            let y = k.op(&format!("arith.mulf {dv}, {} : f32", rstd[r]));
+                            let y = if norm.gamma {
+                                k.op(&format!("arith.mulf {y}, {} : f32", gamma[j]))
+                            } else {
+                                y
+                            };
+                            let y = if norm.beta {
+                                k.op(&format!("arith.addf {y}, {} : f32", beta[j]))
+                            } else {
+                                y
+                            };
+                            k.op(&format!("arith.truncf {y} : f32 to {st_ty}"))
+                        })
+                        .collect();
+                    let v = k.op(&format!(
+                        "vector.from_elements {} : vector<8x{st_ty}>",
+                        ys.join(", ")
+                    ));
+                    i32_regs(k, &v, 8, d)
+                })
+                .collect()
+        })
+        .collect()
+}
+
+/// The main kernel. Arguments: `a [m, k]`, `b [k, n]`, then with one split `[gamma [k]]`,
+/// `[beta [k]]` (a fused norm), `[bias [n]]`, `[residual [m, n]]`, `out [m, n]`; with several,
+/// the f32 workspace `[splits, m, n]`, the counters, then the epilogue's operands and `out`.
+pub(crate) fn main_kernel(
+    symbol: &str,
+    s: &Skinny,
+    args: &[(DType, usize)],
+) -> Result<EmittedKernel, GpuError> {
     if !s.fits() {
-        return Err(GpuError::Unsupported { kernel: symbol.into(), reason: format!("a skinny GEMM of {s:?}") });
+        return Err(GpuError::Unsupported {
+            kernel: symbol.into(),
+            reason: format!("a skinny GEMM of {s:?}"),
+        });
     }
     let empty = Graph::new("skinny");
-    let mut k = K { e: Emitter::new(&empty, args, 1) };
+    let mut k = K {
+        e: Emitter::new(&empty, args, 1),
+    };
     let warps = s.warps();
     let threads = warps * 32;
     let mt = s.m_tiles();
     let (splits, per) = s.splits();
     let steps = s.k.div_ceil(s.step_k());
     let mp = mt * 16;
-    // Shared memory: each warp's [mp, 64] f32 sums side by side when they fit (one barrier),
-    // else one [mp, 64] that the warps add into in turn.
-    let parallel = warps * mp * BLOCK_N * 4 <= 40 * 1024;
-    let smem_len = if parallel { warps * mp * BLOCK_N } else { mp * BLOCK_N };
-    k.e.smem.push(format!("%s0 : memref<{smem_len}xf32, #gpu.address_space<workgroup>> {{llvm.align = 16 : i64}}"));
-    k.e.smem.push("%s1 : memref<1xi32, #gpu.address_space<workgroup>>".into());
+    let (bn, nt) = (s.block_n(), s.n_tiles());
+    // Shared memory: each warp's [mp, bn] f32 sums side by side when they fit (one barrier),
+    // else one [mp, bn] that the warps add into in turn.
+    let parallel = warps * mp * bn * 4 <= 40 * 1024;
+    let smem_len = if parallel { warps * mp * bn } else { mp * bn };
+    k.e.smem.push(format!(
+        "%s0 : memref<{smem_len}xf32, #gpu.address_space<workgroup>> {{llvm.align = 16 : i64}}"
+    ));
+    k.e.smem
+        .push("%s1 : memref<1xi32, #gpu.address_space<workgroup>>".into());
+    if s.norm.is_some() {
+        // A fused norm's row sums, [2][warps][mp], and gamma and beta, [2][kpad].
+        k.e.smem.push(format!(
+            "%s2 : memref<{}xf32, #gpu.address_space<workgroup>> {{llvm.align = 16 : i64}}",
+            2 * warps * mp
+        ));
+        k.e.smem.push(format!(
+            "%s3 : memref<{}xf32, #gpu.address_space<workgroup>> {{llvm.align = 32 : i64}}",
+            2 * s.norm_kpad()
+        ));
+    }
     let tid = k.tid("x");
     let bx = k.bid("x");
     let by = k.bid("y");
@@ -612,7 +1202,7 @@ pub(crate) fn main_kernel(symbol: &str, s: &Skinny, args: &[(DType, usize)]) -> 
     let warp = k.op(&format!("arith.divui {tid}, {c32} : index"));
     let g = k.op(&format!("arith.divui {lane}, {c4} : index"));
     let t = k.op(&format!("arith.remui {lane}, {c4} : index"));
-    let n0 = k.mul(&bx, BLOCK_N);
+    let n0 = k.mul(&bx, bn);
     let g8 = k.mul(&g, 8);
     let ncol = k.add(&n0, &g8);
     let ncol_ok = k.lt(&ncol, s.n);
@@ -634,14 +1224,25 @@ pub(crate) fn main_kernel(symbol: &str, s: &Skinny, args: &[(DType, usize)]) -> 
         })
         .collect();
     // The epilogue's items (row m, 8 columns).
-    let reps = (mp * BLOCK_N / 8).div_ceil(threads);
-    let ea = epilogue_args(s, if splits == 1 { 2 } else { 4 });
+    let reps = (mp * nt).div_ceil(threads);
+    // After `a, b`: a fused norm's gamma and beta (one split), or the split-K workspace and
+    // counters.
+    let norm_args = s.norm.map(|nm| {
+        [
+            nm.gamma.then_some(2),
+            nm.beta.then_some(2 + usize::from(nm.gamma)),
+        ]
+    });
+    let n_norm = s
+        .norm
+        .map_or(0, |nm| usize::from(nm.gamma) + usize::from(nm.beta));
+    let ea = epilogue_args(s, if splits == 1 { 2 + n_norm } else { 4 });
     let places: Vec<(String, String, String, String)> = (0..reps)
         .map(|rep| {
             let item = k.addc(&tid, rep * threads);
-            let c8c = k.ci(8);
-            let m = k.op(&format!("arith.divui {item}, {c8c} : index"));
-            let c8 = k.op(&format!("arith.remui {item}, {c8c} : index"));
+            let ntc = k.ci(nt);
+            let m = k.op(&format!("arith.divui {item}, {ntc} : index"));
+            let c8 = k.op(&format!("arith.remui {item}, {ntc} : index"));
             let lc = k.mul(&c8, 8);
             let m_ok = k.lt(&m, s.m);
             let n = k.add(&n0, &lc);
@@ -666,27 +1267,59 @@ pub(crate) fn main_kernel(symbol: &str, s: &Skinny, args: &[(DType, usize)]) -> 
     // weight stream overlaps the previous kernel; the rest after it.
     let (bias_arg, res_arg, out_arg) = ea;
     let early_bias = if s.invariant.bias { bias_arg } else { None };
-    let mut pre: Vec<Prefetched> = places.iter().map(|(m, _, n, m_ok)| k.prefetch(s, (early_bias, None, out_arg), m, n, m_ok)).collect();
+    let mut pre: Vec<Prefetched> = places
+        .iter()
+        .map(|(m, _, n, m_ok)| k.prefetch(s, (early_bias, None, out_arg), m, n, m_ok))
+        .collect();
     let c0 = k.ci(0);
     let first_b = s.invariant.b.then(|| iteration(&mut k, &c0));
+    if let Some(na) = norm_args.filter(|_| s.invariant.norm) {
+        stage_norm_params(&mut k, s, na, &tid, threads);
+    }
     k.line(WAIT_MARK_OP);
+    if let Some(na) = norm_args.filter(|_| !s.invariant.norm) {
+        stage_norm_params(&mut k, s, na, &tid, threads);
+    }
     let late_bias = if s.invariant.bias { None } else { bias_arg };
     for ((m, _, n, m_ok), p) in places.iter().zip(&mut pre) {
         let late = k.prefetch(s, (late_bias, res_arg, out_arg), m, n, m_ok);
         p.bias = p.bias.take().or(late.bias);
         p.residual = late.residual;
     }
-    let items: Vec<(String, String, String, String, Prefetched)> =
-        places.into_iter().zip(pre).map(|((m, lc, n, m_ok), p)| (m, lc, n, m_ok, p)).collect();
+    let items: Vec<(String, String, String, String, Prefetched)> = places
+        .into_iter()
+        .zip(pre)
+        .map(|((m, lc, n, m_ok), p)| (m, lc, n, m_ok, p))
+        .collect();
     let first_b = match first_b {
         Some(b) => b,
         None => iteration(&mut k, &c0),
     };
     // Iteration 0 (peeled: its weights may come before the wait), then the rest in a loop.
-    let n_acc = mt * 8 * 4;
+    let n_acc = mt * nt * 4;
     let zero = k.e.c_f32(0.0);
     let mut cur = vec![zero.clone(); n_acc];
-    accumulate(&mut k, s, &a_rows, &first_b, &mut cur);
+    match (s.norm, norm_args) {
+        (Some(norm), Some(_)) => {
+            // One iteration holds all of the warp's steps (`Skinny::norm_fits`).
+            let aregs = normalize(
+                &mut k,
+                s,
+                norm,
+                &first_b,
+                &a_rows,
+                (warps, mp),
+                (&warp, &g, &t),
+            );
+            let mmas = first_b
+                .iter()
+                .zip(&aregs)
+                .flat_map(|(b, a)| transposed_mmas(a, b))
+                .collect();
+            mma_all(&mut k, s, mmas, &mut cur);
+        }
+        _ => accumulate(&mut k, s, &a_rows, &first_b, &mut cur),
+    }
     if iters > 1 {
         let lo = k.ci(1);
         let hi = k.ci(iters);
@@ -696,7 +1329,11 @@ pub(crate) fn main_kernel(symbol: &str, s: &Skinny, args: &[(DType, usize)]) -> 
         let accs: Vec<String> = (0..n_acc).map(|i| format!("%acc{i}")).collect();
         k.line(&format!(
             "{res}:{n_acc} = scf.for %it = {lo} to {hi} step {one} iter_args({}) -> ({f32s}) {{",
-            accs.iter().zip(&cur).map(|(a, c)| format!("{a} = {c}")).collect::<Vec<_>>().join(", ")
+            accs.iter()
+                .zip(&cur)
+                .map(|(a, c)| format!("{a} = {c}"))
+                .collect::<Vec<_>>()
+                .join(", ")
         ));
         k.e.indent += 1;
         let steps_b = iteration(&mut k, "%it");
@@ -714,19 +1351,23 @@ pub(crate) fn main_kernel(symbol: &str, s: &Skinny, args: &[(DType, usize)]) -> 
     let smem_ty = format!("memref<{smem_len}xf32, #gpu.address_space<workgroup>>");
     let mut slots = Vec::new();
     for tile in 0..mt {
-        for i in 0..8 {
+        for i in 0..nt {
             for q in 0..4 {
                 let m = k.addc(&g, 16 * tile + 8 * (q / 2));
                 // Tile i, column c: n0 + 8c + i (row-major b), n0 + 8i + c (transposed b).
-                let col = if s.b_transposed { k.addc(&t2, 8 * i + q % 2) } else { k.addc(&t16, i + 8 * (q % 2)) };
-                let row = k.mul(&m, BLOCK_N);
+                let col = if s.b_transposed {
+                    k.addc(&t2, 8 * i + q % 2)
+                } else {
+                    k.addc(&t16, i + 8 * (q % 2))
+                };
+                let row = k.mul(&m, bn);
                 let at = k.add(&row, &col);
-                slots.push((at, cur[(tile * 8 + i) * 4 + q].clone()));
+                slots.push((at, cur[(tile * nt + i) * 4 + q].clone()));
             }
         }
     }
     if parallel {
-        let wbase = k.mul(&warp, mp * BLOCK_N);
+        let wbase = k.mul(&warp, mp * bn);
         for (at, v) in &slots {
             let at = k.add(&wbase, at);
             k.line(&format!("memref.store {v}, %s0[{at}] : {smem_ty}"));
@@ -755,7 +1396,7 @@ pub(crate) fn main_kernel(symbol: &str, s: &Skinny, args: &[(DType, usize)]) -> 
     for (m, lc, n, m_ok, pre) in &items {
         let (m, lc, n, m_ok) = (m.as_str(), lc.as_str(), n.as_str(), m_ok.as_str());
         let m_in = k.lt(m, mp);
-        let sm_row = k.mul(m, BLOCK_N);
+        let sm_row = k.mul(m, bn);
         let sm_at = k.add(&sm_row, lc);
         let sm_at = k.clamp(&m_in, &sm_at);
         let mut vals: Vec<String> = (0..8)
@@ -767,7 +1408,7 @@ pub(crate) fn main_kernel(symbol: &str, s: &Skinny, args: &[(DType, usize)]) -> 
         for w in 1..if parallel { warps } else { 1 } {
             vals = (0..8)
                 .map(|j| {
-                    let a = k.addc(&sm_at, w * mp * BLOCK_N + j);
+                    let a = k.addc(&sm_at, w * mp * bn + j);
                     let x = k.op(&format!("memref.load %s0[{a}] : {smem_ty}"));
                     k.op(&format!("arith.addf {}, {x} : f32", vals[j]))
                 })
@@ -792,7 +1433,7 @@ pub(crate) fn main_kernel(symbol: &str, s: &Skinny, args: &[(DType, usize)]) -> 
     Ok(EmittedKernel {
         symbol: symbol.into(),
         func: k.e.finish(symbol, &attrs),
-        grid: [s.n.div_ceil(BLOCK_N) as u32, splits as u32, 1],
+        grid: [s.blocks_n() as u32, splits as u32, 1],
         block: [threads as u32, 1, 1],
         max_elements: args.iter().map(|a| a.1).max().unwrap_or(0),
     })
@@ -802,7 +1443,13 @@ pub(crate) fn main_kernel(symbol: &str, s: &Skinny, args: &[(DType, usize)]) -> 
 /// and counted itself in `counters[base + bx]` (zeroed at the start of the graph); the last one
 /// sums the partials of all splits in split order (deterministic), applies the epilogue and
 /// stores. Arguments: `a, b, ws, counters, [bias], [residual], out`.
-fn last_block_sums(k: &mut K, s: &Skinny, tid: &str, bx: &str, items: &[(String, String, String, String, Prefetched)]) {
+fn last_block_sums(
+    k: &mut K,
+    s: &Skinny,
+    tid: &str,
+    bx: &str,
+    items: &[(String, String, String, String, Prefetched)],
+) {
     let (splits, _) = s.splits();
     // As cooperative groups' grid sync: the barrier orders the block's partial stores before
     // thread 0's release fence and arrival, and thread 0's acquire fence before the barrier
@@ -819,7 +1466,9 @@ fn last_block_sums(k: &mut K, s: &Skinny, tid: &str, bx: &str, items: &[(String,
     let smem_flag = "memref<1xi32, #gpu.address_space<workgroup>>";
     k.line(&format!("scf.if {is0} {{"));
     k.line(fence);
-    let old = k.op(&format!("memref.atomic_rmw addi {one}, %a3[{cidx}] : (i32, memref<{n_counters}xi32>) -> i32"));
+    let old = k.op(&format!(
+        "memref.atomic_rmw addi {one}, %a3[{cidx}] : (i32, memref<{n_counters}xi32>) -> i32"
+    ));
     k.line(fence);
     let last = k.op(&format!("arith.cmpi eq, {old}, {lastc} : i32"));
     let flag = k.op(&format!("arith.extui {last} : i1 to i32"));
@@ -840,11 +1489,19 @@ fn last_block_sums(k: &mut K, s: &Skinny, tid: &str, bx: &str, items: &[(String,
         let mut sum: Option<Vec<String>> = None;
         for sp in 0..splits {
             let idx = k.addc(&at, sp * s.m * s.n);
-            let oks = if vector { vec![ok[0].clone(); 8] } else { ok.clone() };
+            let oks = if vector {
+                vec![ok[0].clone(); 8]
+            } else {
+                ok.clone()
+            };
             let v = k.load_run(2, DType::F32, &idx, 8, &oks, vector);
             sum = Some(match sum {
                 None => v,
-                Some(p) => p.iter().zip(&v).map(|(x, y)| k.op(&format!("arith.addf {x}, {y} : f32"))).collect(),
+                Some(p) => p
+                    .iter()
+                    .zip(&v)
+                    .map(|(x, y)| k.op(&format!("arith.addf {x}, {y} : f32")))
+                    .collect(),
             });
         }
         let ea = epilogue_args(s, 4);
@@ -857,7 +1514,9 @@ fn last_block_sums(k: &mut K, s: &Skinny, tid: &str, bx: &str, items: &[(String,
 /// Zeroes the split-K counters (`[len]` i32) at the start of a graph.
 pub(crate) fn zero_counters(symbol: &str, len: usize) -> EmittedKernel {
     let empty = Graph::new("skinny_zero");
-    let mut k = K { e: Emitter::new(&empty, &[(DType::I32, len)], 1) };
+    let mut k = K {
+        e: Emitter::new(&empty, &[(DType::I32, len)], 1),
+    };
     const THREADS: usize = 128;
     let tid = k.tid("x");
     let bx = k.bid("x");
