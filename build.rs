@@ -6,9 +6,7 @@ use std::hash::Hasher;
 use std::path::Path;
 
 fn visit(dir: &Path, files: &mut Vec<std::path::PathBuf>) {
-    let Ok(entries) = std::fs::read_dir(dir) else {
-        return;
-    };
+    let Ok(entries) = std::fs::read_dir(dir) else { return };
     for e in entries.flatten() {
         let p = e.path();
         if p.is_dir() {
@@ -22,12 +20,7 @@ fn visit(dir: &Path, files: &mut Vec<std::path::PathBuf>) {
 fn main() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let mut files = Vec::new();
-    for d in [
-        "codegen/src",
-        "runtime/src",
-        "codegen/Cargo.toml",
-        "runtime/Cargo.toml",
-    ] {
+    for d in ["codegen/src", "runtime/src", "codegen/Cargo.toml", "runtime/Cargo.toml"] {
         let p = root.join(d);
         println!("cargo:rerun-if-changed={}", p.display());
         if p.is_dir() {
@@ -40,12 +33,7 @@ fn main() {
     // FNV-1a over (relative path, contents) of every file, in path order.
     let mut h = Fnv(0xcbf2_9ce4_8422_2325);
     for f in &files {
-        h.write(
-            f.strip_prefix(root)
-                .unwrap_or(f)
-                .to_string_lossy()
-                .as_bytes(),
-        );
+        h.write(f.strip_prefix(root).unwrap_or(f).to_string_lossy().as_bytes());
         h.write(&std::fs::read(f).unwrap_or_default());
     }
     println!("cargo:rustc-env=KILN_BUILD_ID={:016x}", h.finish());

@@ -67,9 +67,7 @@ fn default_cache_dir() -> Option<PathBuf> {
 }
 
 fn flag(name: &str) -> Option<bool> {
-    std::env::var(name)
-        .ok()
-        .map(|v| !(v.is_empty() || v == "0" || v.eq_ignore_ascii_case("false")))
+    std::env::var(name).ok().map(|v| !(v.is_empty() || v == "0" || v.eq_ignore_ascii_case("false")))
 }
 
 impl Config {
@@ -78,17 +76,10 @@ impl Config {
     pub fn from_env() -> Result<Config, crate::Error> {
         let mut c = Config::default();
         if let Ok(b) = std::env::var("KILN_BACKEND") {
-            c.backend = Backend::parse(&b).ok_or_else(|| {
-                crate::Error::Config(format!(
-                    "KILN_BACKEND={b:?}: expected auto, cpu, cuda or interp"
-                ))
-            })?;
+            c.backend = Backend::parse(&b).ok_or_else(|| crate::Error::Config(format!("KILN_BACKEND={b:?}: expected auto, cpu, cuda or interp")))?;
         }
         if let Ok(d) = std::env::var("KILN_DEBUG") {
-            c.debug =
-                d.parse().ok().filter(|d| *d <= 5).ok_or_else(|| {
-                    crate::Error::Config(format!("KILN_DEBUG={d:?}: expected 0..5"))
-                })?;
+            c.debug = d.parse().ok().filter(|d| *d <= 5).ok_or_else(|| crate::Error::Config(format!("KILN_DEBUG={d:?}: expected 0..5")))?;
         }
         c.dump_dir = std::env::var_os("KILN_DUMP").map(PathBuf::from);
         c.verify = flag("KILN_VERIFY").unwrap_or(false);

@@ -55,14 +55,10 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 /// Picks the concrete backend for `Auto`: CUDA when this build has it and a GPU answers.
 pub fn resolve_backend(b: Backend) -> Result<Backend> {
     match b {
-        Backend::Auto => Ok(if cuda_available() {
-            Backend::Cuda
-        } else {
-            Backend::Cpu
-        }),
-        Backend::Cuda if !cfg!(feature = "cuda") => Err(Error::Unavailable(
-            "this build of Kiln has no CUDA support (build with --features cuda)".into(),
-        )),
+        Backend::Auto => Ok(if cuda_available() { Backend::Cuda } else { Backend::Cpu }),
+        Backend::Cuda if !cfg!(feature = "cuda") => {
+            Err(Error::Unavailable("this build of Kiln has no CUDA support (build with --features cuda)".into()))
+        }
         b => Ok(b),
     }
 }
@@ -91,15 +87,9 @@ pub fn device_name(b: Backend) -> String {
 fn cpu_name() -> String {
     let model = std::fs::read_to_string("/proc/cpuinfo")
         .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("model name"))
-                .map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string())
-        })
+        .and_then(|s| s.lines().find(|l| l.starts_with("model name")).map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string()))
         .unwrap_or_else(|| std::env::consts::ARCH.to_string());
-    let cores = std::thread::available_parallelism()
-        .map(|n| n.get())
-        .unwrap_or(1);
+    let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
     format!("{model} ({cores} cores)")
 }
 
@@ -147,17 +137,8 @@ pub fn compile(graph: &Graph, config: &Config) -> Result<Compiled> {
         Backend::Interpreter => Exec::Interpreter,
         Backend::Cpu => {
             let t = Instant::now();
-            let target = format!(
-                "cpu/{}/build {}",
-                codegen::cpu::host_target_id()?,
-                env!("KILN_BUILD_ID")
-            );
-            let artifact = cached(config, &kernels, &target, &mut stats, || {
-                Ok(codegen::cpu::compile(
-                    &kernels,
-                    &codegen::cpu::CpuOptions::default(),
-                )?)
-            })?;
+            let target = format!("cpu/{}/build {}", codegen::cpu::host_target_id()?, env!("KILN_BUILD_ID"));
+            let artifact = cached(config, &kernels, &target, &mut stats, || Ok(codegen::cpu::compile(&kernels, &codegen::cpu::CpuOptions::default())?))?;
             stats.codegen = t.elapsed();
             let t = Instant::now();
             let exec = CpuExecutor::new(&artifact)?;
@@ -170,35 +151,17 @@ pub fn compile(graph: &Graph, config: &Config) -> Result<Compiled> {
             // driver JIT-compiles the PTX once per device and process.
             let t = Instant::now();
             let options = codegen::gpu::GpuOptions::default();
-            let target = format!(
-                "cuda/{}/build {}{}",
-                options.sm.name(),
-                env!("KILN_BUILD_ID"),
-                gpu_knobs()
-            );
-            let artifact = cached(config, &kernels, &target, &mut stats, || {
-                Ok(codegen::gpu::compile(&kernels, &options)?)
-            })?;
+            let target = format!("cuda/{}/build {}{}", options.sm.name(), env!("KILN_BUILD_ID"), gpu_knobs());
+            let artifact = cached(config, &kernels, &target, &mut stats, || Ok(codegen::gpu::compile(&kernels, &options)?))?;
             stats.codegen = t.elapsed();
             let t = Instant::now();
             let exec = runtime::cuda::CudaExecutor::new(artifact, 0)?;
             stats.load = t.elapsed();
             Exec::Cuda(Box::new(std::sync::Mutex::new(exec)))
         }
-        b => {
-            return Err(Error::Unavailable(format!(
-                "backend {b:?} is not available in this build"
-            )))
-        }
+        b => return Err(Error::Unavailable(format!("backend {b:?} is not available in this build"))),
     };
-    let compiled = Compiled {
-        graph: graph.clone(),
-        kernels,
-        exec,
-        backend,
-        stats,
-        cuda_graph: config.cuda_graph,
-    };
+    let compiled = Compiled { graph: graph.clone(), kernels, exec, backend, stats, cuda_graph: config.cuda_graph };
     if config.debug >= 1 {
         eprintln!("[kiln] {}", compiled.summary());
     }
@@ -206,11 +169,7 @@ pub fn compile(graph: &Graph, config: &Config) -> Result<Compiled> {
 }
 
 /// Traces a Rust module on the given activation specs, then compiles it.
-pub fn compile_module<M: frontend::Module + ?Sized>(
-    module: &M,
-    inputs: &[frontend::InputSpec],
-    config: &Config,
-) -> Result<(Compiled, frontend::Traced)> {
+pub fn compile_module<M: frontend::Module + ?Sized>(module: &M, inputs: &[frontend::InputSpec], config: &Config) -> Result<(Compiled, frontend::Traced)> {
     let traced = frontend::trace(module, inputs)?;
     Ok((compile(&traced.graph, config)?, traced))
 }
@@ -223,14 +182,8 @@ pub fn explain(graph: &Graph, backend: Backend) -> Result<String> {
 
 fn dump(config: &Config, name: &str, text: &str) {
     if let Some(dir) = &config.dump_dir {
-        if std::fs::create_dir_all(dir)
-            .and_then(|_| std::fs::write(dir.join(name), text))
-            .is_err()
-        {
-            eprintln!(
-                "[kiln] warning: could not write {}",
-                dir.join(name).display()
-            );
+        if std::fs::create_dir_all(dir).and_then(|_| std::fs::write(dir.join(name), text)).is_err() {
+            eprintln!("[kiln] warning: could not write {}", dir.join(name).display());
         }
     }
 }
@@ -238,30 +191,18 @@ fn dump(config: &Config, name: &str, text: &str) {
 /// Looks the kernel graph up in the compile cache, building and storing it on a miss. A
 /// corrupt entry is rebuilt and an unwritable cache means running uncached, each with a
 /// warning on stderr.
-fn cached<A>(
-    config: &Config,
-    kernels: &KernelGraph,
-    target: &str,
-    stats: &mut CompileStats,
-    build: impl FnOnce() -> Result<A>,
-) -> Result<A>
+fn cached<A>(config: &Config, kernels: &KernelGraph, target: &str, stats: &mut CompileStats, build: impl FnOnce() -> Result<A>) -> Result<A>
 where
     A: serde::Serialize + serde::de::DeserializeOwned,
 {
-    let Some(dir) = &config.cache_dir else {
-        return build();
-    };
+    let Some(dir) = &config.cache_dir else { return build() };
     let key = runtime::cache::CacheKey::new(&kernels.to_string(), target);
     let (artifact, outcome) = runtime::cache::Cache::new(dir).get_or_build(&key, build)?;
     match outcome {
         runtime::cache::Outcome::Hit => stats.cache_hit = true,
         runtime::cache::Outcome::Miss => {}
-        runtime::cache::Outcome::Rebuilt { reason } => {
-            eprintln!("[kiln] warning: corrupt cache entry rebuilt ({reason})")
-        }
-        runtime::cache::Outcome::Uncached { reason } => {
-            eprintln!("[kiln] warning: compile cache unusable, running uncached ({reason})")
-        }
+        runtime::cache::Outcome::Rebuilt { reason } => eprintln!("[kiln] warning: corrupt cache entry rebuilt ({reason})"),
+        runtime::cache::Outcome::Uncached { reason } => eprintln!("[kiln] warning: compile cache unusable, running uncached ({reason})"),
     }
     Ok(artifact)
 }
@@ -270,9 +211,7 @@ where
 /// cache key so an artifact built under other settings is not reused.
 #[cfg(feature = "cuda")]
 fn gpu_knobs() -> String {
-    let mut vars: Vec<(String, String)> = std::env::vars()
-        .filter(|(k, _)| k.starts_with("KILN_GPU_"))
-        .collect();
+    let mut vars: Vec<(String, String)> = std::env::vars().filter(|(k, _)| k.starts_with("KILN_GPU_")).collect();
     vars.sort();
     vars.iter().map(|(k, v)| format!(" {k}={v}")).collect()
 }
@@ -309,10 +248,7 @@ impl Compiled {
     pub fn run_into(&self, inputs: &[TensorRef], outputs: &mut [TensorMut]) -> Result<()> {
         match &self.exec {
             Exec::Cpu(e) => Ok(e.run_into(inputs, outputs)?),
-            _ => Err(Error::Unavailable(format!(
-                "run_into on host memory needs the CPU backend, this graph was compiled for {:?}",
-                self.backend
-            ))),
+            _ => Err(Error::Unavailable(format!("run_into on host memory needs the CPU backend, this graph was compiled for {:?}", self.backend))),
         }
     }
 
@@ -328,12 +264,7 @@ impl Compiled {
     /// Every address must point to a live device allocation of at least its tensor's size,
     /// outputs must not overlap inputs or each other, and all of them must stay valid until
     /// the enqueued work completes.
-    pub unsafe fn run_device(
-        &self,
-        inputs: &[u64],
-        outputs: &[u64],
-        stream: Option<u64>,
-    ) -> Result<()> {
+    pub unsafe fn run_device(&self, inputs: &[u64], outputs: &[u64], stream: Option<u64>) -> Result<()> {
         match &self.exec {
             #[cfg(feature = "cuda")]
             Exec::Cuda(e) => {
@@ -343,10 +274,7 @@ impl Compiled {
             }
             _ => {
                 let _ = (inputs, outputs, stream);
-                Err(Error::Unavailable(format!(
-                    "run_device needs the CUDA backend, this graph was compiled for {:?}",
-                    self.backend
-                )))
+                Err(Error::Unavailable(format!("run_device needs the CUDA backend, this graph was compiled for {:?}", self.backend)))
             }
         }
     }
@@ -355,11 +283,7 @@ impl Compiled {
     pub fn bind(&self, inputs: &[HostTensor]) -> Result<Bound<'_>> {
         let want = self.graph.inputs();
         if inputs.len() != want.len() {
-            return Err(runtime::RuntimeError::InputCount {
-                expected: want.len(),
-                got: inputs.len(),
-            }
-            .into());
+            return Err(runtime::RuntimeError::InputCount { expected: want.len(), got: inputs.len() }.into());
         }
         for (i, (&id, t)) in want.iter().zip(inputs).enumerate() {
             let n = self.graph.node(id);
@@ -375,19 +299,8 @@ impl Compiled {
                 .into());
             }
         }
-        let outputs = self
-            .graph
-            .outputs()
-            .iter()
-            .map(|&o| HostTensor::zeros(self.graph.node(o).dtype, self.graph.node(o).shape.clone()))
-            .collect();
-        Ok(Bound {
-            compiled: self,
-            inputs: inputs.to_vec(),
-            outputs,
-            #[cfg(feature = "cuda")]
-            device: None,
-        })
+        let outputs = self.graph.outputs().iter().map(|&o| HostTensor::zeros(self.graph.node(o).dtype, self.graph.node(o).shape.clone())).collect();
+        Ok(Bound { compiled: self, inputs: inputs.to_vec(), outputs, #[cfg(feature = "cuda")] device: None })
     }
 
     /// Kernel launches (and library calls) per call.
@@ -420,11 +333,7 @@ impl Compiled {
         match &self.exec {
             Exec::Cpu(e) => e.peak_memory(),
             #[cfg(feature = "cuda")]
-            Exec::Cuda(e) => e
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .artifact()
-                .peak_memory(),
+            Exec::Cuda(e) => e.lock().unwrap_or_else(|p| p.into_inner()).artifact().peak_memory(),
             Exec::Interpreter => self.kernels.intermediate_bytes(),
         }
     }
@@ -453,10 +362,7 @@ pub struct Bound<'a> {
     outputs: Vec<HostTensor>,
     /// Device copies of the inputs and outputs (CUDA), made on the first run.
     #[cfg(feature = "cuda")]
-    device: Option<(
-        Vec<runtime::cuda::DeviceTensor>,
-        Vec<runtime::cuda::DeviceTensor>,
-    )>,
+    device: Option<(Vec<runtime::cuda::DeviceTensor>, Vec<runtime::cuda::DeviceTensor>)>,
 }
 
 impl Bound<'_> {
@@ -471,8 +377,7 @@ impl Bound<'_> {
             }
             Exec::Cpu(e) => {
                 let ins: Vec<TensorRef> = self.inputs.iter().map(HostTensor::as_ref).collect();
-                let mut outs: Vec<TensorMut> =
-                    self.outputs.iter_mut().map(HostTensor::as_mut).collect();
+                let mut outs: Vec<TensorMut> = self.outputs.iter_mut().map(HostTensor::as_mut).collect();
                 Ok(e.run_into(&ins, &mut outs)?)
             }
             #[cfg(feature = "cuda")]

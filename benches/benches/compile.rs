@@ -12,11 +12,7 @@ use kiln::{Backend, Config};
 use std::time::Duration;
 
 fn config(cache_dir: Option<std::path::PathBuf>) -> Config {
-    Config {
-        backend: Backend::Cpu,
-        cache_dir,
-        ..Config::default()
-    }
+    Config { backend: Backend::Cpu, cache_dir, ..Config::default() }
 }
 
 fn gpt2_small(c: &mut Criterion) {
@@ -24,28 +20,15 @@ fn gpt2_small(c: &mut Criterion) {
     let model = Gpt2::new(cfg.clone());
     let spec = [cfg.input_spec(1, 32)];
     let mut g = c.benchmark_group("gpt2_small_b1_t32");
-    g.sample_size(10)
-        .measurement_time(Duration::from_secs(20))
-        .warm_up_time(Duration::from_secs(2));
+    g.sample_size(10).measurement_time(Duration::from_secs(20)).warm_up_time(Duration::from_secs(2));
 
     g.bench_function("trace_to_kernels", |b| {
         b.iter(|| {
             let traced = kiln::frontend::trace(&model, &spec).expect("trace");
-            passes::optimize(&traced.graph, &kiln::profile(Backend::Cpu))
-                .expect("optimize")
-                .kernels
-                .kernels
-                .len()
+            passes::optimize(&traced.graph, &kiln::profile(Backend::Cpu)).expect("optimize").kernels.kernels.len()
         })
     });
-    g.bench_function("compile_cold", |b| {
-        b.iter(|| {
-            kiln::compile_module(&model, &spec, &config(None))
-                .expect("compile")
-                .0
-                .launches_per_call()
-        })
-    });
+    g.bench_function("compile_cold", |b| b.iter(|| kiln::compile_module(&model, &spec, &config(None)).expect("compile").0.launches_per_call()));
 
     let dir = tempfile::tempdir().expect("a temporary cache directory");
     let warm = config(Some(dir.path().to_path_buf()));

@@ -17,28 +17,15 @@ pub enum BenchError {
     #[error("unknown workload {0:?}; known: {1}")]
     UnknownWorkload(String, String),
     #[error("{workload}: {source}")]
-    Build {
-        workload: String,
-        source: frontend::FrontendError,
-    },
+    Build { workload: String, source: frontend::FrontendError },
     #[error("{0}")]
     Kiln(#[from] kiln::Error),
     #[error("{workload}: output differs from the reference (max relative difference {diff:.3e} > {tol:.1e}); not timed")]
-    Mismatch {
-        workload: String,
-        diff: f64,
-        tol: f64,
-    },
+    Mismatch { workload: String, diff: f64, tol: f64 },
     #[error("cannot read {path}: {source}")]
-    Read {
-        path: String,
-        source: std::io::Error,
-    },
+    Read { path: String, source: std::io::Error },
     #[error("cannot write {path}: {source}")]
-    Write {
-        path: String,
-        source: std::io::Error,
-    },
+    Write { path: String, source: std::io::Error },
     #[error("{path}: {source}")]
     Parse { path: String, source: ir::IrError },
     #[error("plot: {0}")]
@@ -94,11 +81,7 @@ pub struct Ceilings {
 /// Median time of one run of a bound graph over `reps` runs after warm-up: device events
 /// with L2 flushed before each run where the backend has a device clock (CUDA), else wall
 /// time with each run followed by a device sync.
-pub fn time_median(
-    s: &mut kiln::Bound<'_>,
-    reps: usize,
-    budget: Duration,
-) -> Result<f64, kiln::Error> {
+pub fn time_median(s: &mut kiln::Bound<'_>, reps: usize, budget: Duration) -> Result<f64, kiln::Error> {
     if let Some(mut times) = s.device_times(reps)? {
         times.sort_by(f64::total_cmp);
         return Ok(times[times.len() / 2]);
@@ -161,13 +144,7 @@ pub struct SuiteOptions {
 /// The compiled graph: optimized, replayed as one CUDA graph on a GPU. The eager-style
 /// baseline (`optimize: false`): one kernel per op, each launched from the host.
 fn config(backend: Backend, optimize: bool, cache: Option<std::path::PathBuf>) -> Config {
-    Config {
-        backend,
-        optimize,
-        cache_dir: cache,
-        cuda_graph: optimize,
-        ..Config::default()
-    }
+    Config { backend, optimize, cache_dir: cache, cuda_graph: optimize, ..Config::default() }
 }
 
 fn to_host(vals: &[Value]) -> Vec<HostTensor> {
@@ -176,49 +153,25 @@ fn to_host(vals: &[Value]) -> Vec<HostTensor> {
 
 /// Checks a small instance against the interpreter; returns the max relative difference.
 pub fn check_against_reference(w: &Workload, opts: &SuiteOptions) -> Result<f64, BenchError> {
-    let built = (w.build)(Size::Check, opts.dtype).map_err(|e| BenchError::Build {
-        workload: w.name.into(),
-        source: e,
-    })?;
+    let built = (w.build)(Size::Check, opts.dtype).map_err(|e| BenchError::Build { workload: w.name.into(), source: e })?;
     let inputs = workload_inputs(&built, 7);
     let reference = ir::interp::run(&built.graph, &inputs).map_err(kiln::Error::from)?;
     let compiled = kiln::compile(&built.graph, &config(opts.backend, true, None))?;
     let outs = compiled.run(&to_host(&inputs))?;
-    let diff = outs
-        .iter()
-        .zip(&reference)
-        .map(|(o, r)| o.to_value().max_rel_diff(r))
-        .fold(0.0, f64::max);
+    let diff = outs.iter().zip(&reference).map(|(o, r)| o.to_value().max_rel_diff(r)).fold(0.0, f64::max);
     let tol = 4.0 * opts.dtype.tolerance().max(1e-5);
     if !(diff <= tol) {
-        return Err(BenchError::Mismatch {
-            workload: w.name.into(),
-            diff,
-            tol,
-        });
+        return Err(BenchError::Mismatch { workload: w.name.into(), diff, tol });
     }
     Ok(diff)
 }
 
 /// Runs one workload: check, compile cold and cached, cross-check, time both ways.
-pub fn run_workload(
-    w: &Workload,
-    opts: &SuiteOptions,
-    ceilings: &Ceilings,
-) -> Result<WorkloadResult, BenchError> {
+pub fn run_workload(w: &Workload, opts: &SuiteOptions, ceilings: &Ceilings) -> Result<WorkloadResult, BenchError> {
     let check_rel_diff = check_against_reference(w, opts)?;
-    let built = (w.build)(opts.size, opts.dtype).map_err(|e| BenchError::Build {
-        workload: w.name.into(),
-        source: e,
-    })?;
+    let built = (w.build)(opts.size, opts.dtype).map_err(|e| BenchError::Build { workload: w.name.into(), source: e })?;
     let g = &built.graph;
-    let shapes = g
-        .inputs()
-        .iter()
-        .map(|&i| format!("{}", g.node(i).shape))
-        .take(3)
-        .collect::<Vec<_>>()
-        .join(" ");
+    let shapes = g.inputs().iter().map(|&i| format!("{}", g.node(i).shape)).take(3).collect::<Vec<_>>().join(" ");
     let cache = std::env::temp_dir().join(format!("kiln-bench-cache-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&cache);
     let t0 = Instant::now();
@@ -243,11 +196,7 @@ pub fn run_workload(
         .fold(0.0, f64::max);
     let tol = 4.0 * opts.dtype.tolerance().max(1e-5);
     if !(cross_rel_diff <= tol) {
-        return Err(BenchError::Mismatch {
-            workload: w.name.into(),
-            diff: cross_rel_diff,
-            tol,
-        });
+        return Err(BenchError::Mismatch { workload: w.name.into(), diff: cross_rel_diff, tol });
     }
     let compiled_s = time_median(&mut fast, opts.repeat, opts.budget)?;
     let eager_style_s = time_median(&mut slow, opts.repeat, opts.budget)?;
@@ -277,11 +226,7 @@ pub fn run_workload(
 
 /// Measures the ceilings through Kiln itself: a large copy graph, a large matmul graph, and a
 /// chain of tiny elementwise kernels (eager-style, so one launch each).
-pub fn measure_ceilings(
-    backend: Backend,
-    size: Size,
-    dtype: DType,
-) -> Result<Ceilings, BenchError> {
+pub fn measure_ceilings(backend: Backend, size: Size, dtype: DType) -> Result<Ceilings, BenchError> {
     let cfg = |optimize| config(backend, optimize, None);
     // Copy: y = x * 1 through one kernel reads and writes every byte once.
     let n = match size {
@@ -290,9 +235,7 @@ pub fn measure_ceilings(
     };
     let mut g = Graph::new("copy");
     let x = g.input("x", DType::F32, [n]).map_err(kiln::Error::from)?;
-    let y = g
-        .add(ir::Op::Unary(ir::UnaryOp::Neg), &[x])
-        .map_err(kiln::Error::from)?;
+    let y = g.add(ir::Op::Unary(ir::UnaryOp::Neg), &[x]).map_err(kiln::Error::from)?;
     g.set_outputs(vec![y]);
     let c = kiln::compile(&g, &cfg(true))?;
     let mut s = c.bind(&to_host(&random_inputs(&g, 1)))?;
@@ -316,20 +259,13 @@ pub fn measure_ceilings(
     let mut g = Graph::new("launch");
     let mut x = g.input("x", DType::F32, [32]).map_err(kiln::Error::from)?;
     for _ in 0..64 {
-        x = g
-            .add(ir::Op::Unary(ir::UnaryOp::Neg), &[x])
-            .map_err(kiln::Error::from)?;
+        x = g.add(ir::Op::Unary(ir::UnaryOp::Neg), &[x]).map_err(kiln::Error::from)?;
     }
     g.set_outputs(vec![x]);
     let c = kiln::compile(&g, &cfg(false))?;
     let mut s = c.bind(&to_host(&random_inputs(&g, 3)))?;
     let t = time_median(&mut s, 50, Duration::from_secs(2))?;
-    Ok(Ceilings {
-        device: c.device_name(),
-        copy_bytes_per_s,
-        matmul_flops_per_s,
-        launch_s: t / 64.0,
-    })
+    Ok(Ceilings { device: c.device_name(), copy_bytes_per_s, matmul_flops_per_s, launch_s: t / 64.0 })
 }
 
 /// Formats a table of results for the terminal and BENCHMARKS.md.
@@ -367,11 +303,7 @@ pub fn table(results: &[WorkloadResult], ceilings: &Ceilings) -> String {
 }
 
 /// Benchmarks one user graph: check against the interpreter (when small enough), then time.
-pub fn bench_graph(
-    g: &Graph,
-    backend: Backend,
-    repeat: usize,
-) -> Result<(Compiled, f64, f64), BenchError> {
+pub fn bench_graph(g: &Graph, backend: Backend, repeat: usize) -> Result<(Compiled, f64, f64), BenchError> {
     let compiled = kiln::compile(g, &config(backend, true, None))?;
     let inputs = random_inputs(g, 5);
     let host = to_host(&inputs);
@@ -380,22 +312,10 @@ pub fn bench_graph(
     if total <= 1 << 24 {
         let reference = ir::interp::run(g, &inputs).map_err(kiln::Error::from)?;
         let outs = compiled.run(&host)?;
-        diff = outs
-            .iter()
-            .zip(&reference)
-            .map(|(o, r)| o.to_value().max_rel_diff(r))
-            .fold(0.0, f64::max);
-        let tol = 4.0
-            * g.outputs()
-                .iter()
-                .map(|&o| g.node(o).dtype.tolerance())
-                .fold(1e-5, f64::max);
+        diff = outs.iter().zip(&reference).map(|(o, r)| o.to_value().max_rel_diff(r)).fold(0.0, f64::max);
+        let tol = 4.0 * g.outputs().iter().map(|&o| g.node(o).dtype.tolerance()).fold(1e-5, f64::max);
         if !(diff <= tol) {
-            return Err(BenchError::Mismatch {
-                workload: g.name().into(),
-                diff,
-                tol,
-            });
+            return Err(BenchError::Mismatch { workload: g.name().into(), diff, tol });
         }
     }
     let mut s = compiled.bind(&host)?;

@@ -14,11 +14,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 #[derive(Parser)]
-#[command(
-    name = "kiln-bench",
-    version,
-    about = "Kiln's benchmark suite and kernel benchmarks"
-)]
+#[command(name = "kiln-bench", version, about = "Kiln's benchmark suite and kernel benchmarks")]
 struct Cli {
     /// Where to run: auto (GPU if present, else CPU), cpu, cuda.
     #[arg(long, global = true, default_value = "auto")]
@@ -75,64 +71,25 @@ fn main() -> ExitCode {
 }
 
 fn read_graph(path: &PathBuf) -> Result<ir::Graph, BenchError> {
-    let text = std::fs::read_to_string(path).map_err(|e| BenchError::Read {
-        path: path.display().to_string(),
-        source: e,
-    })?;
-    ir::text::parse(&text).map_err(|e| BenchError::Parse {
-        path: path.display().to_string(),
-        source: e,
-    })
+    let text = std::fs::read_to_string(path).map_err(|e| BenchError::Read { path: path.display().to_string(), source: e })?;
+    ir::text::parse(&text).map_err(|e| BenchError::Parse { path: path.display().to_string(), source: e })
 }
 
 fn write(path: &PathBuf, text: &str) -> Result<(), BenchError> {
-    std::fs::write(path, text).map_err(|e| BenchError::Write {
-        path: path.display().to_string(),
-        source: e,
-    })
+    std::fs::write(path, text).map_err(|e| BenchError::Write { path: path.display().to_string(), source: e })
 }
 
 fn run(cli: Cli) -> Result<(), BenchError> {
-    let backend = kiln::resolve_backend(Backend::parse(&cli.backend).ok_or_else(|| {
-        kiln::Error::Config(format!(
-            "--backend {:?}: expected auto, cpu or cuda",
-            cli.backend
-        ))
-    })?)?;
+    let backend = kiln::resolve_backend(Backend::parse(&cli.backend).ok_or_else(|| kiln::Error::Config(format!("--backend {:?}: expected auto, cpu or cuda", cli.backend)))?)?;
     match cli.cmd {
-        Cmd::Suite {
-            filter,
-            repeat,
-            dtype,
-            json,
-            plot,
-            markdown,
-            full,
-        } => {
+        Cmd::Suite { filter, repeat, dtype, json, plot, markdown, full } => {
             let on_gpu = backend == Backend::Cuda;
             let dtype = match dtype.as_deref() {
-                None => {
-                    if on_gpu {
-                        ir::DType::BF16
-                    } else {
-                        ir::DType::F32
-                    }
-                }
-                Some(d) => ir::DType::from_name(d)
-                    .filter(|d| d.is_float())
-                    .ok_or_else(|| {
-                        kiln::Error::Config(format!("--dtype {d:?}: expected bf16, f16 or f32"))
-                    })?,
+                None => if on_gpu { ir::DType::BF16 } else { ir::DType::F32 },
+                Some(d) => ir::DType::from_name(d).filter(|d| d.is_float()).ok_or_else(|| kiln::Error::Config(format!("--dtype {d:?}: expected bf16, f16 or f32")))?,
             };
-            let size = if on_gpu || full {
-                Size::Full
-            } else {
-                Size::Cpu
-            };
-            let chosen: Vec<_> = WORKLOADS
-                .iter()
-                .filter(|w| w.name.contains(&filter))
-                .collect();
+            let size = if on_gpu || full { Size::Full } else { Size::Cpu };
+            let chosen: Vec<_> = WORKLOADS.iter().filter(|w| w.name.contains(&filter)).collect();
             if chosen.is_empty() {
                 let known: Vec<_> = WORKLOADS.iter().map(|w| w.name).collect();
                 return Err(BenchError::UnknownWorkload(filter, known.join(", ")));
@@ -141,28 +98,10 @@ fn run(cli: Cli) -> Result<(), BenchError> {
             for p in [&json, &plot, &markdown].into_iter().flatten() {
                 write(p, "")?;
             }
-            eprintln!(
-                "kiln-bench: {} on {}, {} workloads, {dtype}, {} shapes",
-                if on_gpu { "GPU" } else { "CPU" },
-                kiln::device_name(backend),
-                chosen.len(),
-                if size == Size::Full {
-                    "suite"
-                } else {
-                    "CPU-sized"
-                }
-            );
-            let opts = SuiteOptions {
-                backend,
-                size,
-                dtype,
-                repeat: repeat.max(1),
-                budget: Duration::from_secs(if on_gpu { 5 } else { 10 }),
-            };
+            eprintln!("kiln-bench: {} on {}, {} workloads, {dtype}, {} shapes", if on_gpu { "GPU" } else { "CPU" }, kiln::device_name(backend), chosen.len(), if size == Size::Full { "suite" } else { "CPU-sized" });
+            let opts = SuiteOptions { backend, size, dtype, repeat: repeat.max(1), budget: Duration::from_secs(if on_gpu { 5 } else { 10 }) };
             let bar = ProgressBar::new(chosen.len() as u64 + 1);
-            bar.set_style(
-                ProgressStyle::with_template("{bar:30} {pos}/{len} {msg}").expect("valid template"),
-            );
+            bar.set_style(ProgressStyle::with_template("{bar:30} {pos}/{len} {msg}").expect("valid template"));
             bar.set_message("measuring ceilings");
             let ceilings = kiln_bench::measure_ceilings(backend, size, dtype)?;
             bar.inc(1);
@@ -187,10 +126,7 @@ fn run(cli: Cli) -> Result<(), BenchError> {
             }
             if let Some(p) = &json {
                 let doc = serde_json::json!({ "ceilings": ceilings, "results": results, "failures": failures });
-                write(
-                    p,
-                    &serde_json::to_string_pretty(&doc).expect("serializable"),
-                )?;
+                write(p, &serde_json::to_string_pretty(&doc).expect("serializable"))?;
             }
             if let Some(p) = &plot {
                 kiln_bench::plot::roofline(p, &results, &ceilings)?;

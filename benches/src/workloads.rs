@@ -43,46 +43,14 @@ pub struct Workload {
 }
 
 pub const WORKLOADS: &[Workload] = &[
-    Workload {
-        name: "ew_chain",
-        bound: Bound::Memory,
-        build: ew_chain,
-    },
-    Workload {
-        name: "layernorm_residual",
-        bound: Bound::Memory,
-        build: layernorm_residual,
-    },
-    Workload {
-        name: "softmax",
-        bound: Bound::Memory,
-        build: softmax,
-    },
-    Workload {
-        name: "mlp_gelu",
-        bound: Bound::Compute,
-        build: mlp_gelu,
-    },
-    Workload {
-        name: "attn_s2048_d64_causal",
-        bound: Bound::Compute,
-        build: attn_causal,
-    },
-    Workload {
-        name: "attn_s4096_d128",
-        bound: Bound::Compute,
-        build: attn_plain,
-    },
-    Workload {
-        name: "gpt2_small_b1_t32",
-        bound: Bound::Launch,
-        build: gpt2_b1,
-    },
-    Workload {
-        name: "gpt2_small_b8_t1024",
-        bound: Bound::Compute,
-        build: gpt2_b8,
-    },
+    Workload { name: "ew_chain", bound: Bound::Memory, build: ew_chain },
+    Workload { name: "layernorm_residual", bound: Bound::Memory, build: layernorm_residual },
+    Workload { name: "softmax", bound: Bound::Memory, build: softmax },
+    Workload { name: "mlp_gelu", bound: Bound::Compute, build: mlp_gelu },
+    Workload { name: "attn_s2048_d64_causal", bound: Bound::Compute, build: attn_causal },
+    Workload { name: "attn_s4096_d128", bound: Bound::Compute, build: attn_plain },
+    Workload { name: "gpt2_small_b1_t32", bound: Bound::Launch, build: gpt2_b1 },
+    Workload { name: "gpt2_small_b8_t1024", bound: Bound::Compute, build: gpt2_b8 },
 ];
 
 pub fn find(name: &str) -> Option<&'static Workload> {
@@ -97,18 +65,8 @@ fn pick<T>(size: Size, full: T, cpu: T, check: T) -> T {
     }
 }
 
-fn finish(
-    t: &Tracer,
-    out: &Tensor,
-    flops: f64,
-    bytes: f64,
-) -> Result<Built, frontend::FrontendError> {
-    Ok(Built {
-        graph: t.finish(&[out])?,
-        specs: None,
-        flops,
-        bytes,
-    })
+fn finish(t: &Tracer, out: &Tensor, flops: f64, bytes: f64) -> Result<Built, frontend::FrontendError> {
+    Ok(Built { graph: t.finish(&[out])?, specs: None, flops, bytes })
 }
 
 /// `torch.sigmoid(x * a + b) * x`
@@ -133,12 +91,7 @@ fn layernorm_residual(size: Size, dt: DType) -> Result<Built, frontend::Frontend
     let b = t.input("b", dt, [c])?;
     let y = x.add(&r)?.layer_norm(&[c], Some(&w), Some(&b), 1e-5)?;
     let e = dt.size_bytes() as f64;
-    finish(
-        &t,
-        &y,
-        8.0 * (rows * c) as f64,
-        e * (3 * rows * c + 2 * c) as f64,
-    )
+    finish(&t, &y, 8.0 * (rows * c) as f64, e * (3 * rows * c + 2 * c) as f64)
 }
 
 /// `torch.softmax(x, dim=-1)`
@@ -147,12 +100,7 @@ fn softmax(size: Size, dt: DType) -> Result<Built, frontend::FrontendError> {
     let t = Tracer::new("softmax");
     let x = t.input("x", dt, [rows, c])?;
     let y = x.softmax(-1)?;
-    finish(
-        &t,
-        &y,
-        5.0 * (rows * c) as f64,
-        dt.size_bytes() as f64 * (2 * rows * c) as f64,
-    )
+    finish(&t, &y, 5.0 * (rows * c) as f64, dt.size_bytes() as f64 * (2 * rows * c) as f64)
 }
 
 /// `F.gelu(x @ w1 + b1) @ w2 + b2`
@@ -166,12 +114,7 @@ fn mlp_gelu(size: Size, dt: DType) -> Result<Built, frontend::FrontendError> {
     let b2 = t.input("b2", dt, [k])?;
     let y = x.matmul(&w1)?.add(&b1)?.gelu()?.matmul(&w2)?.add(&b2)?;
     let e = dt.size_bytes() as f64;
-    let mut built = finish(
-        &t,
-        &y,
-        4.0 * (m * k * n) as f64,
-        e * (2 * m * k + 2 * k * n + n + k) as f64,
-    )?;
+    let mut built = finish(&t, &y, 4.0 * (m * k * n) as f64, e * (2 * m * k + 2 * k * n + n + k) as f64)?;
     // Weights at the scale a trained layer has (std 1/sqrt(fan-in), as compare_torch.py draws
     // them): with N(0, 1) weights the outputs reach ~1e3 and bf16 rounding of the hidden
     // layer alone exceeds any sensible tolerance, whichever way the sums are ordered.
@@ -191,67 +134,36 @@ fn mlp_gelu(size: Size, dt: DType) -> Result<Built, frontend::FrontendError> {
 
 /// Naive attention as people write it: `(q @ k^T) * d**-0.5`, optional
 /// `masked_fill(~tril, -inf)`, `softmax(-1)`, `@ v`.
-fn attention(
-    name: &str,
-    (b, h, s, d): (usize, usize, usize, usize),
-    causal: bool,
-    dt: DType,
-) -> Result<Built, frontend::FrontendError> {
+fn attention(name: &str, (b, h, s, d): (usize, usize, usize, usize), causal: bool, dt: DType) -> Result<Built, frontend::FrontendError> {
     let t = Tracer::new(name);
     let q = t.input("q", dt, [b, h, s, d])?;
     let k = t.input("k", dt, [b, h, s, d])?;
     let v = t.input("v", dt, [b, h, s, d])?;
-    let mut att = q
-        .matmul(&k.transpose(-2, -1)?)?
-        .mul((d as f64).powf(-0.5))?;
+    let mut att = q.matmul(&k.transpose(-2, -1)?)?.mul((d as f64).powf(-0.5))?;
     if causal {
         let mask = t.ones(DType::Bool, [s, s])?.tril(0)?;
         att = att.masked_fill(&mask.logical_not()?, f64::NEG_INFINITY)?;
     }
     let y = att.softmax(-1)?.matmul(&v)?;
     let flops = 4.0 * (b * h * s * s * d) as f64 / if causal { 2.0 } else { 1.0 };
-    finish(
-        &t,
-        &y,
-        flops,
-        dt.size_bytes() as f64 * 4.0 * (b * h * s * d) as f64,
-    )
+    finish(&t, &y, flops, dt.size_bytes() as f64 * 4.0 * (b * h * s * d) as f64)
 }
 
 fn attn_causal(size: Size, dt: DType) -> Result<Built, frontend::FrontendError> {
-    attention(
-        "attn_s2048_d64_causal",
-        pick(size, (8, 16, 2048, 64), (1, 8, 1024, 64), (1, 2, 19, 8)),
-        true,
-        dt,
-    )
+    attention("attn_s2048_d64_causal", pick(size, (8, 16, 2048, 64), (1, 8, 1024, 64), (1, 2, 19, 8)), true, dt)
 }
 
 fn attn_plain(size: Size, dt: DType) -> Result<Built, frontend::FrontendError> {
-    attention(
-        "attn_s4096_d128",
-        pick(size, (4, 16, 4096, 128), (1, 4, 1024, 128), (1, 2, 23, 16)),
-        false,
-        dt,
-    )
+    attention("attn_s4096_d128", pick(size, (4, 16, 4096, 128), (1, 4, 1024, 128), (1, 2, 23, 16)), false, dt)
 }
 
-fn gpt2(
-    name: &str,
-    size: Size,
-    (b, t_full): (usize, usize),
-    dt: DType,
-) -> Result<Built, frontend::FrontendError> {
-    let mut cfg = Gpt2Config::small()
-        .with_attention(AttentionSpelling::MaskedFillTril)
-        .with_dtype(dt);
+fn gpt2(name: &str, size: Size, (b, t_full): (usize, usize), dt: DType) -> Result<Built, frontend::FrontendError> {
+    let mut cfg = Gpt2Config::small().with_attention(AttentionSpelling::MaskedFillTril).with_dtype(dt);
     let (b, t_len) = match size {
         Size::Full => (b, t_full),
         Size::Cpu => (b.min(1), t_full.min(128)),
         Size::Check => {
-            cfg = Gpt2Config::tiny()
-                .with_attention(AttentionSpelling::MaskedFillTril)
-                .with_dtype(dt);
+            cfg = Gpt2Config::tiny().with_attention(AttentionSpelling::MaskedFillTril).with_dtype(dt);
             (1, 7)
         }
     };
@@ -261,12 +173,7 @@ fn gpt2(
     let tokens = (b * t_len) as f64;
     let attn_flops = 4.0 * (cfg.n_layer * b * t_len * t_len * cfg.n_embd) as f64 / 2.0;
     let e = dt.size_bytes() as f64;
-    Ok(Built {
-        graph: traced.graph,
-        specs: Some(traced.inputs),
-        flops: 2.0 * params as f64 * tokens + attn_flops,
-        bytes: e * (params as f64 + 2.0 * tokens * cfg.n_embd as f64),
-    })
+    Ok(Built { graph: traced.graph, specs: Some(traced.inputs), flops: 2.0 * params as f64 * tokens + attn_flops, bytes: e * (params as f64 + 2.0 * tokens * cfg.n_embd as f64) })
 }
 
 fn gpt2_b1(size: Size, dt: DType) -> Result<Built, frontend::FrontendError> {

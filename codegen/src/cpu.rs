@@ -32,9 +32,7 @@ pub struct CpuOptions {
 impl Default for CpuOptions {
     fn default() -> CpuOptions {
         CpuOptions {
-            linker: std::env::var_os("KILN_LINKER")
-                .map(PathBuf::from)
-                .unwrap_or_else(|| PathBuf::from("cc")),
+            linker: std::env::var_os("KILN_LINKER").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("cc")),
             dump_dir: std::env::var_os("KILN_DUMP").map(PathBuf::from),
             threads: None,
         }
@@ -54,11 +52,7 @@ struct Plan {
 }
 
 fn plan_graph(kg: &KernelGraph) -> Result<Plan, CodegenError> {
-    let mut buffers: Vec<(DType, Vec<usize>)> = kg
-        .buffers
-        .iter()
-        .map(|b| (b.dtype, b.shape.dims().to_vec()))
-        .collect();
+    let mut buffers: Vec<(DType, Vec<usize>)> = kg.buffers.iter().map(|b| (b.dtype, b.shape.dims().to_vec())).collect();
     let mut steps = Vec::new();
     let mut loops = Vec::new();
     for (ki, k) in kg.kernels.iter().enumerate() {
@@ -74,13 +68,7 @@ fn plan_graph(kg: &KernelGraph) -> Result<Plan, CodegenError> {
                 Slot::Scratch(s) => (base + s) as u32,
             }
         };
-        let mv = |v: &View| MatView {
-            buffer: map(v.slot),
-            offset: v.offset,
-            batch_strides: v.batch_strides.clone(),
-            row_stride: v.row_stride,
-            col_stride: v.col_stride,
-        };
+        let mv = |v: &View| MatView { buffer: map(v.slot), offset: v.offset, batch_strides: v.batch_strides.clone(), row_stride: v.row_stride, col_stride: v.col_stride };
         for (ui, u) in low.units.into_iter().enumerate() {
             match u {
                 Unit::Loop { kernel, args } => {
@@ -95,76 +83,25 @@ fn plan_graph(kg: &KernelGraph) -> Result<Plan, CodegenError> {
                     }));
                     loops.push((symbol, kernel));
                 }
-                Unit::Gemm {
-                    dtype,
-                    batch,
-                    m,
-                    n,
-                    k: kk,
-                    a,
-                    b,
-                    c,
-                } => {
+                Unit::Gemm { dtype, batch, m, n, k: kk, a, b, c } => {
                     if batch.contains(&0) || m == 0 || n == 0 {
                         continue;
                     }
                     if kk == 0 {
-                        return Err(CodegenError::Unsupported {
-                            kernel: k.name.clone(),
-                            reason: "a matmul with an empty contraction dim".into(),
-                        });
+                        return Err(CodegenError::Unsupported { kernel: k.name.clone(), reason: "a matmul with an empty contraction dim".into() });
                     }
-                    steps.push(Step::Gemm(GemmStep {
-                        kernel: k.name.clone(),
-                        dtype,
-                        batch,
-                        m,
-                        n,
-                        k: kk,
-                        a: mv(&a),
-                        b: mv(&b),
-                        c: mv(&c),
-                    }));
+                    steps.push(Step::Gemm(GemmStep { kernel: k.name.clone(), dtype, batch, m, n, k: kk, a: mv(&a), b: mv(&b), c: mv(&c) }));
                 }
-                Unit::Attention {
-                    batch,
-                    sq,
-                    sk,
-                    d,
-                    dv,
-                    causal,
-                    scale,
-                    q,
-                    k: kv,
-                    v,
-                    o,
-                } => {
+                Unit::Attention { batch, sq, sk, d, dv, causal, scale, q, k: kv, v, o } => {
                     if batch.contains(&0) || sq == 0 || dv == 0 {
                         continue;
                     }
-                    steps.push(Step::Attention(AttentionStep {
-                        kernel: k.name.clone(),
-                        batch,
-                        sq,
-                        sk,
-                        d,
-                        dv,
-                        causal,
-                        scale,
-                        q: mv(&q),
-                        k: mv(&kv),
-                        v: mv(&v),
-                        o: mv(&o),
-                    }));
+                    steps.push(Step::Attention(AttentionStep { kernel: k.name.clone(), batch, sq, sk, d, dv, causal, scale, q: mv(&q), k: mv(&kv), v: mv(&v), o: mv(&o) }));
                 }
             }
         }
     }
-    Ok(Plan {
-        buffers,
-        steps,
-        loops,
-    })
+    Ok(Plan { buffers, steps, loops })
 }
 
 /// Flat (1-D) elementwise kernels of at least this many elements are split for threads.
@@ -177,25 +114,15 @@ const SPLIT_MIN: usize = 1 << 16;
 /// written parameters take the 2-D shape (same bytes). Anything else is returned unchanged.
 fn split_flat(k: LoopKernel) -> LoopKernel {
     use crate::kir::{Builder, Expr, Stage};
-    let Some(n) = k.stages.first().and_then(|s| s.dims.first().copied()) else {
-        return k;
-    };
-    let flat = k.outer.is_empty()
-        && k.locals.is_empty()
-        && k.stages.iter().all(|s| s.reduce.is_none() && s.dims == [n]);
+    let Some(n) = k.stages.first().and_then(|s| s.dims.first().copied()) else { return k };
+    let flat = k.outer.is_empty() && k.locals.is_empty() && k.stages.iter().all(|s| s.reduce.is_none() && s.dims == [n]);
     let block = 1usize << n.trailing_zeros().min(13);
     if !flat || n < SPLIT_MIN || block < 256 {
         return k;
     }
     let written: Vec<bool> = k.params.iter().map(|p| p.written).collect();
-    let reads_written = k.exprs.iter().any(
-        |(e, _)| matches!(e, Expr::Load(crate::kir::BufId::Param(p), _) if written[*p as usize]),
-    );
-    if reads_written
-        || k.stages
-            .iter()
-            .any(|s| !matches!(s.target, crate::kir::BufId::Param(_)))
-    {
+    let reads_written = k.exprs.iter().any(|(e, _)| matches!(e, Expr::Load(crate::kir::BufId::Param(p), _) if written[*p as usize]));
+    if reads_written || k.stages.iter().any(|s| !matches!(s.target, crate::kir::BufId::Param(_))) {
         return k;
     }
     let mut b = Builder::default();
@@ -225,46 +152,17 @@ fn split_flat(k: LoopKernel) -> LoopKernel {
     let params = k
         .params
         .into_iter()
-        .map(|p| {
-            if p.written {
-                crate::kir::Param {
-                    dims: dims.clone(),
-                    ..p
-                }
-            } else {
-                p
-            }
-        })
+        .map(|p| if p.written { crate::kir::Param { dims: dims.clone(), ..p } } else { p })
         .collect();
-    let stages = k
-        .stages
-        .iter()
-        .map(|s| Stage {
-            target: s.target,
-            dims: dims.clone(),
-            reduce: None,
-            value: map[s.value as usize],
-        })
-        .collect();
-    LoopKernel {
-        name: k.name,
-        outer: vec![n / block],
-        params,
-        locals: Vec::new(),
-        exprs: b.exprs,
-        stages,
-    }
+    let stages = k.stages.iter().map(|s| Stage { target: s.target, dims: dims.clone(), reduce: None, value: map[s.value as usize] }).collect();
+    LoopKernel { name: k.name, outer: vec![n / block], params, locals: Vec::new(), exprs: b.exprs, stages }
 }
 
 /// The kernel IR of every loop kernel of the graph, as text (for golden tests and dumps).
 pub fn kernel_ir(kg: &KernelGraph) -> Result<String, CodegenError> {
     kg.verify()?;
     let p = plan_graph(kg)?;
-    Ok(p.loops
-        .iter()
-        .map(|(_, k)| k.to_string())
-        .collect::<Vec<_>>()
-        .join("\n"))
+    Ok(p.loops.iter().map(|(_, k)| k.to_string()).collect::<Vec<_>>().join("\n"))
 }
 
 static BUILD: AtomicU64 = AtomicU64::new(0);
@@ -273,11 +171,7 @@ static BUILD: AtomicU64 = AtomicU64::new(0);
 pub fn compile(kg: &KernelGraph, opts: &CpuOptions) -> Result<Artifact, CodegenError> {
     kg.verify()?;
     let target = HostTarget::new()?;
-    let Plan {
-        mut buffers,
-        mut steps,
-        loops,
-    } = plan_graph(kg)?;
+    let Plan { mut buffers, mut steps, loops } = plan_graph(kg)?;
 
     // Homes: graph inputs and outputs live in the caller's tensors, the rest in the arena.
     let mut loc: Vec<Option<Location>> = vec![None; buffers.len()];
@@ -312,9 +206,7 @@ pub fn compile(kg: &KernelGraph, opts: &CpuOptions) -> Result<Artifact, CodegenE
         match step {
             Step::Loop(l) => l.args.iter().for_each(|&b| touch(b, s)),
             Step::Gemm(g) => [&g.a, &g.b, &g.c].iter().for_each(|v| touch(v.buffer, s)),
-            Step::Attention(a) => [&a.q, &a.k, &a.v, &a.o]
-                .iter()
-                .for_each(|v| touch(v.buffer, s)),
+            Step::Attention(a) => [&a.q, &a.k, &a.v, &a.o].iter().for_each(|v| touch(v.buffer, s)),
             Step::Copy { from, to } => {
                 touch(*from, s);
                 touch(*to, s);
@@ -323,13 +215,7 @@ pub fn compile(kg: &KernelGraph, opts: &CpuOptions) -> Result<Artifact, CodegenE
     }
     let bytes = |i: usize| buffers[i].1.iter().product::<usize>() * buffers[i].0.size_bytes();
     let arena: Vec<usize> = (0..buffers.len()).filter(|&i| loc[i].is_none()).collect();
-    let reqs: Vec<Request> = arena
-        .iter()
-        .map(|&i| Request {
-            bytes: bytes(i),
-            live: live[i].unwrap_or((0, 0)),
-        })
-        .collect();
+    let reqs: Vec<Request> = arena.iter().map(|&i| Request { bytes: bytes(i), live: live[i].unwrap_or((0, 0)) }).collect();
     let (offsets, arena_bytes) = plan::plan(&reqs);
     for (&i, &off) in arena.iter().zip(&offsets) {
         loc[i] = Some(Location::Arena { offset: off });
@@ -338,23 +224,14 @@ pub fn compile(kg: &KernelGraph, opts: &CpuOptions) -> Result<Artifact, CodegenE
     let descs: Vec<BufferDesc> = buffers
         .iter()
         .enumerate()
-        .map(|(i, (d, s))| BufferDesc {
-            dtype: *d,
-            shape: s.clone(),
-            location: loc[i].clone().expect("every buffer placed"),
-            live: live[i].unwrap_or((0, 0)),
-        })
+        .map(|(i, (d, s))| BufferDesc { dtype: *d, shape: s.clone(), location: loc[i].clone().expect("every buffer placed"), live: live[i].unwrap_or((0, 0)) })
         .collect();
 
     // Native code: identical loop kernels (a transformer's repeated layers) compile once.
     let mut unique: HashMap<String, String> = HashMap::new();
     let mut refs: Vec<(String, &LoopKernel)> = Vec::new();
     for (sym, k) in &loops {
-        let key = LoopKernel {
-            name: String::new(),
-            ..k.clone()
-        }
-        .to_string();
+        let key = LoopKernel { name: String::new(), ..k.clone() }.to_string();
         match unique.get(&key) {
             Some(first) => {
                 for st in steps.iter_mut() {
@@ -371,30 +248,13 @@ pub fn compile(kg: &KernelGraph, opts: &CpuOptions) -> Result<Artifact, CodegenE
             }
         }
     }
-    let threads = opts.threads.unwrap_or_else(|| {
-        std::thread::available_parallelism()
-            .map(|n| n.get())
-            .unwrap_or(1)
-    });
+    let threads = opts.threads.unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1));
     let (objects, ir_text) = llvm::compile(&refs, threads, opts.dump_dir.is_some())?;
     if let (Some(dir), Some(text)) = (&opts.dump_dir, ir_text) {
         let _ = std::fs::create_dir_all(dir);
-        let kir: String = loops
-            .iter()
-            .map(|(_, k)| k.to_string())
-            .collect::<Vec<_>>()
-            .join("\n");
+        let kir: String = loops.iter().map(|(_, k)| k.to_string()).collect::<Vec<_>>().join("\n");
         // A graph compiled twice (fused, then one kernel per op) keeps both dumps.
-        let stem = (0..)
-            .map(|i| {
-                if i == 0 {
-                    kg.name.clone()
-                } else {
-                    format!("{}.{i}", kg.name)
-                }
-            })
-            .find(|s| !dir.join(format!("{s}.kir")).exists())
-            .unwrap_or_default();
+        let stem = (0..).map(|i| if i == 0 { kg.name.clone() } else { format!("{}.{i}", kg.name) }).find(|s| !dir.join(format!("{s}.kir")).exists()).unwrap_or_default();
         let _ = std::fs::write(dir.join(format!("{stem}.kir")), kir);
         let _ = std::fs::write(dir.join(format!("{stem}.ll")), text);
     }
@@ -416,11 +276,7 @@ pub fn compile(kg: &KernelGraph, opts: &CpuOptions) -> Result<Artifact, CodegenE
 
 /// Links an object file into a shared library and returns its bytes.
 fn link(objects: &[Vec<u8>], opts: &CpuOptions) -> Result<Vec<u8>, CodegenError> {
-    let dir = std::env::temp_dir().join(format!(
-        "kiln-cg-{}-{}",
-        std::process::id(),
-        BUILD.fetch_add(1, Ordering::Relaxed)
-    ));
+    let dir = std::env::temp_dir().join(format!("kiln-cg-{}-{}", std::process::id(), BUILD.fetch_add(1, Ordering::Relaxed)));
     let io = |p: &std::path::Path| {
         let p = p.display().to_string();
         move |e| CodegenError::Io { path: p, source: e }
@@ -436,16 +292,10 @@ fn link(objects: &[Vec<u8>], opts: &CpuOptions) -> Result<Vec<u8>, CodegenError>
     }
     cmd.arg("-lm");
     let command = format!("{cmd:?}");
-    let out = cmd.output().map_err(|e| CodegenError::Link {
-        command: command.clone(),
-        message: e.to_string(),
-    })?;
+    let out = cmd.output().map_err(|e| CodegenError::Link { command: command.clone(), message: e.to_string() })?;
     if !out.status.success() {
         let _ = std::fs::remove_dir_all(&dir);
-        return Err(CodegenError::Link {
-            command,
-            message: String::from_utf8_lossy(&out.stderr).into_owned(),
-        });
+        return Err(CodegenError::Link { command, message: String::from_utf8_lossy(&out.stderr).into_owned() });
     }
     let bytes = std::fs::read(&so).map_err(io(&so))?;
     let _ = std::fs::remove_dir_all(&dir);
@@ -454,11 +304,7 @@ fn link(objects: &[Vec<u8>], opts: &CpuOptions) -> Result<Vec<u8>, CodegenError>
 
 /// [`compile`] through the on-disk cache: keyed by the kernel graph's text (every shape and
 /// dtype), this host's target id and Kiln's version. A hit needs no LLVM run.
-pub fn compile_cached(
-    kg: &KernelGraph,
-    opts: &CpuOptions,
-    cache: &runtime::cache::Cache,
-) -> Result<(Artifact, runtime::cache::Outcome), CodegenError> {
+pub fn compile_cached(kg: &KernelGraph, opts: &CpuOptions, cache: &runtime::cache::Cache) -> Result<(Artifact, runtime::cache::Outcome), CodegenError> {
     let key = runtime::cache::CacheKey::new(&kg.to_string(), &host_target_id()?);
     cache.get_or_build(&key, || compile(kg, opts))
 }

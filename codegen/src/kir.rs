@@ -153,15 +153,8 @@ impl LoopKernel {
         self.stages
             .iter()
             .map(|s| {
-                let inner: u64 = s.dims[k.min(s.dims.len())..]
-                    .iter()
-                    .map(|&d| d as u64)
-                    .product();
-                let red: u64 = s
-                    .reduce
-                    .as_ref()
-                    .map(|(_, r)| r.iter().map(|&d| d as u64).product())
-                    .unwrap_or(1);
+                let inner: u64 = s.dims[k.min(s.dims.len())..].iter().map(|&d| d as u64).product();
+                let red: u64 = s.reduce.as_ref().map(|(_, r)| r.iter().map(|&d| d as u64).product()).unwrap_or(1);
                 inner * red
             })
             .sum()
@@ -313,26 +306,12 @@ impl Builder {
 
     /// Copies the expressions reachable from `roots` into `dst`, renaming buffers with
     /// `rename`; returns the new ids of the roots.
-    pub fn export(
-        &self,
-        roots: &[ExprId],
-        dst: &mut Builder,
-        rename: &dyn Fn(BufId) -> BufId,
-    ) -> Vec<ExprId> {
+    pub fn export(&self, roots: &[ExprId], dst: &mut Builder, rename: &dyn Fn(BufId) -> BufId) -> Vec<ExprId> {
         let mut memo: HashMap<ExprId, ExprId> = HashMap::new();
-        roots
-            .iter()
-            .map(|&r| self.export_one(r, dst, rename, &mut memo))
-            .collect()
+        roots.iter().map(|&r| self.export_one(r, dst, rename, &mut memo)).collect()
     }
 
-    fn export_one(
-        &self,
-        e: ExprId,
-        dst: &mut Builder,
-        rename: &dyn Fn(BufId) -> BufId,
-        memo: &mut HashMap<ExprId, ExprId>,
-    ) -> ExprId {
+    fn export_one(&self, e: ExprId, dst: &mut Builder, rename: &dyn Fn(BufId) -> BufId, memo: &mut HashMap<ExprId, ExprId>) -> ExprId {
         if let Some(&n) = memo.get(&e) {
             return n;
         }
@@ -371,18 +350,11 @@ impl Builder {
 }
 
 fn var_name(v: u32) -> String {
-    if v >= RED {
-        format!("r{}", v - RED)
-    } else {
-        format!("i{v}")
-    }
+    if v >= RED { format!("r{}", v - RED) } else { format!("i{v}") }
 }
 
 fn list<T: fmt::Display>(xs: &[T]) -> String {
-    xs.iter()
-        .map(|x| x.to_string())
-        .collect::<Vec<_>>()
-        .join(",")
+    xs.iter().map(|x| x.to_string()).collect::<Vec<_>>().join(",")
 }
 
 impl fmt::Display for LoopKernel {
@@ -395,48 +367,19 @@ impl fmt::Display for LoopKernel {
             .params
             .iter()
             .enumerate()
-            .map(|(i, p)| {
-                format!(
-                    "p{i}: {}[{}]{}",
-                    p.dtype,
-                    list(&p.dims),
-                    if p.written { " out" } else { "" }
-                )
-            })
+            .map(|(i, p)| format!("p{i}: {}[{}]{}", p.dtype, list(&p.dims), if p.written { " out" } else { "" }))
             .collect();
-        let _ = writeln!(
-            s,
-            "loop_kernel {}({}) outer [{}] {{",
-            self.name,
-            ps.join(", "),
-            list(&self.outer)
-        );
+        let _ = writeln!(s, "loop_kernel {}({}) outer [{}] {{", self.name, ps.join(", "), list(&self.outer));
         for (i, l) in self.locals.iter().enumerate() {
-            let _ = writeln!(
-                s,
-                "  local t{i}: {}[{}]",
-                l.ty.name(),
-                list(&l.dims[k.min(l.dims.len())..])
-            );
+            let _ = writeln!(s, "  local t{i}: {}[{}]", l.ty.name(), list(&l.dims[k.min(l.dims.len())..]));
         }
         for st in &self.stages {
             let idx: Vec<String> = (0..st.dims.len() as u32).map(var_name).collect();
-            let loops: Vec<String> = (k..st.dims.len())
-                .map(|d| format!("i{d} < {}", st.dims[d]))
-                .collect();
+            let loops: Vec<String> = (k..st.dims.len()).map(|d| format!("i{d} < {}", st.dims[d])).collect();
             let _ = write!(s, "  {}[{}] = ", st.target, idx.join(","));
             if let Some((op, red)) = &st.reduce {
-                let rs: Vec<String> = red
-                    .iter()
-                    .enumerate()
-                    .map(|(j, n)| format!("r{j} < {n}"))
-                    .collect();
-                let _ = write!(
-                    s,
-                    "{} over ({}) of ",
-                    if *op == ReduceOp::Sum { "sum" } else { "max" },
-                    rs.join(", ")
-                );
+                let rs: Vec<String> = red.iter().enumerate().map(|(j, n)| format!("r{j} < {n}")).collect();
+                let _ = write!(s, "{} over ({}) of ", if *op == ReduceOp::Sum { "sum" } else { "max" }, rs.join(", "));
             }
             let _ = writeln!(s, "e{} for ({}) {{", st.value, loops.join(", "));
             let mut seen = vec![false; self.exprs.len()];
@@ -458,13 +401,7 @@ impl fmt::Display for LoopKernel {
                     Expr::Var(v) => var_name(*v),
                     Expr::Int(c) => c.to_string(),
                     Expr::Const(_, c) => c.to_string(),
-                    Expr::Load(b, idx) => format!(
-                        "load {b}[{}]",
-                        idx.iter()
-                            .map(|i| format!("e{i}"))
-                            .collect::<Vec<_>>()
-                            .join(",")
-                    ),
+                    Expr::Load(b, idx) => format!("load {b}[{}]", idx.iter().map(|i| format!("e{i}")).collect::<Vec<_>>().join(",")),
                     Expr::Unary(u, a) => format!("{} e{a}", u.name()),
                     Expr::Binary(b, x, y) => format!("{} e{x}, e{y}", b.name()),
                     Expr::Rem(x, y) => format!("rem e{x}, e{y}"),

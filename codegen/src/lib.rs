@@ -36,15 +36,9 @@ pub enum CodegenError {
     #[error("kernel {kernel}: {reason} is not supported by the CPU backend")]
     Unsupported { kernel: String, reason: String },
     #[error("LLVM failed while {stage}: {message}")]
-    Llvm {
-        stage: &'static str,
-        message: String,
-    },
+    Llvm { stage: &'static str, message: String },
     #[error("linking the shared library with `{command}` failed: {message}")]
     Link { command: String, message: String },
     #[error("I/O error on {path}: {source}")]
-    Io {
-        path: String,
-        source: std::io::Error,
-    },
+    Io { path: String, source: std::io::Error },
 }

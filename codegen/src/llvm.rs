@@ -13,9 +13,7 @@ use inkwell::context::Context;
 use inkwell::intrinsics::Intrinsic;
 use inkwell::module::{Linkage, Module};
 use inkwell::passes::PassBuilderOptions;
-use inkwell::targets::{
-    CodeModel, FileType, InitializationConfig, RelocMode, Target, TargetMachine,
-};
+use inkwell::targets::{CodeModel, FileType, InitializationConfig, RelocMode, Target, TargetMachine};
 use inkwell::types::{BasicMetadataTypeEnum, BasicTypeEnum};
 use inkwell::values::{BasicValueEnum, FloatValue, FunctionValue, IntValue, PointerValue};
 use inkwell::{AddressSpace, FloatPredicate, IntPredicate, OptimizationLevel};
@@ -24,10 +22,7 @@ use std::collections::HashMap;
 
 impl From<BuilderError> for CodegenError {
     fn from(e: BuilderError) -> CodegenError {
-        CodegenError::Llvm {
-            stage: "building IR",
-            message: e.to_string(),
-        }
+        CodegenError::Llvm { stage: "building IR", message: e.to_string() }
     }
 }
 
@@ -46,31 +41,13 @@ impl HostTarget {
     pub fn new() -> R<HostTarget> {
         Target::initialize_x86(&InitializationConfig::default());
         let triple = TargetMachine::get_default_triple();
-        let target = Target::from_triple(&triple).map_err(|e| CodegenError::Llvm {
-            stage: "target lookup",
-            message: e.to_string(),
-        })?;
+        let target = Target::from_triple(&triple).map_err(|e| CodegenError::Llvm { stage: "target lookup", message: e.to_string() })?;
         let cpu = TargetMachine::get_host_cpu_name().to_string();
         let features = TargetMachine::get_host_cpu_features().to_string();
         let machine = target
-            .create_target_machine(
-                &triple,
-                &cpu,
-                &features,
-                OptimizationLevel::Aggressive,
-                RelocMode::PIC,
-                CodeModel::Default,
-            )
-            .ok_or_else(|| CodegenError::Llvm {
-                stage: "target machine",
-                message: format!("no target machine for {triple}"),
-            })?;
-        Ok(HostTarget {
-            machine,
-            triple: triple.as_str().to_string_lossy().into_owned(),
-            cpu,
-            features,
-        })
+            .create_target_machine(&triple, &cpu, &features, OptimizationLevel::Aggressive, RelocMode::PIC, CodeModel::Default)
+            .ok_or_else(|| CodegenError::Llvm { stage: "target machine", message: format!("no target machine for {triple}") })?;
+        Ok(HostTarget { machine, triple: triple.as_str().to_string_lossy().into_owned(), cpu, features })
     }
 
     /// `triple/cpu/features` (and `/v{bits}` where [`HostTarget::vector_bits`] picks a width):
@@ -88,10 +65,7 @@ impl HostTarget {
     /// exp and divide of fused elementwise and softmax kernels are compute-bound there per
     /// thread, and 512-bit vectors do twice the math per instruction.
     pub fn vector_bits(&self) -> Option<u32> {
-        let env = std::env::var("KILN_CPU_VECTOR_BITS")
-            .ok()
-            .and_then(|v| v.trim().parse::<u32>().ok())
-            .filter(|v| [128, 256, 512].contains(v));
+        let env = std::env::var("KILN_CPU_VECTOR_BITS").ok().and_then(|v| v.trim().parse::<u32>().ok()).filter(|v| [128, 256, 512].contains(v));
         let avx512 = self.features.split(',').any(|f| f == "+avx512f");
         match env {
             Some(512) if !avx512 => None,
@@ -104,31 +78,15 @@ impl HostTarget {
 /// Compiles kernels to object files: the kernels are split into up to `threads` modules
 /// compiled in parallel (each with its own LLVM context), every module optimized at O3.
 /// Returns the object files and, if asked, the optimized LLVM IR text.
-pub fn compile(
-    kernels: &[(String, &LoopKernel)],
-    threads: usize,
-    want_ir: bool,
-) -> R<(Vec<Vec<u8>>, Option<String>)> {
+pub fn compile(kernels: &[(String, &LoopKernel)], threads: usize, want_ir: bool) -> R<(Vec<Vec<u8>>, Option<String>)> {
     let parts = threads.clamp(1, kernels.len().max(1));
     let chunk = kernels.len().div_ceil(parts).max(1);
     let results: Vec<R<(Vec<u8>, Option<String>)>> = if parts == 1 {
         vec![compile_module(kernels, want_ir)]
     } else {
         std::thread::scope(|s| {
-            let hs: Vec<_> = kernels
-                .chunks(chunk)
-                .map(|c| s.spawn(move || compile_module(c, want_ir)))
-                .collect();
-            hs.into_iter()
-                .map(|h| {
-                    h.join().unwrap_or_else(|_| {
-                        Err(CodegenError::Llvm {
-                            stage: "compiling a module",
-                            message: "the compile thread panicked".into(),
-                        })
-                    })
-                })
-                .collect()
+            let hs: Vec<_> = kernels.chunks(chunk).map(|c| s.spawn(move || compile_module(c, want_ir))).collect();
+            hs.into_iter().map(|h| h.join().unwrap_or_else(|_| Err(CodegenError::Llvm { stage: "compiling a module", message: "the compile thread panicked".into() }))).collect()
         })
     };
     let mut objects = Vec::new();
@@ -143,10 +101,7 @@ pub fn compile(
     Ok((objects, ir))
 }
 
-fn compile_module(
-    kernels: &[(String, &LoopKernel)],
-    want_ir: bool,
-) -> R<(Vec<u8>, Option<String>)> {
+fn compile_module(kernels: &[(String, &LoopKernel)], want_ir: bool) -> R<(Vec<u8>, Option<String>)> {
     let target = HostTarget::new()?;
     let ctx = Context::create();
     let module = ctx.create_module("kiln");
@@ -155,24 +110,15 @@ fn compile_module(
     for (sym, k) in kernels {
         emit_kernel(&ctx, &module, &target, sym, k)?;
     }
-    module.verify().map_err(|e| CodegenError::Llvm {
-        stage: "verifying generated IR",
-        message: e.to_string(),
-    })?;
+    module.verify().map_err(|e| CodegenError::Llvm { stage: "verifying generated IR", message: e.to_string() })?;
     module
         .run_passes("default<O3>", &target.machine, PassBuilderOptions::create())
-        .map_err(|e| CodegenError::Llvm {
-            stage: "O3 pipeline",
-            message: e.to_string(),
-        })?;
+        .map_err(|e| CodegenError::Llvm { stage: "O3 pipeline", message: e.to_string() })?;
     let ir = want_ir.then(|| module.print_to_string().to_string());
     let buf = target
         .machine
         .write_to_memory_buffer(&module, FileType::Object)
-        .map_err(|e| CodegenError::Llvm {
-            stage: "object emission",
-            message: e.to_string(),
-        })?;
+        .map_err(|e| CodegenError::Llvm { stage: "object emission", message: e.to_string() })?;
     Ok((buf.as_slice().to_vec(), ir))
 }
 
@@ -219,16 +165,7 @@ fn plan_prefetch<'ctx>(k: &LoopKernel) -> Option<Prefetch<'ctx>> {
     // lines are in flight per core and the stream runs under the copy's rate. A light first
     // pass that computes as it streams (layer_norm's residual add, a copy) keeps the hardware
     // prefetcher busy on its own, and measured slower with the extra prefetches.
-    let heavy = k.exprs.iter().any(|(e, t)| {
-        *t == Ty::F32
-            && matches!(
-                e,
-                Expr::Unary(
-                    UnaryOp::Exp | UnaryOp::Tanh | UnaryOp::Erf | UnaryOp::Log,
-                    _
-                ) | Expr::Binary(BinaryOp::Div | BinaryOp::Pow, _, _)
-            )
-    });
+    let heavy = k.exprs.iter().any(|(e, t)| *t == Ty::F32 && matches!(e, Expr::Unary(UnaryOp::Exp | UnaryOp::Tanh | UnaryOp::Erf | UnaryOp::Log, _) | Expr::Binary(BinaryOp::Div | BinaryOp::Pow, _, _)));
     let one_pass = k.stages.len() == 1 && k.stages[0].reduce.is_none() && heavy;
     let row_first = k.stages.len() >= 2 && k.stages[0].reduce.is_some();
     if kk == 0 || k.outer_count() < 2 || !(one_pass || row_first) {
@@ -244,15 +181,8 @@ fn plan_prefetch<'ctx>(k: &LoopKernel) -> Option<Prefetch<'ctx>> {
         .params
         .iter()
         .enumerate()
-        .filter(|(i, p)| {
-            loaded[*i] && !p.written && p.dims.len() > kk && p.dims[..kk] == k.outer[..]
-        })
-        .map(|(i, p)| {
-            (
-                i,
-                (p.dims[kk..].iter().product::<usize>() * p.dtype.size_bytes()) as u64,
-            )
-        })
+        .filter(|(i, p)| loaded[*i] && !p.written && p.dims.len() > kk && p.dims[..kk] == k.outer[..])
+        .map(|(i, p)| (i, (p.dims[kk..].iter().product::<usize>() * p.dtype.size_bytes()) as u64))
         .filter(|&(_, b)| (1024..=256 * 1024).contains(&b))
         .collect();
     if params.is_empty() {
@@ -260,25 +190,12 @@ fn plan_prefetch<'ctx>(k: &LoopKernel) -> Option<Prefetch<'ctx>> {
     }
     let stage = (usize::from(!one_pass)..k.stages.len()).find(|&s| {
         let st = &k.stages[s];
-        st.reduce.is_none()
-            && st.dims.len() == kk + 1
-            && st.dims[kk] >= 4 * CHUNK
-            && st.dims[kk] % CHUNK == 0
+        st.reduce.is_none() && st.dims.len() == kk + 1 && st.dims[kk] >= 4 * CHUNK && st.dims[kk] % CHUNK == 0
     })?;
-    Some(Prefetch {
-        stage,
-        params,
-        next: None,
-    })
+    Some(Prefetch { stage, params, next: None })
 }
 
-fn emit_kernel<'ctx>(
-    ctx: &'ctx Context,
-    module: &Module<'ctx>,
-    target: &HostTarget,
-    sym: &str,
-    k: &LoopKernel,
-) -> R<()> {
+fn emit_kernel<'ctx>(ctx: &'ctx Context, module: &Module<'ctx>, target: &HostTarget, sym: &str, k: &LoopKernel) -> R<()> {
     let ptr = ctx.ptr_type(AddressSpace::default());
     let i64t = ctx.i64_type();
     let mut ptys: Vec<BasicMetadataTypeEnum> = k.params.iter().map(|_| ptr.into()).collect();
@@ -286,14 +203,8 @@ fn emit_kernel<'ctx>(
     ptys.push(i64t.into());
     let body_ty = ctx.void_type().fn_type(&ptys, false);
     let body = module.add_function(&format!("{sym}.body"), body_ty, Some(Linkage::Internal));
-    let noalias = ctx.create_enum_attribute(
-        inkwell::attributes::Attribute::get_named_enum_kind_id("noalias"),
-        0,
-    );
-    let nounwind = ctx.create_enum_attribute(
-        inkwell::attributes::Attribute::get_named_enum_kind_id("nounwind"),
-        0,
-    );
+    let noalias = ctx.create_enum_attribute(inkwell::attributes::Attribute::get_named_enum_kind_id("noalias"), 0);
+    let nounwind = ctx.create_enum_attribute(inkwell::attributes::Attribute::get_named_enum_kind_id("nounwind"), 0);
     for i in 0..k.params.len() {
         body.add_attribute(inkwell::attributes::AttributeLoc::Param(i as u32), noalias);
     }
@@ -303,33 +214,16 @@ fn emit_kernel<'ctx>(
     // reproduces it on the pre-O3 module, and `noinline` alone avoids it).
     body.add_attribute(
         inkwell::attributes::AttributeLoc::Function,
-        ctx.create_enum_attribute(
-            inkwell::attributes::Attribute::get_named_enum_kind_id("noinline"),
-            0,
-        ),
+        ctx.create_enum_attribute(inkwell::attributes::Attribute::get_named_enum_kind_id("noinline"), 0),
     );
-    let wrapper = module.add_function(
-        sym,
-        ctx.void_type()
-            .fn_type(&[ptr.into(), i64t.into(), i64t.into()], false),
-        None,
-    );
+    let wrapper = module.add_function(sym, ctx.void_type().fn_type(&[ptr.into(), i64t.into(), i64t.into()], false), None);
     let width = target.vector_bits().map(|v| v.to_string());
     for f in [body, wrapper] {
         if let Some(w) = &width {
-            f.add_attribute(
-                inkwell::attributes::AttributeLoc::Function,
-                ctx.create_string_attribute("prefer-vector-width", w),
-            );
+            f.add_attribute(inkwell::attributes::AttributeLoc::Function, ctx.create_string_attribute("prefer-vector-width", w));
         }
-        f.add_attribute(
-            inkwell::attributes::AttributeLoc::Function,
-            ctx.create_string_attribute("target-cpu", &target.cpu),
-        );
-        f.add_attribute(
-            inkwell::attributes::AttributeLoc::Function,
-            ctx.create_string_attribute("target-features", &target.features),
-        );
+        f.add_attribute(inkwell::attributes::AttributeLoc::Function, ctx.create_string_attribute("target-cpu", &target.cpu));
+        f.add_attribute(inkwell::attributes::AttributeLoc::Function, ctx.create_string_attribute("target-features", &target.features));
         f.add_attribute(inkwell::attributes::AttributeLoc::Function, nounwind);
     }
 
@@ -341,9 +235,7 @@ fn emit_kernel<'ctx>(
     let mut call_args: Vec<inkwell::values::BasicMetadataValueEnum> = Vec::new();
     for i in 0..k.params.len() {
         // SAFETY: index within the argument table the runtime passes.
-        let slot = unsafe {
-            b.build_in_bounds_gep(ptr, args, &[i64t.const_int(i as u64, false)], "slot")?
-        };
+        let slot = unsafe { b.build_in_bounds_gep(ptr, args, &[i64t.const_int(i as u64, false)], "slot")? };
         call_args.push(b.build_load(ptr, slot, "p")?.into());
     }
     call_args.push(wrapper.get_nth_param(1).unwrap().into());
@@ -358,49 +250,23 @@ fn emit_kernel<'ctx>(
     eb.position_at_end(entry);
     let b = ctx.create_builder();
     b.position_at_end(start_bb);
-    let params = (0..k.params.len())
-        .map(|i| body.get_nth_param(i as u32).unwrap().into_pointer_value())
-        .collect();
-    let mut g = Gen {
-        ctx,
-        module,
-        b,
-        k,
-        func: body,
-        params,
-        locals: Vec::new(),
-        vars: HashMap::new(),
-        memo: HashMap::new(),
-        entry_allocas: eb,
-        prefetch: plan_prefetch(k),
-    };
+    let params = (0..k.params.len()).map(|i| body.get_nth_param(i as u32).unwrap().into_pointer_value()).collect();
+    let mut g = Gen { ctx, module, b, k, func: body, params, locals: Vec::new(), vars: HashMap::new(), memo: HashMap::new(), entry_allocas: eb, prefetch: plan_prefetch(k) };
     let kk = k.outer.len();
     for l in &k.locals {
-        let n: usize = l.dims[kk.min(l.dims.len())..]
-            .iter()
-            .product::<usize>()
-            .max(1);
+        let n: usize = l.dims[kk.min(l.dims.len())..].iter().product::<usize>().max(1);
         let ty = g.reg_storage_type(l.ty);
-        let a = g
-            .entry_allocas
-            .build_array_alloca(ty, i64t.const_int(n as u64, false), "local")?;
+        let a = g.entry_allocas.build_array_alloca(ty, i64t.const_int(n as u64, false), "local")?;
         g.locals.push(a);
     }
-    let start = body
-        .get_nth_param(k.params.len() as u32)
-        .unwrap()
-        .into_int_value();
-    let end = body
-        .get_nth_param(k.params.len() as u32 + 1)
-        .unwrap()
-        .into_int_value();
+    let start = body.get_nth_param(k.params.len() as u32).unwrap().into_int_value();
+    let end = body.get_nth_param(k.params.len() as u32 + 1).unwrap().into_int_value();
     if k.outer_count() == 1 {
         // One outer iteration: no outer loop (an outer loop whose variable nothing reads
         // crashed LLVM 22's loop deletion; kiln-fuzz seeds 304002067 and 307011850).
         let run = ctx.append_basic_block(body, "once");
         let done = ctx.append_basic_block(body, "done");
-        let guard =
-            g.b.build_int_compare(IntPredicate::SLT, start, end, "guard")?;
+        let guard = g.b.build_int_compare(IntPredicate::SLT, start, end, "guard")?;
         g.b.build_conditional_branch(guard, run, done)?;
         g.b.position_at_end(run);
         for d in 0..kk {
@@ -416,40 +282,32 @@ fn emit_kernel<'ctx>(
         g.entry_allocas.build_unconditional_branch(start_bb)?;
         return Ok(());
     }
-    g.for_range(
-        start,
-        end,
-        &mut |g: &mut Gen<'ctx, '_>, o: IntValue<'ctx>| {
-            // Decompose the flat outer index into the outer loop variables.
-            let mut rest = o;
-            for d in (0..kk).rev() {
-                let n = i64t.const_int(k.outer[d] as u64, false);
-                let v = if d == 0 {
-                    rest
-                } else {
-                    g.b.build_int_unsigned_rem(rest, n, "o")?
-                };
-                g.vars.insert(d as u32, v);
-                if d > 0 {
-                    rest = g.b.build_int_unsigned_div(rest, n, "o")?;
-                }
+    g.for_range(start, end, &mut |g: &mut Gen<'ctx, '_>, o: IntValue<'ctx>| {
+        // Decompose the flat outer index into the outer loop variables.
+        let mut rest = o;
+        for d in (0..kk).rev() {
+            let n = i64t.const_int(k.outer[d] as u64, false);
+            let v = if d == 0 { rest } else { g.b.build_int_unsigned_rem(rest, n, "o")? };
+            g.vars.insert(d as u32, v);
+            if d > 0 {
+                rest = g.b.build_int_unsigned_div(rest, n, "o")?;
             }
-            if g.prefetch.is_some() {
-                // The next outer iteration (the last one prefetches itself again).
-                let last = g.i64c(k.outer_count() as i64 - 1);
-                let n1 = g.b.build_int_add(o, g.i64c(1), "next")?;
-                let lt = g.b.build_int_compare(IntPredicate::SLT, n1, last, "lt")?;
-                let next = g.b.build_select(lt, n1, last, "next")?.into_int_value();
-                if let Some(p) = g.prefetch.as_mut() {
-                    p.next = Some(next);
-                }
+        }
+        if g.prefetch.is_some() {
+            // The next outer iteration (the last one prefetches itself again).
+            let last = g.i64c(k.outer_count() as i64 - 1);
+            let n1 = g.b.build_int_add(o, g.i64c(1), "next")?;
+            let lt = g.b.build_int_compare(IntPredicate::SLT, n1, last, "lt")?;
+            let next = g.b.build_select(lt, n1, last, "next")?.into_int_value();
+            if let Some(p) = g.prefetch.as_mut() {
+                p.next = Some(next);
             }
-            for s in 0..k.stages.len() {
-                g.stage(s)?;
-            }
-            Ok(())
-        },
-    )?;
+        }
+        for s in 0..k.stages.len() {
+            g.stage(s)?;
+        }
+        Ok(())
+    })?;
     g.b.build_return(None)?;
     g.entry_allocas.build_unconditional_branch(start_bb)?;
     Ok(())
@@ -488,18 +346,11 @@ impl<'ctx, 'a> Gen<'ctx, 'a> {
     }
 
     /// `for i in lo..hi { body(i) }`, leaving the builder after the loop.
-    fn for_range(
-        &mut self,
-        lo: IntValue<'ctx>,
-        hi: IntValue<'ctx>,
-        body: &mut Body<'_, 'ctx, 'a>,
-    ) -> R<()> {
+    fn for_range(&mut self, lo: IntValue<'ctx>, hi: IntValue<'ctx>, body: &mut Body<'_, 'ctx, 'a>) -> R<()> {
         let pre = self.b.get_insert_block().unwrap();
         let header = self.ctx.append_basic_block(self.func, "loop");
         let exit = self.ctx.append_basic_block(self.func, "exit");
-        let c0 = self
-            .b
-            .build_int_compare(IntPredicate::SLT, lo, hi, "guard")?;
+        let c0 = self.b.build_int_compare(IntPredicate::SLT, lo, hi, "guard")?;
         self.b.build_conditional_branch(c0, header, exit)?;
         self.b.position_at_end(header);
         let phi = self.b.build_phi(self.ctx.i64_type(), "i")?;
@@ -508,9 +359,7 @@ impl<'ctx, 'a> Gen<'ctx, 'a> {
         body(self, i)?;
         let latch = self.b.get_insert_block().unwrap();
         let next = self.b.build_int_add(i, self.i64c(1), "next")?;
-        let c = self
-            .b
-            .build_int_compare(IntPredicate::SLT, next, hi, "cont")?;
+        let c = self.b.build_int_compare(IntPredicate::SLT, next, hi, "cont")?;
         self.b.build_conditional_branch(c, header, exit)?;
         phi.add_incoming(&[(&next, latch)]);
         self.b.position_at_end(exit);
@@ -518,14 +367,8 @@ impl<'ctx, 'a> Gen<'ctx, 'a> {
     }
 
     /// Nested loops over `(var, extent)`, innermost last.
-    fn nest(
-        &mut self,
-        loops: &[(u32, usize)],
-        body: &mut dyn FnMut(&mut Gen<'ctx, 'a>) -> R<()>,
-    ) -> R<()> {
-        let Some(&(v, n)) = loops.first() else {
-            return body(self);
-        };
+    fn nest(&mut self, loops: &[(u32, usize)], body: &mut dyn FnMut(&mut Gen<'ctx, 'a>) -> R<()>) -> R<()> {
+        let Some(&(v, n)) = loops.first() else { return body(self) };
         let (lo, hi) = (self.i64c(0), self.i64c(n as i64));
         self.for_range(lo, hi, &mut |g: &mut Gen<'ctx, 'a>, i| {
             g.vars.insert(v, i);
@@ -537,9 +380,7 @@ impl<'ctx, 'a> Gen<'ctx, 'a> {
         let k = self.k;
         let st = &k.stages[s];
         let kk = k.outer.len();
-        let loops: Vec<(u32, usize)> = (kk..st.dims.len())
-            .map(|d| (d as u32, st.dims[d]))
-            .collect();
+        let loops: Vec<(u32, usize)> = (kk..st.dims.len()).map(|d| (d as u32, st.dims[d])).collect();
         let rank = st.dims.len();
         if st.reduce.is_none() && self.prefetch.as_ref().is_some_and(|p| p.stage == s) {
             return self.prefetching_stage(s);
@@ -554,11 +395,7 @@ impl<'ctx, 'a> Gen<'ctx, 'a> {
             Some((op, red)) => {
                 let ty = k.ty(st.value);
                 let acc = self.entry_allocas.build_alloca(self.reg_type(ty), "acc")?;
-                let rloops: Vec<(u32, usize)> = red
-                    .iter()
-                    .enumerate()
-                    .map(|(j, &n)| (crate::kir::RED + j as u32, n))
-                    .collect();
+                let rloops: Vec<(u32, usize)> = red.iter().enumerate().map(|(j, &n)| (crate::kir::RED + j as u32, n)).collect();
                 let op = *op;
                 self.nest(&loops, &mut |g: &mut Gen<'ctx, 'a>| {
                     let init = g.reduce_init(op, ty);
@@ -592,17 +429,9 @@ impl<'ctx, 'a> Gen<'ctx, 'a> {
         let plan: Vec<(usize, u64)> = pf.params.clone();
         let i8t = self.ctx.i8_type();
         let i32t = self.ctx.i32_type();
-        let prefetch = Intrinsic::find("llvm.prefetch").ok_or_else(|| CodegenError::Llvm {
-            stage: "intrinsics",
-            message: "LLVM has no llvm.prefetch".into(),
-        })?;
+        let prefetch = Intrinsic::find("llvm.prefetch").ok_or_else(|| CodegenError::Llvm { stage: "intrinsics", message: "LLVM has no llvm.prefetch".into() })?;
         let ptr_ty = self.ctx.ptr_type(AddressSpace::default());
-        let pf_fn = prefetch
-            .get_declaration(self.module, &[ptr_ty.into()])
-            .ok_or_else(|| CodegenError::Llvm {
-                stage: "intrinsics",
-                message: "cannot declare llvm.prefetch".into(),
-            })?;
+        let pf_fn = prefetch.get_declaration(self.module, &[ptr_ty.into()]).ok_or_else(|| CodegenError::Llvm { stage: "intrinsics", message: "cannot declare llvm.prefetch".into() })?;
         let (lo, hi) = (self.i64c(0), self.i64c(chunks as i64));
         self.for_range(lo, hi, &mut |g: &mut Gen<'ctx, 'a>, c: IntValue<'ctx>| {
             for &(p, row_bytes) in &plan {
@@ -613,23 +442,12 @@ impl<'ctx, 'a> Gen<'ctx, 'a> {
                     // Line `c * per + t` of the next row, clamped to the row.
                     let line = g.b.build_int_mul(c, g.i64c(per as i64), "line")?;
                     let line = g.b.build_int_add(line, g.i64c(t as i64), "line")?;
-                    let line = g
-                        .call(
-                            "llvm.umin",
-                            &[g.ctx.i64_type().into()],
-                            &[line.into(), g.i64c(lines as i64 - 1).into()],
-                        )?
-                        .into_int_value();
+                    let line = g.call("llvm.umin", &[g.ctx.i64_type().into()], &[line.into(), g.i64c(lines as i64 - 1).into()])?.into_int_value();
                     let off = g.b.build_int_mul(line, g.i64c(64), "off")?;
                     let off = g.b.build_int_add(row, off, "off")?;
                     // SAFETY: inside the parameter (its rows are `row_bytes` apart).
                     let addr = unsafe { g.b.build_in_bounds_gep(i8t, g.params[p], &[off], "pf")? };
-                    let args = [
-                        addr.into(),
-                        i32t.const_zero().into(),
-                        i32t.const_int(2, false).into(),
-                        i32t.const_int(1, false).into(),
-                    ];
+                    let args = [addr.into(), i32t.const_zero().into(), i32t.const_int(2, false).into(), i32t.const_int(1, false).into()];
                     g.b.build_call(pf_fn, &args, "")?;
                 }
             }
@@ -656,83 +474,40 @@ impl<'ctx, 'a> Gen<'ctx, 'a> {
         }
     }
 
-    fn reduce_step(
-        &mut self,
-        op: ReduceOp,
-        ty: Ty,
-        a: BasicValueEnum<'ctx>,
-        v: BasicValueEnum<'ctx>,
-    ) -> R<BasicValueEnum<'ctx>> {
+    fn reduce_step(&mut self, op: ReduceOp, ty: Ty, a: BasicValueEnum<'ctx>, v: BasicValueEnum<'ctx>) -> R<BasicValueEnum<'ctx>> {
         Ok(match (op, ty) {
             (ReduceOp::Sum, Ty::F32) => {
-                let r =
-                    self.b
-                        .build_float_add(a.into_float_value(), v.into_float_value(), "sum")?;
-                self.flags(
-                    r,
-                    inkwell::values::FastMathFlags::AllowReassoc
-                        | inkwell::values::FastMathFlags::AllowContract,
-                );
+                let r = self.b.build_float_add(a.into_float_value(), v.into_float_value(), "sum")?;
+                self.flags(r, inkwell::values::FastMathFlags::AllowReassoc | inkwell::values::FastMathFlags::AllowContract);
                 r.into()
             }
-            (ReduceOp::Max, Ty::F32) => {
-                self.call("llvm.maximum", &[self.ctx.f32_type().into()], &[a, v])?
-            }
-            (ReduceOp::Sum, _) => self
-                .b
-                .build_int_add(a.into_int_value(), v.into_int_value(), "sum")?
-                .into(),
+            (ReduceOp::Max, Ty::F32) => self.call("llvm.maximum", &[self.ctx.f32_type().into()], &[a, v])?,
+            (ReduceOp::Sum, _) => self.b.build_int_add(a.into_int_value(), v.into_int_value(), "sum")?.into(),
             (ReduceOp::Max, t) => self.call("llvm.smax", &[self.reg_type(t)], &[a, v])?,
         })
     }
 
     fn flags(&self, v: FloatValue<'ctx>, f: inkwell::values::FastMathFlags) {
-        if let Some(i) = inkwell::values::AnyValue::as_any_value_enum(&v)
-            .into_float_value()
-            .as_instruction()
-        {
+        if let Some(i) = inkwell::values::AnyValue::as_any_value_enum(&v).into_float_value().as_instruction() {
             let _ = i.set_fast_math_flags(f);
         }
     }
 
-    fn call(
-        &mut self,
-        name: &str,
-        tys: &[BasicTypeEnum<'ctx>],
-        args: &[BasicValueEnum<'ctx>],
-    ) -> R<BasicValueEnum<'ctx>> {
-        let intr = Intrinsic::find(name).ok_or_else(|| CodegenError::Llvm {
-            stage: "intrinsics",
-            message: format!("LLVM has no intrinsic {name}"),
-        })?;
+    fn call(&mut self, name: &str, tys: &[BasicTypeEnum<'ctx>], args: &[BasicValueEnum<'ctx>]) -> R<BasicValueEnum<'ctx>> {
+        let intr = Intrinsic::find(name).ok_or_else(|| CodegenError::Llvm { stage: "intrinsics", message: format!("LLVM has no intrinsic {name}") })?;
         let f = intr
             .get_declaration(self.module, tys)
-            .ok_or_else(|| CodegenError::Llvm {
-                stage: "intrinsics",
-                message: format!("cannot declare {name}"),
-            })?;
-        let a: Vec<inkwell::values::BasicMetadataValueEnum> =
-            args.iter().map(|&x| x.into()).collect();
+            .ok_or_else(|| CodegenError::Llvm { stage: "intrinsics", message: format!("cannot declare {name}") })?;
+        let a: Vec<inkwell::values::BasicMetadataValueEnum> = args.iter().map(|&x| x.into()).collect();
         let r = self.b.build_call(f, &a, name)?;
-        r.try_as_basic_value()
-            .basic()
-            .ok_or_else(|| CodegenError::Llvm {
-                stage: "intrinsics",
-                message: format!("{name} returns nothing"),
-            })
+        r.try_as_basic_value().basic().ok_or_else(|| CodegenError::Llvm { stage: "intrinsics", message: format!("{name} returns nothing") })
     }
 
     fn f1(&mut self, name: &str, x: FloatValue<'ctx>) -> R<FloatValue<'ctx>> {
-        Ok(self
-            .call(name, &[self.ctx.f32_type().into()], &[x.into()])?
-            .into_float_value())
+        Ok(self.call(name, &[self.ctx.f32_type().into()], &[x.into()])?.into_float_value())
     }
 
-    fn address(
-        &mut self,
-        buf: BufId,
-        idx: &[IntValue<'ctx>],
-    ) -> R<(PointerValue<'ctx>, BasicTypeEnum<'ctx>, DType)> {
+    fn address(&mut self, buf: BufId, idx: &[IntValue<'ctx>]) -> R<(PointerValue<'ctx>, BasicTypeEnum<'ctx>, DType)> {
         let k = self.k;
         let (base, dims, skip, dtype) = match buf {
             BufId::Param(p) => {
@@ -741,12 +516,7 @@ impl<'ctx, 'a> Gen<'ctx, 'a> {
             }
             BufId::Local(l) => {
                 let l_ = &k.locals[l as usize];
-                (
-                    self.locals[l as usize],
-                    &l_.dims,
-                    k.outer.len(),
-                    l_.ty.storage(),
-                )
+                (self.locals[l as usize], &l_.dims, k.outer.len(), l_.ty.storage())
             }
         };
         let mut flat = self.i64c(0);
@@ -768,15 +538,9 @@ impl<'ctx, 'a> Gen<'ctx, 'a> {
         let (ptr, _, dtype) = self.address(buf, idx)?;
         let s: BasicValueEnum = match dtype {
             DType::F32 | DType::I32 | DType::I64 => v,
-            DType::F16 => self
-                .b
-                .build_float_trunc(v.into_float_value(), self.ctx.f16_type(), "h")?
-                .into(),
+            DType::F16 => self.b.build_float_trunc(v.into_float_value(), self.ctx.f16_type(), "h")?.into(),
             DType::BF16 => self.to_bf16_bits(v.into_float_value())?.into(),
-            DType::Bool => self
-                .b
-                .build_int_z_extend(v.into_int_value(), self.ctx.i8_type(), "b")?
-                .into(),
+            DType::Bool => self.b.build_int_z_extend(v.into_int_value(), self.ctx.i8_type(), "b")?.into(),
         };
         self.b.build_store(ptr, s)?;
         Ok(())
@@ -786,24 +550,13 @@ impl<'ctx, 'a> Gen<'ctx, 'a> {
     fn to_bf16_bits(&mut self, x: FloatValue<'ctx>) -> R<IntValue<'ctx>> {
         let i32t = self.ctx.i32_type();
         let bits = self.b.build_bit_cast(x, i32t, "bits")?.into_int_value();
-        let lsb = self
-            .b
-            .build_right_shift(bits, i32t.const_int(16, false), false, "lsb")?;
+        let lsb = self.b.build_right_shift(bits, i32t.const_int(16, false), false, "lsb")?;
         let lsb = self.b.build_and(lsb, i32t.const_int(1, false), "lsb")?;
-        let bias = self
-            .b
-            .build_int_add(lsb, i32t.const_int(0x7fff, false), "bias")?;
+        let bias = self.b.build_int_add(lsb, i32t.const_int(0x7fff, false), "bias")?;
         let r = self.b.build_int_add(bits, bias, "r")?;
-        let r = self
-            .b
-            .build_right_shift(r, i32t.const_int(16, false), false, "r")?;
-        let nan = self
-            .b
-            .build_float_compare(FloatPredicate::UNO, x, x, "nan")?;
-        let r = self
-            .b
-            .build_select(nan, i32t.const_int(0x7fc0, false), r, "r")?
-            .into_int_value();
+        let r = self.b.build_right_shift(r, i32t.const_int(16, false), false, "r")?;
+        let nan = self.b.build_float_compare(FloatPredicate::UNO, x, x, "nan")?;
+        let r = self.b.build_select(nan, i32t.const_int(0x7fc0, false), r, "r")?.into_int_value();
         Ok(self.b.build_int_truncate(r, self.ctx.i16_type(), "bf")?)
     }
 
@@ -811,10 +564,7 @@ impl<'ctx, 'a> Gen<'ctx, 'a> {
         let i32t = self.ctx.i32_type();
         let w = self.b.build_int_z_extend(h, i32t, "w")?;
         let w = self.b.build_left_shift(w, i32t.const_int(16, false), "w")?;
-        Ok(self
-            .b
-            .build_bit_cast(w, self.ctx.f32_type(), "f")?
-            .into_float_value())
+        Ok(self.b.build_bit_cast(w, self.ctx.f32_type(), "f")?.into_float_value())
     }
 
     fn expr(&mut self, e: ExprId) -> R<BasicValueEnum<'ctx>> {
@@ -823,68 +573,30 @@ impl<'ctx, 'a> Gen<'ctx, 'a> {
         }
         let (ex, ty) = self.k.exprs[e as usize].clone();
         let v: BasicValueEnum = match ex {
-            Expr::Var(v) => self
-                .vars
-                .get(&v)
-                .copied()
-                .ok_or_else(|| CodegenError::Llvm {
-                    stage: "building IR",
-                    message: format!("loop variable {v} is not bound in kernel {}", self.k.name),
-                })?
-                .into(),
+            Expr::Var(v) => self.vars.get(&v).copied().ok_or_else(|| CodegenError::Llvm { stage: "building IR", message: format!("loop variable {v} is not bound in kernel {}", self.k.name) })?.into(),
             Expr::Int(c) => self.i64c(c).into(),
             Expr::Const(t, c) => match t {
                 Ty::F32 => self.f32c(c.0 as f32).into(),
-                Ty::Bool => self
-                    .ctx
-                    .bool_type()
-                    .const_int((c.0 != 0.0) as u64, false)
-                    .into(),
-                t => self
-                    .reg_type(t)
-                    .into_int_type()
-                    .const_int(c.0 as i64 as u64, true)
-                    .into(),
+                Ty::Bool => self.ctx.bool_type().const_int((c.0 != 0.0) as u64, false).into(),
+                t => self.reg_type(t).into_int_type().const_int(c.0 as i64 as u64, true).into(),
             },
             Expr::Load(buf, idx) => {
-                let iv: Vec<IntValue> = idx
-                    .iter()
-                    .map(|&i| self.expr(i).map(|v| v.into_int_value()))
-                    .collect::<R<_>>()?;
+                let iv: Vec<IntValue> = idx.iter().map(|&i| self.expr(i).map(|v| v.into_int_value())).collect::<R<_>>()?;
                 let (ptr, ety, dtype) = self.address(buf, &iv)?;
                 let raw = self.b.build_load(ety, ptr, "ld")?;
                 match dtype {
                     DType::F32 | DType::I32 | DType::I64 => raw,
-                    DType::F16 => self
-                        .b
-                        .build_float_ext(raw.into_float_value(), self.ctx.f32_type(), "x")?
-                        .into(),
+                    DType::F16 => self.b.build_float_ext(raw.into_float_value(), self.ctx.f32_type(), "x")?.into(),
                     DType::BF16 => self.from_bf16_bits(raw.into_int_value())?.into(),
-                    DType::Bool => self
-                        .b
-                        .build_int_compare(
-                            IntPredicate::NE,
-                            raw.into_int_value(),
-                            self.ctx.i8_type().const_zero(),
-                            "b",
-                        )?
-                        .into(),
+                    DType::Bool => self.b.build_int_compare(IntPredicate::NE, raw.into_int_value(), self.ctx.i8_type().const_zero(), "b")?.into(),
                 }
             }
             Expr::Unary(UnaryOp::Recip, a) if ty == Ty::F32 && self.sigmoid_arg(a).is_some() => {
-                let u = self
-                    .expr(self.sigmoid_arg(a).expect("checked"))?
-                    .into_float_value();
+                let u = self.expr(self.sigmoid_arg(a).expect("checked"))?.into_float_value();
                 self.sigmoid_of_exp_arg(u)?.into()
             }
-            Expr::Binary(BinaryOp::Div, one, a)
-                if ty == Ty::F32
-                    && self.is_f32_const(one, 1.0)
-                    && self.sigmoid_arg(a).is_some() =>
-            {
-                let u = self
-                    .expr(self.sigmoid_arg(a).expect("checked"))?
-                    .into_float_value();
+            Expr::Binary(BinaryOp::Div, one, a) if ty == Ty::F32 && self.is_f32_const(one, 1.0) && self.sigmoid_arg(a).is_some() => {
+                let u = self.expr(self.sigmoid_arg(a).expect("checked"))?.into_float_value();
                 self.sigmoid_of_exp_arg(u)?.into()
             }
             Expr::Unary(u, a) => {
@@ -901,9 +613,7 @@ impl<'ctx, 'a> Gen<'ctx, 'a> {
             }
             Expr::Rem(x, y) => {
                 let (x, y) = (self.expr(x)?, self.expr(y)?);
-                self.b
-                    .build_int_unsigned_rem(x.into_int_value(), y.into_int_value(), "rem")?
-                    .into()
+                self.b.build_int_unsigned_rem(x.into_int_value(), y.into_int_value(), "rem")?.into()
             }
             Expr::Compare(c, x, y) => {
                 let t = self.k.ty(x);
@@ -931,9 +641,7 @@ impl<'ctx, 'a> Gen<'ctx, 'a> {
 
     /// `Some(u)` where `e` is `exp(u) + 1` (or `1 + exp(u)`) in f32: the divisor of a sigmoid.
     fn sigmoid_arg(&self, e: ExprId) -> Option<ExprId> {
-        let &(Expr::Binary(BinaryOp::Add, x, y), Ty::F32) = &self.k.exprs[e as usize] else {
-            return None;
-        };
+        let &(Expr::Binary(BinaryOp::Add, x, y), Ty::F32) = &self.k.exprs[e as usize] else { return None };
         let exp_of = |z: ExprId| match &self.k.exprs[z as usize] {
             &(Expr::Unary(UnaryOp::Exp, u), Ty::F32) => Some(u),
             _ => None,
@@ -957,12 +665,7 @@ impl<'ctx, 'a> Gen<'ctx, 'a> {
                     let f = self.ctx.bool_type().const_zero();
                     self.call("llvm.abs", &[self.reg_type(ty)], &[x.into(), f.into()])?
                 }
-                other => {
-                    return Err(CodegenError::Unsupported {
-                        kernel: self.k.name.clone(),
-                        reason: format!("{} on {}", other.name(), ty.name()),
-                    })
-                }
+                other => return Err(CodegenError::Unsupported { kernel: self.k.name.clone(), reason: format!("{} on {}", other.name(), ty.name()) }),
             });
         }
         let x = a.into_float_value();
@@ -983,23 +686,11 @@ impl<'ctx, 'a> Gen<'ctx, 'a> {
             UnaryOp::Sin => self.f1("llvm.sin", x)?.into(),
             UnaryOp::Cos => self.f1("llvm.cos", x)?.into(),
             UnaryOp::Floor => self.f1("llvm.floor", x)?.into(),
-            UnaryOp::Not => {
-                return Err(CodegenError::Unsupported {
-                    kernel: self.k.name.clone(),
-                    reason: "not on floats".into(),
-                })
-            }
+            UnaryOp::Not => return Err(CodegenError::Unsupported { kernel: self.k.name.clone(), reason: "not on floats".into() }),
         })
     }
 
-    fn binary(
-        &mut self,
-        op: BinaryOp,
-        ty: Ty,
-        x: BasicValueEnum<'ctx>,
-        y: BasicValueEnum<'ctx>,
-        yconst: Option<i64>,
-    ) -> R<BasicValueEnum<'ctx>> {
+    fn binary(&mut self, op: BinaryOp, ty: Ty, x: BasicValueEnum<'ctx>, y: BasicValueEnum<'ctx>, yconst: Option<i64>) -> R<BasicValueEnum<'ctx>> {
         let b = &self.b;
         if ty == Ty::F32 {
             let (x, y) = (x.into_float_value(), y.into_float_value());
@@ -1013,27 +704,10 @@ impl<'ctx, 'a> Gen<'ctx, 'a> {
                     self.flags(d, inkwell::values::FastMathFlags::AllowReciprocal);
                     d.into()
                 }
-                BinaryOp::Max => self.call(
-                    "llvm.maximum",
-                    &[self.ctx.f32_type().into()],
-                    &[x.into(), y.into()],
-                )?,
-                BinaryOp::Min => self.call(
-                    "llvm.minimum",
-                    &[self.ctx.f32_type().into()],
-                    &[x.into(), y.into()],
-                )?,
-                BinaryOp::Pow => self.call(
-                    "llvm.pow",
-                    &[self.ctx.f32_type().into()],
-                    &[x.into(), y.into()],
-                )?,
-                BinaryOp::And | BinaryOp::Or => {
-                    return Err(CodegenError::Unsupported {
-                        kernel: self.k.name.clone(),
-                        reason: "logical op on floats".into(),
-                    })
-                }
+                BinaryOp::Max => self.call("llvm.maximum", &[self.ctx.f32_type().into()], &[x.into(), y.into()])?,
+                BinaryOp::Min => self.call("llvm.minimum", &[self.ctx.f32_type().into()], &[x.into(), y.into()])?,
+                BinaryOp::Pow => self.call("llvm.pow", &[self.ctx.f32_type().into()], &[x.into(), y.into()])?,
+                BinaryOp::And | BinaryOp::Or => return Err(CodegenError::Unsupported { kernel: self.k.name.clone(), reason: "logical op on floats".into() }),
             });
         }
         let (x, y) = (x.into_int_value(), y.into_int_value());
@@ -1044,9 +718,7 @@ impl<'ctx, 'a> Gen<'ctx, 'a> {
             BinaryOp::Mul => b.build_int_mul(x, y, "mul")?.into(),
             BinaryOp::And => b.build_and(x, y, "and")?.into(),
             BinaryOp::Or => b.build_or(x, y, "or")?.into(),
-            BinaryOp::Div if yconst.is_some_and(|c| c > 0) => {
-                b.build_int_signed_div(x, y, "div")?.into()
-            }
+            BinaryOp::Div if yconst.is_some_and(|c| c > 0) => b.build_int_signed_div(x, y, "div")?.into(),
             BinaryOp::Div => {
                 // Truncating division; x / 0 = 0 and MIN / -1 wraps (no UB).
                 let zero = it.const_zero();
@@ -1054,9 +726,7 @@ impl<'ctx, 'a> Gen<'ctx, 'a> {
                 let is0 = b.build_int_compare(IntPredicate::EQ, y, zero, "is0")?;
                 let ism1 = b.build_int_compare(IntPredicate::EQ, y, m1, "ism1")?;
                 let bad = b.build_or(is0, ism1, "bad")?;
-                let safe = b
-                    .build_select(bad, it.const_int(1, false), y, "safe")?
-                    .into_int_value();
+                let safe = b.build_select(bad, it.const_int(1, false), y, "safe")?.into_int_value();
                 let q = b.build_int_signed_div(x, safe, "q")?;
                 let neg = b.build_int_neg(x, "negx")?;
                 let q = b.build_select(ism1, neg, q, "q")?.into_int_value();
@@ -1074,13 +744,7 @@ impl<'ctx, 'a> Gen<'ctx, 'a> {
         })
     }
 
-    fn compare(
-        &mut self,
-        c: CmpOp,
-        t: Ty,
-        x: BasicValueEnum<'ctx>,
-        y: BasicValueEnum<'ctx>,
-    ) -> R<BasicValueEnum<'ctx>> {
+    fn compare(&mut self, c: CmpOp, t: Ty, x: BasicValueEnum<'ctx>, y: BasicValueEnum<'ctx>) -> R<BasicValueEnum<'ctx>> {
         if t == Ty::F32 {
             let p = match c {
                 CmpOp::Eq => FloatPredicate::OEQ,
@@ -1090,10 +754,7 @@ impl<'ctx, 'a> Gen<'ctx, 'a> {
                 CmpOp::Gt => FloatPredicate::OGT,
                 CmpOp::Ge => FloatPredicate::OGE,
             };
-            return Ok(self
-                .b
-                .build_float_compare(p, x.into_float_value(), y.into_float_value(), "cmp")?
-                .into());
+            return Ok(self.b.build_float_compare(p, x.into_float_value(), y.into_float_value(), "cmp")?.into());
         }
         let unsigned = t == Ty::Bool;
         let p = match (c, unsigned) {
@@ -1108,10 +769,7 @@ impl<'ctx, 'a> Gen<'ctx, 'a> {
             (CmpOp::Gt, true) => IntPredicate::UGT,
             (CmpOp::Ge, true) => IntPredicate::UGE,
         };
-        Ok(self
-            .b
-            .build_int_compare(p, x.into_int_value(), y.into_int_value(), "cmp")?
-            .into())
+        Ok(self.b.build_int_compare(p, x.into_int_value(), y.into_int_value(), "cmp")?.into())
     }
 
     fn round_to(&mut self, to: DType, x: FloatValue<'ctx>) -> R<FloatValue<'ctx>> {
@@ -1133,44 +791,24 @@ impl<'ctx, 'a> Gen<'ctx, 'a> {
         let f32t = self.ctx.f32_type();
         Ok(match (from, tt) {
             (Ty::F32, Ty::F32) => self.round_to(to, a.into_float_value())?.into(),
-            (Ty::F32, Ty::Bool) => self
-                .b
-                .build_float_compare(
-                    FloatPredicate::UNE,
-                    a.into_float_value(),
-                    self.f32c(0.0),
-                    "nz",
-                )?
-                .into(),
+            (Ty::F32, Ty::Bool) => self.b.build_float_compare(FloatPredicate::UNE, a.into_float_value(), self.f32c(0.0), "nz")?.into(),
             (Ty::F32, t) => self.call("llvm.fptosi.sat", &[self.reg_type(t), f32t.into()], &[a])?,
             (Ty::Bool, Ty::F32) => {
-                let f = self
-                    .b
-                    .build_unsigned_int_to_float(a.into_int_value(), f32t, "f")?;
+                let f = self.b.build_unsigned_int_to_float(a.into_int_value(), f32t, "f")?;
                 f.into()
             }
             (Ty::Bool, Ty::Bool) => a,
-            (Ty::Bool, t) => self
-                .b
-                .build_int_z_extend(a.into_int_value(), self.reg_type(t).into_int_type(), "z")?
-                .into(),
+            (Ty::Bool, t) => self.b.build_int_z_extend(a.into_int_value(), self.reg_type(t).into_int_type(), "z")?.into(),
             (_, Ty::F32) => {
-                let f = self
-                    .b
-                    .build_signed_int_to_float(a.into_int_value(), f32t, "f")?;
+                let f = self.b.build_signed_int_to_float(a.into_int_value(), f32t, "f")?;
                 self.round_to(to, f)?.into()
             }
             (_, Ty::Bool) => {
                 let x = a.into_int_value();
-                self.b
-                    .build_int_compare(IntPredicate::NE, x, x.get_type().const_zero(), "nz")?
-                    .into()
+                self.b.build_int_compare(IntPredicate::NE, x, x.get_type().const_zero(), "nz")?.into()
             }
             (f, t) if f == t => a,
-            (Ty::I32, Ty::I64) => self
-                .b
-                .build_int_s_extend(a.into_int_value(), self.ctx.i64_type(), "s")?
-                .into(),
+            (Ty::I32, Ty::I64) => self.b.build_int_s_extend(a.into_int_value(), self.ctx.i64_type(), "s")?.into(),
             (Ty::I64, Ty::I32) => {
                 // Saturate like the reference (a C cast through f64).
                 let x = a.into_int_value();
@@ -1179,9 +817,7 @@ impl<'ctx, 'a> Gen<'ctx, 'a> {
                 let hi = i64t.const_int(i32::MAX as u64, false);
                 let x = self.call("llvm.smax", &[i64t.into()], &[x.into(), lo.into()])?;
                 let x = self.call("llvm.smin", &[i64t.into()], &[x, hi.into()])?;
-                self.b
-                    .build_int_truncate(x.into_int_value(), self.ctx.i32_type(), "t")?
-                    .into()
+                self.b.build_int_truncate(x.into_int_value(), self.ctx.i32_type(), "t")?.into()
             }
             _ => unreachable!("all register type pairs are covered"),
         })
@@ -1189,19 +825,8 @@ impl<'ctx, 'a> Gen<'ctx, 'a> {
 
     // ---- inline math (f32, vectorizable) ----
 
-    fn fma(
-        &mut self,
-        a: FloatValue<'ctx>,
-        b: FloatValue<'ctx>,
-        c: FloatValue<'ctx>,
-    ) -> R<FloatValue<'ctx>> {
-        Ok(self
-            .call(
-                "llvm.fmuladd",
-                &[self.ctx.f32_type().into()],
-                &[a.into(), b.into(), c.into()],
-            )?
-            .into_float_value())
+    fn fma(&mut self, a: FloatValue<'ctx>, b: FloatValue<'ctx>, c: FloatValue<'ctx>) -> R<FloatValue<'ctx>> {
+        Ok(self.call("llvm.fmuladd", &[self.ctx.f32_type().into()], &[a.into(), b.into(), c.into()])?.into_float_value())
     }
 
     fn poly(&mut self, x: FloatValue<'ctx>, coeffs: &[f32]) -> R<FloatValue<'ctx>> {
@@ -1231,45 +856,21 @@ impl<'ctx, 'a> Gen<'ctx, 'a> {
         const MAGIC: f32 = 12582912.0;
         let f32t = self.ctx.f32_type();
         let i32t = self.ctx.i32_type();
-        let big = self
-            .b
-            .build_float_compare(FloatPredicate::OGT, x, self.f32c(hi_c), "big")?;
-        let xc = self
-            .b
-            .build_select(big, self.f32c(hi_c), x, "xc")?
-            .into_float_value();
-        let small = self
-            .b
-            .build_float_compare(FloatPredicate::OLT, xc, self.f32c(LO), "small")?;
-        let xc = self
-            .b
-            .build_select(small, self.f32c(LO), xc, "xc")?
-            .into_float_value();
+        let big = self.b.build_float_compare(FloatPredicate::OGT, x, self.f32c(hi_c), "big")?;
+        let xc = self.b.build_select(big, self.f32c(hi_c), x, "xc")?.into_float_value();
+        let small = self.b.build_float_compare(FloatPredicate::OLT, xc, self.f32c(LO), "small")?;
+        let xc = self.b.build_select(small, self.f32c(LO), xc, "xc")?.into_float_value();
         let t = self.fma(xc, self.f32c(std::f32::consts::LOG2_E), self.f32c(MAGIC))?;
         let n = self.b.build_float_sub(t, self.f32c(MAGIC), "n")?;
         let r = self.fma(n, self.f32c(-0.693359375), xc)?;
         let r = self.fma(n, self.f32c(2.12194440e-4), r)?;
-        let p = self.poly(
-            r,
-            &[
-                1.9875691500E-4,
-                1.3981999507E-3,
-                8.3334519073E-3,
-                4.1665795894E-2,
-                1.6666665459E-1,
-                5.0000001201E-1,
-            ],
-        )?;
+        let p = self.poly(r, &[1.9875691500E-4, 1.3981999507E-3, 8.3334519073E-3, 4.1665795894E-2, 1.6666665459E-1, 5.0000001201E-1])?;
         let r2 = self.b.build_float_mul(r, r, "r2")?;
         let p = self.fma(p, r2, r)?;
         let p = self.b.build_float_add(p, self.f32c(1.0), "p")?;
         let tb = self.b.build_bit_cast(t, i32t, "tb")?.into_int_value();
-        let ni = self
-            .b
-            .build_int_sub(tb, i32t.const_int(MAGIC.to_bits() as u64, false), "n")?;
-        let n1 = self
-            .b
-            .build_right_shift(ni, i32t.const_int(1, false), true, "n1")?;
+        let ni = self.b.build_int_sub(tb, i32t.const_int(MAGIC.to_bits() as u64, false), "n")?;
+        let n1 = self.b.build_right_shift(ni, i32t.const_int(1, false), true, "n1")?;
         let n2 = self.b.build_int_sub(ni, n1, "n2")?;
         let mut y = p;
         for h in [n1, n2] {
@@ -1286,68 +887,32 @@ impl<'ctx, 'a> Gen<'ctx, 'a> {
         let f32t = self.ctx.f32_type();
         let i32t = self.ctx.i32_type();
         let bits = self.b.build_bit_cast(x, i32t, "bits")?.into_int_value();
-        let e = self
-            .b
-            .build_right_shift(bits, i32t.const_int(23, false), false, "e")?;
+        let e = self.b.build_right_shift(bits, i32t.const_int(23, false), false, "e")?;
         let e = self.b.build_and(e, i32t.const_int(0xff, false), "e")?;
         let e = self.b.build_int_sub(e, i32t.const_int(126, false), "e")?;
-        let m = self
-            .b
-            .build_and(bits, i32t.const_int(0x807f_ffff, false), "m")?;
-        let m = self
-            .b
-            .build_or(m, i32t.const_int(0x3f00_0000, false), "m")?;
+        let m = self.b.build_and(bits, i32t.const_int(0x807f_ffff, false), "m")?;
+        let m = self.b.build_or(m, i32t.const_int(0x3f00_0000, false), "m")?;
         let m = self.b.build_bit_cast(m, f32t, "m")?.into_float_value();
         let ef = self.b.build_signed_int_to_float(e, f32t, "ef")?;
-        let lt = self.b.build_float_compare(
-            FloatPredicate::OLT,
-            m,
-            self.f32c(std::f32::consts::FRAC_1_SQRT_2),
-            "lt",
-        )?;
+        let lt = self.b.build_float_compare(FloatPredicate::OLT, m, self.f32c(std::f32::consts::FRAC_1_SQRT_2), "lt")?;
         let ef1 = self.b.build_float_sub(ef, self.f32c(1.0), "ef1")?;
         let ef = self.b.build_select(lt, ef1, ef, "ef")?.into_float_value();
         let m2 = self.b.build_float_add(m, m, "m2")?;
         let mm = self.b.build_select(lt, m2, m, "mm")?.into_float_value();
         let m = self.b.build_float_sub(mm, self.f32c(1.0), "m")?;
         let z = self.b.build_float_mul(m, m, "z")?;
-        let p = self.poly(
-            m,
-            &[
-                7.0376836292E-2,
-                -1.1514610310E-1,
-                1.1676998740E-1,
-                -1.2420140846E-1,
-                1.4249322787E-1,
-                -1.6668057665E-1,
-                2.0000714765E-1,
-                -2.4999993993E-1,
-                3.3333331174E-1,
-            ],
-        )?;
+        let p = self.poly(m, &[7.0376836292E-2, -1.1514610310E-1, 1.1676998740E-1, -1.2420140846E-1, 1.4249322787E-1, -1.6668057665E-1, 2.0000714765E-1, -2.4999993993E-1, 3.3333331174E-1])?;
         let y = self.b.build_float_mul(p, m, "y")?;
         let y = self.b.build_float_mul(y, z, "y")?;
         let y = self.fma(ef, self.f32c(-2.12194440e-4), y)?;
         let y = self.fma(z, self.f32c(-0.5), y)?;
         let r = self.b.build_float_add(m, y, "r")?;
         let r = self.fma(ef, self.f32c(0.693359375), r)?;
-        let zero = self
-            .b
-            .build_float_compare(FloatPredicate::OEQ, x, self.f32c(0.0), "zero")?;
-        let neg = self
-            .b
-            .build_float_compare(FloatPredicate::ULT, x, self.f32c(0.0), "neg")?;
-        let inf =
-            self.b
-                .build_float_compare(FloatPredicate::OEQ, x, self.f32c(f32::INFINITY), "inf")?;
-        let r = self
-            .b
-            .build_select(inf, self.f32c(f32::INFINITY), r, "r")?
-            .into_float_value();
-        let r = self
-            .b
-            .build_select(zero, self.f32c(f32::NEG_INFINITY), r, "r")?
-            .into_float_value();
+        let zero = self.b.build_float_compare(FloatPredicate::OEQ, x, self.f32c(0.0), "zero")?;
+        let neg = self.b.build_float_compare(FloatPredicate::ULT, x, self.f32c(0.0), "neg")?;
+        let inf = self.b.build_float_compare(FloatPredicate::OEQ, x, self.f32c(f32::INFINITY), "inf")?;
+        let r = self.b.build_select(inf, self.f32c(f32::INFINITY), r, "r")?.into_float_value();
+        let r = self.b.build_select(zero, self.f32c(f32::NEG_INFINITY), r, "r")?.into_float_value();
         let nanv = self.b.build_float_add(x, self.f32c(f32::NAN), "nanv")?;
         let _ = f32t;
         Ok(self.b.build_select(neg, nanv, r, "log")?.into_float_value())
@@ -1360,12 +925,7 @@ impl<'ctx, 'a> Gen<'ctx, 'a> {
     /// divisors they have bounded to normal finite magnitudes (NaN is fine: it propagates).
     fn div_est(&mut self, n: FloatValue<'ctx>, d: FloatValue<'ctx>) -> R<FloatValue<'ctx>> {
         let q = self.b.build_float_div(n, d, "q")?;
-        self.flags(
-            q,
-            inkwell::values::FastMathFlags::AllowReciprocal
-                | inkwell::values::FastMathFlags::NoInfs
-                | inkwell::values::FastMathFlags::AllowContract,
-        );
+        self.flags(q, inkwell::values::FastMathFlags::AllowReciprocal | inkwell::values::FastMathFlags::NoInfs | inkwell::values::FastMathFlags::AllowContract);
         Ok(q)
     }
 
@@ -1378,13 +938,8 @@ impl<'ctx, 'a> Gen<'ctx, 'a> {
         let d = self.b.build_float_add(e, self.f32c(1.0), "d")?;
         let r = self.div_est(self.f32c(1.0), d)?;
         // The same compare as the clamp inside `exp_upto` (LLVM merges the two).
-        let past =
-            self.b
-                .build_float_compare(FloatPredicate::OGT, u, self.f32c(EST_EXP_HI), "past")?;
-        Ok(self
-            .b
-            .build_select(past, self.f32c(0.0), r, "sigmoid")?
-            .into_float_value())
+        let past = self.b.build_float_compare(FloatPredicate::OGT, u, self.f32c(EST_EXP_HI), "past")?;
+        Ok(self.b.build_select(past, self.f32c(0.0), r, "sigmoid")?.into_float_value())
     }
 
     /// tanh(x) = sign(x) (1 - 2 / (exp(2|x|) + 1)).
@@ -1401,17 +956,9 @@ impl<'ctx, 'a> Gen<'ctx, 'a> {
         let s = self.poly(x2, &[-0.05396825, 0.13333334, -0.33333334])?;
         let s = self.b.build_float_mul(s, x2, "s")?;
         let s = self.fma(s, ax, ax)?;
-        let small =
-            self.b
-                .build_float_compare(FloatPredicate::OLT, ax, self.f32c(0.02), "small")?;
+        let small = self.b.build_float_compare(FloatPredicate::OLT, ax, self.f32c(0.02), "small")?;
         let t = self.b.build_select(small, s, t, "t")?.into_float_value();
-        Ok(self
-            .call(
-                "llvm.copysign",
-                &[self.ctx.f32_type().into()],
-                &[t.into(), x.into()],
-            )?
-            .into_float_value())
+        Ok(self.call("llvm.copysign", &[self.ctx.f32_type().into()], &[t.into(), x.into()])?.into_float_value())
     }
 
     /// erf by Abramowitz & Stegun 7.1.26 (|error| < 1.5e-7), odd.
@@ -1419,32 +966,15 @@ impl<'ctx, 'a> Gen<'ctx, 'a> {
         let ax = self.f1("llvm.fabs", x)?;
         let d = self.fma(ax, self.f32c(0.3275911), self.f32c(1.0))?;
         let t = self.b.build_float_div(self.f32c(1.0), d, "t")?;
-        let p = self.poly(
-            t,
-            &[
-                1.061405429,
-                -1.453152027,
-                1.421413741,
-                -0.284496736,
-                0.254829592,
-            ],
-        )?;
+        let p = self.poly(t, &[1.061405429, -1.453152027, 1.421413741, -0.284496736, 0.254829592])?;
         let p = self.b.build_float_mul(p, t, "p")?;
         let x2 = self.b.build_float_mul(ax, ax, "x2")?;
         let nx2 = self.b.build_float_neg(x2, "nx2")?;
         let e = self.exp(nx2)?;
         let pe = self.b.build_float_mul(p, e, "pe")?;
         let y = self.b.build_float_sub(self.f32c(1.0), pe, "y")?;
-        let y = self
-            .call(
-                "llvm.copysign",
-                &[self.ctx.f32_type().into()],
-                &[y.into(), x.into()],
-            )?
-            .into_float_value();
-        let nan = self
-            .b
-            .build_float_compare(FloatPredicate::UNO, x, x, "nan")?;
+        let y = self.call("llvm.copysign", &[self.ctx.f32_type().into()], &[y.into(), x.into()])?.into_float_value();
+        let nan = self.b.build_float_compare(FloatPredicate::UNO, x, x, "nan")?;
         Ok(self.b.build_select(nan, x, y, "erf")?.into_float_value())
     }
 }

@@ -50,34 +50,10 @@ pub struct View {
 
 #[derive(Clone, Debug, PartialEq)]
 pub enum Unit {
-    Loop {
-        kernel: LoopKernel,
-        args: Vec<Slot>,
-    },
+    Loop { kernel: LoopKernel, args: Vec<Slot> },
     /// `c = a @ b` in `dtype` (f32, or f16 for f16 matmuls).
-    Gemm {
-        dtype: DType,
-        batch: Vec<usize>,
-        m: usize,
-        n: usize,
-        k: usize,
-        a: View,
-        b: View,
-        c: View,
-    },
-    Attention {
-        batch: Vec<usize>,
-        sq: usize,
-        sk: usize,
-        d: usize,
-        dv: usize,
-        causal: bool,
-        scale: f64,
-        q: View,
-        k: View,
-        v: View,
-        o: View,
-    },
+    Gemm { dtype: DType, batch: Vec<usize>, m: usize, n: usize, k: usize, a: View, b: View, c: View },
+    Attention { batch: Vec<usize>, sq: usize, sk: usize, d: usize, dv: usize, causal: bool, scale: f64, q: View, k: View, v: View, o: View },
 }
 
 /// A lowered kernel body.
@@ -135,28 +111,17 @@ struct Lowerer<'g> {
 }
 
 fn unsupported(kernel: &str, reason: impl Into<String>) -> CodegenError {
-    CodegenError::Unsupported {
-        kernel: kernel.to_string(),
-        reason: reason.into(),
-    }
+    CodegenError::Unsupported { kernel: kernel.to_string(), reason: reason.into() }
 }
 
 fn contiguous(dims: &[usize]) -> Vec<isize> {
-    Shape::from(dims)
-        .strides()
-        .into_iter()
-        .map(|s| s as isize)
-        .collect()
+    Shape::from(dims).strides().into_iter().map(|s| s as isize).collect()
 }
 
 /// The dtype a library call computes in: f16 matmuls run on f16 operands directly (the gemm
 /// crate's f16 kernels), everything else on f32 views.
 fn lib_dtype(n: &ir::Node) -> DType {
-    if matches!(n.op, Op::MatMul) && n.dtype == DType::F16 {
-        DType::F16
-    } else {
-        DType::F32
-    }
+    if matches!(n.op, Op::MatMul) && n.dtype == DType::F16 { DType::F16 } else { DType::F32 }
 }
 
 fn is_library(n: &ir::Node) -> bool {
@@ -165,15 +130,7 @@ fn is_library(n: &ir::Node) -> bool {
 
 /// Lowers one kernel body.
 pub fn lower(name: &str, g: &Graph) -> Result<Lowered, CodegenError> {
-    let mut l = Lowerer {
-        g,
-        b: Builder::default(),
-        pbufs: Vec::new(),
-        node_buf: vec![None; g.len()],
-        memo: HashMap::new(),
-        force_full: Vec::new(),
-        name: name.to_string(),
-    };
+    let mut l = Lowerer { g, b: Builder::default(), pbufs: Vec::new(), node_buf: vec![None; g.len()], memo: HashMap::new(), force_full: Vec::new(), name: name.to_string() };
     let live = g.live();
     for (i, &id) in g.inputs().iter().enumerate() {
         let n = g.node(id);
@@ -218,15 +175,10 @@ pub fn lower(name: &str, g: &Graph) -> Result<Lowered, CodegenError> {
             continue;
         }
         if matches!(n.op, Op::Fused(_)) {
-            return Err(unsupported(
-                name,
-                "a fused node inside a kernel body (bodies are primitive graphs)",
-            ));
+            return Err(unsupported(name, "a fused node inside a kernel body (bodies are primitive graphs)"));
         }
-        let mat = matches!(
-            n.op,
-            Op::Reduce { .. } | Op::MatMul | Op::FlashAttention { .. }
-        ) || out_of[id.index()].is_some()
+        let mat = matches!(n.op, Op::Reduce { .. } | Op::MatMul | Op::FlashAttention { .. })
+            || out_of[id.index()].is_some()
             || (uses[id.index()] >= 2 && !cheap[id.index()]);
         if !mat {
             continue;
@@ -242,12 +194,7 @@ pub fn lower(name: &str, g: &Graph) -> Result<Lowered, CodegenError> {
                         let on = g.node(o);
                         let pb = l.new_pbuf(ld, on.shape.dims().to_vec(), Home::Mat);
                         items.push(Item::Store(o, pb));
-                        PView {
-                            pbuf: pb,
-                            dims: on.shape.dims().to_vec(),
-                            offset: 0,
-                            strides: contiguous(on.shape.dims()),
-                        }
+                        PView { pbuf: pb, dims: on.shape.dims().to_vec(), offset: 0, strides: contiguous(on.shape.dims()) }
                     }
                 };
                 l.force_full[v.pbuf as usize] = true;
@@ -272,8 +219,7 @@ pub fn lower(name: &str, g: &Graph) -> Result<Lowered, CodegenError> {
         }
     }
     for (j, &o) in g.outputs().iter().enumerate() {
-        let done =
-            l.node_buf[o.index()].is_some_and(|pb| l.pbufs[pb as usize].home == Home::Output(j));
+        let done = l.node_buf[o.index()].is_some_and(|pb| l.pbufs[pb as usize].home == Home::Output(j));
         if !done {
             let n = g.node(o);
             let pb = l.new_pbuf(n.dtype, n.shape.dims().to_vec(), Home::Output(j));
@@ -283,10 +229,7 @@ pub fn lower(name: &str, g: &Graph) -> Result<Lowered, CodegenError> {
 
     // 2. Stages, grouped into loop kernels.
     enum Seg {
-        Group {
-            outer: Vec<usize>,
-            stages: Vec<StageTmp>,
-        },
+        Group { outer: Vec<usize>, stages: Vec<StageTmp> },
         Lib(usize),
     }
     let mut segs: Vec<Seg> = Vec::new();
@@ -304,15 +247,10 @@ pub fn lower(name: &str, g: &Graph) -> Result<Lowered, CodegenError> {
         let cur = segs.len().wrapping_sub(1);
         let join = match segs.last() {
             Some(Seg::Group { outer, .. }) => {
-                let kp = outer
-                    .iter()
-                    .zip(&st.cand)
-                    .take_while(|(a, b)| a == b)
-                    .count();
+                let kp = outer.iter().zip(&st.cand).take_while(|(a, b)| a == b).count();
                 let shape_ok = kp >= 1 || (outer.is_empty() && st.cand.is_empty());
                 let reads_ok = st.loads.iter().all(|(pb, idx)| {
-                    def_seg[*pb as usize] != Some(cur)
-                        || (idx.len() >= kp && (0..kp).all(|d| Some(idx[d]) == l.b_var(d)))
+                    def_seg[*pb as usize] != Some(cur) || (idx.len() >= kp && (0..kp).all(|d| Some(idx[d]) == l.b_var(d)))
                 });
                 (shape_ok && reads_ok).then_some(kp)
             }
@@ -327,10 +265,7 @@ pub fn lower(name: &str, g: &Graph) -> Result<Lowered, CodegenError> {
                 outer.truncate(kp);
                 stages.push(st);
             }
-            _ => segs.push(Seg::Group {
-                outer: st.cand.clone(),
-                stages: vec![st],
-            }),
+            _ => segs.push(Seg::Group { outer: st.cand.clone(), stages: vec![st] }),
         }
         def_seg[target as usize] = Some(segs.len() - 1);
     }
@@ -361,54 +296,33 @@ pub fn lower(name: &str, g: &Graph) -> Result<Lowered, CodegenError> {
     let mut alias: Vec<Option<u32>> = vec![None; l.pbufs.len()];
     for (si, seg) in segs.iter().enumerate() {
         let Seg::Lib(it) = seg else { continue };
-        let Item::Lib(_, pl, _) = &items[*it] else {
-            continue;
-        };
+        let Item::Lib(_, pl, _) = &items[*it] else { continue };
         let pl = *pl as usize;
         if l.pbufs[pl].home != Home::Mat || readers[pl].is_empty() {
             continue;
         }
-        let Some(&rs) = readers[pl].first() else {
-            continue;
-        };
+        let Some(&rs) = readers[pl].first() else { continue };
         if readers[pl].iter().any(|&r| r != rs) || rs <= si {
             continue;
         }
-        let Seg::Group { stages, .. } = &segs[rs] else {
-            continue;
-        };
+        let Seg::Group { stages, .. } = &segs[rs] else { continue };
         let reads_l = |st: &StageTmp| st.loads.iter().any(|(pb, _)| *pb as usize == pl);
-        let Some(last_user) = stages.iter().rposition(reads_l) else {
-            continue;
-        };
+        let Some(last_user) = stages.iter().rposition(reads_l) else { continue };
         // The output written in place: after every reader, f32, same dims, never read here.
         let Some(oi) = (last_user..stages.len()).rev().find(|&i| {
             let st = &stages[i];
-            let BufId::Param(po) = st.stage.target else {
-                return false;
-            };
+            let BufId::Param(po) = st.stage.target else { return false };
             let o = &l.pbufs[po as usize];
-            matches!(o.home, Home::Output(_))
-                && o.dtype == l.pbufs[pl].dtype
-                && o.dims == l.pbufs[pl].dims
-                && st.stage.reduce.is_none()
+            matches!(o.home, Home::Output(_)) && o.dtype == l.pbufs[pl].dtype && o.dims == l.pbufs[pl].dims && st.stage.reduce.is_none()
         }) else {
             continue;
         };
-        let BufId::Param(po) = stages[oi].stage.target else {
-            continue;
-        };
+        let BufId::Param(po) = stages[oi].stage.target else { continue };
         let rank = l.pbufs[pl].dims.len();
-        let identity = stages
-            .iter()
-            .flat_map(|st| st.loads.iter())
-            .filter(|(pb, _)| *pb as usize == pl)
-            .all(|(_, idx)| {
-                idx.len() == rank && idx.iter().enumerate().all(|(d, &e)| Some(e) == l.b_var(d))
-            });
-        let output_read = stages
-            .iter()
-            .any(|s| s.loads.iter().any(|(pb, _)| *pb == po));
+        let identity = stages.iter().flat_map(|st| st.loads.iter()).filter(|(pb, _)| *pb as usize == pl).all(|(_, idx)| {
+            idx.len() == rank && idx.iter().enumerate().all(|(d, &e)| Some(e) == l.b_var(d))
+        });
+        let output_read = stages.iter().any(|s| s.loads.iter().any(|(pb, _)| *pb == po));
         if identity && !output_read {
             alias[pl] = Some(po);
         }
@@ -432,9 +346,7 @@ pub fn lower(name: &str, g: &Graph) -> Result<Lowered, CodegenError> {
                 let local = match &segs[ds] {
                     Seg::Group { outer, .. } => {
                         let size: usize = p.dims[outer.len()..].iter().product();
-                        !l.force_full[pb]
-                            && readers[pb].iter().all(|&r| r == ds)
-                            && size <= LOCAL_LIMIT
+                        !l.force_full[pb] && readers[pb].iter().all(|&r| r == ds) && size <= LOCAL_LIMIT
                     }
                     Seg::Lib(_) => false,
                 };
@@ -442,10 +354,7 @@ pub fn lower(name: &str, g: &Graph) -> Result<Lowered, CodegenError> {
                     local_of[pb] = Some(usize::MAX);
                 } else {
                     slot_of[pb] = Some(Slot::Scratch(scratch.len()));
-                    scratch.push(ScratchDecl {
-                        dtype: p.dtype,
-                        dims: p.dims.clone(),
-                    });
+                    scratch.push(ScratchDecl { dtype: p.dtype, dims: p.dims.clone() });
                 }
             }
         }
@@ -472,26 +381,17 @@ pub fn lower(name: &str, g: &Graph) -> Result<Lowered, CodegenError> {
                     }
                     let p = &l.pbufs[pb as usize];
                     let id = if local_of[pb as usize].is_some() {
-                        locals.push(Local {
-                            ty: Ty::of(p.dtype),
-                            dims: p.dims.clone(),
-                        });
+                        locals.push(Local { ty: Ty::of(p.dtype), dims: p.dims.clone() });
                         BufId::Local(locals.len() as u32 - 1)
                     } else {
-                        params.push(Param {
-                            dtype: p.dtype,
-                            dims: p.dims.clone(),
-                            written,
-                        });
+                        params.push(Param { dtype: p.dtype, dims: p.dims.clone(), written });
                         args.push(slot_of[pb as usize].expect("every non-local buffer has a slot"));
                         BufId::Param(params.len() as u32 - 1)
                     };
                     rename.insert(pb, id);
                 };
                 for st in &stages {
-                    let BufId::Param(t) = st.stage.target else {
-                        unreachable!()
-                    };
+                    let BufId::Param(t) = st.stage.target else { unreachable!() };
                     bind(t, true, &mut rename);
                     for (pb, _) in &st.loads {
                         bind(*pb, false, &mut rename);
@@ -507,20 +407,9 @@ pub fn lower(name: &str, g: &Graph) -> Result<Lowered, CodegenError> {
                 let kstages = stages
                     .into_iter()
                     .zip(new_roots)
-                    .map(|(s, v)| Stage {
-                        target: ren(s.stage.target),
-                        value: v,
-                        ..s.stage
-                    })
+                    .map(|(s, v)| Stage { target: ren(s.stage.target), value: v, ..s.stage })
                     .collect();
-                let kernel = LoopKernel {
-                    name: format!("{}_{}", l.name, si),
-                    outer,
-                    params,
-                    locals,
-                    exprs: kb.exprs,
-                    stages: kstages,
-                };
+                let kernel = LoopKernel { name: format!("{}_{}", l.name, si), outer, params, locals, exprs: kb.exprs, stages: kstages };
                 units.push(Unit::Loop { kernel, args });
             }
         }
@@ -537,11 +426,7 @@ impl<'g> Lowerer<'g> {
 
     fn b_var(&self, d: usize) -> Option<ExprId> {
         // `var` is hash-consed; look it up without inserting.
-        self.b
-            .exprs
-            .iter()
-            .position(|(e, _)| *e == Expr::Var(d as u32))
-            .map(|p| p as ExprId)
+        self.b.exprs.iter().position(|(e, _)| *e == Expr::Var(d as u32)).map(|p| p as ExprId)
     }
 
     fn vars(&mut self, rank: usize) -> Vec<ExprId> {
@@ -553,20 +438,13 @@ impl<'g> Lowerer<'g> {
     fn view_of(&self, o: NodeId, want: DType) -> Option<PView> {
         if let Some(pb) = self.node_buf[o.index()] {
             let p = &self.pbufs[pb as usize];
-            return (p.dtype == want).then(|| PView {
-                pbuf: pb,
-                dims: p.dims.clone(),
-                offset: 0,
-                strides: contiguous(&p.dims),
-            });
+            return (p.dtype == want).then(|| PView { pbuf: pb, dims: p.dims.clone(), offset: 0, strides: contiguous(&p.dims) });
         }
         let n = self.g.node(o);
         let x = *n.inputs.first()?;
         let xs = self.g.node(x).shape.dims().to_vec();
         let mut v = match &n.op {
-            Op::Permute { .. } | Op::Expand { .. } | Op::Slice { .. } | Op::Reshape { .. } => {
-                self.view_of(x, want)?
-            }
+            Op::Permute { .. } | Op::Expand { .. } | Op::Slice { .. } | Op::Reshape { .. } => self.view_of(x, want)?,
             _ => return None,
         };
         v.dims = n.shape.dims().to_vec();
@@ -575,43 +453,21 @@ impl<'g> Lowerer<'g> {
             Op::Expand { shape } => {
                 let off = shape.rank() - xs.len();
                 let mut s = vec![0isize; off];
-                s.extend(
-                    xs.iter()
-                        .zip(&v.strides)
-                        .zip(&shape.dims()[off..])
-                        .map(|((&d, &st), &t)| if d == 1 && t != 1 { 0 } else { st }),
-                );
+                s.extend(xs.iter().zip(&v.strides).zip(&shape.dims()[off..]).map(|((&d, &st), &t)| if d == 1 && t != 1 { 0 } else { st }));
                 v.strides = s;
             }
-            Op::Slice {
-                axis, start, step, ..
-            } => {
+            Op::Slice { axis, start, step, .. } => {
                 v.offset += *start as isize * v.strides[*axis];
                 v.strides[*axis] *= *step as isize;
             }
             Op::Reshape { shape } => {
-                let a: Vec<(usize, isize)> = xs
-                    .iter()
-                    .copied()
-                    .zip(v.strides.iter().copied())
-                    .filter(|p| p.0 != 1)
-                    .collect();
+                let a: Vec<(usize, isize)> = xs.iter().copied().zip(v.strides.iter().copied()).filter(|p| p.0 != 1).collect();
                 let b: Vec<usize> = shape.dims().iter().copied().filter(|&d| d != 1).collect();
                 if a.iter().map(|p| p.0).collect::<Vec<_>>() != b {
                     return None;
                 }
                 let mut it = a.into_iter();
-                v.strides = shape
-                    .dims()
-                    .iter()
-                    .map(|&d| {
-                        if d == 1 {
-                            0
-                        } else {
-                            it.next().expect("same non-unit dims").1
-                        }
-                    })
-                    .collect();
+                v.strides = shape.dims().iter().map(|&d| if d == 1 { 0 } else { it.next().expect("same non-unit dims").1 }).collect();
             }
             _ => unreachable!(),
         }
@@ -640,18 +496,10 @@ impl<'g> Lowerer<'g> {
     fn bcast(&mut self, src: NodeId, out_rank: usize, idx: &[ExprId]) -> Vec<ExprId> {
         let s = self.g.node(src).shape.dims().to_vec();
         let off = out_rank - s.len();
-        s.iter()
-            .enumerate()
-            .map(|(i, &d)| if d == 1 { self.b.int(0) } else { idx[i + off] })
-            .collect()
+        s.iter().enumerate().map(|(i, &d)| if d == 1 { self.b.int(0) } else { idx[i + off] }).collect()
     }
 
-    fn operand(
-        &mut self,
-        src: NodeId,
-        out_rank: usize,
-        idx: &[ExprId],
-    ) -> Result<ExprId, CodegenError> {
+    fn operand(&mut self, src: NodeId, out_rank: usize, idx: &[ExprId]) -> Result<ExprId, CodegenError> {
         let i = self.bcast(src, out_rank, idx);
         self.lower(src, &i)
     }
@@ -698,9 +546,7 @@ impl<'g> Lowerer<'g> {
                 }
                 self.lower(ins[0], &ii)?
             }
-            Op::Slice {
-                axis, start, step, ..
-            } => {
+            Op::Slice { axis, start, step, .. } => {
                 let mut ii = idx.to_vec();
                 let s = self.b.mul(idx[*axis], *step as i64);
                 let st = self.b.int(*start as i64);
@@ -772,15 +618,8 @@ impl<'g> Lowerer<'g> {
                     Some(c) => self.b.select(c, v, pad),
                 }
             }
-            Op::Input { .. }
-            | Op::Reduce { .. }
-            | Op::MatMul
-            | Op::FlashAttention { .. }
-            | Op::Fused(_) => {
-                panic!(
-                    "internal: {} node {n} reached as an inline value; it must be materialized",
-                    node.op.name()
-                )
+            Op::Input { .. } | Op::Reduce { .. } | Op::MatMul | Op::FlashAttention { .. } | Op::Fused(_) => {
+                panic!("internal: {} node {n} reached as an inline value; it must be materialized", node.op.name())
             }
         })
     }
@@ -874,19 +713,12 @@ impl<'g> Lowerer<'g> {
                     }
                 }
                 let v = self.lower(n.inputs[0], &ii)?;
-                (
-                    v,
-                    Some((*op, axes.iter().map(|&a| src[a]).collect())),
-                    dims.clone(),
-                )
+                (v, Some((*op, axes.iter().map(|&a| src[a]).collect())), dims.clone())
             }
             Op::MatMul => {
                 // Integer matmul: a reduction over k (float matmuls are library calls).
                 let (a, b) = (n.inputs[0], n.inputs[1]);
-                let (sa, sb) = (
-                    self.g.node(a).shape.dims().to_vec(),
-                    self.g.node(b).shape.dims().to_vec(),
-                );
+                let (sa, sb) = (self.g.node(a).shape.dims().to_vec(), self.g.node(b).shape.dims().to_vec());
                 let vars = self.vars(r);
                 let rk = self.b.var(RED);
                 let mut ia = self.bcast_batch(&sa, r, &vars);
@@ -896,11 +728,7 @@ impl<'g> Lowerer<'g> {
                 let x = self.lower(a, &ia)?;
                 let y = self.lower(b, &ib)?;
                 let v = self.b.binary(ir::BinaryOp::Mul, x, y);
-                (
-                    v,
-                    Some((ReduceOp::Sum, vec![sa[sa.len() - 1]])),
-                    dims.clone(),
-                )
+                (v, Some((ReduceOp::Sum, vec![sa[sa.len() - 1]])), dims.clone())
             }
             _ => {
                 let vars = self.vars(r);
@@ -911,35 +739,19 @@ impl<'g> Lowerer<'g> {
         // A def stores its own value; convert to the buffer's dtype register type.
         let value = self.fit(value, pb);
         let loads = self.collect_loads(value);
-        Ok(StageTmp {
-            stage: Stage {
-                target: BufId::Param(pb),
-                dims,
-                reduce,
-                value,
-            },
-            cand,
-            loads,
-        })
+        Ok(StageTmp { stage: Stage { target: BufId::Param(pb), dims, reduce, value }, cand, loads })
     }
 
     fn bcast_batch(&mut self, src: &[usize], out_rank: usize, vars: &[ExprId]) -> Vec<ExprId> {
         let sb = &src[..src.len() - 2];
         let off = (out_rank - 2) - sb.len();
-        sb.iter()
-            .enumerate()
-            .map(|(i, &d)| if d == 1 { self.b.int(0) } else { vars[i + off] })
-            .collect()
+        sb.iter().enumerate().map(|(i, &d)| if d == 1 { self.b.int(0) } else { vars[i + off] }).collect()
     }
 
     /// Converts a value to the register type of a buffer's dtype (f32 for an f32 operand copy).
     fn fit(&mut self, v: ExprId, pb: u32) -> ExprId {
         let d = self.pbufs[pb as usize].dtype;
-        if self.b.ty(v) == Ty::of(d) {
-            v
-        } else {
-            self.b.cast(d, v)
-        }
+        if self.b.ty(v) == Ty::of(d) { v } else { self.b.cast(d, v) }
     }
 
     fn store_stage(&mut self, id: NodeId, pb: u32) -> Result<StageTmp, CodegenError> {
@@ -949,73 +761,31 @@ impl<'g> Lowerer<'g> {
         let v = self.lower(id, &vars)?;
         let value = self.fit(v, pb);
         let loads = self.collect_loads(value);
-        Ok(StageTmp {
-            stage: Stage {
-                target: BufId::Param(pb),
-                dims: dims.clone(),
-                reduce: None,
-                value,
-            },
-            cand: dims[..r.saturating_sub(1)].to_vec(),
-            loads,
-        })
+        Ok(StageTmp { stage: Stage { target: BufId::Param(pb), dims: dims.clone(), reduce: None, value }, cand: dims[..r.saturating_sub(1)].to_vec(), loads })
     }
 
     fn lib_unit(&self, item: &Item, slot_of: &[Option<Slot>]) -> Result<Unit, CodegenError> {
-        let Item::Lib(id, pb, views) = item else {
-            unreachable!()
-        };
+        let Item::Lib(id, pb, views) = item else { unreachable!() };
         let n = self.g.node(*id);
         let out = &self.pbufs[*pb as usize];
         let r = out.dims.len();
         let batch = out.dims[..r - 2].to_vec();
-        let slot = |p: u32| {
-            slot_of[p as usize]
-                .ok_or_else(|| unsupported(&self.name, "library operand without a buffer"))
-        };
+        let slot = |p: u32| slot_of[p as usize].ok_or_else(|| unsupported(&self.name, "library operand without a buffer"));
         // A view over the output's batch dims (missing leading dims broadcast).
         let mat = |v: &PView| -> Result<View, CodegenError> {
             let vr = v.strides.len();
             let mut bs = vec![0isize; (r - 2).saturating_sub(vr - 2)];
-            bs.extend(
-                v.strides[..vr - 2]
-                    .iter()
-                    .zip(&v.dims)
-                    .map(|(&s, &d)| if d == 1 { 0 } else { s }),
-            );
-            Ok(View {
-                slot: slot(v.pbuf)?,
-                offset: v.offset,
-                batch_strides: bs,
-                row_stride: v.strides[vr - 2],
-                col_stride: v.strides[vr - 1],
-            })
+            bs.extend(v.strides[..vr - 2].iter().zip(&v.dims).map(|(&s, &d)| if d == 1 { 0 } else { s }));
+            Ok(View { slot: slot(v.pbuf)?, offset: v.offset, batch_strides: bs, row_stride: v.strides[vr - 2], col_stride: v.strides[vr - 1] })
         };
-        let o = mat(&PView {
-            pbuf: *pb,
-            dims: out.dims.clone(),
-            offset: 0,
-            strides: contiguous(&out.dims),
-        })?;
+        let o = mat(&PView { pbuf: *pb, dims: out.dims.clone(), offset: 0, strides: contiguous(&out.dims) })?;
         match &n.op {
             Op::MatMul => {
                 let ad = self.g.node(n.inputs[0]).shape.dims();
-                Ok(Unit::Gemm {
-                    dtype: out.dtype,
-                    batch,
-                    m: out.dims[r - 2],
-                    n: out.dims[r - 1],
-                    k: ad[ad.len() - 1],
-                    a: mat(&views[0])?,
-                    b: mat(&views[1])?,
-                    c: o,
-                })
+                Ok(Unit::Gemm { dtype: out.dtype, batch, m: out.dims[r - 2], n: out.dims[r - 1], k: ad[ad.len() - 1], a: mat(&views[0])?, b: mat(&views[1])?, c: o })
             }
             Op::FlashAttention { causal, scale } => {
-                let (qd, kd) = (
-                    self.g.node(n.inputs[0]).shape.dims(),
-                    self.g.node(n.inputs[1]).shape.dims(),
-                );
+                let (qd, kd) = (self.g.node(n.inputs[0]).shape.dims(), self.g.node(n.inputs[1]).shape.dims());
                 Ok(Unit::Attention {
                     batch,
                     sq: qd[r - 2],

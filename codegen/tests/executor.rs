@@ -12,11 +12,7 @@ fn chain() -> Graph {
     let x = g.input("x", DType::F32, [50, 783]).unwrap();
     let mut v = x;
     for i in 0..6 {
-        v = if i % 2 == 0 {
-            g.add(Op::Unary(UnaryOp::Tanh), &[v]).unwrap()
-        } else {
-            g.add(Op::Binary(BinaryOp::Add), &[v, x]).unwrap()
-        };
+        v = if i % 2 == 0 { g.add(Op::Unary(UnaryOp::Tanh), &[v]).unwrap() } else { g.add(Op::Binary(BinaryOp::Add), &[v, x]).unwrap() };
     }
     g.set_outputs(vec![v]);
     g
@@ -28,37 +24,15 @@ fn bad_inputs_are_typed_errors() {
     let art = compile(&KernelGraph::one_per_op(&g), &CpuOptions::default()).unwrap();
     let mut ex = CpuExecutor::new(&art).unwrap();
     let err = ex.run(&[]).unwrap_err();
-    assert!(
-        matches!(
-            err,
-            RuntimeError::InputCount {
-                expected: 1,
-                got: 0
-            }
-        ),
-        "{err}"
-    );
+    assert!(matches!(err, RuntimeError::InputCount { expected: 1, got: 0 }), "{err}");
     let bad = HostTensor::zeros(DType::F32, [50, 784]);
     let err = ex.run(&[bad]).unwrap_err();
-    assert!(
-        matches!(err, RuntimeError::InputType { index: 0, .. }),
-        "{err}"
-    );
+    assert!(matches!(err, RuntimeError::InputType { index: 0, .. }), "{err}");
     assert!(err.to_string().contains("\"x\""), "{err}");
     let bad = HostTensor::zeros(DType::F16, [50, 783]);
-    assert!(matches!(
-        ex.run(&[bad]).unwrap_err(),
-        RuntimeError::InputType { .. }
-    ));
-    let short = HostTensor {
-        dtype: DType::F32,
-        shape: [50, 783].into(),
-        bytes: vec![0; 10],
-    };
-    assert!(matches!(
-        ex.run(&[short]).unwrap_err(),
-        RuntimeError::DataSize { .. }
-    ));
+    assert!(matches!(ex.run(&[bad]).unwrap_err(), RuntimeError::InputType { .. }));
+    let short = HostTensor { dtype: DType::F32, shape: [50, 783].into(), bytes: vec![0; 10] };
+    assert!(matches!(ex.run(&[short]).unwrap_err(), RuntimeError::DataSize { .. }));
     let x = HostTensor::zeros(DType::F32, [50, 783]);
     let mut out = HostTensor::zeros(DType::F32, [50, 782]);
     let err = ex.run_into(&[x.as_ref()], &mut [out.as_mut()]).unwrap_err();
@@ -68,18 +42,12 @@ fn bad_inputs_are_typed_errors() {
     if let runtime::Step::Loop(l) = &mut broken.steps[0] {
         l.args.push(9999);
     }
-    assert!(matches!(
-        CpuExecutor::new(&broken).unwrap_err(),
-        RuntimeError::BadArtifact { .. }
-    ));
+    assert!(matches!(CpuExecutor::new(&broken).unwrap_err(), RuntimeError::BadArtifact { .. }));
     let mut broken = art.clone();
     if let runtime::Step::Loop(l) = &mut broken.steps[0] {
         l.symbol = "nope".into();
     }
-    assert!(matches!(
-        CpuExecutor::new(&broken).unwrap_err(),
-        RuntimeError::MissingSymbol { .. }
-    ));
+    assert!(matches!(CpuExecutor::new(&broken).unwrap_err(), RuntimeError::MissingSymbol { .. }));
 }
 
 #[test]
@@ -89,11 +57,7 @@ fn memory_is_planned_and_reused() {
     // Five intermediates of 50*783 f32; liveness lets them share two slots.
     let one = 50 * 783 * 4;
     assert_eq!(art.unplanned_bytes, 5 * one);
-    assert!(
-        art.arena_bytes <= 2 * one.div_ceil(64) * 64,
-        "{}",
-        art.summary()
-    );
+    assert!(art.arena_bytes <= 2 * one.div_ceil(64) * 64, "{}", art.summary());
 }
 
 #[test]
@@ -103,9 +67,7 @@ fn executor_is_sync_and_runs_concurrently() {
     let g = chain();
     let art = compile(&KernelGraph::one_per_op(&g), &CpuOptions::default()).unwrap();
     let ex = CpuExecutor::new(&art).unwrap();
-    let inputs: Vec<_> = (0..4)
-        .map(|s| common::random(DType::F32, &[50, 783], s, false))
-        .collect();
+    let inputs: Vec<_> = (0..4).map(|s| common::random(DType::F32, &[50, 783], s, false)).collect();
     std::thread::scope(|s| {
         for v in &inputs {
             let (ex, g) = (&ex, &g);

@@ -13,28 +13,10 @@ fn un(g: &mut Graph, op: UnaryOp, a: NodeId) -> NodeId {
 }
 
 pub fn softmax(g: &mut Graph, x: NodeId, axis: usize) -> NodeId {
-    let m = g
-        .add(
-            Op::Reduce {
-                op: ReduceOp::Max,
-                axes: vec![axis],
-                keepdim: true,
-            },
-            &[x],
-        )
-        .unwrap();
+    let m = g.add(Op::Reduce { op: ReduceOp::Max, axes: vec![axis], keepdim: true }, &[x]).unwrap();
     let d = bin(g, BinaryOp::Sub, x, m);
     let e = un(g, UnaryOp::Exp, d);
-    let s = g
-        .add(
-            Op::Reduce {
-                op: ReduceOp::Sum,
-                axes: vec![axis],
-                keepdim: true,
-            },
-            &[e],
-        )
-        .unwrap();
+    let s = g.add(Op::Reduce { op: ReduceOp::Sum, axes: vec![axis], keepdim: true }, &[e]).unwrap();
     bin(g, BinaryOp::Div, e, s)
 }
 
@@ -43,29 +25,11 @@ fn layer_norm(g: &mut Graph, x: NodeId, w: NodeId, b: NodeId) -> NodeId {
     let n = g.node(x).shape.dims()[r - 1] as f64;
     let dt = g.node(x).dtype;
     let inv_n = g.full(1.0 / n, dt, Shape::scalar());
-    let s = g
-        .add(
-            Op::Reduce {
-                op: ReduceOp::Sum,
-                axes: vec![r - 1],
-                keepdim: true,
-            },
-            &[x],
-        )
-        .unwrap();
+    let s = g.add(Op::Reduce { op: ReduceOp::Sum, axes: vec![r - 1], keepdim: true }, &[x]).unwrap();
     let mean = bin(g, BinaryOp::Mul, s, inv_n);
     let xc = bin(g, BinaryOp::Sub, x, mean);
     let sq = bin(g, BinaryOp::Mul, xc, xc);
-    let vs = g
-        .add(
-            Op::Reduce {
-                op: ReduceOp::Sum,
-                axes: vec![r - 1],
-                keepdim: true,
-            },
-            &[sq],
-        )
-        .unwrap();
+    let vs = g.add(Op::Reduce { op: ReduceOp::Sum, axes: vec![r - 1], keepdim: true }, &[sq]).unwrap();
     let var = bin(g, BinaryOp::Mul, vs, inv_n);
     let eps = g.full(1e-5, dt, Shape::scalar());
     let ve = bin(g, BinaryOp::Add, var, eps);
@@ -90,15 +54,7 @@ fn gelu(g: &mut Graph, x: NodeId) -> NodeId {
 #[test]
 fn softmax_fused() {
     // [.., 320] and [.., 1024] rows take the prefetching (strip-mined) exp pass; bf16 1024 too.
-    for (dt, shape) in [
-        (DType::F32, vec![50, 783]),
-        (DType::F32, vec![3, 7, 4097]),
-        (DType::F16, vec![3, 783]),
-        (DType::BF16, vec![50, 50]),
-        (DType::F32, vec![9, 320]),
-        (DType::F32, vec![2, 5, 1024]),
-        (DType::BF16, vec![7, 1024]),
-    ] {
+    for (dt, shape) in [(DType::F32, vec![50, 783]), (DType::F32, vec![3, 7, 4097]), (DType::F16, vec![3, 783]), (DType::BF16, vec![50, 50]), (DType::F32, vec![9, 320]), (DType::F32, vec![2, 5, 1024]), (DType::BF16, vec![7, 1024])] {
         let mut g = Graph::new("softmax");
         let x = g.input("x", dt, shape.clone()).unwrap();
         let y = softmax(&mut g, x, shape.len() - 1);
@@ -122,11 +78,7 @@ fn softmax_is_one_row_fused_loop_kernel() {
     let text = codegen::cpu::kernel_ir(&fused(&g)).unwrap();
     let expected = include_str!("golden/softmax.kir");
     if std::env::var_os("KILN_BLESS").is_some() {
-        std::fs::write(
-            concat!(env!("CARGO_MANIFEST_DIR"), "/tests/golden/softmax.kir"),
-            &text,
-        )
-        .unwrap();
+        std::fs::write(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/golden/softmax.kir"), &text).unwrap();
     } else {
         assert_eq!(text, expected, "kernel IR changed (KILN_BLESS=1 to accept)");
     }
@@ -135,11 +87,7 @@ fn softmax_is_one_row_fused_loop_kernel() {
 
 #[test]
 fn layer_norm_fused() {
-    for (dt, shape) in [
-        (DType::F32, vec![3, 50, 783]),
-        (DType::F16, vec![50, 768]),
-        (DType::BF16, vec![7, 4097]),
-    ] {
+    for (dt, shape) in [(DType::F32, vec![3, 50, 783]), (DType::F16, vec![50, 768]), (DType::BF16, vec![7, 4097])] {
         let d = *shape.last().unwrap();
         let mut g = Graph::new("layer_norm");
         let x = g.input("x", dt, shape).unwrap();
@@ -217,41 +165,11 @@ fn attention_with_epilogue_fused() {
     let q = g.input("q", DType::F32, [2, 50, 3, 16]).unwrap();
     let k = g.input("k", DType::F32, [2, 50, 3, 16]).unwrap();
     let v = g.input("v", DType::F32, [2, 50, 3, 16]).unwrap();
-    let p = |g: &mut Graph, t| {
-        g.add(
-            Op::Permute {
-                perm: vec![0, 2, 1, 3],
-            },
-            &[t],
-        )
-        .unwrap()
-    };
+    let p = |g: &mut Graph, t| g.add(Op::Permute { perm: vec![0, 2, 1, 3] }, &[t]).unwrap();
     let (qp, kp, vp) = (p(&mut g, q), p(&mut g, k), p(&mut g, v));
-    let o = g
-        .add(
-            Op::FlashAttention {
-                causal: true,
-                scale: Scalar(0.25),
-            },
-            &[qp, kp, vp],
-        )
-        .unwrap();
-    let ot = g
-        .add(
-            Op::Permute {
-                perm: vec![0, 2, 1, 3],
-            },
-            &[o],
-        )
-        .unwrap();
-    let r = g
-        .add(
-            Op::Reshape {
-                shape: Shape::from([2, 50, 48]),
-            },
-            &[ot],
-        )
-        .unwrap();
+    let o = g.add(Op::FlashAttention { causal: true, scale: Scalar(0.25) }, &[qp, kp, vp]).unwrap();
+    let ot = g.add(Op::Permute { perm: vec![0, 2, 1, 3] }, &[o]).unwrap();
+    let r = g.add(Op::Reshape { shape: Shape::from([2, 50, 48]) }, &[ot]).unwrap();
     g.set_outputs(vec![r]);
     check_fused(&g, 28, false);
 }
@@ -264,14 +182,7 @@ fn written_out_attention_in_one_body() {
     let q = g.input("q", DType::F32, [3, 50, 16]).unwrap();
     let k = g.input("k", DType::F32, [3, 70, 16]).unwrap();
     let v = g.input("v", DType::F32, [3, 70, 9]).unwrap();
-    let kt = g
-        .add(
-            Op::Permute {
-                perm: vec![0, 2, 1],
-            },
-            &[k],
-        )
-        .unwrap();
+    let kt = g.add(Op::Permute { perm: vec![0, 2, 1] }, &[k]).unwrap();
     let s = g.add(Op::MatMul, &[q, kt]).unwrap();
     let c = g.full(0.25, DType::F32, Shape::scalar());
     let s = bin(&mut g, BinaryOp::Mul, s, c);

@@ -47,12 +47,7 @@ fn random_inputs(g: &Graph, seed: u64) -> Vec<Value> {
 
 /// Compiles, writes PTX, and (with a GPU) runs and checks against the interpreter.
 fn check_with(name: &str, g: &Graph, inputs: Vec<Value>) -> R<CudaArtifact> {
-    let art = compile_graph(
-        g,
-        &GpuOptions {
-            sm: SmVersion::Sm90,
-        },
-    )?;
+    let art = compile_graph(g, &GpuOptions { sm: SmVersion::Sm90 })?;
     let dir = ptx_dir();
     std::fs::create_dir_all(&dir)?;
     if !art.ptx.is_empty() {
@@ -121,11 +116,7 @@ mod device {
                 DType::Bool => c[0] as f64,
             })
             .collect();
-        Value {
-            dtype: d,
-            shape: shape.into(),
-            data,
-        }
+        Value { dtype: d, shape: shape.into(), data }
     }
 
     /// Whether a GPU is usable; prints why not once per test otherwise.
@@ -137,12 +128,7 @@ mod device {
         true
     }
 
-    pub fn run_and_compare(
-        name: &str,
-        art: &CudaArtifact,
-        inputs: &[Value],
-        reference: &[Value],
-    ) -> R<()> {
+    pub fn run_and_compare(name: &str, art: &CudaArtifact, inputs: &[Value], reference: &[Value]) -> R<()> {
         if !available(name) {
             return Ok(());
         }
@@ -192,12 +178,7 @@ mod device {
                 );
             }
         }
-        println!(
-            "{name}: GPU matches the interpreter ({} steps, graph captures {}, updates {})",
-            art.steps.len(),
-            ex.captures,
-            ex.updates
-        );
+        println!("{name}: GPU matches the interpreter ({} steps, graph captures {}, updates {})", art.steps.len(), ex.captures, ex.updates);
         Ok(())
     }
 }
@@ -225,11 +206,7 @@ fn ew_chain_bf16_vectorized() -> R<()> {
         Ok(vec![x.mul(&a)?.add(&b)?.sigmoid()?.mul(&x)?])
     });
     let art = check("ew_chain_bf16", &g, 1)?;
-    assert!(
-        art.ptx.contains("ld.global.v4.b32") || art.ptx.contains("ld.global.v4.u32"),
-        "16-byte loads expected:\n{}",
-        art.ptx
-    );
+    assert!(art.ptx.contains("ld.global.v4.b32") || art.ptx.contains("ld.global.v4.u32"), "16-byte loads expected:\n{}", art.ptx);
     assert_eq!(art.steps.len(), 1, "one fused kernel");
     Ok(())
 }
@@ -291,9 +268,7 @@ fn every_binary_compare_where_and_cast() -> R<()> {
             pos.pow(&y)?,
             x.pow(2.0f64)?,
             frontend::where_(&x.lt(&y)?, &x, &y)?,
-            x.ge(&y)?
-                .logical_and(&x.ne(0.0f64)?)?
-                .logical_or(&x.eq(&y)?)?,
+            x.ge(&y)?.logical_and(&x.ne(0.0f64)?)?.logical_or(&x.eq(&y)?)?,
             x.to_dtype(DType::BF16)?.to_dtype(DType::F32)?,
             x.mul(4.0f64)?.to_dtype(DType::I32)?,
             i.to_dtype(DType::F32)?.mul(&x)?,
@@ -322,10 +297,7 @@ fn integer_division_and_power_are_exact() -> R<()> {
         let xs: Vec<f64> = (-9..=9).map(f64::from).collect();
         let mut ys: Vec<f64> = (-9..=9).map(f64::from).collect();
         ys.extend([63.0, 130.0]);
-        let inputs = vec![
-            Value::new(dt, [19usize, 1], xs)?,
-            Value::new(dt, [1usize, 21], ys)?,
-        ];
+        let inputs = vec![Value::new(dt, [19usize, 1], xs)?, Value::new(dt, [1usize, 21], ys)?];
         check_with(&format!("int_div_pow_{dt}"), &g, inputs)?;
     }
     Ok(())
@@ -333,10 +305,7 @@ fn integer_division_and_power_are_exact() -> R<()> {
 
 /// Each graph of `cases` (name, IR text) compiled, written as PTX and checked on the GPU.
 fn check_texts(cases: &[(&str, &str)], seed: u64) -> R<Vec<CudaArtifact>> {
-    cases
-        .iter()
-        .map(|(name, text)| check(name, &ir::text::parse(text)?, seed))
-        .collect()
+    cases.iter().map(|(name, text)| check(name, &ir::text::parse(text)?, seed)).collect()
 }
 
 /// Integer min/max of a negation (GPU fuzzing, seeds 913000438 and 913005634: wrong on the
@@ -422,12 +391,7 @@ fn movement_ops_are_index_maps() -> R<()> {
         let c = frontend::cat(&[&y, &y.mul(2.0f64)?], 1)?; // [4, 12]
         let e = y.reshape(vec![4usize, 6, 1])?.expand(vec![4usize, 6, 10])?;
         let io = t.iota(1, DType::F32, [4, 6, 10])?;
-        Ok(vec![
-            p.add(&e)?.add(&io)?,
-            s.exp()?,
-            r.mul(3.0f64)?,
-            c.add(1.0f64)?,
-        ])
+        Ok(vec![p.add(&e)?.add(&io)?, s.exp()?, r.mul(3.0f64)?, c.add(1.0f64)?])
     });
     check("movement", &g, 5)?;
     Ok(())
@@ -437,13 +401,7 @@ fn movement_ops_are_index_maps() -> R<()> {
 fn pad_via_interp_graph() -> R<()> {
     let mut g = Graph::new("pad");
     let x = g.input("x", DType::F32, [5, 7])?;
-    let p = g.add(
-        ir::Op::Pad {
-            pads: vec![(1, 2), (0, 3)],
-            value: ir::Scalar(-1.5),
-        },
-        &[x],
-    )?;
+    let p = g.add(ir::Op::Pad { pads: vec![(1, 2), (0, 3)], value: ir::Scalar(-1.5) }, &[x])?;
     let e = g.add(ir::Op::Unary(ir::UnaryOp::Exp), &[p])?;
     g.set_outputs(vec![e]);
     check("pad", &g, 6)?;
@@ -459,9 +417,7 @@ fn softmax_rows() -> R<()> {
         (DType::BF16, vec![9, 4096], "softmax_bf16_4096"),
         (DType::F32, vec![3, 5, 37], "softmax_f32_3d"),
     ] {
-        let g = trace("softmax", |t| {
-            Ok(vec![t.input("x", dtype, shape.clone())?.softmax(-1)?])
-        });
+        let g = trace("softmax", |t| Ok(vec![t.input("x", dtype, shape.clone())?.softmax(-1)?]));
         let art = check(name, &g, 7)?;
         assert_eq!(art.steps.len(), 1, "{name}: softmax is one kernel");
     }
@@ -475,12 +431,7 @@ fn layernorm_residual_and_rms_norm() -> R<()> {
         let r = t.input("r", DType::BF16, [13, 768])?;
         let w = t.input("w", DType::BF16, [768])?;
         let b = t.input("b", DType::BF16, [768])?;
-        Ok(vec![x.add(&r)?.layer_norm(
-            &[768],
-            Some(&w),
-            Some(&b),
-            1e-5,
-        )?])
+        Ok(vec![x.add(&r)?.layer_norm(&[768], Some(&w), Some(&b), 1e-5)?])
     });
     let art = check("layernorm_residual_bf16", &g, 8)?;
     assert_eq!(art.steps.len(), 1, "layer_norm + residual is one kernel");
@@ -539,21 +490,14 @@ fn matmuls_with_epilogues() -> R<()> {
 
 #[test]
 fn attention_causal_and_not() -> R<()> {
-    for (dtype, causal, sq, sk, name) in [
-        (DType::BF16, true, 33, 33, "attention_causal_bf16"),
-        (DType::F32, false, 19, 45, "attention_f32_cross"),
-    ] {
+    for (dtype, causal, sq, sk, name) in
+        [(DType::BF16, true, 33, 33, "attention_causal_bf16"), (DType::F32, false, 19, 45, "attention_f32_cross")]
+    {
         let mut g = Graph::new(name);
         let q = g.input("q", dtype, [2, 3, sq, 16])?;
         let k = g.input("k", dtype, [2, 3, sk, 16])?;
         let v = g.input("v", dtype, [2, 3, sk, 24])?;
-        let o = g.add(
-            ir::Op::FlashAttention {
-                causal,
-                scale: ir::Scalar(0.25),
-            },
-            &[q, k, v],
-        )?;
+        let o = g.add(ir::Op::FlashAttention { causal, scale: ir::Scalar(0.25) }, &[q, k, v])?;
         g.set_outputs(vec![o]);
         let art = check(name, &g, 12)?;
         assert_eq!(art.steps.len(), 1, "{name}: one fused attention kernel");
@@ -566,73 +510,17 @@ fn attention_causal_and_not() -> R<()> {
 #[test]
 fn attention_odd_shapes_and_long_keys() -> R<()> {
     for (dtype, causal, (b, h), sq, sk, d, dv, name, steps) in [
-        (
-            DType::F32,
-            false,
-            (1, 3),
-            7,
-            45,
-            20,
-            12,
-            "attention_f32_d20_dv12",
-            1,
-        ),
-        (
-            DType::BF16,
-            true,
-            (2, 1),
-            5,
-            13,
-            40,
-            8,
-            "attention_bf16_causal_sq5_sk13",
-            1,
-        ),
-        (
-            DType::F16,
-            true,
-            (1, 2),
-            37,
-            37,
-            8,
-            8,
-            "attention_f16_causal_d8",
-            1,
-        ),
-        (
-            DType::F32,
-            true,
-            (1, 2),
-            3,
-            3,
-            3,
-            5,
-            "attention_f32_d3_scalar_lanes",
-            1,
-        ),
-        (
-            DType::BF16,
-            true,
-            (1, 2),
-            300,
-            300,
-            24,
-            24,
-            "attention_bf16_long_gemm_path",
-            3,
-        ),
+        (DType::F32, false, (1, 3), 7, 45, 20, 12, "attention_f32_d20_dv12", 1),
+        (DType::BF16, true, (2, 1), 5, 13, 40, 8, "attention_bf16_causal_sq5_sk13", 1),
+        (DType::F16, true, (1, 2), 37, 37, 8, 8, "attention_f16_causal_d8", 1),
+        (DType::F32, true, (1, 2), 3, 3, 3, 5, "attention_f32_d3_scalar_lanes", 1),
+        (DType::BF16, true, (1, 2), 300, 300, 24, 24, "attention_bf16_long_gemm_path", 3),
     ] {
         let mut g = Graph::new(name);
         let q = g.input("q", dtype, [b, h, sq, d])?;
         let k = g.input("k", dtype, [b, h, sk, d])?;
         let v = g.input("v", dtype, [b, h, sk, dv])?;
-        let o = g.add(
-            ir::Op::FlashAttention {
-                causal,
-                scale: ir::Scalar(1.0 / (d as f64).sqrt()),
-            },
-            &[q, k, v],
-        )?;
+        let o = g.add(ir::Op::FlashAttention { causal, scale: ir::Scalar(1.0 / (d as f64).sqrt()) }, &[q, k, v])?;
         g.set_outputs(vec![o]);
         let art = check(name, &g, 21)?;
         assert_eq!(art.steps.len(), steps, "{name}: {}", art.summary());
@@ -653,58 +541,19 @@ fn attention_reads_packed_qkv_and_writes_merged_heads() -> R<()> {
     let w = g.input("w", DType::BF16, [c, 40])?;
     let mut heads = Vec::new();
     for i in 0..3 {
-        let s = g.add(
-            Op::Slice {
-                axis: 2,
-                start: i * c,
-                end: (i + 1) * c,
-                step: 1,
-            },
-            &[qkv],
-        )?;
-        let r = g.add(
-            Op::Reshape {
-                shape: ir::Shape::new([b, t, h, d]),
-            },
-            &[s],
-        )?;
-        heads.push(g.add(
-            Op::Permute {
-                perm: vec![0, 2, 1, 3],
-            },
-            &[r],
-        )?);
+        let s = g.add(Op::Slice { axis: 2, start: i * c, end: (i + 1) * c, step: 1 }, &[qkv])?;
+        let r = g.add(Op::Reshape { shape: ir::Shape::new([b, t, h, d]) }, &[s])?;
+        heads.push(g.add(Op::Permute { perm: vec![0, 2, 1, 3] }, &[r])?);
     }
-    let o = g.add(
-        Op::FlashAttention {
-            causal: true,
-            scale: ir::Scalar(0.2),
-        },
-        &heads,
-    )?;
-    let m = g.add(
-        Op::Permute {
-            perm: vec![0, 2, 1, 3],
-        },
-        &[o],
-    )?;
-    let m = g.add(
-        Op::Reshape {
-            shape: ir::Shape::new([b, t, c]),
-        },
-        &[m],
-    )?;
+    let o = g.add(Op::FlashAttention { causal: true, scale: ir::Scalar(0.2) }, &heads)?;
+    let m = g.add(Op::Permute { perm: vec![0, 2, 1, 3] }, &[o])?;
+    let m = g.add(Op::Reshape { shape: ir::Shape::new([b, t, c]) }, &[m])?;
     let y = g.add(Op::MatMul, &[m, w])?;
     g.set_outputs(vec![y]);
     // Weights scaled by 1/sqrt(fan_in) as models initialise them: N(0, 1) weights make bf16
     // rounding noise of the interpreter's own intermediates exceed the tolerance.
     let art = check_with("attention_packed_qkv", &g, scaled_weights(&g, 22))?;
-    assert_eq!(
-        art.steps.len(),
-        2,
-        "attention + GEMM, no copies: {}",
-        art.summary()
-    );
+    assert_eq!(art.steps.len(), 2, "attention + GEMM, no copies: {}", art.summary());
     Ok(())
 }
 
@@ -746,10 +595,7 @@ fn gpt2_tiny_block_end_to_end() -> R<()> {
     let inputs = traced.random_inputs(13);
     let art = check_with("gpt2_tiny", &traced.graph, inputs)?;
     println!("gpt2 tiny: {}", art.summary());
-    assert!(
-        art.arena_bytes < art.unplanned_bytes,
-        "liveness planning reuses memory"
-    );
+    assert!(art.arena_bytes < art.unplanned_bytes, "liveness planning reuses memory");
     Ok(())
 }
 
@@ -765,11 +611,7 @@ fn gpt2_tiny_through_the_optimizer() -> R<()> {
     let inputs = traced.random_inputs(14);
     let reference = interp::run(&traced.graph, &inputs)?;
     device::run_and_compare("gpt2_tiny_optimized", &art, &inputs, &reference)?;
-    println!(
-        "gpt2 tiny via passes: {} kernels -> {}",
-        kg.kernels.len(),
-        art.summary()
-    );
+    println!("gpt2 tiny via passes: {} kernels -> {}", kg.kernels.len(), art.summary());
     // Per layer: LN, qkv GEMM, attention, proj GEMM + residual, LN, fc GEMM + GELU, proj GEMM
     // + residual; then the final LN.
     // (f32 keeps GELU in a loop kernel: one more per layer.)
@@ -779,15 +621,8 @@ fn gpt2_tiny_through_the_optimizer() -> R<()> {
 
 #[test]
 fn sm80_ptx_too() -> R<()> {
-    let g = trace("sm80", |t| {
-        Ok(vec![t.input("x", DType::F16, [8, 256])?.softmax(-1)?])
-    });
-    let art = compile_graph(
-        &g,
-        &GpuOptions {
-            sm: SmVersion::Sm80,
-        },
-    )?;
+    let g = trace("sm80", |t| Ok(vec![t.input("x", DType::F16, [8, 256])?.softmax(-1)?]));
+    let art = compile_graph(&g, &GpuOptions { sm: SmVersion::Sm80 })?;
     assert!(art.ptx.contains(".target sm_80"));
     std::fs::create_dir_all(ptx_dir())?;
     std::fs::write(ptx_dir().join("softmax_f16_sm80.ptx"), &art.ptx)?;
@@ -798,21 +633,14 @@ fn sm80_ptx_too() -> R<()> {
 #[test]
 fn no_driver_is_a_typed_error_or_a_device() {
     match runtime::cuda::CudaExecutor::new(
-        compile_graph(
-            &trace("x", |t| Ok(vec![t.input("x", DType::F32, [4])?.exp()?])),
-            &GpuOptions::default(),
-        )
-        .unwrap(),
+        compile_graph(&trace("x", |t| Ok(vec![t.input("x", DType::F32, [4])?.exp()?])), &GpuOptions::default()).unwrap(),
         0,
     ) {
         Ok(_) => println!("a CUDA device is present"),
         Err(e) => {
             let s = e.to_string();
             println!("no device: {s}");
-            assert!(
-                s.contains("no CUDA driver found") || s.contains("not available"),
-                "{s}"
-            );
+            assert!(s.contains("no CUDA driver found") || s.contains("not available"), "{s}");
         }
     }
 }
@@ -868,23 +696,14 @@ fn bench_workloads() -> R<()> {
                 let r = t.input("r", DType::BF16, [16384, 4096])?;
                 let w = t.input("w", DType::BF16, [4096])?;
                 let b = t.input("b", DType::BF16, [4096])?;
-                Ok(vec![x.add(&r)?.layer_norm(
-                    &[4096],
-                    Some(&w),
-                    Some(&b),
-                    1e-5,
-                )?])
+                Ok(vec![x.add(&r)?.layer_norm(&[4096], Some(&w), Some(&b), 1e-5)?])
             }),
             3.0 * 16384.0 * 4096.0 * 2.0,
             0.0,
         ),
         (
             "softmax",
-            trace("softmax", |t| {
-                Ok(vec![t
-                    .input("x", DType::BF16, [16384, 4096])?
-                    .softmax(-1)?])
-            }),
+            trace("softmax", |t| Ok(vec![t.input("x", DType::BF16, [16384, 4096])?.softmax(-1)?])),
             2.0 * 16384.0 * 4096.0 * 2.0,
             0.0,
         ),
@@ -896,12 +715,7 @@ fn bench_workloads() -> R<()> {
                 let b1 = t.input("b1", DType::BF16, [16384])?;
                 let w2 = t.input("w2", DType::BF16, [16384, 4096])?;
                 let b2 = t.input("b2", DType::BF16, [4096])?;
-                Ok(vec![x
-                    .matmul(&w1)?
-                    .add(&b1)?
-                    .gelu()?
-                    .matmul(&w2)?
-                    .add(&b2)?])
+                Ok(vec![x.matmul(&w1)?.add(&b1)?.gelu()?.matmul(&w2)?.add(&b2)?])
             }),
             0.0,
             2.0 * 2.0 * 8192.0 * 4096.0 * 16384.0,
@@ -1026,11 +840,7 @@ fn bench_workloads() -> R<()> {
             art.steps.len()
         ))
     })();
-    match if want("gpt2_small_b1_t32_codegen") {
-        gpt2
-    } else {
-        Err("skipped".into())
-    } {
+    match if want("gpt2_small_b1_t32_codegen") { gpt2 } else { Err("skipped".into()) } {
         Ok(j) => results.push(j),
         Err(e) if e.to_string() == "skipped" => {}
         Err(e) => {
@@ -1068,22 +878,9 @@ fn bench_workloads() -> R<()> {
             let mut groups: std::collections::BTreeMap<String, (usize, f64)> = Default::default();
             for (st, t) in art.steps.iter().zip(&per) {
                 let key = match st {
-                    runtime::cuda::GpuStep::Gemm(g) => format!(
-                        "gemm m{} n{} k{} {:?}{}",
-                        g.m,
-                        g.n,
-                        g.k,
-                        g.activation,
-                        if g.residual.is_some() { " +res" } else { "" }
-                    ),
-                    runtime::cuda::GpuStep::Launch(l)
-                        if l.symbol.contains("_attn_") || l.symbol.contains("_flash_") =>
-                    {
-                        "attention".into()
-                    }
-                    runtime::cuda::GpuStep::Launch(l) => {
-                        format!("loop grid {:?} block {:?}", l.grid, l.block)
-                    }
+                    runtime::cuda::GpuStep::Gemm(g) => format!("gemm m{} n{} k{} {:?}{}", g.m, g.n, g.k, g.activation, if g.residual.is_some() { " +res" } else { "" }),
+                    runtime::cuda::GpuStep::Launch(l) if l.symbol.contains("_attn_") || l.symbol.contains("_flash_") => "attention".into(),
+                    runtime::cuda::GpuStep::Launch(l) => format!("loop grid {:?} block {:?}", l.grid, l.block),
                     runtime::cuda::GpuStep::Copy { .. } => "copy".into(),
                 };
                 let e = groups.entry(key).or_default();
@@ -1091,48 +888,22 @@ fn bench_workloads() -> R<()> {
                 e.1 += t;
             }
             for (k, (n, t)) in &groups {
-                println!(
-                    "PROFILE {label}: {k:<48} x{n:<3} {:.1} us each, {:.1} us total",
-                    1e3 * t / *n as f64,
-                    1e3 * t
-                );
+                println!("PROFILE {label}: {k:<48} x{n:<3} {:.1} us each, {:.1} us total", 1e3 * t / *n as f64, 1e3 * t);
             }
-            println!(
-                "PROFILE {label}: steps alone sum to {:.1} us (graph replay {:.1} us)",
-                1e3 * per.iter().sum::<f64>(),
-                1e3 * ms
-            );
+            println!("PROFILE {label}: steps alone sum to {:.1} us (graph replay {:.1} us)", 1e3 * per.iter().sum::<f64>(), 1e3 * ms);
             // Inside a graph: the first layer's steps and the last step, each as 20 back-to-back
             // launches of itself, per launch (the kernel plus its share of the boundary gaps).
             let n = art.steps.len();
             let mut sum = 0.0;
             for i in (0..7.min(n)).chain([n - 1]) {
                 let t = ex.time_step_in_graph(i, &in_ptrs, &[o.ptr], 20, 20)?;
-                sum += if i + 1 == n {
-                    t
-                } else {
-                    t * ((n - 1) / 7) as f64
-                };
-                println!(
-                    "PROFILE {label}: in-graph step {i:<3} {:<40} {:.2} us",
-                    art.steps[i].kernel(),
-                    1e3 * t
-                );
+                sum += if i + 1 == n { t } else { t * ((n - 1) / 7) as f64 };
+                println!("PROFILE {label}: in-graph step {i:<3} {:<40} {:.2} us", art.steps[i].kernel(), 1e3 * t);
             }
-            println!(
-                "PROFILE {label}: in-graph steps x layers sum to {:.1} us (graph replay {:.1} us)",
-                1e3 * sum,
-                1e3 * ms
-            );
+            println!("PROFILE {label}: in-graph steps x layers sum to {:.1} us (graph replay {:.1} us)", 1e3 * sum, 1e3 * ms);
             // The graph modes side by side (KILN_GPU_PDL), outputs compared with the default's.
             let first = v.clone();
-            for mode in [
-                runtime::cuda::GraphMode::Child,
-                runtime::cuda::GraphMode::Flat,
-                runtime::cuda::GraphMode::Pdl,
-                runtime::cuda::GraphMode::Child,
-                runtime::cuda::GraphMode::Pdl,
-            ] {
+            for mode in [runtime::cuda::GraphMode::Child, runtime::cuda::GraphMode::Flat, runtime::cuda::GraphMode::Pdl, runtime::cuda::GraphMode::Child, runtime::cuda::GraphMode::Pdl] {
                 ex.set_graph_mode(mode);
                 o.fill(0xFF)?;
                 unsafe { ex.run_graph(&in_ptrs, &[o.ptr], None)? };
@@ -1174,10 +945,7 @@ fn bench_workloads() -> R<()> {
     }
     // Attention workloads as one flash_attention node (what the optimizer makes of the naive
     // form); correctness of both attention paths is covered by the tests on small shapes.
-    for (name, b, h, s, d, causal) in [
-        ("attn_s2048_d64_causal", 8, 16, 2048, 64, true),
-        ("attn_s4096_d128", 4, 16, 4096, 128, false),
-    ] {
+    for (name, b, h, s, d, causal) in [("attn_s2048_d64_causal", 8, 16, 2048, 64, true), ("attn_s4096_d128", 4, 16, 4096, 128, false)] {
         if !want(name) {
             continue;
         }
@@ -1186,13 +954,7 @@ fn bench_workloads() -> R<()> {
             let q = g.input("q", DType::BF16, [b, h, s, d])?;
             let k = g.input("k", DType::BF16, [b, h, s, d])?;
             let v = g.input("v", DType::BF16, [b, h, s, d])?;
-            let o = g.add(
-                ir::Op::FlashAttention {
-                    causal,
-                    scale: ir::Scalar(1.0 / (d as f64).sqrt()),
-                },
-                &[q, k, v],
-            )?;
+            let o = g.add(ir::Op::FlashAttention { causal, scale: ir::Scalar(1.0 / (d as f64).sqrt()) }, &[q, k, v])?;
             g.set_outputs(vec![o]);
             let art = compile_graph(&g, &GpuOptions::default())?;
             let mut ex = CudaExecutor::new(art.clone(), 0)?;
@@ -1201,11 +963,7 @@ fn bench_workloads() -> R<()> {
                 .map(|i| -> R<DeviceTensor> {
                     let t = ex.alloc(n * 2)?;
                     let mut rng = rand::rngs::StdRng::seed_from_u64(100 + i);
-                    let bytes: Vec<u8> = (0..n)
-                        .flat_map(|_| {
-                            half::bf16::from_f64(rng.random_range(-2.0..2.0)).to_le_bytes()
-                        })
-                        .collect();
+                    let bytes: Vec<u8> = (0..n).flat_map(|_| half::bf16::from_f64(rng.random_range(-2.0..2.0)).to_le_bytes()).collect();
                     t.upload(&bytes)?;
                     Ok(t)
                 })
@@ -1222,15 +980,8 @@ fn bench_workloads() -> R<()> {
             let ms = median(ex.time_runs(&in_ptrs, &[o.ptr], 20, true)?);
             let flops = 4.0 * (b * h) as f64 * (s * s * d) as f64 * if causal { 0.5 } else { 1.0 };
             let tf = flops / (ms * 1e-3) / 1e12;
-            println!(
-                "BENCH {name:<20} {ms:>8.4} ms  {} steps  {tf:>7.1} TFLOP/s ({})",
-                art.steps.len(),
-                art.summary()
-            );
-            Ok(format!(
-                "{{\"name\":\"{name}\",\"ms\":{ms},\"steps\":{},\"tflop_per_s\":{tf}}}",
-                art.steps.len()
-            ))
+            println!("BENCH {name:<20} {ms:>8.4} ms  {} steps  {tf:>7.1} TFLOP/s ({})", art.steps.len(), art.summary());
+            Ok(format!("{{\"name\":\"{name}\",\"ms\":{ms},\"steps\":{},\"tflop_per_s\":{tf}}}", art.steps.len()))
         })();
         match r {
             Ok(j) => results.push(j),
@@ -1241,10 +992,7 @@ fn bench_workloads() -> R<()> {
     let path = std::env::var("KILN_BENCH_OUT").unwrap_or_else(|_| "kiln-gpu-bench.json".into());
     std::fs::write(&path, json)?;
     println!("wrote {path}");
-    assert!(
-        failures.is_empty(),
-        "outputs differ from the reference: {failures:?}"
-    );
+    assert!(failures.is_empty(), "outputs differ from the reference: {failures:?}");
     Ok(())
 }
 
@@ -1254,9 +1002,7 @@ fn bench_workloads() -> R<()> {
 fn check_rows(name: &str, g: &Graph, inputs: &[Value], got: &Value) -> R<f64> {
     let rows_total = got.shape.dims()[0];
     let cols = got.shape.numel() / rows_total;
-    let picks: Vec<usize> = (0..if name == "mlp_gelu" { 3 } else { 8 })
-        .map(|i| (i * 7919 + 13) % rows_total)
-        .collect();
+    let picks: Vec<usize> = (0..if name == "mlp_gelu" { 3 } else { 8 }).map(|i| (i * 7919 + 13) % rows_total).collect();
     // Norm-wise relative error ||got - ref|| / ||ref|| over the sampled rows (METHOD.md): a
     // per-element bound is meaningless for a K = 16384 bf16 GEMM on random data.
     let (mut num, mut den) = (0.0f64, 0.0f64);
@@ -1267,24 +1013,18 @@ fn check_rows(name: &str, g: &Graph, inputs: &[Value], got: &Value) -> R<f64> {
         let mut vals = Vec::new();
         for (&i, v) in g.inputs().iter().zip(inputs) {
             let n = g.node(i);
-            let row_shaped =
-                n.shape.rank() >= 2 && n.shape.dims()[0] == rows_total && name != "mlp_gelu_w";
-            let (shape, data) =
-                if row_shaped && !(name == "mlp_gelu" && g.input_name(i) != Some("x")) {
-                    let per = n.shape.numel() / rows_total;
-                    let mut d = n.shape.dims().to_vec();
-                    d[0] = 1;
-                    (ir::Shape::from(d), v.data[r * per..(r + 1) * per].to_vec())
-                } else {
-                    (n.shape.clone(), v.data.clone())
-                };
+            let row_shaped = n.shape.rank() >= 2 && n.shape.dims()[0] == rows_total && name != "mlp_gelu_w";
+            let (shape, data) = if row_shaped && !(name == "mlp_gelu" && g.input_name(i) != Some("x")) {
+                let per = n.shape.numel() / rows_total;
+                let mut d = n.shape.dims().to_vec();
+                d[0] = 1;
+                (ir::Shape::from(d), v.data[r * per..(r + 1) * per].to_vec())
+            } else {
+                (n.shape.clone(), v.data.clone())
+            };
             let id = sub.input(g.input_name(i).unwrap_or("x"), n.dtype, shape.clone())?;
             map.insert(i, id);
-            vals.push(Value {
-                dtype: n.dtype,
-                shape,
-                data,
-            });
+            vals.push(Value { dtype: n.dtype, shape, data });
         }
         // Re-trace the body with row-1 shapes by re-inferring every node.
         for (id, n) in g.nodes() {
@@ -1293,17 +1033,11 @@ fn check_rows(name: &str, g: &Graph, inputs: &[Value], got: &Value) -> R<f64> {
             }
             let ins: Vec<ir::NodeId> = n.inputs.iter().map(|i| map[i]).collect();
             let op = match &n.op {
-                ir::Op::Reshape { shape } | ir::Op::Expand { shape }
-                    if shape.dims().first() == Some(&rows_total) =>
-                {
+                ir::Op::Reshape { shape } | ir::Op::Expand { shape } if shape.dims().first() == Some(&rows_total) => {
                     let mut d = shape.dims().to_vec();
                     d[0] = 1;
                     let s = ir::Shape::from(d);
-                    if matches!(n.op, ir::Op::Reshape { .. }) {
-                        ir::Op::Reshape { shape: s }
-                    } else {
-                        ir::Op::Expand { shape: s }
-                    }
+                    if matches!(n.op, ir::Op::Reshape { .. }) { ir::Op::Reshape { shape: s } } else { ir::Op::Expand { shape: s } }
                 }
                 op => op.clone(),
             };
@@ -1332,34 +1066,25 @@ fn gpt2_small_b1_t32_compiles() -> R<()> {
     let traced = frontend::trace(&Gpt2::new(cfg.clone()), &[cfg.input_spec(1, 32)])?;
     let t = std::time::Instant::now();
     let art = compile_graph(&traced.graph, &GpuOptions::default())?;
-    println!(
-        "gpt2 small b1 t32: {} in {:.2} s",
-        art.summary(),
-        t.elapsed().as_secs_f64()
-    );
+    println!("gpt2 small b1 t32: {} in {:.2} s", art.summary(), t.elapsed().as_secs_f64());
     let kg = passes::optimize(&traced.graph, &passes::DeviceProfile::h200())?.kernels;
     let opt = codegen::gpu::compile(&kg, &GpuOptions::default())?;
-    println!(
-        "gpt2 small b1 t32 via passes: {} kernels -> {}",
-        kg.kernels.len(),
-        opt.summary()
-    );
+    println!("gpt2 small b1 t32 via passes: {} kernels -> {}", kg.kernels.len(), opt.summary());
     // By default every GEMM (m = 32) runs as Kiln's skinny GEMM, and the layer norm before
     // qkv and before the MLP runs inside that GEMM: 5 steps per layer, the final layer norm,
     // and the step that zeroes the split-K counters (attention projection and MLP down
     // projection). With cuBLASLt everywhere: 7 steps per layer + the final layer norm.
     assert_eq!(opt.steps.len(), 5 * 12 + 2, "{}", opt.summary());
-    let cublas =
-        codegen::gpu::with_skinny_gemm(0, || codegen::gpu::compile(&kg, &GpuOptions::default()))?;
+    let cublas = codegen::gpu::with_skinny_gemm(0, || codegen::gpu::compile(&kg, &GpuOptions::default()))?;
     assert_eq!(cublas.steps.len(), 7 * 12 + 1, "{}", cublas.summary());
-    let skinny =
-        codegen::gpu::with_skinny_gemm(64, || codegen::gpu::compile(&kg, &GpuOptions::default()))?;
+    let skinny = codegen::gpu::with_skinny_gemm(64, || codegen::gpu::compile(&kg, &GpuOptions::default()))?;
     assert_eq!(skinny.steps.len(), 5 * 12 + 2, "{}", skinny.summary());
     std::fs::create_dir_all(ptx_dir())?;
     std::fs::write(ptx_dir().join("gpt2_small_b1_t32_skinny.ptx"), &skinny.ptx)?;
     std::fs::write(ptx_dir().join("gpt2_small_b1_t32.ptx"), &art.ptx)?;
     Ok(())
 }
+
 
 /// A causal mask built from a constant `true` tensor, one kernel per op (the eager-style
 /// baseline of kiln-bench): the bool constant is its own kernel (it once printed as
@@ -1369,9 +1094,7 @@ fn bool_constants_one_kernel_per_op() -> R<()> {
     let g = trace("bool_mask_one_per_op", |t| {
         let x = t.input("x", DType::BF16, [2, 9, 9])?;
         let mask = t.ones(DType::Bool, [9, 9])?.tril(0)?;
-        Ok(vec![x
-            .masked_fill(&mask.logical_not()?, f64::NEG_INFINITY)?
-            .softmax(-1)?])
+        Ok(vec![x.masked_fill(&mask.logical_not()?, f64::NEG_INFINITY)?.softmax(-1)?])
     });
     let art = codegen::gpu::compile(&ir::KernelGraph::one_per_op(&g), &GpuOptions::default())?;
     let dir = ptx_dir();
@@ -1412,12 +1135,7 @@ fn integer_matmuls() -> R<()> {
         let kg = ir::KernelGraph::one_per_op(&g);
         let art = codegen::gpu::compile(&kg, &GpuOptions::default())?;
         let inputs = random_inputs(&g, 9);
-        device::run_and_compare(
-            &format!("int_matmul_one_per_op_{dtype}"),
-            &art,
-            &inputs,
-            &interp::run(&g, &inputs)?,
-        )?;
+        device::run_and_compare(&format!("int_matmul_one_per_op_{dtype}"), &art, &inputs, &interp::run(&g, &inputs)?)?;
     }
     Ok(())
 }
@@ -1428,12 +1146,7 @@ fn integer_matmuls() -> R<()> {
 fn reshaped_operand_with_partial_batch_broadcast() -> R<()> {
     let mut g = Graph::new("reshape_broadcast_matmul");
     let x = g.input("x", DType::BF16, [8])?;
-    let a = g.add(
-        ir::Op::Reshape {
-            shape: ir::Shape::from([4usize, 2, 1].as_slice()),
-        },
-        &[x],
-    )?;
+    let a = g.add(ir::Op::Reshape { shape: ir::Shape::from([4usize, 2, 1].as_slice()) }, &[x])?;
     let b = g.input("b", DType::BF16, [2, 1, 1, 1])?;
     let y = g.add(ir::Op::MatMul, &[a, b])?;
     g.set_outputs(vec![y]);
@@ -1441,12 +1154,7 @@ fn reshaped_operand_with_partial_batch_broadcast() -> R<()> {
     let kg = ir::KernelGraph::one_per_op(&g);
     let art = codegen::gpu::compile(&kg, &GpuOptions::default())?;
     let inputs = random_inputs(&g, 4);
-    device::run_and_compare(
-        "reshape_broadcast_matmul_one_per_op",
-        &art,
-        &inputs,
-        &interp::run(&g, &inputs)?,
-    )?;
+    device::run_and_compare("reshape_broadcast_matmul_one_per_op", &art, &inputs, &interp::run(&g, &inputs)?)?;
     Ok(())
 }
 

@@ -21,20 +21,10 @@ fn unary_float_ops() {
         // Signed inputs for the ops defined everywhere.
         let mut g = Graph::new(format!("unary_signed_{dt}"));
         let x = g.input("x", dt, [50, 7]).unwrap();
-        let outs = [
-            UnaryOp::Neg,
-            UnaryOp::Abs,
-            UnaryOp::Exp,
-            UnaryOp::Tanh,
-            UnaryOp::Erf,
-            UnaryOp::Sin,
-            UnaryOp::Cos,
-            UnaryOp::Floor,
-            UnaryOp::Recip,
-        ]
-        .iter()
-        .map(|&u| g.add(Op::Unary(u), &[x]).unwrap())
-        .collect();
+        let outs = [UnaryOp::Neg, UnaryOp::Abs, UnaryOp::Exp, UnaryOp::Tanh, UnaryOp::Erf, UnaryOp::Sin, UnaryOp::Cos, UnaryOp::Floor, UnaryOp::Recip]
+            .iter()
+            .map(|&u| g.add(Op::Unary(u), &[x]).unwrap())
+            .collect();
         g.set_outputs(outs);
         check(&g, 2, false);
     }
@@ -108,10 +98,7 @@ fn where_and_cast_across_dtypes() {
     for from in DType::ALL {
         let mut g = Graph::new(format!("cast_from_{from}"));
         let x = g.input("x", from, [3, 783]).unwrap();
-        let outs = DType::ALL
-            .iter()
-            .map(|&to| g.add(Op::Cast { to }, &[x]).unwrap())
-            .collect();
+        let outs = DType::ALL.iter().map(|&to| g.add(Op::Cast { to }, &[x]).unwrap()).collect();
         g.set_outputs(outs);
         check(&g, 9, false);
     }
@@ -126,17 +113,7 @@ fn reductions_over_axes() {
         for op in [ReduceOp::Sum, ReduceOp::Max] {
             for axes in [vec![2], vec![0], vec![1], vec![0, 2], vec![0, 1, 2]] {
                 for keepdim in [false, true] {
-                    outs.push(
-                        g.add(
-                            Op::Reduce {
-                                op,
-                                axes: axes.clone(),
-                                keepdim,
-                            },
-                            &[x],
-                        )
-                        .unwrap(),
-                    );
+                    outs.push(g.add(Op::Reduce { op, axes: axes.clone(), keepdim }, &[x]).unwrap());
                 }
             }
         }
@@ -149,97 +126,20 @@ fn reductions_over_axes() {
 fn movement_ops() {
     let mut g = Graph::new("movement");
     let x = g.input("x", DType::F32, [3, 50, 7]).unwrap();
-    let r1 = g
-        .add(
-            Op::Reshape {
-                shape: Shape::from([150, 7]),
-            },
-            &[x],
-        )
-        .unwrap();
-    let r2 = g
-        .add(
-            Op::Reshape {
-                shape: Shape::from([3, 5, 10, 7]),
-            },
-            &[x],
-        )
-        .unwrap();
-    let r3 = g
-        .add(
-            Op::Reshape {
-                shape: Shape::from([21, 50]),
-            },
-            &[x],
-        )
-        .unwrap();
-    let r4 = g
-        .add(
-            Op::Reshape {
-                shape: Shape::from([1, 1050, 1]),
-            },
-            &[x],
-        )
-        .unwrap();
-    let p = g
-        .add(
-            Op::Permute {
-                perm: vec![2, 0, 1],
-            },
-            &[x],
-        )
-        .unwrap();
+    let r1 = g.add(Op::Reshape { shape: Shape::from([150, 7]) }, &[x]).unwrap();
+    let r2 = g.add(Op::Reshape { shape: Shape::from([3, 5, 10, 7]) }, &[x]).unwrap();
+    let r3 = g.add(Op::Reshape { shape: Shape::from([21, 50]) }, &[x]).unwrap();
+    let r4 = g.add(Op::Reshape { shape: Shape::from([1, 1050, 1]) }, &[x]).unwrap();
+    let p = g.add(Op::Permute { perm: vec![2, 0, 1] }, &[x]).unwrap();
     let y = g.input("y", DType::F32, [50, 1]).unwrap();
-    let e = g
-        .add(
-            Op::Expand {
-                shape: Shape::from([4, 50, 9]),
-            },
-            &[y],
-        )
-        .unwrap();
-    let s = g
-        .add(
-            Op::Slice {
-                axis: 1,
-                start: 3,
-                end: 48,
-                step: 4,
-            },
-            &[x],
-        )
-        .unwrap();
-    let s2 = g
-        .add(
-            Op::Slice {
-                axis: 2,
-                start: 1,
-                end: 7,
-                step: 1,
-            },
-            &[x],
-        )
-        .unwrap();
+    let e = g.add(Op::Expand { shape: Shape::from([4, 50, 9]) }, &[y]).unwrap();
+    let s = g.add(Op::Slice { axis: 1, start: 3, end: 48, step: 4 }, &[x]).unwrap();
+    let s2 = g.add(Op::Slice { axis: 2, start: 1, end: 7, step: 1 }, &[x]).unwrap();
     let z = g.input("z", DType::F32, [3, 11, 7]).unwrap();
     let c = g.add(Op::Concat { axis: 1 }, &[x, z, x]).unwrap();
-    let pd = g
-        .add(
-            Op::Pad {
-                pads: vec![(1, 2), (0, 0), (3, 1)],
-                value: Scalar(-1.5),
-            },
-            &[x],
-        )
-        .unwrap();
+    let pd = g.add(Op::Pad { pads: vec![(1, 2), (0, 0), (3, 1)], value: Scalar(-1.5) }, &[x]).unwrap();
     // Movement of a permuted value through a reshape (merge of non-contiguous dims).
-    let pr = g
-        .add(
-            Op::Reshape {
-                shape: Shape::from([7, 150]),
-            },
-            &[p],
-        )
-        .unwrap();
+    let pr = g.add(Op::Reshape { shape: Shape::from([7, 150]) }, &[p]).unwrap();
     g.set_outputs(vec![r1, r2, r3, r4, p, e, s, s2, c, pd, pr]);
     check(&g, 11, false);
     check_fused(&g, 11, false);
@@ -286,15 +186,7 @@ fn flash_attention_causal_and_not() {
                 let q = g.input("q", dt, [2, 3, sq, 16]).unwrap();
                 let k = g.input("k", dt, [2, 3, sk, 16]).unwrap();
                 let v = g.input("v", dt, [2, 3, sk, 9]).unwrap();
-                let o = g
-                    .add(
-                        Op::FlashAttention {
-                            causal,
-                            scale: Scalar(0.25),
-                        },
-                        &[q, k, v],
-                    )
-                    .unwrap();
+                let o = g.add(Op::FlashAttention { causal, scale: Scalar(0.25) }, &[q, k, v]).unwrap();
                 g.set_outputs(vec![o]);
                 check(&g, 14, false);
             }
@@ -306,27 +198,8 @@ fn flash_attention_causal_and_not() {
 /// f32 range, exactly 0 / inf past the ends, NaN kept; checked tighter than the dtype tolerance.
 #[test]
 fn exp_is_accurate_over_the_whole_range() {
-    let mut xs: Vec<f64> = (0..20001)
-        .map(|i| -110.0 + 200.0 * i as f64 / 20000.0)
-        .collect();
-    xs.extend([
-        f64::NEG_INFINITY,
-        f64::INFINITY,
-        -1e30,
-        1e30,
-        0.0,
-        -0.0,
-        1e-8,
-        -1e-8,
-        88.72,
-        88.7228,
-        88.73,
-        88.38,
-        -87.33,
-        -103.9,
-        -104.0,
-        -150.0,
-    ]);
+    let mut xs: Vec<f64> = (0..20001).map(|i| -110.0 + 200.0 * i as f64 / 20000.0).collect();
+    xs.extend([f64::NEG_INFINITY, f64::INFINITY, -1e30, 1e30, 0.0, -0.0, 1e-8, -1e-8, 88.72, 88.7228, 88.73, 88.38, -87.33, -103.9, -104.0, -150.0]);
     let n = xs.len();
     let mut g = Graph::new("exp_range");
     let x = g.input("x", DType::F32, [n]).unwrap();
@@ -335,49 +208,28 @@ fn exp_is_accurate_over_the_whole_range() {
     let xs32: Vec<f32> = xs.iter().map(|&v| v as f32).collect();
     let mut with_nan = xs32.clone();
     with_nan.push(f32::NAN);
-    let art = codegen::cpu::compile(
-        &ir::KernelGraph::one_per_op(&g),
-        &codegen::cpu::CpuOptions::default(),
-    )
-    .unwrap();
+    let art = codegen::cpu::compile(&ir::KernelGraph::one_per_op(&g), &codegen::cpu::CpuOptions::default()).unwrap();
     let mut ex = runtime::CpuExecutor::new(&art).unwrap();
-    let got = ex
-        .run(&[runtime::HostTensor::from_f32([n], &xs32).unwrap()])
-        .unwrap();
+    let got = ex.run(&[runtime::HostTensor::from_f32([n], &xs32).unwrap()]).unwrap();
     let got = got[0].as_f32().unwrap();
     for (&x, &y) in xs32.iter().zip(got.iter()) {
         let want = (x as f64).exp();
         let want32 = want as f32;
         if want32 == 0.0 || want32.is_infinite() {
-            assert!(
-                y == want32 || (want32 == 0.0 && y.abs() < 2e-45),
-                "exp({x}) = {y}, want {want32}"
-            );
+            assert!(y == want32 || (want32 == 0.0 && y.abs() < 2e-45), "exp({x}) = {y}, want {want32}");
         } else if want32.is_normal() {
-            assert!(
-                ((y as f64 - want) / want).abs() < 5e-7,
-                "exp({x}) = {y}, want {want}"
-            );
+            assert!(((y as f64 - want) / want).abs() < 5e-7, "exp({x}) = {y}, want {want}");
         } else {
-            assert!(
-                (y as f64 - want).abs() < 3e-45,
-                "exp({x}) = {y} (subnormal), want {want}"
-            );
+            assert!((y as f64 - want).abs() < 3e-45, "exp({x}) = {y} (subnormal), want {want}");
         }
     }
     let mut g = Graph::new("exp_nan");
     let x = g.input("x", DType::F32, [n + 1]).unwrap();
     let y = g.add(Op::Unary(UnaryOp::Exp), &[x]).unwrap();
     g.set_outputs(vec![y]);
-    let art = codegen::cpu::compile(
-        &ir::KernelGraph::one_per_op(&g),
-        &codegen::cpu::CpuOptions::default(),
-    )
-    .unwrap();
+    let art = codegen::cpu::compile(&ir::KernelGraph::one_per_op(&g), &codegen::cpu::CpuOptions::default()).unwrap();
     let mut ex = runtime::CpuExecutor::new(&art).unwrap();
-    let got = ex
-        .run(&[runtime::HostTensor::from_f32([n + 1], &with_nan).unwrap()])
-        .unwrap();
+    let got = ex.run(&[runtime::HostTensor::from_f32([n + 1], &with_nan).unwrap()]).unwrap();
     assert!(got[0].as_f32().unwrap()[n].is_nan());
 }
 
@@ -413,25 +265,11 @@ fn f16_matmul_needs_no_f32_copies() {
     check(&g, 31, false);
     let kg = ir::KernelGraph::one_per_op(&g);
     let art = codegen::cpu::compile(&kg, &codegen::cpu::CpuOptions::default()).unwrap();
-    let gemms: Vec<_> = art
-        .steps
-        .iter()
-        .filter_map(|s| {
-            if let runtime::Step::Gemm(g) = s {
-                Some(g)
-            } else {
-                None
-            }
-        })
-        .collect();
+    let gemms: Vec<_> = art.steps.iter().filter_map(|s| if let runtime::Step::Gemm(g) = s { Some(g) } else { None }).collect();
     assert_eq!(gemms.len(), 1);
     assert_eq!(gemms[0].dtype, DType::F16);
     // One kernel per op: the permute is its own (f16) kernel; no buffer anywhere is f32.
-    assert!(
-        art.buffers.iter().all(|b| b.dtype == DType::F16),
-        "{}",
-        art.summary()
-    );
+    assert!(art.buffers.iter().all(|b| b.dtype == DType::F16), "{}", art.summary());
     // With an epilogue in the same kernel body.
     let bias = g.input("bias", DType::F16, [29]).unwrap();
     let y = g.add(Op::Binary(BinaryOp::Add), &[c, bias]).unwrap();
@@ -446,31 +284,9 @@ fn f16_matmul_needs_no_f32_copies() {
 /// denormals, ±0) against the f64 interpreter, tighter than the dtype tolerance.
 #[test]
 fn estimated_divides_are_accurate_at_the_edges() {
-    let mut xs: Vec<f32> = (0..8001)
-        .map(|i| (-200.0 + 400.0 * i as f64 / 8000.0) as f32)
-        .collect();
-    xs.extend([
-        f32::NEG_INFINITY,
-        f32::INFINITY,
-        -1e30,
-        1e30,
-        f32::MAX,
-        f32::MIN,
-        0.0,
-        -0.0,
-        1e-40,
-        -1e-40,
-        f32::MIN_POSITIVE,
-        1e-8,
-        -1e-8,
-        0.019,
-        0.021,
-        -0.02,
-    ]);
-    xs.extend([
-        86.9, 87.0, 87.1, 88.0, 88.72, 88.8, 89.0, 103.9, 104.0, 150.0, 3.9, 4.0, 9.9, 10.0, 10.1,
-        43.4, 43.5, 43.6,
-    ]);
+    let mut xs: Vec<f32> = (0..8001).map(|i| (-200.0 + 400.0 * i as f64 / 8000.0) as f32).collect();
+    xs.extend([f32::NEG_INFINITY, f32::INFINITY, -1e30, 1e30, f32::MAX, f32::MIN, 0.0, -0.0, 1e-40, -1e-40, f32::MIN_POSITIVE, 1e-8, -1e-8, 0.019, 0.021, -0.02]);
+    xs.extend([86.9, 87.0, 87.1, 88.0, 88.72, 88.8, 89.0, 103.9, 104.0, 150.0, 3.9, 4.0, 9.9, 10.0, 10.1, 43.4, 43.5, 43.6]);
     let negs: Vec<f32> = xs.iter().map(|x| -x).collect();
     xs.extend(negs);
     let n = xs.len();
@@ -506,9 +322,7 @@ fn estimated_divides_are_accurate_at_the_edges() {
             let r = g.add(Op::Unary(UnaryOp::Recip), &[d]).unwrap();
             g.add(Op::Binary(BinaryOp::Add), &[r, e]).unwrap()
         }),
-        ("tanh", |g, x| {
-            g.add(Op::Unary(UnaryOp::Tanh), &[x]).unwrap()
-        }),
+        ("tanh", |g, x| g.add(Op::Unary(UnaryOp::Tanh), &[x]).unwrap()),
         ("erf", |g, x| g.add(Op::Unary(UnaryOp::Erf), &[x]).unwrap()),
     ];
     for (name, build) in cases {
@@ -517,11 +331,7 @@ fn estimated_divides_are_accurate_at_the_edges() {
             let x = g.input("x", DType::F32, [n]).unwrap();
             let y = build(&mut g, x);
             g.set_outputs(vec![y]);
-            let kg = if fused {
-                common::fused(&g)
-            } else {
-                ir::KernelGraph::one_per_op(&g)
-            };
+            let kg = if fused { common::fused(&g) } else { ir::KernelGraph::one_per_op(&g) };
             let art = codegen::cpu::compile(&kg, &codegen::cpu::CpuOptions::default()).unwrap();
             let mut ex = runtime::CpuExecutor::new(&art).unwrap();
             let mut with_nan = xs.clone();
@@ -530,28 +340,14 @@ fn estimated_divides_are_accurate_at_the_edges() {
             let x2 = g2.input("x", DType::F32, [n + 1]).unwrap();
             let y2 = build(&mut g2, x2);
             g2.set_outputs(vec![y2]);
-            let kg2 = if fused {
-                common::fused(&g2)
-            } else {
-                ir::KernelGraph::one_per_op(&g2)
-            };
+            let kg2 = if fused { common::fused(&g2) } else { ir::KernelGraph::one_per_op(&g2) };
             let art2 = codegen::cpu::compile(&kg2, &codegen::cpu::CpuOptions::default()).unwrap();
-            let got2 = runtime::CpuExecutor::new(&art2)
-                .unwrap()
-                .run(&[runtime::HostTensor::from_f32([n + 1], &with_nan).unwrap()])
-                .unwrap();
-            assert!(
-                got2[0].as_f32().unwrap()[n].is_nan(),
-                "{name}(NaN) is not NaN"
-            );
+            let got2 = runtime::CpuExecutor::new(&art2).unwrap().run(&[runtime::HostTensor::from_f32([n + 1], &with_nan).unwrap()]).unwrap();
+            assert!(got2[0].as_f32().unwrap()[n].is_nan(), "{name}(NaN) is not NaN");
             let input = runtime::HostTensor::from_f32([n], &xs).unwrap();
             let got = ex.run(std::slice::from_ref(&input)).unwrap();
             let reference = ir::interp::run(&g, &[input.to_value()]).unwrap();
-            for ((&x, y), &want) in xs
-                .iter()
-                .zip(got[0].as_f32().unwrap())
-                .zip(&reference[0].data)
-            {
+            for ((&x, y), &want) in xs.iter().zip(got[0].as_f32().unwrap()).zip(&reference[0].data) {
                 if want.is_nan() {
                     assert!(y.is_nan(), "{name}({x}) = {y}, want NaN (fused {fused})");
                     continue;
@@ -562,16 +358,12 @@ fn estimated_divides_are_accurate_at_the_edges() {
                 }
                 let err = (y as f64 - want).abs();
                 // 2e-6 relative, or 1e-36 absolute (sigmoid is 0 from x < -87 on; silu there is under 1.5e-36).
-                assert!(
-                    err <= 2e-6 * want.abs()
-                        || err <= 2e-36
-                        || (name == "tanh" || name == "erf") && err <= 3e-7,
-                    "{name}({x}) = {y}, want {want} (fused {fused})"
-                );
+                assert!(err <= 2e-6 * want.abs() || err <= 2e-36 || (name == "tanh" || name == "erf") && err <= 3e-7, "{name}({x}) = {y}, want {want} (fused {fused})");
             }
         }
     }
 }
+
 
 /// A one-pass elementwise kernel heavy in math (`sigmoid(x * a + b) * x`) over rows that are a
 /// multiple of 64 long takes the strip-mined, prefetching loop: results unchanged.
@@ -601,9 +393,7 @@ fn heavy_elementwise_rows_prefetch_and_match() {
 #[test]
 fn max_reductions_propagate_nan_at_every_position() {
     let (rows, cols) = (70, 37);
-    let mut xs: Vec<f32> = (0..rows * cols)
-        .map(|i| ((i * 7919 % 1000) as f32 - 500.0) / 37.0)
-        .collect();
+    let mut xs: Vec<f32> = (0..rows * cols).map(|i| ((i * 7919 % 1000) as f32 - 500.0) / 37.0).collect();
     for r in 0..cols {
         xs[r * cols + r] = f32::NAN; // rows 0..37: one NaN at column r
     }
@@ -623,64 +413,25 @@ fn max_reductions_propagate_nan_at_every_position() {
     };
     let mut g = Graph::new("max_nan");
     let x = g.input("x", DType::F32, [rows, cols]).unwrap();
-    let m = g
-        .add(
-            Op::Reduce {
-                op: ReduceOp::Max,
-                axes: vec![1],
-                keepdim: true,
-            },
-            &[x],
-        )
-        .unwrap();
+    let m = g.add(Op::Reduce { op: ReduceOp::Max, axes: vec![1], keepdim: true }, &[x]).unwrap();
     let d = g.add(Op::Binary(BinaryOp::Sub), &[x, m]).unwrap();
     let e = g.add(Op::Unary(UnaryOp::Exp), &[d]).unwrap();
-    let s = g
-        .add(
-            Op::Reduce {
-                op: ReduceOp::Sum,
-                axes: vec![1],
-                keepdim: true,
-            },
-            &[e],
-        )
-        .unwrap();
+    let s = g.add(Op::Reduce { op: ReduceOp::Sum, axes: vec![1], keepdim: true }, &[e]).unwrap();
     let y = g.add(Op::Binary(BinaryOp::Div), &[e, s]).unwrap();
     g.set_outputs(vec![m, y]);
-    for (what, kg) in [
-        ("one kernel per op", ir::KernelGraph::one_per_op(&g)),
-        (
-            "fused",
-            passes::optimize(&g, &passes::DeviceProfile::cpu())
-                .unwrap()
-                .kernels,
-        ),
-    ] {
+    for (what, kg) in [("one kernel per op", ir::KernelGraph::one_per_op(&g)), ("fused", passes::optimize(&g, &passes::DeviceProfile::cpu()).unwrap().kernels)] {
         let art = codegen::cpu::compile(&kg, &codegen::cpu::CpuOptions::default()).unwrap();
-        let got = runtime::CpuExecutor::new(&art)
-            .unwrap()
-            .run(&[runtime::HostTensor::from_f32([rows, cols], &xs).unwrap()])
-            .unwrap();
+        let got = runtime::CpuExecutor::new(&art).unwrap().run(&[runtime::HostTensor::from_f32([rows, cols], &xs).unwrap()]).unwrap();
         let (mx, sm) = (got[0].as_f32().unwrap(), got[1].as_f32().unwrap());
         for r in 0..rows {
             let want = want_max(r);
-            assert!(
-                mx[r] == want || (want.is_nan() && mx[r].is_nan()),
-                "{what}: max of row {r} = {}, want {want}",
-                mx[r]
-            );
+            assert!(mx[r] == want || (want.is_nan() && mx[r].is_nan()), "{what}: max of row {r} = {}, want {want}", mx[r]);
             let row = &sm[r * cols..(r + 1) * cols];
             if want.is_nan() || want == f32::NEG_INFINITY || want == f32::INFINITY {
-                assert!(
-                    row.iter().all(|v| v.is_nan()),
-                    "{what}: softmax row {r} should be all NaN: {row:?}"
-                );
+                assert!(row.iter().all(|v| v.is_nan()), "{what}: softmax row {r} should be all NaN: {row:?}");
             } else {
                 let total: f32 = row.iter().sum();
-                assert!(
-                    (total - 1.0).abs() < 1e-5 && row.iter().all(|v| v.is_finite()),
-                    "{what}: softmax row {r}: {row:?}"
-                );
+                assert!((total - 1.0).abs() < 1e-5 && row.iter().all(|v| v.is_finite()), "{what}: softmax row {r}: {row:?}");
             }
         }
     }

@@ -6,15 +6,9 @@ use common::{check_kg, inputs_for};
 
 fn run_text(text: &str, seed: u64) {
     let g = ir::text::parse(text).unwrap();
-    let kg = passes::optimize(&g, &passes::DeviceProfile::cpu())
-        .unwrap()
-        .kernels;
+    let kg = passes::optimize(&g, &passes::DeviceProfile::cpu()).unwrap().kernels;
     check_kg(&kg, &g, &inputs_for(&g, seed, false));
-    check_kg(
-        &ir::KernelGraph::one_per_op(&g),
-        &g,
-        &inputs_for(&g, seed, false),
-    );
+    check_kg(&ir::KernelGraph::one_per_op(&g), &g, &inputs_for(&g, seed, false));
 }
 
 /// kiln-fuzz seed 304002067: pad of a pad feeding a 3-way concat, an intermediate also an

@@ -79,11 +79,7 @@ pub struct AtenGraph {
 pub enum AtenError {
     /// A node could not be mapped; running it in PyTorch instead is always correct.
     #[error("node {index} ({target}): {reason}")]
-    Node {
-        index: usize,
-        target: String,
-        reason: String,
-    },
+    Node { index: usize, target: String, reason: String },
     /// The graph itself is malformed (bad references, a non-tensor output, a bad input).
     #[error("aten graph {name:?}: {reason}")]
     Graph { name: String, reason: String },
@@ -108,171 +104,63 @@ pub fn supported_targets() -> &'static [&'static str] {
 const SUPPORTED: &[&str] = &[
     "getitem",
     // arithmetic
-    "aten.add.Tensor",
-    "aten.add.Scalar",
-    "aten.add_.Tensor",
-    "aten.add_.Scalar",
-    "aten.sub.Tensor",
-    "aten.sub.Scalar",
-    "aten.rsub.Tensor",
-    "aten.rsub.Scalar",
-    "aten.mul.Tensor",
-    "aten.mul.Scalar",
-    "aten.mul_.Tensor",
-    "aten.mul_.Scalar",
-    "aten.div.Tensor",
-    "aten.div.Scalar",
-    "aten.div_.Tensor",
-    "aten.div_.Scalar",
-    "aten.pow.Tensor_Scalar",
-    "aten.pow.Tensor_Tensor",
-    "aten.pow.Scalar",
-    "aten.maximum.default",
-    "aten.minimum.default",
-    "aten.clamp.default",
-    "aten.clamp_min.default",
-    "aten.clamp_max.default",
-    "aten.hardtanh.default",
-    "aten.clamp.Tensor",
-    "aten.clamp_min.Tensor",
-    "aten.clamp_max.Tensor",
-    "aten.isnan.default",
+    "aten.add.Tensor", "aten.add.Scalar", "aten.add_.Tensor", "aten.add_.Scalar",
+    "aten.sub.Tensor", "aten.sub.Scalar", "aten.rsub.Tensor", "aten.rsub.Scalar",
+    "aten.mul.Tensor", "aten.mul.Scalar", "aten.mul_.Tensor", "aten.mul_.Scalar",
+    "aten.div.Tensor", "aten.div.Scalar", "aten.div_.Tensor", "aten.div_.Scalar",
+    "aten.pow.Tensor_Scalar", "aten.pow.Tensor_Tensor", "aten.pow.Scalar",
+    "aten.maximum.default", "aten.minimum.default",
+    "aten.clamp.default", "aten.clamp_min.default", "aten.clamp_max.default", "aten.hardtanh.default",
+    "aten.clamp.Tensor", "aten.clamp_min.Tensor", "aten.clamp_max.Tensor", "aten.isnan.default",
     // unary
-    "aten.neg.default",
-    "aten.abs.default",
-    "aten.exp.default",
-    "aten.log.default",
-    "aten.sqrt.default",
-    "aten.rsqrt.default",
-    "aten.reciprocal.default",
-    "aten.tanh.default",
-    "aten.erf.default",
-    "aten.sin.default",
-    "aten.cos.default",
-    "aten.floor.default",
-    "aten.ceil.default",
-    "aten.sigmoid.default",
-    "aten.relu.default",
-    "aten.silu.default",
-    "aten.gelu.default",
-    "aten.leaky_relu.default",
+    "aten.neg.default", "aten.abs.default", "aten.exp.default", "aten.log.default",
+    "aten.sqrt.default", "aten.rsqrt.default", "aten.reciprocal.default", "aten.tanh.default",
+    "aten.erf.default", "aten.sin.default", "aten.cos.default", "aten.floor.default",
+    "aten.ceil.default", "aten.sigmoid.default", "aten.relu.default", "aten.silu.default",
+    "aten.gelu.default", "aten.leaky_relu.default",
     // comparison, logic, selection
-    "aten.eq.Tensor",
-    "aten.eq.Scalar",
-    "aten.ne.Tensor",
-    "aten.ne.Scalar",
-    "aten.lt.Tensor",
-    "aten.lt.Scalar",
-    "aten.le.Tensor",
-    "aten.le.Scalar",
-    "aten.gt.Tensor",
-    "aten.gt.Scalar",
-    "aten.ge.Tensor",
-    "aten.ge.Scalar",
-    "aten.logical_not.default",
-    "aten.logical_and.default",
-    "aten.logical_or.default",
-    "aten.logical_xor.default",
-    "aten.bitwise_not.default",
-    "aten.bitwise_and.Tensor",
+    "aten.eq.Tensor", "aten.eq.Scalar", "aten.ne.Tensor", "aten.ne.Scalar",
+    "aten.lt.Tensor", "aten.lt.Scalar", "aten.le.Tensor", "aten.le.Scalar",
+    "aten.gt.Tensor", "aten.gt.Scalar", "aten.ge.Tensor", "aten.ge.Scalar",
+    "aten.logical_not.default", "aten.logical_and.default", "aten.logical_or.default",
+    "aten.logical_xor.default", "aten.bitwise_not.default", "aten.bitwise_and.Tensor",
     "aten.bitwise_or.Tensor",
-    "aten.where.self",
-    "aten.masked_fill.Scalar",
-    "aten.masked_fill.Tensor",
+    "aten.where.self", "aten.masked_fill.Scalar", "aten.masked_fill.Tensor",
     // dtype and copies
-    "aten._to_copy.default",
-    "aten.clone.default",
-    "aten.alias.default",
-    "aten.alias_copy.default",
-    "aten.detach.default",
-    "aten.detach_copy.default",
-    "aten.lift_fresh_copy.default",
-    "aten.contiguous.default",
+    "aten._to_copy.default", "aten.clone.default", "aten.alias.default", "aten.alias_copy.default",
+    "aten.detach.default", "aten.detach_copy.default", "aten.lift_fresh_copy.default", "aten.contiguous.default",
     // reductions and row ops
-    "aten.sum.default",
-    "aten.sum.dim_IntList",
-    "aten.mean.default",
-    "aten.mean.dim",
-    "aten.amax.default",
-    "aten.amin.default",
-    "aten.max.default",
-    "aten.min.default",
-    "aten.max.dim",
-    "aten.min.dim",
-    "aten.var.correction",
-    "aten.var.dim",
-    "aten.std.correction",
-    "aten.var_mean.correction",
-    "aten._softmax.default",
-    "aten._log_softmax.default",
-    "aten.softmax.int",
-    "aten.log_softmax.int",
-    "aten.native_layer_norm.default",
-    "aten.layer_norm.default",
-    "aten.rms_norm.default",
+    "aten.sum.default", "aten.sum.dim_IntList", "aten.mean.default", "aten.mean.dim",
+    "aten.amax.default", "aten.amin.default", "aten.max.default", "aten.min.default",
+    "aten.max.dim", "aten.min.dim",
+    "aten.var.correction", "aten.var.dim", "aten.std.correction", "aten.var_mean.correction",
+    "aten._softmax.default", "aten._log_softmax.default", "aten.softmax.int", "aten.log_softmax.int",
+    "aten.native_layer_norm.default", "aten.layer_norm.default", "aten.rms_norm.default",
     // contraction
-    "aten.mm.default",
-    "aten.bmm.default",
-    "aten.matmul.default",
-    "aten.addmm.default",
-    "aten.linear.default",
-    "aten.dot.default",
-    "aten.mv.default",
+    "aten.mm.default", "aten.bmm.default", "aten.matmul.default", "aten.addmm.default",
+    "aten.linear.default", "aten.dot.default", "aten.mv.default",
     "aten._scaled_dot_product_flash_attention_for_cpu.default",
     "aten._scaled_dot_product_efficient_attention.default",
     "aten._scaled_dot_product_flash_attention.default",
     "aten.scaled_dot_product_attention.default",
     // movement
-    "aten.view.default",
-    "aten.view_copy.default",
-    "aten._unsafe_view.default",
-    "aten.reshape.default",
-    "aten.permute.default",
-    "aten.permute_copy.default",
-    "aten.transpose.int",
-    "aten.transpose_copy.int",
-    "aten.t.default",
-    "aten.t_copy.default",
-    "aten.expand.default",
-    "aten.expand_copy.default",
-    "aten.unsqueeze.default",
-    "aten.unsqueeze_copy.default",
-    "aten.squeeze.dim",
-    "aten.squeeze.dims",
-    "aten.squeeze.default",
-    "aten.squeeze_copy.dim",
-    "aten.squeeze_copy.dims",
-    "aten.squeeze_copy.default",
-    "aten.slice.Tensor",
-    "aten.slice_copy.Tensor",
-    "aten.select.int",
-    "aten.select_copy.int",
-    "aten.narrow.default",
-    "aten.split.Tensor",
-    "aten.split_with_sizes.default",
-    "aten.split_copy.Tensor",
-    "aten.split_with_sizes_copy.default",
-    "aten.unbind.int",
-    "aten.unbind_copy.int",
-    "aten.index.Tensor",
-    "aten.copy.default",
-    "aten.cat.default",
-    "aten.stack.default",
-    "aten.constant_pad_nd.default",
-    "aten.flatten.using_ints",
+    "aten.view.default", "aten.view_copy.default", "aten._unsafe_view.default", "aten.reshape.default",
+    "aten.permute.default", "aten.permute_copy.default",
+    "aten.transpose.int", "aten.transpose_copy.int", "aten.t.default", "aten.t_copy.default",
+    "aten.expand.default", "aten.expand_copy.default",
+    "aten.unsqueeze.default", "aten.unsqueeze_copy.default",
+    "aten.squeeze.dim", "aten.squeeze.dims", "aten.squeeze.default",
+    "aten.squeeze_copy.dim", "aten.squeeze_copy.dims", "aten.squeeze_copy.default",
+    "aten.slice.Tensor", "aten.slice_copy.Tensor", "aten.select.int", "aten.select_copy.int",
+    "aten.narrow.default", "aten.split.Tensor", "aten.split_with_sizes.default",
+    "aten.split_copy.Tensor", "aten.split_with_sizes_copy.default", "aten.unbind.int", "aten.unbind_copy.int",
+    "aten.index.Tensor", "aten.copy.default",
+    "aten.cat.default", "aten.stack.default", "aten.constant_pad_nd.default", "aten.flatten.using_ints",
     // creation
-    "aten.full.default",
-    "aten.ones.default",
-    "aten.zeros.default",
-    "aten.scalar_tensor.default",
-    "aten.full_like.default",
-    "aten.ones_like.default",
-    "aten.zeros_like.default",
-    "aten.arange.default",
-    "aten.arange.start",
-    "aten.arange.start_step",
-    "aten.tril.default",
-    "aten.triu.default",
+    "aten.full.default", "aten.ones.default", "aten.zeros.default", "aten.scalar_tensor.default",
+    "aten.full_like.default", "aten.ones_like.default", "aten.zeros_like.default",
+    "aten.arange.default", "aten.arange.start", "aten.arange.start_step",
+    "aten.tril.default", "aten.triu.default",
 ];
 
 /// A value during import: a tensor, or the several results of a multi-output op (an element
@@ -286,45 +174,18 @@ enum Val {
 /// Imports `g` into a verified [`ir::Graph`] named `g.name`, with inputs in `g.inputs` order
 /// and outputs in `g.outputs` order.
 pub fn import(g: &AtenGraph) -> Result<ir::Graph, AtenError> {
-    let gerr = |reason: String| AtenError::Graph {
-        name: g.name.clone(),
-        reason,
-    };
-    let tr = Tracer::new(if g.name.is_empty() {
-        "aten"
-    } else {
-        g.name.as_str()
-    });
+    let gerr = |reason: String| AtenError::Graph { name: g.name.clone(), reason };
+    let tr = Tracer::new(if g.name.is_empty() { "aten" } else { g.name.as_str() });
     let mut vals: Vec<Val> = Vec::with_capacity(g.inputs.len() + g.nodes.len());
     let inner = std::cell::RefCell::new(Vec::new());
     for (i, inp) in g.inputs.iter().enumerate() {
-        let dtype = inp.meta.dtype.clone().map_err(|d| {
-            gerr(format!(
-                "input {i} ({:?}) has dtype {d}, which Kiln does not support",
-                inp.name
-            ))
-        })?;
-        let t = tr
-            .input(
-                inp.name.clone(),
-                dtype,
-                Shape::new(inp.meta.shape.iter().copied()),
-            )
-            .map_err(|e| gerr(format!("input {i}: {e}")))?;
+        let dtype = inp.meta.dtype.clone().map_err(|d| gerr(format!("input {i} ({:?}) has dtype {d}, which Kiln does not support", inp.name)))?;
+        let t = tr.input(inp.name.clone(), dtype, Shape::new(inp.meta.shape.iter().copied())).map_err(|e| gerr(format!("input {i}: {e}")))?;
         vals.push(Val::Tensor(t));
     }
     for (index, node) in g.nodes.iter().enumerate() {
-        let nerr = |reason: String| AtenError::Node {
-            index,
-            target: node.target.clone(),
-            reason,
-        };
-        let cx = Cx {
-            tr: &tr,
-            vals: &vals,
-            node,
-            inner: &inner,
-        };
+        let nerr = |reason: String| AtenError::Node { index, target: node.target.clone(), reason };
+        let cx = Cx { tr: &tr, vals: &vals, node, inner: &inner };
         let v = cx.lower().map_err(nerr)?;
         check_meta(&v, &node.out).map_err(nerr)?;
         vals.push(v);
@@ -333,16 +194,8 @@ pub fn import(g: &AtenGraph) -> Result<ir::Graph, AtenError> {
     for &o in &g.outputs {
         match vals.get(o) {
             Some(Val::Tensor(t)) => outs.push(t.clone()),
-            Some(Val::Tuple(_)) => {
-                return Err(gerr(format!(
-                    "output value {o} is a tuple (return its elements through getitem)"
-                )))
-            }
-            None => {
-                return Err(gerr(format!(
-                    "output refers to value {o}, which does not exist"
-                )))
-            }
+            Some(Val::Tuple(_)) => return Err(gerr(format!("output value {o} is a tuple (return its elements through getitem)"))),
+            None => return Err(gerr(format!("output refers to value {o}, which does not exist"))),
         }
     }
     let refs: Vec<&Tensor> = outs.iter().collect();
@@ -352,17 +205,11 @@ pub fn import(g: &AtenGraph) -> Result<ir::Graph, AtenError> {
 /// Checks what the importer built against what PyTorch computed.
 fn check_meta(v: &Val, out: &[Option<TensorMeta>]) -> Result<(), String> {
     let check = |t: &Tensor, m: &TensorMeta| -> Result<(), String> {
-        let dtype = m
-            .dtype
-            .clone()
-            .map_err(|d| format!("PyTorch computes dtype {d}, which Kiln does not support"))?;
+        let dtype = m.dtype.clone().map_err(|d| format!("PyTorch computes dtype {d}, which Kiln does not support"))?;
         if t.dtype() != dtype || t.dims() != m.shape.as_slice() {
             return Err(format!(
                 "Kiln's decomposition gives {}{} but PyTorch computes {}{:?}",
-                t.dtype(),
-                t.shape(),
-                dtype,
-                m.shape
+                t.dtype(), t.shape(), dtype, m.shape
             ));
         }
         Ok(())
@@ -410,19 +257,13 @@ impl Cx<'_> {
             Arg::Value(i) => match self.vals.get(*i) {
                 Some(Val::Tensor(t)) => Ok(t.clone()),
                 Some(Val::Tuple(_)) => Err(format!("argument {name:?} is a tuple, not a tensor")),
-                None => Err(format!(
-                    "argument {name:?} refers to value {i}, which is not defined before this node"
-                )),
+                None => Err(format!("argument {name:?} refers to value {i}, which is not defined before this node")),
             },
-            other => Err(format!(
-                "argument {name:?} should be a tensor, got {other:?}"
-            )),
+            other => Err(format!("argument {name:?} should be a tensor, got {other:?}")),
         }
     }
     fn t(&self, name: &str) -> R<Tensor> {
-        let a = self
-            .arg(name)
-            .ok_or_else(|| format!("missing tensor argument {name:?}"))?;
+        let a = self.arg(name).ok_or_else(|| format!("missing tensor argument {name:?}"))?;
         self.tensor_of(a, name)
     }
     fn opt_t(&self, name: &str) -> R<Option<Tensor>> {
@@ -431,9 +272,7 @@ impl Cx<'_> {
     fn tensors(&self, name: &str) -> R<Vec<Tensor>> {
         match self.arg(name) {
             Some(Arg::List(items)) => items.iter().map(|a| self.tensor_of(a, name)).collect(),
-            other => Err(format!(
-                "argument {name:?} should be a list of tensors, got {other:?}"
-            )),
+            other => Err(format!("argument {name:?} should be a list of tensors, got {other:?}")),
         }
     }
     /// A tensor or a number (PyTorch `Scalar`), as a promotion operand.
@@ -443,9 +282,7 @@ impl Cx<'_> {
             Some(Arg::Int(v)) => Ok(Operand::Int(*v)),
             Some(Arg::Float(v)) => Ok(Operand::Float(*v)),
             Some(Arg::Bool(v)) => Ok(Operand::Bool(*v)),
-            other => Err(format!(
-                "argument {name:?} should be a tensor or number, got {other:?}"
-            )),
+            other => Err(format!("argument {name:?} should be a tensor or number, got {other:?}")),
         }
     }
     fn opt_num(&self, name: &str) -> R<Option<f64>> {
@@ -454,9 +291,7 @@ impl Cx<'_> {
             Some(Arg::Int(v)) => Ok(Some(*v as f64)),
             Some(Arg::Float(v)) => Ok(Some(*v)),
             Some(Arg::Bool(v)) => Ok(Some(*v as u8 as f64)),
-            Some(other) => Err(format!(
-                "argument {name:?} should be a number, got {other:?}"
-            )),
+            Some(other) => Err(format!("argument {name:?} should be a number, got {other:?}")),
         }
     }
     fn num(&self, name: &str, default: f64) -> R<f64> {
@@ -467,17 +302,14 @@ impl Cx<'_> {
             None => Ok(None),
             Some(Arg::Int(v)) => Ok(Some(*v)),
             Some(Arg::Bool(v)) => Ok(Some(*v as i64)),
-            Some(other) => Err(format!(
-                "argument {name:?} should be an integer, got {other:?}"
-            )),
+            Some(other) => Err(format!("argument {name:?} should be an integer, got {other:?}")),
         }
     }
     fn int(&self, name: &str, default: i64) -> R<i64> {
         Ok(self.opt_int(name)?.unwrap_or(default))
     }
     fn req_int(&self, name: &str) -> R<i64> {
-        self.opt_int(name)?
-            .ok_or_else(|| format!("missing integer argument {name:?}"))
+        self.opt_int(name)?.ok_or_else(|| format!("missing integer argument {name:?}"))
     }
     fn flag(&self, name: &str, default: bool) -> R<bool> {
         match self.arg(name) {
@@ -496,47 +328,36 @@ impl Cx<'_> {
                 .iter()
                 .map(|a| match a {
                     Arg::Int(v) => Ok(*v),
-                    other => Err(format!(
-                        "argument {name:?} should hold integers, got {other:?}"
-                    )),
+                    other => Err(format!("argument {name:?} should hold integers, got {other:?}")),
                 })
                 .collect::<R<Vec<_>>>()
                 .map(Some),
-            Some(other) => Err(format!(
-                "argument {name:?} should be a list of integers, got {other:?}"
-            )),
+            Some(other) => Err(format!("argument {name:?} should be a list of integers, got {other:?}")),
         }
     }
     fn ints(&self, name: &str) -> R<Vec<i64>> {
-        self.opt_ints(name)?
-            .ok_or_else(|| format!("missing integer list {name:?}"))
+        self.opt_ints(name)?.ok_or_else(|| format!("missing integer list {name:?}"))
     }
     fn opt_dtype(&self, name: &str) -> R<Option<DType>> {
         match self.arg(name) {
             None => Ok(None),
             Some(Arg::DType(Ok(d))) => Ok(Some(*d)),
             Some(Arg::DType(Err(d))) => Err(format!("dtype {d} is not supported by Kiln")),
-            Some(other) => Err(format!(
-                "argument {name:?} should be a dtype, got {other:?}"
-            )),
+            Some(other) => Err(format!("argument {name:?} should be a dtype, got {other:?}")),
         }
     }
     fn opt_str(&self, name: &str) -> R<Option<&str>> {
         match self.arg(name) {
             None => Ok(None),
             Some(Arg::Str(s)) => Ok(Some(s)),
-            Some(other) => Err(format!(
-                "argument {name:?} should be a string, got {other:?}"
-            )),
+            Some(other) => Err(format!("argument {name:?} should be a string, got {other:?}")),
         }
     }
     /// PyTorch's result metadata for output `i`.
     fn meta(&self, i: usize) -> R<(DType, Shape)> {
         match self.node.out.get(i) {
             Some(Some(m)) => {
-                let d = m.dtype.clone().map_err(|d| {
-                    format!("PyTorch computes dtype {d}, which Kiln does not support")
-                })?;
+                let d = m.dtype.clone().map_err(|d| format!("PyTorch computes dtype {d}, which Kiln does not support"))?;
                 Ok((d, Shape::new(m.shape.iter().copied())))
             }
             _ => Err(format!("PyTorch reported no tensor for result {i}")),
@@ -556,12 +377,7 @@ impl Cx<'_> {
     }
     /// Reduction dims: `None` or `[]` means every dim.
     fn dims_arg(&self, name: &str) -> R<Vec<isize>> {
-        Ok(self
-            .opt_ints(name)?
-            .unwrap_or_default()
-            .into_iter()
-            .map(|d| d as isize)
-            .collect())
+        Ok(self.opt_ints(name)?.unwrap_or_default().into_iter().map(|d| d as isize).collect())
     }
     /// The output dtype when a `dtype=` argument is given (`sum`, `mean`, `softmax`).
     fn cast_in(&self, x: Tensor) -> R<Tensor> {
@@ -578,16 +394,8 @@ impl Cx<'_> {
         let (base, overload) = name.rsplit_once('.').unwrap_or((name, "default"));
         // `op_` (in place) is lowered as `op` when the Python side has checked that nothing
         // else reads the mutated tensor; `op_copy` (functionalized views) is `op`.
-        let base = if base == "_to_copy" {
-            base
-        } else {
-            base.strip_suffix("_copy").unwrap_or(base)
-        };
-        let base = if base.ends_with('_') && !base.starts_with('_') {
-            &base[..base.len() - 1]
-        } else {
-            base
-        };
+        let base = if base == "_to_copy" { base } else { base.strip_suffix("_copy").unwrap_or(base) };
+        let base = if base.ends_with('_') && !base.starts_with('_') { &base[..base.len() - 1] } else { base };
         match (base, overload) {
             ("getitem", _) => self.getitem(),
 
@@ -598,11 +406,7 @@ impl Cx<'_> {
                 if let Some(a) = alpha.filter(|&a| a != 1.0) {
                     y = match y {
                         Operand::Tensor(t) => {
-                            let a = if t.dtype().is_float() || a.fract() != 0.0 {
-                                Operand::Float(a)
-                            } else {
-                                Operand::Int(a as i64)
-                            };
+                            let a = if t.dtype().is_float() || a.fract() != 0.0 { Operand::Float(a) } else { Operand::Int(a as i64) };
                             Operand::Tensor(t.mul(a).map_err(fe)?)
                         }
                         Operand::Float(v) => Operand::Float(v * a),
@@ -633,12 +437,7 @@ impl Cx<'_> {
                 let e = self.t("exponent")?;
                 let b = match base {
                     Operand::Tensor(t) => t,
-                    o => o
-                        .materialize(
-                            self.tr,
-                            crate::promote::result_type(&[&o, &Operand::Tensor(e.clone())]),
-                        )
-                        .map_err(fe)?,
+                    o => o.materialize(self.tr, crate::promote::result_type(&[&o, &Operand::Tensor(e.clone())])).map_err(fe)?,
                 };
                 one(b.pow(e))
             }
@@ -663,10 +462,7 @@ impl Cx<'_> {
             ("clamp", _) => self.clamp(self.opt_num("min")?, self.opt_num("max")?),
             ("clamp_min", _) => self.clamp(self.opt_num("min")?, None),
             ("clamp_max", _) => self.clamp(None, self.opt_num("max")?),
-            ("hardtanh", _) => self.clamp(
-                Some(self.num("min_val", -1.0)?),
-                Some(self.num("max_val", 1.0)?),
-            ),
+            ("hardtanh", _) => self.clamp(Some(self.num("min_val", -1.0)?), Some(self.num("max_val", 1.0)?)),
 
             ("neg", _) => one(self.t("self")?.neg()),
             ("abs", _) => one(self.t("self")?.abs()),
@@ -728,35 +524,21 @@ impl Cx<'_> {
             ("bitwise_not" | "bitwise_and" | "bitwise_or", _) => {
                 let x = self.t("self")?;
                 if x.dtype() != DType::Bool {
-                    return Err(format!(
-                        "{base} is supported on bool tensors only, got {}",
-                        x.dtype()
-                    ));
+                    return Err(format!("{base} is supported on bool tensors only, got {}", x.dtype()));
                 }
                 match base {
                     "bitwise_not" => one(x.logical_not()),
                     _ => {
                         let y = self.t("other")?;
                         if y.dtype() != DType::Bool {
-                            return Err(format!(
-                                "{base} is supported on bool tensors only, got {}",
-                                y.dtype()
-                            ));
+                            return Err(format!("{base} is supported on bool tensors only, got {}", y.dtype()));
                         }
-                        one(if base == "bitwise_and" {
-                            x.logical_and(&y)
-                        } else {
-                            x.logical_or(&y)
-                        })
+                        one(if base == "bitwise_and" { x.logical_and(&y) } else { x.logical_or(&y) })
                     }
                 }
             }
-            ("where", "self") => one(self
-                .t("condition")?
-                .where_(self.operand("self")?, self.operand("other")?)),
-            ("masked_fill", _) => one(self
-                .t("self")?
-                .masked_fill(&self.t("mask")?, self.operand("value")?)),
+            ("where", "self") => one(self.t("condition")?.where_(self.operand("self")?, self.operand("other")?)),
+            ("masked_fill", _) => one(self.t("self")?.masked_fill(&self.t("mask")?, self.operand("value")?)),
 
             ("_to_copy", _) => {
                 self.require_absent(&["layout", "pin_memory", "non_blocking"])?;
@@ -766,9 +548,7 @@ impl Cx<'_> {
                     None => Ok(Val::Tensor(x)),
                 }
             }
-            ("clone" | "alias" | "detach" | "lift_fresh" | "contiguous", _) => {
-                Ok(Val::Tensor(self.t("self")?))
-            }
+            ("clone" | "alias" | "detach" | "lift_fresh" | "contiguous", _) => Ok(Val::Tensor(self.t("self")?)),
 
             ("sum", _) => {
                 let x = self.cast_in(self.t("self")?)?;
@@ -778,46 +558,25 @@ impl Cx<'_> {
                 let x = self.cast_in(self.t("self")?)?;
                 one(x.mean(self.dims_arg("dim")?, self.flag("keepdim", false)?))
             }
-            ("amax", _) => one(self
-                .t("self")?
-                .amax(self.dims_arg("dim")?, self.flag("keepdim", false)?)),
-            ("amin", _) => one(self
-                .t("self")?
-                .amin(self.dims_arg("dim")?, self.flag("keepdim", false)?)),
+            ("amax", _) => one(self.t("self")?.amax(self.dims_arg("dim")?, self.flag("keepdim", false)?)),
+            ("amin", _) => one(self.t("self")?.amin(self.dims_arg("dim")?, self.flag("keepdim", false)?)),
             ("max" | "min", "default") => {
                 let x = self.t("self")?;
-                one(if base == "max" {
-                    x.max_all()
-                } else {
-                    x.min_all()
-                })
+                one(if base == "max" { x.max_all() } else { x.min_all() })
             }
             ("max" | "min", "dim") => {
                 let x = self.t("self")?;
                 let dim = self.req_int("dim")? as isize;
                 let keep = self.flag("keepdim", false)?;
-                let v = if base == "max" {
-                    x.max(dim, keep)
-                } else {
-                    x.min(dim, keep)
-                };
-                Ok(Val::Tuple(vec![
-                    v.map_err(fe),
-                    Err(format!(
-                        "{base}.dim indices (argmax/argmin) are not supported"
-                    )),
-                ]))
+                let v = if base == "max" { x.max(dim, keep) } else { x.min(dim, keep) };
+                Ok(Val::Tuple(vec![v.map_err(fe), Err(format!("{base}.dim indices (argmax/argmin) are not supported"))]))
             }
             ("var" | "std" | "var_mean", _) => {
                 let x = self.t("self")?;
                 let dims = self.dims_arg("dim")?;
                 let correction = match overload {
                     "dim" => {
-                        if self.flag("unbiased", true)? {
-                            1.0
-                        } else {
-                            0.0
-                        }
+                        if self.flag("unbiased", true)? { 1.0 } else { 0.0 }
                     }
                     _ => self.num("correction", 1.0)?,
                 };
@@ -839,11 +598,7 @@ impl Cx<'_> {
                     x = x.to_dtype(DType::F32).map_err(fe)?;
                 }
                 let x = self.cast_in(x)?;
-                one(if base.ends_with("log_softmax") {
-                    x.log_softmax(dim)
-                } else {
-                    x.softmax(dim)
-                })
+                one(if base.ends_with("log_softmax") { x.log_softmax(dim) } else { x.softmax(dim) })
             }
             ("native_layer_norm" | "layer_norm", _) => self.layer_norm(base == "native_layer_norm"),
             ("rms_norm", _) => {
@@ -855,15 +610,7 @@ impl Cx<'_> {
 
             ("mm" | "bmm" | "matmul" | "dot" | "mv", _) => {
                 let x = self.t("self")?;
-                let other = if base == "mv" {
-                    "vec"
-                } else if base == "dot" {
-                    "tensor"
-                } else if base == "matmul" {
-                    "other"
-                } else {
-                    "mat2"
-                };
+                let other = if base == "mv" { "vec" } else if base == "dot" { "tensor" } else if base == "matmul" { "other" } else { "mat2" };
                 let y = self.t(other)?;
                 match base {
                     "bmm" => match self.batched_source(&x, &y) {
@@ -879,15 +626,9 @@ impl Cx<'_> {
                         }
                         None => one(x.bmm(&y)),
                     },
-                    "mm" if x.rank() != 2 || y.rank() != 2 => {
-                        Err("mm expects two 2-D tensors".into())
-                    }
-                    "dot" if x.rank() != 1 || y.rank() != 1 => {
-                        Err("dot expects two 1-D tensors".into())
-                    }
-                    "mv" if x.rank() != 2 || y.rank() != 1 => {
-                        Err("mv expects a matrix and a vector".into())
-                    }
+                    "mm" if x.rank() != 2 || y.rank() != 2 => Err("mm expects two 2-D tensors".into()),
+                    "dot" if x.rank() != 1 || y.rank() != 1 => Err("dot expects two 1-D tensors".into()),
+                    "mv" if x.rank() != 2 || y.rank() != 1 => Err("mv expects a matrix and a vector".into()),
                     _ => one(x.matmul(&y)),
                 }
             }
@@ -905,11 +646,7 @@ impl Cx<'_> {
                 if beta == 0.0 {
                     return Ok(Val::Tensor(p));
                 }
-                let b = if beta != 1.0 {
-                    bias.mul(beta).map_err(fe)?
-                } else {
-                    bias
-                };
+                let b = if beta != 1.0 { bias.mul(beta).map_err(fe)? } else { bias };
                 one(p.add(&b))
             }
             ("linear", _) => {
@@ -918,19 +655,11 @@ impl Cx<'_> {
                 let b = self.opt_t("bias")?;
                 one(x.linear(&w, b.as_ref()))
             }
-            (b, _)
-                if b.starts_with("_scaled_dot_product") || b == "scaled_dot_product_attention" =>
-            {
-                self.sdpa(b)
-            }
+            (b, _) if b.starts_with("_scaled_dot_product") || b == "scaled_dot_product_attention" => self.sdpa(b),
 
             ("view" | "_unsafe_view" | "reshape", _) => {
                 let x = self.t("self")?;
-                let size = self.ints(if self.arg("size").is_some() {
-                    "size"
-                } else {
-                    "shape"
-                })?;
+                let size = self.ints(if self.arg("size").is_some() { "size" } else { "shape" })?;
                 let y = x.reshape(size).map_err(fe)?;
                 // `view(view(a, s), a.shape)` is `a` (ATen's matmul flattens batch dims and
                 // views the result back): the optimizer then sees `a` itself
@@ -940,10 +669,7 @@ impl Cx<'_> {
                 }
             }
             ("permute", _) => one(self.t("self")?.permute(self.ints("dims")?)),
-            ("transpose", _) => one(self.t("self")?.transpose(
-                self.req_int("dim0")? as isize,
-                self.req_int("dim1")? as isize,
-            )),
+            ("transpose", _) => one(self.t("self")?.transpose(self.req_int("dim0")? as isize, self.req_int("dim1")? as isize)),
             ("t", _) => one(self.t("self")?.t()),
             ("expand", _) => one(self.t("self")?.expand(self.ints("size")?)),
             ("unsqueeze", _) => one(self.t("self")?.unsqueeze(self.req_int("dim")? as isize)),
@@ -954,19 +680,12 @@ impl Cx<'_> {
                     Some(dims) => {
                         // squeeze each listed size-1 dim (PyTorch ignores the others)
                         let r = x.rank().max(1);
-                        let mut axes = dims
-                            .iter()
-                            .map(|&d| resolve_dim("squeeze", d as isize, r).map_err(fe))
-                            .collect::<R<Vec<_>>>()?;
+                        let mut axes = dims.iter().map(|&d| resolve_dim("squeeze", d as isize, r).map_err(fe)).collect::<R<Vec<_>>>()?;
                         axes.sort_unstable();
                         axes.dedup();
                         let mut y = x;
                         for &a in axes.iter().rev() {
-                            y = if y.rank() == 0 {
-                                y
-                            } else {
-                                y.squeeze(a as isize).map_err(fe)?
-                            };
+                            y = if y.rank() == 0 { y } else { y.squeeze(a as isize).map_err(fe)? };
                         }
                         Ok(Val::Tensor(y))
                     }
@@ -996,11 +715,7 @@ impl Cx<'_> {
                 if len < 0 {
                     return Err(format!("narrow length {len} must be >= 0"));
                 }
-                one(x.narrow(
-                    self.req_int("dim")? as isize,
-                    self.req_int("start")? as isize,
-                    len as usize,
-                ))
+                one(x.narrow(self.req_int("dim")? as isize, self.req_int("start")? as isize, len as usize))
             }
             ("split", _) => {
                 let x = self.t("self")?;
@@ -1018,10 +733,7 @@ impl Cx<'_> {
                 let sizes = self.usizes("split_sizes")?;
                 let axis = resolve_dim("split_with_sizes", dim, x.rank()).map_err(fe)?;
                 if sizes.iter().sum::<usize>() != x.dims()[axis] {
-                    return Err(format!(
-                        "split sizes {sizes:?} do not add up to dim {axis} of size {}",
-                        x.dims()[axis]
-                    ));
+                    return Err(format!("split sizes {sizes:?} do not add up to dim {axis} of size {}", x.dims()[axis]));
                 }
                 let mut start = 0;
                 let mut parts = Vec::with_capacity(sizes.len());
@@ -1036,11 +748,7 @@ impl Cx<'_> {
                 let dim = self.int("dim", 0)? as isize;
                 let axis = resolve_dim("unbind", dim, x.rank()).map_err(fe)?;
                 let parts = (0..x.dims()[axis])
-                    .map(|i| {
-                        x.narrow(axis as isize, i as isize, 1)
-                            .and_then(|y| y.squeeze(axis as isize))
-                            .map_err(fe)
-                    })
+                    .map(|i| x.narrow(axis as isize, i as isize, 1).and_then(|y| y.squeeze(axis as isize)).map_err(fe))
                     .collect();
                 Ok(Val::Tuple(parts))
             }
@@ -1048,11 +756,7 @@ impl Cx<'_> {
                 let ts = self.tensors("tensors")?;
                 let dim = self.int("dim", 0)? as isize;
                 let refs: Vec<&Tensor> = ts.iter().collect();
-                one(if base == "cat" {
-                    cat(&refs, dim)
-                } else {
-                    crate::movement::stack(&refs, dim)
-                })
+                one(if base == "cat" { cat(&refs, dim) } else { crate::movement::stack(&refs, dim) })
             }
             ("index", "Tensor") => self.index_const(),
             ("copy", _) => {
@@ -1061,10 +765,7 @@ impl Cx<'_> {
                 let src = self.t("src")?;
                 one(src.to_dtype(x.dtype()).and_then(|s| s.expand(x.shape())))
             }
-            ("flatten", _) => one(self.t("self")?.flatten(
-                self.int("start_dim", 0)? as isize,
-                self.int("end_dim", -1)? as isize,
-            )),
+            ("flatten", _) => one(self.t("self")?.flatten(self.int("start_dim", 0)? as isize, self.int("end_dim", -1)? as isize)),
             ("constant_pad_nd", _) => self.pad(),
 
             ("full" | "ones" | "zeros" | "scalar_tensor", _) => {
@@ -1072,12 +773,8 @@ impl Cx<'_> {
                 let value = match base {
                     "ones" => 1.0,
                     "zeros" => 0.0,
-                    "full" => self
-                        .opt_num("fill_value")?
-                        .ok_or("full needs a numeric fill_value")?,
-                    _ => self
-                        .opt_num("s")?
-                        .ok_or("scalar_tensor needs a numeric value")?,
+                    "full" => self.opt_num("fill_value")?.ok_or("full needs a numeric fill_value")?,
+                    _ => self.opt_num("s")?.ok_or("scalar_tensor needs a numeric value")?,
                 };
                 one(self.tr.full(value, dtype, shape))
             }
@@ -1087,9 +784,7 @@ impl Cx<'_> {
                 let value = match base {
                     "ones_like" => 1.0,
                     "zeros_like" => 0.0,
-                    _ => self
-                        .opt_num("fill_value")?
-                        .ok_or("full_like needs a numeric fill_value")?,
+                    _ => self.opt_num("fill_value")?.ok_or("full_like needs a numeric fill_value")?,
                 };
                 one(self.tr.full(value, dtype, shape))
             }
@@ -1117,9 +812,7 @@ impl Cx<'_> {
             return None;
         }
         let batch: usize = a.dims()[..r - 2].iter().product();
-        let ok = |t: &Tensor, flat: &Tensor| {
-            flat.rank() == 3 && flat.dims()[0] == batch && t.dims()[r - 2..] == flat.dims()[1..]
-        };
+        let ok = |t: &Tensor, flat: &Tensor| flat.rank() == 3 && flat.dims()[0] == batch && t.dims()[r - 2..] == flat.dims()[1..];
         (ok(&a, x) && ok(&c, y)).then_some((a, c))
     }
 
@@ -1137,14 +830,7 @@ impl Cx<'_> {
             Val::Tensor(t) if t.id() == src => Some(t.clone()),
             _ => None,
         });
-        found.or_else(|| {
-            self.inner
-                .borrow()
-                .iter()
-                .rev()
-                .find(|t| t.id() == src)
-                .cloned()
-        })
+        found.or_else(|| self.inner.borrow().iter().rev().find(|t| t.id() == src).cloned())
     }
 
     fn tensor_operand(&self, o: Operand) -> R<Tensor> {
@@ -1157,10 +843,7 @@ impl Cx<'_> {
     fn usizes(&self, name: &str) -> R<Vec<usize>> {
         self.ints(name)?
             .into_iter()
-            .map(|v| {
-                usize::try_from(v)
-                    .map_err(|_| format!("argument {name:?} holds a negative size {v}"))
-            })
+            .map(|v| usize::try_from(v).map_err(|_| format!("argument {name:?} holds a negative size {v}")))
             .collect()
     }
 
@@ -1169,13 +852,7 @@ impl Cx<'_> {
         match self.arg("self") {
             Some(Arg::Value(i)) => match self.vals.get(*i) {
                 Some(Val::Tuple(items)) => {
-                    let k = usize::try_from(idx)
-                        .ok()
-                        .filter(|&k| k < items.len())
-                        .ok_or(format!(
-                            "index {idx} is out of range for {} results",
-                            items.len()
-                        ))?;
+                    let k = usize::try_from(idx).ok().filter(|&k| k < items.len()).ok_or(format!("index {idx} is out of range for {} results", items.len()))?;
                     items[k].clone().map(Val::Tensor)
                 }
                 _ => Err("getitem on a value that is not a tuple".into()),
@@ -1202,29 +879,17 @@ impl Cx<'_> {
                     for it in items {
                         match it {
                             Arg::Int(i) => picks.push(*i),
-                            other => {
-                                return Err(format!("index list holds {other:?}, not an integer"))
-                            }
+                            other => return Err(format!("index list holds {other:?}, not an integer")),
                         }
                     }
                 }
-                Arg::List(_) => {
-                    return Err("indexing with more than one index list is not supported".into())
-                }
-                _ => {
-                    return Err(
-                        "indexing with a tensor computed at run time (a gather) is not supported"
-                            .into(),
-                    )
-                }
+                Arg::List(_) => return Err("indexing with more than one index list is not supported".into()),
+                _ => return Err("indexing with a tensor computed at run time (a gather) is not supported".into()),
             }
         }
         let d = dim.ok_or("index without an index list")?;
         if d >= x.rank() || picks.is_empty() {
-            return Err(format!(
-                "index list at dim {d} does not fit a tensor of rank {}",
-                x.rank()
-            ));
+            return Err(format!("index list at dim {d} does not fit a tensor of rank {}", x.rank()));
         }
         let n = x.dims()[d] as i64;
         let mut parts = Vec::with_capacity(picks.len());
@@ -1245,19 +910,11 @@ impl Cx<'_> {
         // caught by the metadata check.
         let mut t = x;
         if let Some(lo) = min {
-            let lo = if lo.fract() == 0.0 && !t.dtype().is_float() {
-                Operand::Int(lo as i64)
-            } else {
-                Operand::Float(lo)
-            };
+            let lo = if lo.fract() == 0.0 && !t.dtype().is_float() { Operand::Int(lo as i64) } else { Operand::Float(lo) };
             t = t.maximum(lo).map_err(fe)?;
         }
         if let Some(hi) = max {
-            let hi = if hi.fract() == 0.0 && !t.dtype().is_float() {
-                Operand::Int(hi as i64)
-            } else {
-                Operand::Float(hi)
-            };
+            let hi = if hi.fract() == 0.0 && !t.dtype().is_float() { Operand::Int(hi as i64) } else { Operand::Float(hi) };
             t = t.minimum(hi).map_err(fe)?;
         }
         Ok(Val::Tensor(t))
@@ -1269,30 +926,18 @@ impl Cx<'_> {
         let w = self.opt_t("weight")?;
         let b = self.opt_t("bias")?;
         let eps = self.num("eps", 1e-5)?;
-        let y = x
-            .layer_norm(&shape, w.as_ref(), b.as_ref(), eps)
-            .map_err(fe)?;
+        let y = x.layer_norm(&shape, w.as_ref(), b.as_ref(), eps).map_err(fe)?;
         if !native {
             return Ok(Val::Tensor(y));
         }
         // native_layer_norm also returns mean and rstd over the normalized dims (keepdim),
         // computed in f32 and stored in the dtype PyTorch reports for them: f32 on CUDA, the
         // input's dtype on the CPU (a bf16 model on the CPU fell back to eager here).
-        let stat_dtype = |k: usize| {
-            self.node
-                .out
-                .get(k)
-                .and_then(|m| m.as_ref())
-                .and_then(|m| m.dtype.clone().ok())
-        };
+        let stat_dtype = |k: usize| self.node.out.get(k).and_then(|m| m.as_ref()).and_then(|m| m.dtype.clone().ok());
         let stats = || -> Result<(Tensor, Tensor), FrontendError> {
             let r = x.rank();
             let dims: Vec<isize> = (r - shape.len()..r).map(|d| d as isize).collect();
-            let xc = if x.dtype().is_float() && x.dtype() != DType::F32 {
-                x.to_dtype(DType::F32)?
-            } else {
-                x.clone()
-            };
+            let xc = if x.dtype().is_float() && x.dtype() != DType::F32 { x.to_dtype(DType::F32)? } else { x.clone() };
             let mean = xc.mean(dims.clone(), true)?;
             let var = xc.var(dims, 0.0, true)?;
             let rstd = var.add(eps)?.rsqrt()?;
@@ -1314,10 +959,7 @@ impl Cx<'_> {
         let pad = self.ints("pad")?;
         let value = self.num("value", 0.0)?;
         if pad.len() % 2 != 0 || pad.len() / 2 > x.rank() {
-            return Err(format!(
-                "pad {pad:?} must hold (before, after) pairs for at most {} dims",
-                x.rank()
-            ));
+            return Err(format!("pad {pad:?} must hold (before, after) pairs for at most {} dims", x.rank()));
         }
         if pad.iter().any(|&p| p < 0) {
             return Err("negative padding (cropping) is not supported".into());
@@ -1331,16 +973,7 @@ impl Cx<'_> {
             return Ok(Val::Tensor(x));
         }
         let value = x.dtype().quantize(value);
-        x.push(
-            "constant_pad_nd",
-            Op::Pad {
-                pads,
-                value: Scalar(value),
-            },
-            &[],
-        )
-        .map(Val::Tensor)
-        .map_err(fe)
+        x.push("constant_pad_nd", Op::Pad { pads, value: Scalar(value) }, &[]).map(Val::Tensor).map_err(fe)
     }
 
     /// Scaled dot-product attention written out (`softmax(q k^T * scale + mask) v`); the
@@ -1361,10 +994,7 @@ impl Cx<'_> {
             Some(a) => Some(self.tensor_of(a, "attn_mask")?),
         };
         let causal = self.flag("is_causal", false)?;
-        let d = *q
-            .dims()
-            .last()
-            .ok_or("attention query must have rank >= 1")? as f64;
+        let d = *q.dims().last().ok_or("attention query must have rank >= 1")? as f64;
         let scale = self.opt_num("scale")?.unwrap_or(1.0 / d.sqrt());
         let out = || -> Result<Tensor, FrontendError> {
             let kt = k.transpose(-2, -1)?;
@@ -1375,11 +1005,7 @@ impl Cx<'_> {
                 s = s.masked_fill(&keep.logical_not()?, f64::NEG_INFINITY)?;
             }
             if let Some(m) = &mask {
-                s = if m.dtype() == DType::Bool {
-                    s.masked_fill(&m.logical_not()?, f64::NEG_INFINITY)?
-                } else {
-                    s.add(m)?
-                };
+                s = if m.dtype() == DType::Bool { s.masked_fill(&m.logical_not()?, f64::NEG_INFINITY)? } else { s.add(m)? };
             }
             s.softmax(-1)?.matmul(&v)
         };
@@ -1389,9 +1015,7 @@ impl Cx<'_> {
         }
         let mut items = vec![Ok(o)];
         for _ in 1..self.node.out.len().max(2) {
-            items.push(Err(
-                "auxiliary attention results (logsumexp, rng state) are not supported".to_string(),
-            ));
+            items.push(Err("auxiliary attention results (logsumexp, rng state) are not supported".to_string()));
         }
         Ok(Val::Tuple(items))
     }
@@ -1403,31 +1027,16 @@ mod tests {
     use ir::interp::{run, Value};
 
     fn meta(dtype: DType, shape: &[usize]) -> Option<TensorMeta> {
-        Some(TensorMeta {
-            dtype: Ok(dtype),
-            shape: shape.to_vec(),
-        })
+        Some(TensorMeta { dtype: Ok(dtype), shape: shape.to_vec() })
     }
     fn node(target: &str, args: &[(&str, Arg)], out: Vec<Option<TensorMeta>>) -> AtenNode {
-        AtenNode {
-            target: target.into(),
-            args: args
-                .iter()
-                .map(|(k, v)| (k.to_string(), v.clone()))
-                .collect(),
-            out,
-        }
+        AtenNode { target: target.into(), args: args.iter().map(|(k, v)| (k.to_string(), v.clone())).collect(), out }
     }
     fn input(name: &str, dtype: DType, shape: &[usize]) -> AtenInput {
-        AtenInput {
-            name: name.into(),
-            meta: meta(dtype, shape).unwrap(),
-        }
+        AtenInput { name: name.into(), meta: meta(dtype, shape).unwrap() }
     }
     fn data(n: usize, seed: u64) -> Vec<f64> {
-        (0..n)
-            .map(|i| (((i as u64 * 2654435761 + seed * 97) % 1000) as f64 / 250.0) - 1.7)
-            .collect()
+        (0..n).map(|i| (((i as u64 * 2654435761 + seed * 97) % 1000) as f64 / 250.0) - 1.7).collect()
     }
 
     #[test]
@@ -1435,71 +1044,32 @@ mod tests {
         // y = softmax(addmm(b, x, t(w)) * 0.5, -1)
         let g = AtenGraph {
             name: "lin".into(),
-            inputs: vec![
-                input("x", DType::F32, &[3, 5]),
-                input("w", DType::F32, &[4, 5]),
-                input("b", DType::F32, &[4]),
-            ],
+            inputs: vec![input("x", DType::F32, &[3, 5]), input("w", DType::F32, &[4, 5]), input("b", DType::F32, &[4])],
             nodes: vec![
-                node(
-                    "aten.t.default",
-                    &[("self", Arg::Value(1))],
-                    vec![meta(DType::F32, &[5, 4])],
-                ),
-                node(
-                    "aten.addmm.default",
-                    &[
-                        ("self", Arg::Value(2)),
-                        ("mat1", Arg::Value(0)),
-                        ("mat2", Arg::Value(3)),
-                    ],
-                    vec![meta(DType::F32, &[3, 4])],
-                ),
-                node(
-                    "aten.mul.Tensor",
-                    &[("self", Arg::Value(4)), ("other", Arg::Float(0.5))],
-                    vec![meta(DType::F32, &[3, 4])],
-                ),
-                node(
-                    "aten._softmax.default",
-                    &[
-                        ("self", Arg::Value(5)),
-                        ("dim", Arg::Int(-1)),
-                        ("half_to_float", Arg::Bool(false)),
-                    ],
-                    vec![meta(DType::F32, &[3, 4])],
-                ),
+                node("aten.t.default", &[("self", Arg::Value(1))], vec![meta(DType::F32, &[5, 4])]),
+                node("aten.addmm.default", &[("self", Arg::Value(2)), ("mat1", Arg::Value(0)), ("mat2", Arg::Value(3))], vec![meta(DType::F32, &[3, 4])]),
+                node("aten.mul.Tensor", &[("self", Arg::Value(4)), ("other", Arg::Float(0.5))], vec![meta(DType::F32, &[3, 4])]),
+                node("aten._softmax.default", &[("self", Arg::Value(5)), ("dim", Arg::Int(-1)), ("half_to_float", Arg::Bool(false))], vec![meta(DType::F32, &[3, 4])]),
             ],
             outputs: vec![6],
         };
         let ir = import(&g).unwrap();
         let (x, w, b) = (data(15, 1), data(20, 2), data(4, 3));
-        let out = run(
-            &ir,
-            &[
-                Value::new(DType::F32, [3, 5], x.clone()).unwrap(),
-                Value::new(DType::F32, [4, 5], w.clone()).unwrap(),
-                Value::new(DType::F32, [4], b.clone()).unwrap(),
-            ],
-        )
+        let out = run(&ir, &[
+            Value::new(DType::F32, [3, 5], x.clone()).unwrap(),
+            Value::new(DType::F32, [4, 5], w.clone()).unwrap(),
+            Value::new(DType::F32, [4], b.clone()).unwrap(),
+        ])
         .unwrap();
         for r in 0..3 {
             let logits: Vec<f64> = (0..4)
-                .map(|c| {
-                    0.5 * (b[c] as f32 as f64
-                        + (0..5)
-                            .map(|k| (x[r * 5 + k] as f32 as f64) * (w[c * 5 + k] as f32 as f64))
-                            .sum::<f64>())
-                })
+                .map(|c| 0.5 * (b[c] as f32 as f64 + (0..5).map(|k| (x[r * 5 + k] as f32 as f64) * (w[c * 5 + k] as f32 as f64)).sum::<f64>()))
                 .collect();
             let m = logits.iter().cloned().fold(f64::MIN, f64::max);
             let s: f64 = logits.iter().map(|l| (l - m).exp()).sum();
             for (c, l) in logits.iter().enumerate() {
                 let want = (l - m).exp() / s;
-                assert!(
-                    (out[0].data[r * 4 + c] - want).abs() < 1e-5,
-                    "row {r} col {c}"
-                );
+                assert!((out[0].data[r * 4 + c] - want).abs() < 1e-5, "row {r} col {c}");
             }
         }
     }
@@ -1512,29 +1082,11 @@ mod tests {
             nodes: vec![
                 node(
                     "aten.native_layer_norm.default",
-                    &[
-                        ("input", Arg::Value(0)),
-                        ("normalized_shape", Arg::List(vec![Arg::Int(7)])),
-                        ("weight", Arg::None),
-                        ("bias", Arg::None),
-                        ("eps", Arg::Float(1e-5)),
-                    ],
-                    vec![
-                        meta(DType::F32, &[2, 7]),
-                        meta(DType::F32, &[2, 1]),
-                        meta(DType::F32, &[2, 1]),
-                    ],
+                    &[("input", Arg::Value(0)), ("normalized_shape", Arg::List(vec![Arg::Int(7)])), ("weight", Arg::None), ("bias", Arg::None), ("eps", Arg::Float(1e-5))],
+                    vec![meta(DType::F32, &[2, 7]), meta(DType::F32, &[2, 1]), meta(DType::F32, &[2, 1])],
                 ),
-                node(
-                    "getitem",
-                    &[("self", Arg::Value(1)), ("index", Arg::Int(0))],
-                    vec![meta(DType::F32, &[2, 7])],
-                ),
-                node(
-                    "getitem",
-                    &[("self", Arg::Value(1)), ("index", Arg::Int(2))],
-                    vec![meta(DType::F32, &[2, 1])],
-                ),
+                node("getitem", &[("self", Arg::Value(1)), ("index", Arg::Int(0))], vec![meta(DType::F32, &[2, 7])]),
+                node("getitem", &[("self", Arg::Value(1)), ("index", Arg::Int(2))], vec![meta(DType::F32, &[2, 1])]),
             ],
             outputs: vec![2, 3],
         };
@@ -1543,11 +1095,7 @@ mod tests {
         let out = run(&ir, &[Value::new(DType::F32, [2, 7], x.clone()).unwrap()]).unwrap();
         let row = &x[..7];
         let m: f64 = row.iter().map(|&v| v as f32 as f64).sum::<f64>() / 7.0;
-        let var: f64 = row
-            .iter()
-            .map(|&v| (v as f32 as f64 - m).powi(2))
-            .sum::<f64>()
-            / 7.0;
+        let var: f64 = row.iter().map(|&v| (v as f32 as f64 - m).powi(2)).sum::<f64>() / 7.0;
         let rstd = 1.0 / (var + 1e-5).sqrt();
         assert!((out[1].data[0] - rstd).abs() < 1e-6);
         assert!((out[0].data[3] - (row[3] as f32 as f64 - m) * rstd).abs() < 1e-5);
@@ -1559,11 +1107,7 @@ mod tests {
         let g = AtenGraph {
             name: "bad".into(),
             inputs: vec![input("x", DType::I32, &[3])],
-            nodes: vec![node(
-                "aten.sum.default",
-                &[("self", Arg::Value(0))],
-                vec![meta(DType::I32, &[])],
-            )],
+            nodes: vec![node("aten.sum.default", &[("self", Arg::Value(0))], vec![meta(DType::I32, &[])])],
             outputs: vec![1],
         };
         let e = import(&g).unwrap_err();
@@ -1577,16 +1121,8 @@ mod tests {
             name: "u".into(),
             inputs: vec![input("x", DType::F32, &[3])],
             nodes: vec![
-                node(
-                    "aten.exp.default",
-                    &[("self", Arg::Value(0))],
-                    vec![meta(DType::F32, &[3])],
-                ),
-                node(
-                    "aten.cumsum.default",
-                    &[("self", Arg::Value(1)), ("dim", Arg::Int(0))],
-                    vec![meta(DType::F32, &[3])],
-                ),
+                node("aten.exp.default", &[("self", Arg::Value(0))], vec![meta(DType::F32, &[3])]),
+                node("aten.cumsum.default", &[("self", Arg::Value(1)), ("dim", Arg::Int(0))], vec![meta(DType::F32, &[3])]),
             ],
             outputs: vec![2],
         };
@@ -1594,20 +1130,11 @@ mod tests {
         let g2 = AtenGraph {
             name: "u2".into(),
             inputs: vec![input("x", DType::F32, &[3])],
-            nodes: vec![node(
-                "aten.exp.default",
-                &[("self", Arg::Value(7))],
-                vec![meta(DType::F32, &[3])],
-            )],
+            nodes: vec![node("aten.exp.default", &[("self", Arg::Value(7))], vec![meta(DType::F32, &[3])])],
             outputs: vec![1],
         };
         assert!(import(&g2).unwrap_err().to_string().contains("value 7"));
-        let g3 = AtenGraph {
-            name: "u3".into(),
-            inputs: vec![input("x", DType::F32, &[3])],
-            nodes: vec![],
-            outputs: vec![4],
-        };
+        let g3 = AtenGraph { name: "u3".into(), inputs: vec![input("x", DType::F32, &[3])], nodes: vec![], outputs: vec![4] };
         assert_eq!(import(&g3).unwrap_err().node(), None);
     }
 
@@ -1619,12 +1146,7 @@ mod tests {
         let vals = vec![Val::Tensor(x)];
         for t in supported_targets() {
             let n = node(t, &[], vec![meta(DType::F32, &[2, 3])]);
-            let cx = Cx {
-                tr: &tr,
-                vals: &vals,
-                node: &n,
-                inner: &Default::default(),
-            };
+            let cx = Cx { tr: &tr, vals: &vals, node: &n, inner: &Default::default() };
             if let Err(e) = cx.lower() {
                 assert!(!e.contains("is not an op Kiln maps"), "{t}: {e}");
             }
@@ -1639,31 +1161,19 @@ mod tests {
             inputs: vec![input("x", DType::F32, &[2, 3, 4])],
             nodes: vec![node(
                 "aten.index.Tensor",
-                &[
-                    ("self", Arg::Value(0)),
-                    (
-                        "indices",
-                        Arg::List(vec![Arg::None, Arg::List(vec![Arg::Int(-1), Arg::Int(0)])]),
-                    ),
-                ],
+                &[("self", Arg::Value(0)), ("indices", Arg::List(vec![Arg::None, Arg::List(vec![Arg::Int(-1), Arg::Int(0)])]))],
                 vec![meta(DType::F32, &[2, 2, 4])],
             )],
             outputs: vec![1],
         };
         let ir = import(&g).unwrap();
         let x = data(24, 9);
-        let out = run(
-            &ir,
-            &[Value::new(DType::F32, [2, 3, 4], x.clone()).unwrap()],
-        )
-        .unwrap();
+        let out = run(&ir, &[Value::new(DType::F32, [2, 3, 4], x.clone()).unwrap()]).unwrap();
         let q = |v: f64| v as f32 as f64;
         assert_eq!(out[0].data[0], q(x[8])); // [0, -1, 0] = x[0, 2, 0]
         assert_eq!(out[0].data[4], q(x[0])); // [0, 1, 0] = x[0, 0, 0]
         let mut bad = g.clone();
-        bad.nodes[0]
-            .args
-            .insert("indices".into(), Arg::List(vec![Arg::None, Arg::Value(0)]));
+        bad.nodes[0].args.insert("indices".into(), Arg::List(vec![Arg::None, Arg::Value(0)]));
         assert!(import(&bad).unwrap_err().to_string().contains("gather"));
     }
 
@@ -1671,38 +1181,19 @@ mod tests {
     fn causal_masked_attention_imports() {
         let g = AtenGraph {
             name: "attn".into(),
-            inputs: vec![
-                input("q", DType::F32, &[1, 2, 5, 4]),
-                input("k", DType::F32, &[1, 2, 5, 4]),
-                input("v", DType::F32, &[1, 2, 5, 4]),
-            ],
+            inputs: vec![input("q", DType::F32, &[1, 2, 5, 4]), input("k", DType::F32, &[1, 2, 5, 4]), input("v", DType::F32, &[1, 2, 5, 4])],
             nodes: vec![
                 node(
                     "aten._scaled_dot_product_flash_attention_for_cpu.default",
-                    &[
-                        ("query", Arg::Value(0)),
-                        ("key", Arg::Value(1)),
-                        ("value", Arg::Value(2)),
-                        ("dropout_p", Arg::Float(0.0)),
-                        ("is_causal", Arg::Bool(true)),
-                    ],
-                    vec![
-                        meta(DType::F32, &[1, 2, 5, 4]),
-                        meta(DType::F32, &[1, 2, 5]),
-                    ],
+                    &[("query", Arg::Value(0)), ("key", Arg::Value(1)), ("value", Arg::Value(2)), ("dropout_p", Arg::Float(0.0)), ("is_causal", Arg::Bool(true))],
+                    vec![meta(DType::F32, &[1, 2, 5, 4]), meta(DType::F32, &[1, 2, 5])],
                 ),
-                node(
-                    "getitem",
-                    &[("self", Arg::Value(3)), ("index", Arg::Int(0))],
-                    vec![meta(DType::F32, &[1, 2, 5, 4])],
-                ),
+                node("getitem", &[("self", Arg::Value(3)), ("index", Arg::Int(0))], vec![meta(DType::F32, &[1, 2, 5, 4])]),
             ],
             outputs: vec![4],
         };
         let ir = import(&g).unwrap();
-        let vals: Vec<Value> = (0..3)
-            .map(|i| Value::new(DType::F32, [1, 2, 5, 4], data(40, i)).unwrap())
-            .collect();
+        let vals: Vec<Value> = (0..3).map(|i| Value::new(DType::F32, [1, 2, 5, 4], data(40, i)).unwrap()).collect();
         let out = run(&ir, &vals).unwrap();
         // the first query row attends only to the first key: output row 0 == v row 0
         for c in 0..4 {
@@ -1717,65 +1208,27 @@ mod tests {
         let ints = |v: &[i64]| Arg::List(v.iter().map(|&i| Arg::Int(i)).collect());
         let g = AtenGraph {
             name: "scores".into(),
-            inputs: vec![
-                input("q", DType::F32, &[2, 3, 5, 4]),
-                input("k", DType::F32, &[2, 3, 5, 4]),
-            ],
+            inputs: vec![input("q", DType::F32, &[2, 3, 5, 4]), input("k", DType::F32, &[2, 3, 5, 4])],
             nodes: vec![
-                node(
-                    "aten.transpose.int",
-                    &[
-                        ("self", Arg::Value(1)),
-                        ("dim0", Arg::Int(-2)),
-                        ("dim1", Arg::Int(-1)),
-                    ],
-                    vec![meta(DType::F32, &[2, 3, 4, 5])],
-                ),
-                node(
-                    "aten.view.default",
-                    &[("self", Arg::Value(0)), ("size", ints(&[6, 5, 4]))],
-                    vec![meta(DType::F32, &[6, 5, 4])],
-                ),
-                node(
-                    "aten.clone.default",
-                    &[("self", Arg::Value(2))],
-                    vec![meta(DType::F32, &[2, 3, 4, 5])],
-                ),
-                node(
-                    "aten._unsafe_view.default",
-                    &[("self", Arg::Value(4)), ("size", ints(&[6, 4, 5]))],
-                    vec![meta(DType::F32, &[6, 4, 5])],
-                ),
-                node(
-                    "aten.bmm.default",
-                    &[("self", Arg::Value(3)), ("mat2", Arg::Value(5))],
-                    vec![meta(DType::F32, &[6, 5, 5])],
-                ),
-                node(
-                    "aten._unsafe_view.default",
-                    &[("self", Arg::Value(6)), ("size", ints(&[2, 3, 5, 5]))],
-                    vec![meta(DType::F32, &[2, 3, 5, 5])],
-                ),
+                node("aten.transpose.int", &[("self", Arg::Value(1)), ("dim0", Arg::Int(-2)), ("dim1", Arg::Int(-1))], vec![meta(DType::F32, &[2, 3, 4, 5])]),
+                node("aten.view.default", &[("self", Arg::Value(0)), ("size", ints(&[6, 5, 4]))], vec![meta(DType::F32, &[6, 5, 4])]),
+                node("aten.clone.default", &[("self", Arg::Value(2))], vec![meta(DType::F32, &[2, 3, 4, 5])]),
+                node("aten._unsafe_view.default", &[("self", Arg::Value(4)), ("size", ints(&[6, 4, 5]))], vec![meta(DType::F32, &[6, 4, 5])]),
+                node("aten.bmm.default", &[("self", Arg::Value(3)), ("mat2", Arg::Value(5))], vec![meta(DType::F32, &[6, 5, 5])]),
+                node("aten._unsafe_view.default", &[("self", Arg::Value(6)), ("size", ints(&[2, 3, 5, 5]))], vec![meta(DType::F32, &[2, 3, 5, 5])]),
             ],
             outputs: vec![7],
         };
         let ir = import(&g).unwrap();
-        let mm: Vec<_> = ir
-            .nodes()
-            .filter(|(_, n)| matches!(n.op, Op::MatMul))
-            .collect();
+        let mm: Vec<_> = ir.nodes().filter(|(_, n)| matches!(n.op, Op::MatMul)).collect();
         assert_eq!(mm.len(), 1);
         assert_eq!(mm[0].1.shape.dims(), &[2, 3, 5, 5], "{ir}");
         // the view back to 4-D is the matmul itself, not a reshape of a reshape of it
         assert_eq!(ir.outputs(), &[mm[0].0], "{ir}");
-        let vals: Vec<Value> = (0..2)
-            .map(|i| Value::new(DType::F32, [2, 3, 5, 4], data(120, i + 3)).unwrap())
-            .collect();
+        let vals: Vec<Value> = (0..2).map(|i| Value::new(DType::F32, [2, 3, 5, 4], data(120, i + 3)).unwrap()).collect();
         let out = run(&ir, &vals).unwrap();
         for (bh, row, col) in [(0, 0, 0), (4, 2, 3), (5, 4, 1)] {
-            let want: f64 = (0..4)
-                .map(|d| vals[0].data[bh * 20 + row * 4 + d] * vals[1].data[bh * 20 + col * 4 + d])
-                .sum();
+            let want: f64 = (0..4).map(|d| vals[0].data[bh * 20 + row * 4 + d] * vals[1].data[bh * 20 + col * 4 + d]).sum();
             let got = out[0].data[bh * 25 + row * 5 + col];
             assert!((got - want).abs() < 1e-9, "{got} vs {want}");
         }

@@ -19,11 +19,8 @@ pub enum GeluApproximate {
 pub(crate) fn broadcast_shapes(op: &'static str, shapes: &[&Shape]) -> Result<Shape> {
     let mut out = shapes[0].clone();
     for s in &shapes[1..] {
-        out = Shape::broadcast(op, &out, s).map_err(|_| FrontendError::Broadcast {
-            op,
-            lhs: out.clone().into(),
-            rhs: (*s).clone().into(),
-        })?;
+        out = Shape::broadcast(op, &out, s)
+            .map_err(|_| FrontendError::Broadcast { op, lhs: out.clone().into(), rhs: (*s).clone().into() })?;
     }
     Ok(out)
 }
@@ -34,22 +31,12 @@ pub fn where_(cond: &Tensor, a: impl Into<Operand>, b: impl Into<Operand>) -> Re
     cond.where_(a, b)
 }
 
-fn binary_op(
-    op: &'static str,
-    b: BinaryOp,
-    lhs: &Operand,
-    rhs: &Operand,
-    force: Option<DType>,
-) -> Result<Tensor> {
+fn binary_op(op: &'static str, b: BinaryOp, lhs: &Operand, rhs: &Operand, force: Option<DType>) -> Result<Tensor> {
     let (_, ts) = promote(op, &[lhs, rhs], force)?;
     broadcast_shapes(op, &[ts[0].shape(), ts[1].shape()])?;
     let logical = matches!(b, BinaryOp::And | BinaryOp::Or);
     if !logical && ts[0].dtype() == DType::Bool {
-        return Err(FrontendError::BadDType {
-            op,
-            dtype: DType::Bool,
-            expected: "a numeric dtype",
-        });
+        return Err(FrontendError::BadDType { op, dtype: DType::Bool, expected: "a numeric dtype" });
     }
     ts[0].push(op, Op::Binary(b), &[&ts[1]])
 }
@@ -75,11 +62,7 @@ impl Tensor {
     pub fn div(&self, rhs: impl Into<Operand>) -> Result<Tensor> {
         let (lhs, rhs) = (Operand::from(self), rhs.into());
         let dt = result_type(&[&lhs, &rhs]);
-        let force = if dt.is_float() {
-            None
-        } else {
-            Some(DType::F32)
-        };
+        let force = if dt.is_float() { None } else { Some(DType::F32) };
         binary_op("div", BinaryOp::Div, &lhs, &rhs, force)
     }
     /// `x ** exponent` (`torch.pow`).
@@ -88,23 +71,13 @@ impl Tensor {
     }
     /// `rhs - x` for a number or tensor `rhs` (`torch.rsub`).
     pub fn rsub(&self, lhs: impl Into<Operand>) -> Result<Tensor> {
-        binary_op(
-            "rsub",
-            BinaryOp::Sub,
-            &lhs.into(),
-            &Operand::from(self),
-            None,
-        )
+        binary_op("rsub", BinaryOp::Sub, &lhs.into(), &Operand::from(self), None)
     }
     /// `lhs / x` (true division).
     pub fn rdiv(&self, lhs: impl Into<Operand>) -> Result<Tensor> {
         let (lhs, rhs) = (lhs.into(), Operand::from(self));
         let dt = result_type(&[&lhs, &rhs]);
-        let force = if dt.is_float() {
-            None
-        } else {
-            Some(DType::F32)
-        };
+        let force = if dt.is_float() { None } else { Some(DType::F32) };
         binary_op("div", BinaryOp::Div, &lhs, &rhs, force)
     }
     /// `torch.maximum` (NaN propagates).
@@ -174,8 +147,7 @@ impl Tensor {
     }
     /// `torch.logical_not` (any dtype; nonzero is true). `~mask` for bool masks.
     pub fn logical_not(&self) -> Result<Tensor> {
-        self.as_bool()?
-            .push("logical_not", Op::Unary(UnaryOp::Not), &[])
+        self.as_bool()?.push("logical_not", Op::Unary(UnaryOp::Not), &[])
     }
     fn logical(&self, op: &'static str, b: BinaryOp, rhs: Operand) -> Result<Tensor> {
         let lhs = Operand::from(self);
@@ -195,11 +167,7 @@ impl Tensor {
     // ---- unary math ----
     /// Float-only math: integer and bool inputs are promoted to `f32` first, as in PyTorch.
     fn float_unary(&self, op: &'static str, u: UnaryOp) -> Result<Tensor> {
-        let x = if self.dtype().is_float() {
-            self.clone()
-        } else {
-            self.to_dtype(DType::F32)?
-        };
+        let x = if self.dtype().is_float() { self.clone() } else { self.to_dtype(DType::F32)? };
         x.push(op, Op::Unary(u), &[])
     }
     pub fn exp(&self) -> Result<Tensor> {
@@ -233,22 +201,14 @@ impl Tensor {
     /// `torch.floor` (integers are returned unchanged).
     pub fn floor(&self) -> Result<Tensor> {
         match self.dtype() {
-            DType::Bool => Err(FrontendError::BadDType {
-                op: "floor",
-                dtype: DType::Bool,
-                expected: "a numeric dtype",
-            }),
+            DType::Bool => Err(FrontendError::BadDType { op: "floor", dtype: DType::Bool, expected: "a numeric dtype" }),
             d if d.is_int() => Ok(self.clone()),
             _ => self.push("floor", Op::Unary(UnaryOp::Floor), &[]),
         }
     }
     fn numeric_unary(&self, op: &'static str, u: UnaryOp) -> Result<Tensor> {
         if self.dtype() == DType::Bool {
-            return Err(FrontendError::BadDType {
-                op,
-                dtype: DType::Bool,
-                expected: "a numeric dtype (use logical_not for bool)",
-            });
+            return Err(FrontendError::BadDType { op, dtype: DType::Bool, expected: "a numeric dtype (use logical_not for bool)" });
         }
         self.push(op, Op::Unary(u), &[])
     }
@@ -268,30 +228,18 @@ impl Tensor {
         if self.dtype().is_float() {
             Ok(())
         } else {
-            Err(FrontendError::BadDType {
-                op,
-                dtype: self.dtype(),
-                expected: "a floating dtype (f32, f16, bf16)",
-            })
+            Err(FrontendError::BadDType { op, dtype: self.dtype(), expected: "a floating dtype (f32, f16, bf16)" })
         }
     }
     /// `torch.sigmoid` = `1 / (1 + exp(-x))`.
     pub fn sigmoid(&self) -> Result<Tensor> {
-        let x = if self.dtype().is_float() {
-            self.clone()
-        } else {
-            self.to_dtype(DType::F32)?
-        };
+        let x = if self.dtype().is_float() { self.clone() } else { self.to_dtype(DType::F32)? };
         x.neg()?.exp()?.add_same(1.0)?.recip()
     }
     /// `F.relu` = `maximum(x, 0)`.
     pub fn relu(&self) -> Result<Tensor> {
         if self.dtype() == DType::Bool {
-            return Err(FrontendError::BadDType {
-                op: "relu",
-                dtype: DType::Bool,
-                expected: "a numeric dtype",
-            });
+            return Err(FrontendError::BadDType { op: "relu", dtype: DType::Bool, expected: "a numeric dtype" });
         }
         self.push("relu", Op::Binary(BinaryOp::Max), &[&self.scalar_like(0.0)])
     }
@@ -315,10 +263,7 @@ impl Tensor {
         let x = self;
         match approximate {
             GeluApproximate::None => {
-                let inner = x
-                    .mul_same(std::f64::consts::FRAC_1_SQRT_2)?
-                    .erf()?
-                    .add_same(1.0)?;
+                let inner = x.mul_same(std::f64::consts::FRAC_1_SQRT_2)?.erf()?.add_same(1.0)?;
                 x.mul_same(0.5)?.mul(&inner)
             }
             GeluApproximate::Tanh => {
@@ -334,11 +279,7 @@ impl Tensor {
     /// `torch.where(self, a, b)` with `self` the bool condition.
     pub fn where_(&self, a: impl Into<Operand>, b: impl Into<Operand>) -> Result<Tensor> {
         if self.dtype() != DType::Bool {
-            return Err(FrontendError::BadDType {
-                op: "where",
-                dtype: self.dtype(),
-                expected: "bool (the condition)",
-            });
+            return Err(FrontendError::BadDType { op: "where", dtype: self.dtype(), expected: "bool (the condition)" });
         }
         let (a, b) = (a.into(), b.into());
         let (_, ts) = promote_in("where", self.tracer(), &[&a, &b], None)?;
@@ -349,19 +290,11 @@ impl Tensor {
     pub fn masked_fill(&self, mask: &Tensor, value: impl Into<Operand>) -> Result<Tensor> {
         self.tracer().check_owner("masked_fill", mask)?;
         if mask.dtype() != DType::Bool {
-            return Err(FrontendError::BadDType {
-                op: "masked_fill",
-                dtype: mask.dtype(),
-                expected: "bool (the mask)",
-            });
+            return Err(FrontendError::BadDType { op: "masked_fill", dtype: mask.dtype(), expected: "bool (the mask)" });
         }
         let value = match value.into() {
             Operand::Tensor(t) if t.rank() != 0 => {
-                return Err(FrontendError::Rank {
-                    op: "masked_fill",
-                    expected: "a 0-dim value tensor",
-                    shape: t.shape().clone().into(),
-                })
+                return Err(FrontendError::Rank { op: "masked_fill", expected: "a 0-dim value tensor", shape: t.shape().clone().into() })
             }
             v => v.materialize(self.tracer(), self.dtype())?,
         };
@@ -372,11 +305,7 @@ impl Tensor {
     /// A bool `[rows, cols]` mask, true where `col - row` satisfies `keep` against `diagonal`.
     fn triangle_mask(&self, op: &'static str, diagonal: i64, c: CmpOp) -> Result<Tensor> {
         if self.rank() < 2 {
-            return Err(FrontendError::Rank {
-                op,
-                expected: "a tensor of rank >= 2",
-                shape: self.shape().clone().into(),
-            });
+            return Err(FrontendError::Rank { op, expected: "a tensor of rank >= 2", shape: self.shape().clone().into() });
         }
         let r = self.rank();
         let shape = Shape::new([self.dims()[r - 2], self.dims()[r - 1]]);
@@ -407,8 +336,7 @@ impl Tensor {
     }
     /// `torch.full_like(x, value)`.
     pub fn full_like(&self, value: f64) -> Result<Tensor> {
-        self.tracer()
-            .full(value, self.dtype(), self.shape().clone())
+        self.tracer().full(value, self.dtype(), self.shape().clone())
     }
 }
 
@@ -445,22 +373,10 @@ macro_rules! bin_ops {
 
 impl Tensor {
     fn radd(&self, lhs: f64) -> Result<Tensor> {
-        binary_op(
-            "add",
-            BinaryOp::Add,
-            &Operand::Float(lhs),
-            &Operand::from(self),
-            None,
-        )
+        binary_op("add", BinaryOp::Add, &Operand::Float(lhs), &Operand::from(self), None)
     }
     fn rmul(&self, lhs: f64) -> Result<Tensor> {
-        binary_op(
-            "mul",
-            BinaryOp::Mul,
-            &Operand::Float(lhs),
-            &Operand::from(self),
-            None,
-        )
+        binary_op("mul", BinaryOp::Mul, &Operand::Float(lhs), &Operand::from(self), None)
     }
 }
 

@@ -30,10 +30,11 @@
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 
-pub mod aten;
+
 mod elementwise;
 mod error;
 mod linalg;
+pub mod aten;
 pub mod models;
 pub mod module;
 mod movement;

@@ -24,25 +24,13 @@ pub enum Init {
 
 impl Init {
     /// Linear weights and biases, embeddings: `N(0, 0.02)` as in GPT-2.
-    pub const WEIGHT: Init = Init::Normal {
-        mean: 0.0,
-        std: 0.02,
-    };
+    pub const WEIGHT: Init = Init::Normal { mean: 0.0, std: 0.02 };
     /// Norm scales: around 1 but not exactly (tests see that the weight is applied).
-    pub const NORM_WEIGHT: Init = Init::Normal {
-        mean: 1.0,
-        std: 0.1,
-    };
+    pub const NORM_WEIGHT: Init = Init::Normal { mean: 1.0, std: 0.1 };
     /// Norm shifts: around 0 but not zero.
-    pub const NORM_BIAS: Init = Init::Normal {
-        mean: 0.0,
-        std: 0.05,
-    };
+    pub const NORM_BIAS: Init = Init::Normal { mean: 0.0, std: 0.05 };
     /// Activations in tests: `N(0, 1)`.
-    pub const ACTIVATION: Init = Init::Normal {
-        mean: 0.0,
-        std: 1.0,
-    };
+    pub const ACTIVATION: Init = Init::Normal { mean: 0.0, std: 1.0 };
 }
 
 /// Whether a graph input is fed per call (an activation) or is a weight.
@@ -65,13 +53,7 @@ pub struct InputSpec {
 impl InputSpec {
     /// An activation input (what callers pass to [`trace`]).
     pub fn new(name: impl Into<String>, dtype: DType, shape: impl Into<Shape>) -> InputSpec {
-        InputSpec {
-            name: name.into(),
-            dtype,
-            shape: shape.into(),
-            role: Role::Activation,
-            init: Init::ACTIVATION,
-        }
+        InputSpec { name: name.into(), dtype, shape: shape.into(), role: Role::Activation, init: Init::ACTIVATION }
     }
 
     /// Seeded random values for this input; the stream depends only on `seed` and the name,
@@ -98,32 +80,18 @@ pub struct Vars {
 
 impl Vars {
     pub fn new(tracer: &Tracer, dtype: DType) -> Vars {
-        Vars {
-            tracer: tracer.clone(),
-            prefix: String::new(),
-            dtype,
-        }
+        Vars { tracer: tracer.clone(), prefix: String::new(), dtype }
     }
 
     /// Vars under `prefix.name` (`vars.pp("h").pp(0).pp("attn")`).
     pub fn pp(&self, name: impl std::fmt::Display) -> Vars {
-        let prefix = if self.prefix.is_empty() {
-            name.to_string()
-        } else {
-            format!("{}.{name}", self.prefix)
-        };
-        Vars {
-            prefix,
-            ..self.clone()
-        }
+        let prefix = if self.prefix.is_empty() { name.to_string() } else { format!("{}.{name}", self.prefix) };
+        Vars { prefix, ..self.clone() }
     }
 
     /// The same vars making parameters of another dtype.
     pub fn with_dtype(&self, dtype: DType) -> Vars {
-        Vars {
-            dtype,
-            ..self.clone()
-        }
+        Vars { dtype, ..self.clone() }
     }
 
     pub fn dtype(&self) -> DType {
@@ -138,11 +106,7 @@ impl Vars {
 
     /// The parameter `prefix.name` of the given shape (created on first use).
     pub fn get(&self, name: &str, shape: impl Into<Shape>, init: Init) -> Result<Tensor> {
-        let full = if self.prefix.is_empty() {
-            name.to_string()
-        } else {
-            format!("{}.{name}", self.prefix)
-        };
+        let full = if self.prefix.is_empty() { name.to_string() } else { format!("{}.{name}", self.prefix) };
         let shape = shape.into();
         crate::tracer::check_numel("parameter", &shape)?;
         self.tracer.param(full, self.dtype, shape, init)
@@ -175,11 +139,7 @@ pub fn module_fn<F>(name: impl Into<String>, f: F) -> FnModule<F>
 where
     F: Fn(&Vars, &[Tensor]) -> Result<Vec<Tensor>>,
 {
-    FnModule {
-        name: name.into(),
-        dtype: DType::F32,
-        f,
-    }
+    FnModule { name: name.into(), dtype: DType::F32, f }
 }
 
 impl<F> FnModule<F> {
@@ -254,50 +214,26 @@ pub fn trace<M: Module + ?Sized>(module: &M, inputs: &[InputSpec]) -> Result<Tra
     let refs: Vec<&Tensor> = outs.iter().collect();
     let graph = tracer.finish(&refs)?;
     let params = tracer.params();
-    let mut specs: Vec<InputSpec> = inputs
-        .iter()
-        .map(|s| InputSpec {
-            role: Role::Activation,
-            ..s.clone()
-        })
-        .collect();
+    let mut specs: Vec<InputSpec> = inputs.iter().map(|s| InputSpec { role: Role::Activation, ..s.clone() }).collect();
     for p in &params {
         let n = tracer.graph().node(p.id).clone();
-        specs.push(InputSpec {
-            name: p.name.clone(),
-            dtype: n.dtype,
-            shape: n.shape,
-            role: Role::Param,
-            init: p.init,
-        });
+        specs.push(InputSpec { name: p.name.clone(), dtype: n.dtype, shape: n.shape, role: Role::Param, init: p.init });
     }
     // Graph inputs are activations first, then params, in creation order; check the pairing.
-    let names: Vec<&str> = graph
-        .inputs()
-        .iter()
-        .map(|&i| graph.input_name(i).unwrap_or(""))
-        .collect();
+    let names: Vec<&str> = graph.inputs().iter().map(|&i| graph.input_name(i).unwrap_or("")).collect();
     if names.len() != specs.len() || names.iter().zip(&specs).any(|(n, s)| *n != s.name) {
         return Err(FrontendError::Invalid {
             op: "trace",
-            reason: "the module created graph inputs outside Vars (use Vars::get for parameters)"
-                .into(),
+            reason: "the module created graph inputs outside Vars (use Vars::get for parameters)".into(),
         });
     }
-    Ok(Traced {
-        graph,
-        inputs: specs,
-    })
+    Ok(Traced { graph, inputs: specs })
 }
 
 /// Checks a module got the number of inputs it expects.
 pub fn expect_inputs(module: &str, inputs: &[Tensor], n: usize) -> Result<()> {
     if inputs.len() != n {
-        return Err(FrontendError::InputCount {
-            module: module.into(),
-            expected: n,
-            got: inputs.len(),
-        });
+        return Err(FrontendError::InputCount { module: module.into(), expected: n, got: inputs.len() });
     }
     Ok(())
 }

@@ -14,8 +14,7 @@ pub trait Sizes {
 /// An integer as a PyTorch size or dim, saturating (a huge `usize` stays huge, not `-1`).
 pub(crate) fn to_isize<T: TryInto<isize> + PartialOrd + Default>(d: T) -> isize {
     let negative = d < T::default();
-    d.try_into()
-        .unwrap_or(if negative { isize::MIN } else { isize::MAX })
+    d.try_into().unwrap_or(if negative { isize::MIN } else { isize::MAX })
 }
 
 macro_rules! sizes_impl {
@@ -56,24 +55,15 @@ pub fn cat(tensors: &[&Tensor], dim: isize) -> Result<Tensor> {
     let refs: Vec<&Operand> = ops.iter().collect();
     let (_, ts) = promote("cat", &refs, None)?;
     if first.rank() == 0 {
-        return Err(FrontendError::Rank {
-            op: "cat",
-            expected: "tensors of rank >= 1",
-            shape: first.shape().clone().into(),
-        });
+        return Err(FrontendError::Rank { op: "cat", expected: "tensors of rank >= 1", shape: first.shape().clone().into() });
     }
     let axis = first.dim_index("cat", dim)?;
     for t in &ts[1..] {
-        let same = t.rank() == first.rank()
-            && (0..first.rank()).all(|i| i == axis || t.dims()[i] == first.dims()[i]);
+        let same = t.rank() == first.rank() && (0..first.rank()).all(|i| i == axis || t.dims()[i] == first.dims()[i]);
         if !same {
             return Err(invalid(
                 "cat",
-                format!(
-                    "tensors of shapes {} and {} differ outside dim {axis}",
-                    first.shape(),
-                    t.shape()
-                ),
+                format!("tensors of shapes {} and {} differ outside dim {axis}", first.shape(), t.shape()),
             ));
         }
     }
@@ -91,20 +81,10 @@ pub fn stack(tensors: &[&Tensor], dim: isize) -> Result<Tensor> {
     };
     for t in tensors {
         if t.shape() != first.shape() {
-            return Err(invalid(
-                "stack",
-                format!(
-                    "all tensors must have one shape, got {} and {}",
-                    first.shape(),
-                    t.shape()
-                ),
-            ));
+            return Err(invalid("stack", format!("all tensors must have one shape, got {} and {}", first.shape(), t.shape())));
         }
     }
-    let us = tensors
-        .iter()
-        .map(|t| t.unsqueeze(dim))
-        .collect::<Result<Vec<_>>>()?;
+    let us = tensors.iter().map(|t| t.unsqueeze(dim)).collect::<Result<Vec<_>>>()?;
     cat(&us.iter().collect::<Vec<_>>(), dim)
 }
 
@@ -131,12 +111,7 @@ impl Tensor {
     }
 
     fn reshape_named(&self, op: &'static str, target: Vec<isize>) -> Result<Tensor> {
-        let err = |reason: String| FrontendError::Reshape {
-            op,
-            shape: self.shape().clone().into(),
-            target: target.clone(),
-            reason,
-        };
+        let err = |reason: String| FrontendError::Reshape { op, shape: self.shape().clone().into(), target: target.clone(), reason };
         let mut infer = None;
         let mut known: u128 = 1;
         for (i, &d) in target.iter().enumerate() {
@@ -151,15 +126,11 @@ impl Tensor {
         let mut dims: Vec<usize> = target.iter().map(|&d| d.max(0) as usize).collect();
         if let Some(i) = infer {
             if known == 0 || !numel.is_multiple_of(known) {
-                return Err(err(format!(
-                    "{numel} elements cannot be split into sizes of product {known} and a -1"
-                )));
+                return Err(err(format!("{numel} elements cannot be split into sizes of product {known} and a -1")));
             }
             dims[i] = (numel / known) as usize;
         } else if known != numel {
-            return Err(err(format!(
-                "the tensor has {numel} elements but the shape asks for {known}"
-            )));
+            return Err(err(format!("the tensor has {numel} elements but the shape asks for {known}")));
         }
         let shape = Shape::new(dims);
         if shape == *self.shape() {
@@ -176,10 +147,7 @@ impl Tensor {
         let s = self.dim_index("flatten", start_dim)?;
         let e = self.dim_index("flatten", end_dim)?;
         if s > e {
-            return Err(invalid(
-                "flatten",
-                format!("start_dim {start_dim} comes after end_dim {end_dim}"),
-            ));
+            return Err(invalid("flatten", format!("start_dim {start_dim} comes after end_dim {end_dim}")));
         }
         let d = self.dims();
         let mut dims: Vec<usize> = d[..s].to_vec();
@@ -219,23 +187,13 @@ impl Tensor {
     pub fn permute(&self, dims: impl Sizes) -> Result<Tensor> {
         let dims = dims.to_sizes();
         if dims.len() != self.rank() {
-            return Err(invalid(
-                "permute",
-                format!(
-                    "{} dims given for a tensor of rank {}",
-                    dims.len(),
-                    self.rank()
-                ),
-            ));
+            return Err(invalid("permute", format!("{} dims given for a tensor of rank {}", dims.len(), self.rank())));
         }
         let mut perm = Vec::with_capacity(dims.len());
         for d in dims {
             let a = self.dim_index("permute", d)?;
             if perm.contains(&a) {
-                return Err(FrontendError::RepeatedDim {
-                    op: "permute",
-                    dim: a,
-                });
+                return Err(FrontendError::RepeatedDim { op: "permute", dim: a });
             }
             perm.push(a);
         }
@@ -251,10 +209,7 @@ impl Tensor {
             resolve_dim("transpose", dim1, 1)?;
             return Ok(self.clone());
         }
-        let (a, b) = (
-            self.dim_index("transpose", dim0)?,
-            self.dim_index("transpose", dim1)?,
-        );
+        let (a, b) = (self.dim_index("transpose", dim0)?, self.dim_index("transpose", dim1)?);
         let mut perm: Vec<usize> = (0..self.rank()).collect();
         perm.swap(a, b);
         self.permute(perm)
@@ -264,11 +219,7 @@ impl Tensor {
         match self.rank() {
             0 | 1 => Ok(self.clone()),
             2 => self.transpose(0, 1),
-            _ => Err(FrontendError::Rank {
-                op: "t",
-                expected: "a tensor of rank <= 2",
-                shape: self.shape().clone().into(),
-            }),
+            _ => Err(FrontendError::Rank { op: "t", expected: "a tensor of rank <= 2", shape: self.shape().clone().into() }),
         }
     }
 
@@ -277,20 +228,14 @@ impl Tensor {
         let sizes = sizes.to_sizes();
         let r = self.rank();
         if sizes.len() < r {
-            return Err(invalid(
-                "expand",
-                format!("{} sizes given for a tensor of rank {r}", sizes.len()),
-            ));
+            return Err(invalid("expand", format!("{} sizes given for a tensor of rank {r}", sizes.len())));
         }
         let off = sizes.len() - r;
         let mut dims = Vec::with_capacity(sizes.len());
         for (i, &s) in sizes.iter().enumerate() {
             let d = if i < off {
                 if s < 0 {
-                    return Err(invalid(
-                        "expand",
-                        format!("size {s} for a new leading dim must be >= 0"),
-                    ));
+                    return Err(invalid("expand", format!("size {s} for a new leading dim must be >= 0")));
                 }
                 s as usize
             } else {
@@ -336,11 +281,7 @@ impl Tensor {
             return Err(invalid("slice", "step must be at least 1"));
         }
         if self.rank() == 0 {
-            return Err(FrontendError::Rank {
-                op: "slice",
-                expected: "a tensor of rank >= 1",
-                shape: self.shape().clone().into(),
-            });
+            return Err(FrontendError::Rank { op: "slice", expected: "a tensor of rank >= 1", shape: self.shape().clone().into() });
         }
         let axis = self.dim_index("slice", dim)?;
         let n = self.dims()[axis] as isize;
@@ -353,39 +294,19 @@ impl Tensor {
         if s == 0 && e == n as usize && step == 1 {
             return Ok(self.clone());
         }
-        self.push(
-            "slice",
-            Op::Slice {
-                axis,
-                start: s,
-                end: e,
-                step,
-            },
-            &[],
-        )
+        self.push("slice", Op::Slice { axis, start: s, end: e, step }, &[])
     }
     /// `x.narrow(dim, start, length)`: `start` may be negative; the range must fit.
     pub fn narrow(&self, dim: isize, start: isize, length: usize) -> Result<Tensor> {
         if self.rank() == 0 {
-            return Err(FrontendError::Rank {
-                op: "narrow",
-                expected: "a tensor of rank >= 1",
-                shape: self.shape().clone().into(),
-            });
+            return Err(FrontendError::Rank { op: "narrow", expected: "a tensor of rank >= 1", shape: self.shape().clone().into() });
         }
         let axis = self.dim_index("narrow", dim)?;
         let n = self.dims()[axis];
-        let s = if start < 0 {
-            start.checked_add(n as isize)
-        } else {
-            Some(start)
-        };
+        let s = if start < 0 { start.checked_add(n as isize) } else { Some(start) };
         let fits = matches!(s, Some(s) if s >= 0 && (s as usize).checked_add(length).is_some_and(|e| e <= n));
         if !fits {
-            return Err(invalid(
-                "narrow",
-                format!("start {start} and length {length} do not fit in dim {dim} of size {n}"),
-            ));
+            return Err(invalid("narrow", format!("start {start} and length {length} do not fit in dim {dim} of size {n}")));
         }
         let s = s.unwrap_or(0) as usize;
         self.slice(axis as isize, s as isize, (s + length) as isize, 1)
@@ -396,11 +317,7 @@ impl Tensor {
             return Err(invalid("split", "split_size must be at least 1"));
         }
         if self.rank() == 0 {
-            return Err(FrontendError::Rank {
-                op: "split",
-                expected: "a tensor of rank >= 1",
-                shape: self.shape().clone().into(),
-            });
+            return Err(FrontendError::Rank { op: "split", expected: "a tensor of rank >= 1", shape: self.shape().clone().into() });
         }
         let axis = self.dim_index("split", dim)?;
         let n = self.dims()[axis];

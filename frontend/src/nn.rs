@@ -15,24 +15,12 @@ pub struct Linear {
 
 impl Linear {
     pub fn new(in_features: usize, out_features: usize, bias: bool) -> Linear {
-        Linear {
-            in_features,
-            out_features,
-            bias,
-        }
+        Linear { in_features, out_features, bias }
     }
 
     pub fn forward(&self, vars: &Vars, x: &Tensor) -> Result<Tensor> {
-        let w = vars.get(
-            "weight",
-            [self.out_features, self.in_features],
-            Init::WEIGHT,
-        )?;
-        let b = if self.bias {
-            Some(vars.get("bias", [self.out_features], Init::WEIGHT)?)
-        } else {
-            None
-        };
+        let w = vars.get("weight", [self.out_features, self.in_features], Init::WEIGHT)?;
+        let b = if self.bias { Some(vars.get("bias", [self.out_features], Init::WEIGHT)?) } else { None };
         x.linear(&w, b.as_ref())
     }
 }
@@ -47,20 +35,12 @@ pub struct LayerNorm {
 
 impl LayerNorm {
     pub fn new(dim: usize) -> LayerNorm {
-        LayerNorm {
-            dim,
-            eps: 1e-5,
-            bias: true,
-        }
+        LayerNorm { dim, eps: 1e-5, bias: true }
     }
 
     pub fn forward(&self, vars: &Vars, x: &Tensor) -> Result<Tensor> {
         let w = vars.get("weight", [self.dim], Init::NORM_WEIGHT)?;
-        let b = if self.bias {
-            Some(vars.get("bias", [self.dim], Init::NORM_BIAS)?)
-        } else {
-            None
-        };
+        let b = if self.bias { Some(vars.get("bias", [self.dim], Init::NORM_BIAS)?) } else { None };
         x.layer_norm(&[self.dim], Some(&w), b.as_ref(), self.eps)
     }
 }

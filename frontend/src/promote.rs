@@ -111,8 +111,7 @@ fn combine(higher: Option<DType>, lower: Option<DType>) -> Option<DType> {
 /// zero-dim tensor, as in PyTorch.
 pub fn result_type(operands: &[&Operand]) -> DType {
     let (mut dim, mut zero, mut wrapped) = (None, None, None);
-    let up =
-        |slot: &mut Option<DType>, d: DType| *slot = Some(slot.map_or(d, |s| promote_types(s, d)));
+    let up = |slot: &mut Option<DType>, d: DType| *slot = Some(slot.map_or(d, |s| promote_types(s, d)));
     for o in operands {
         match o {
             Operand::Tensor(t) if t.rank() > 0 => up(&mut dim, t.dtype()),
@@ -132,16 +131,12 @@ pub(crate) fn common_tracer(op: &'static str, operands: &[&Operand]) -> Result<T
         if let Operand::Tensor(t) = o {
             match tracer {
                 None => tracer = Some(t.tracer()),
-                Some(tr) if !tr.same(t.tracer()) => {
-                    return Err(FrontendError::TracerMismatch { op })
-                }
+                Some(tr) if !tr.same(t.tracer()) => return Err(FrontendError::TracerMismatch { op }),
                 _ => {}
             }
         }
     }
-    tracer
-        .cloned()
-        .ok_or_else(|| crate::error::invalid(op, "needs at least one tensor operand"))
+    tracer.cloned().ok_or_else(|| crate::error::invalid(op, "needs at least one tensor operand"))
 }
 
 impl Operand {
@@ -157,33 +152,21 @@ impl Operand {
 }
 
 /// Promotes operands to their common dtype (or `force` when given) as tensors.
-pub(crate) fn promote(
-    op: &'static str,
-    operands: &[&Operand],
-    force: Option<DType>,
-) -> Result<(DType, Vec<Tensor>)> {
+pub(crate) fn promote(op: &'static str, operands: &[&Operand], force: Option<DType>) -> Result<(DType, Vec<Tensor>)> {
     let tracer = common_tracer(op, operands)?;
     promote_in(op, &tracer, operands, force)
 }
 
 /// [`promote`] where the operands may all be numbers: constants are made in `tracer`, and
 /// every tensor operand must belong to it.
-pub(crate) fn promote_in(
-    op: &'static str,
-    tracer: &Tracer,
-    operands: &[&Operand],
-    force: Option<DType>,
-) -> Result<(DType, Vec<Tensor>)> {
+pub(crate) fn promote_in(op: &'static str, tracer: &Tracer, operands: &[&Operand], force: Option<DType>) -> Result<(DType, Vec<Tensor>)> {
     for o in operands {
         if let Operand::Tensor(t) = o {
             tracer.check_owner(op, t)?;
         }
     }
     let dtype = force.unwrap_or_else(|| result_type(operands));
-    let ts = operands
-        .iter()
-        .map(|o| o.materialize(tracer, dtype))
-        .collect::<Result<Vec<_>>>()?;
+    let ts = operands.iter().map(|o| o.materialize(tracer, dtype)).collect::<Result<Vec<_>>>()?;
     Ok((dtype, ts))
 }
 

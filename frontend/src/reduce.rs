@@ -66,32 +66,14 @@ impl Tensor {
         Ok(axes)
     }
 
-    fn reduce(
-        &self,
-        op: &'static str,
-        r: ReduceOp,
-        axes: Vec<usize>,
-        keepdim: bool,
-    ) -> Result<Tensor> {
+    fn reduce(&self, op: &'static str, r: ReduceOp, axes: Vec<usize>, keepdim: bool) -> Result<Tensor> {
         if self.dtype() == DType::Bool {
-            return Err(FrontendError::BadDType {
-                op,
-                dtype: DType::Bool,
-                expected: "a numeric dtype",
-            });
+            return Err(FrontendError::BadDType { op, dtype: DType::Bool, expected: "a numeric dtype" });
         }
         if axes.is_empty() {
             return Ok(self.clone());
         }
-        self.push(
-            op,
-            Op::Reduce {
-                op: r,
-                axes,
-                keepdim,
-            },
-            &[],
-        )
+        self.push(op, Op::Reduce { op: r, axes, keepdim }, &[])
     }
 
     /// Number of elements reduced over `axes`.
@@ -102,11 +84,7 @@ impl Tensor {
     /// `torch.sum(x, dims, keepdim)`. Bool and integer inputs sum in `i64`, as in PyTorch.
     pub fn sum(&self, dims: impl Dims, keepdim: bool) -> Result<Tensor> {
         let axes = self.reduce_axes("sum", dims.to_dims())?;
-        let x = if self.dtype().is_float() {
-            self.clone()
-        } else {
-            self.to_dtype(DType::I64)?
-        };
+        let x = if self.dtype().is_float() { self.clone() } else { self.to_dtype(DType::I64)? };
         x.reduce("sum", ReduceOp::Sum, axes, keepdim)
     }
     /// `x.sum()` over every dim.
@@ -119,11 +97,7 @@ impl Tensor {
         let axes = self.reduce_axes("mean", dims.to_dims())?;
         let n = self.reduced_count(&axes);
         let s = self.reduce("mean", ReduceOp::Sum, axes, keepdim)?;
-        s.push(
-            "mean",
-            Op::Binary(ir::BinaryOp::Div),
-            &[&s.scalar_like(n as f64)],
-        )
+        s.push("mean", Op::Binary(ir::BinaryOp::Div), &[&s.scalar_like(n as f64)])
     }
     /// `x.mean()` over every dim.
     pub fn mean_all(&self) -> Result<Tensor> {
@@ -138,15 +112,9 @@ impl Tensor {
     pub fn amin(&self, dims: impl Dims, keepdim: bool) -> Result<Tensor> {
         let axes = self.reduce_axes("amin", dims.to_dims())?;
         if self.dtype() == DType::Bool {
-            return Err(FrontendError::BadDType {
-                op: "amin",
-                dtype: DType::Bool,
-                expected: "a numeric dtype",
-            });
+            return Err(FrontendError::BadDType { op: "amin", dtype: DType::Bool, expected: "a numeric dtype" });
         }
-        self.neg()?
-            .reduce("amin", ReduceOp::Max, axes, keepdim)?
-            .neg()
+        self.neg()?.reduce("amin", ReduceOp::Max, axes, keepdim)?.neg()
     }
     /// `torch.max(x, dim, keepdim).values` (Kiln has no argmax; only the values).
     pub fn max(&self, dim: isize, keepdim: bool) -> Result<Tensor> {
@@ -178,14 +146,8 @@ impl Tensor {
         }
         let mean = self.mean(dims.clone(), true)?;
         let centered = self.sub(&mean)?;
-        let ss = centered
-            .mul(&centered)?
-            .reduce("var", ReduceOp::Sum, axes, keepdim)?;
-        ss.push(
-            "var",
-            Op::Binary(ir::BinaryOp::Div),
-            &[&ss.scalar_like((n - correction).max(0.0))],
-        )
+        let ss = centered.mul(&centered)?.reduce("var", ReduceOp::Sum, axes, keepdim)?;
+        ss.push("var", Op::Binary(ir::BinaryOp::Div), &[&ss.scalar_like((n - correction).max(0.0))])
     }
     /// `torch.std(x, dims, correction=c, keepdim)` = `sqrt(var)`.
     pub fn std(&self, dims: impl Dims, correction: f64, keepdim: bool) -> Result<Tensor> {
@@ -196,11 +158,7 @@ impl Tensor {
         if self.dtype().is_float() {
             Ok(())
         } else {
-            Err(FrontendError::BadDType {
-                op,
-                dtype: self.dtype(),
-                expected: "a floating dtype (f32, f16, bf16)",
-            })
+            Err(FrontendError::BadDType { op, dtype: self.dtype(), expected: "a floating dtype (f32, f16, bf16)" })
         }
     }
 
@@ -222,28 +180,17 @@ impl Tensor {
         let x = self.to_dtype(compute_dtype(self.dtype()))?;
         let m = x.reduce("log_softmax", ReduceOp::Max, dim.clone(), true)?;
         let shifted = x.sub(&m)?;
-        let lse = shifted
-            .exp()?
-            .reduce("log_softmax", ReduceOp::Sum, dim, true)?
-            .log()?;
+        let lse = shifted.exp()?.reduce("log_softmax", ReduceOp::Sum, dim, true)?.log()?;
         shifted.sub(&lse)?.to_dtype(self.dtype())
     }
 
     /// Checks `normalized_shape` against the trailing dims; returns the dims to reduce.
-    fn norm_dims(
-        &self,
-        op: &'static str,
-        normalized_shape: &[usize],
-        params: &[Option<&Tensor>],
-    ) -> Result<Vec<isize>> {
+    fn norm_dims(&self, op: &'static str, normalized_shape: &[usize], params: &[Option<&Tensor>]) -> Result<Vec<isize>> {
         self.require_float_for(op)?;
         let k = normalized_shape.len();
         let r = self.rank();
         if k == 0 {
-            return Err(crate::error::invalid(
-                op,
-                "normalized_shape must have at least one dim",
-            ));
+            return Err(crate::error::invalid(op, "normalized_shape must have at least one dim"));
         }
         if r < k || self.dims()[r - k..] != *normalized_shape {
             return Err(crate::error::invalid(
@@ -256,11 +203,7 @@ impl Tensor {
             if p.dims() != normalized_shape {
                 return Err(crate::error::invalid(
                     op,
-                    format!(
-                        "weight/bias of shape {} does not match normalized_shape {:?}",
-                        p.shape(),
-                        normalized_shape
-                    ),
+                    format!("weight/bias of shape {} does not match normalized_shape {:?}", p.shape(), normalized_shape),
                 ));
             }
         }
@@ -270,13 +213,7 @@ impl Tensor {
     /// `F.layer_norm(x, normalized_shape, weight, bias, eps)`:
     /// `(x - mean) * rsqrt(mean((x - mean)^2) + eps) * weight + bias` over the trailing
     /// `normalized_shape` dims (biased variance). Half types compute in `f32`.
-    pub fn layer_norm(
-        &self,
-        normalized_shape: &[usize],
-        weight: Option<&Tensor>,
-        bias: Option<&Tensor>,
-        eps: f64,
-    ) -> Result<Tensor> {
+    pub fn layer_norm(&self, normalized_shape: &[usize], weight: Option<&Tensor>, bias: Option<&Tensor>, eps: f64) -> Result<Tensor> {
         let dims = self.norm_dims("layer_norm", normalized_shape, &[weight, bias])?;
         let x = self.to_dtype(compute_dtype(self.dtype()))?;
         let mean = x.mean(dims.clone(), true)?;
@@ -294,12 +231,7 @@ impl Tensor {
 
     /// `F.rms_norm(x, normalized_shape, weight, eps)`: `x * rsqrt(mean(x^2) + eps) * weight`.
     /// `eps = None` uses `f32` machine epsilon, as PyTorch does.
-    pub fn rms_norm(
-        &self,
-        normalized_shape: &[usize],
-        weight: Option<&Tensor>,
-        eps: Option<f64>,
-    ) -> Result<Tensor> {
+    pub fn rms_norm(&self, normalized_shape: &[usize], weight: Option<&Tensor>, eps: Option<f64>) -> Result<Tensor> {
         let dims = self.norm_dims("rms_norm", normalized_shape, &[weight])?;
         let eps = eps.unwrap_or(f32::EPSILON as f64);
         let x = self.to_dtype(compute_dtype(self.dtype()))?;

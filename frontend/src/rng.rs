@@ -10,10 +10,7 @@ pub struct Rng {
 
 impl Rng {
     pub fn new(seed: u64) -> Rng {
-        Rng {
-            state: seed ^ 0x9E37_79B9_7F4A_7C15,
-            spare: None,
-        }
+        Rng { state: seed ^ 0x9E37_79B9_7F4A_7C15, spare: None }
     }
 
     /// A generator for the stream named `name` under `seed` (stable across orderings).
@@ -70,9 +67,6 @@ mod tests {
         let var = v.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / v.len() as f64;
         assert!(mean.abs() < 0.03, "{mean}");
         assert!((var - 1.0).abs() < 0.05, "{var}");
-        assert_ne!(
-            Rng::for_name(1, "a").next_u64(),
-            Rng::for_name(1, "b").next_u64()
-        );
+        assert_ne!(Rng::for_name(1, "a").next_u64(), Rng::for_name(1, "b").next_u64());
     }
 }

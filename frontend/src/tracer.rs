@@ -50,12 +50,7 @@ impl fmt::Debug for Tensor {
 
 impl fmt::Debug for Tracer {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "Tracer(@{}, {} nodes)",
-            self.0.graph.borrow().name(),
-            self.0.graph.borrow().len()
-        )
+        write!(f, "Tracer(@{}, {} nodes)", self.0.graph.borrow().name(), self.0.graph.borrow().len())
     }
 }
 
@@ -66,10 +61,7 @@ pub(crate) fn check_numel(op: &'static str, shape: &Shape) -> Result<()> {
         n = n.saturating_mul(d as u128);
     }
     if n >= 1u128 << MAX_NUMEL_BITS {
-        return Err(FrontendError::TooLarge {
-            op,
-            shape: shape.clone().into(),
-        });
+        return Err(FrontendError::TooLarge { op, shape: shape.clone().into() });
     }
     Ok(())
 }
@@ -90,57 +82,26 @@ impl Tracer {
     }
 
     /// A named graph input (an activation; parameters come from [`crate::Vars::get`]).
-    pub fn input(
-        &self,
-        name: impl Into<String>,
-        dtype: DType,
-        shape: impl Into<Shape>,
-    ) -> Result<Tensor> {
+    pub fn input(&self, name: impl Into<String>, dtype: DType, shape: impl Into<Shape>) -> Result<Tensor> {
         let shape = shape.into();
         check_numel("input", &shape)?;
-        let id = self
-            .0
-            .graph
-            .borrow_mut()
-            .input(name, dtype, shape.clone())?;
+        let id = self.0.graph.borrow_mut().input(name, dtype, shape.clone())?;
         Ok(self.wrap(id, dtype, shape))
     }
 
     /// Declares a parameter input (used by [`crate::Vars`]). Asking again for the same name
     /// with the same type returns the same tensor (weight tying).
-    pub(crate) fn param(
-        &self,
-        name: String,
-        dtype: DType,
-        shape: Shape,
-        init: Init,
-    ) -> Result<Tensor> {
-        let existing = self
-            .0
-            .params
-            .borrow()
-            .iter()
-            .find(|p| p.name == name)
-            .map(|p| p.id);
+    pub(crate) fn param(&self, name: String, dtype: DType, shape: Shape, init: Init) -> Result<Tensor> {
+        let existing = self.0.params.borrow().iter().find(|p| p.name == name).map(|p| p.id);
         if let Some(id) = existing {
             let (d, s) = self.type_of(id);
             if d != dtype || s != shape {
-                return Err(FrontendError::ParamConflict {
-                    name,
-                    dtype: d,
-                    shape: s.into(),
-                    requested_dtype: dtype,
-                    requested: shape.into(),
-                });
+                return Err(FrontendError::ParamConflict { name, dtype: d, shape: s.into(), requested_dtype: dtype, requested: shape.into() });
             }
             return Ok(self.wrap(id, d, s));
         }
         let t = self.input(name.clone(), dtype, shape)?;
-        self.0.params.borrow_mut().push(ParamRecord {
-            name,
-            id: t.id,
-            init,
-        });
+        self.0.params.borrow_mut().push(ParamRecord { name, id: t.id, init });
         Ok(t)
     }
 
@@ -176,11 +137,7 @@ impl Tracer {
         if let Some(&id) = self.0.scalars.borrow().get(&key) {
             return self.wrap(id, dtype, Shape::scalar());
         }
-        let id = self
-            .0
-            .graph
-            .borrow_mut()
-            .full(value, dtype, Shape::scalar());
+        let id = self.0.graph.borrow_mut().full(value, dtype, Shape::scalar());
         self.0.scalars.borrow_mut().insert(key, id);
         self.wrap(id, dtype, Shape::scalar())
     }
@@ -189,23 +146,13 @@ impl Tracer {
     /// `start + i * step`, built from `iota`.
     pub fn arange(&self, start: f64, end: f64, step: f64, dtype: DType) -> Result<Tensor> {
         if !(start.is_finite() && end.is_finite() && step.is_finite()) {
-            return Err(invalid(
-                "arange",
-                format!("start {start}, end {end} and step {step} must be finite"),
-            ));
+            return Err(invalid("arange", format!("start {start}, end {end} and step {step} must be finite")));
         }
         if step == 0.0 || (end - start) * step < 0.0 {
-            return Err(invalid(
-                "arange",
-                format!("step {step} does not lead from {start} to {end}"),
-            ));
+            return Err(invalid("arange", format!("step {step} does not lead from {start} to {end}")));
         }
         if dtype == DType::Bool {
-            return Err(FrontendError::BadDType {
-                op: "arange",
-                dtype,
-                expected: "a numeric dtype",
-            });
+            return Err(FrontendError::BadDType { op: "arange", dtype, expected: "a numeric dtype" });
         }
         let n = ((end - start) / step).ceil();
         if n >= (1u64 << MAX_NUMEL_BITS) as f64 {
@@ -236,10 +183,7 @@ impl Tracer {
     /// removed (inputs are always kept) and verified. The tracer can keep recording.
     pub fn finish(&self, outputs: &[&Tensor]) -> Result<Graph> {
         if outputs.is_empty() {
-            return Err(invalid(
-                "finish",
-                "a traced graph needs at least one output",
-            ));
+            return Err(invalid("finish", "a traced graph needs at least one output"));
         }
         for o in outputs {
             self.check_owner("finish", o)?;
@@ -269,11 +213,7 @@ impl Tracer {
     }
 
     pub(crate) fn check_owner(&self, op: &'static str, t: &Tensor) -> Result<()> {
-        if self.same(&t.tracer) {
-            Ok(())
-        } else {
-            Err(FrontendError::TracerMismatch { op })
-        }
+        if self.same(&t.tracer) { Ok(()) } else { Err(FrontendError::TracerMismatch { op }) }
     }
 
     fn type_of(&self, id: NodeId) -> (DType, Shape) {
@@ -283,12 +223,7 @@ impl Tracer {
     }
 
     fn wrap(&self, id: NodeId, dtype: DType, shape: Shape) -> Tensor {
-        Tensor {
-            tracer: self.clone(),
-            id,
-            dtype,
-            shape,
-        }
+        Tensor { tracer: self.clone(), id, dtype, shape }
     }
 }
 
@@ -342,11 +277,7 @@ impl Tensor {
 /// Resolves a PyTorch dim against a rank (`-1` is the last dim).
 pub(crate) fn resolve_dim(op: &'static str, dim: isize, rank: usize) -> Result<usize> {
     let r = rank as isize;
-    let d = if dim < 0 {
-        dim.checked_add(r)
-    } else {
-        Some(dim)
-    };
+    let d = if dim < 0 { dim.checked_add(r) } else { Some(dim) };
     match d {
         Some(d) if d >= 0 && d < r => Ok(d as usize),
         _ => Err(FrontendError::BadDim { op, dim, rank }),

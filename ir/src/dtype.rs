@@ -14,14 +14,7 @@ pub enum DType {
 }
 
 impl DType {
-    pub const ALL: [DType; 6] = [
-        DType::F32,
-        DType::F16,
-        DType::BF16,
-        DType::I32,
-        DType::I64,
-        DType::Bool,
-    ];
+    pub const ALL: [DType; 6] = [DType::F32, DType::F16, DType::BF16, DType::I32, DType::I64, DType::Bool];
 
     /// Bytes per element in device memory.
     pub fn size_bytes(self) -> usize {
@@ -65,18 +58,10 @@ impl DType {
             DType::F16 => half::f16::from_f64(x).to_f64(),
             DType::BF16 => half::bf16::from_f64(x).to_f64(),
             DType::I32 => {
-                if x.is_nan() {
-                    0.0
-                } else {
-                    (x.trunc() as i32) as f64
-                }
+                if x.is_nan() { 0.0 } else { (x.trunc() as i32) as f64 }
             }
             DType::I64 => {
-                if x.is_nan() {
-                    0.0
-                } else {
-                    (x.trunc() as i64) as f64
-                }
+                if x.is_nan() { 0.0 } else { (x.trunc() as i64) as f64 }
             }
             DType::Bool => (x != 0.0) as u8 as f64,
         }

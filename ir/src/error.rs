@@ -6,31 +6,15 @@ use thiserror::Error;
 #[derive(Debug, Error, Clone, PartialEq)]
 pub enum IrError {
     #[error("{op}: shapes {lhs} and {rhs} do not match (or do not broadcast)")]
-    ShapeMismatch {
-        op: &'static str,
-        lhs: Shape,
-        rhs: Shape,
-    },
+    ShapeMismatch { op: &'static str, lhs: Shape, rhs: Shape },
     #[error("{op}: operand dtypes {lhs} and {rhs} differ (insert a cast)")]
-    DTypeMismatch {
-        op: &'static str,
-        lhs: DType,
-        rhs: DType,
-    },
+    DTypeMismatch { op: &'static str, lhs: DType, rhs: DType },
     #[error("{op}: dtype {dtype} is not allowed here (expected {expected})")]
-    BadDType {
-        op: &'static str,
-        dtype: DType,
-        expected: &'static str,
-    },
+    BadDType { op: &'static str, dtype: DType, expected: &'static str },
     #[error("axis {axis} is out of range for a tensor of rank {rank}")]
     BadAxis { axis: isize, rank: usize },
     #[error("{op}: expected {expected} operand(s), got {got}")]
-    Arity {
-        op: &'static str,
-        expected: usize,
-        got: usize,
-    },
+    Arity { op: &'static str, expected: usize, got: usize },
     #[error("{op}: {reason}")]
     Invalid { op: &'static str, reason: String },
     #[error("node {0} does not exist in this graph")]
@@ -42,11 +26,7 @@ pub enum IrError {
     #[error("verifier: {0}")]
     VerifyGraph(String),
     #[error("parse error at line {line}, column {col}: {msg}")]
-    Parse {
-        line: usize,
-        col: usize,
-        msg: String,
-    },
+    Parse { line: usize, col: usize, msg: String },
     #[error("interpreter: {0}")]
     Interp(String),
 }

@@ -55,12 +55,7 @@ pub struct Graph {
 
 impl Graph {
     pub fn new(name: impl Into<String>) -> Graph {
-        Graph {
-            name: name.into(),
-            g: DiGraph::default(),
-            inputs: Vec::new(),
-            outputs: Vec::new(),
-        }
+        Graph { name: name.into(), g: DiGraph::default(), inputs: Vec::new(), outputs: Vec::new() }
     }
 
     pub fn name(&self) -> &str {
@@ -71,26 +66,12 @@ impl Graph {
     }
 
     /// Adds a named graph input.
-    pub fn input(
-        &mut self,
-        name: impl Into<String>,
-        dtype: DType,
-        shape: impl Into<Shape>,
-    ) -> Result<NodeId> {
+    pub fn input(&mut self, name: impl Into<String>, dtype: DType, shape: impl Into<Shape>) -> Result<NodeId> {
         let name = name.into();
-        if self
-            .inputs
-            .iter()
-            .any(|&i| matches!(&self.node(i).op, Op::Input { name: n } if *n == name))
-        {
+        if self.inputs.iter().any(|&i| matches!(&self.node(i).op, Op::Input { name: n } if *n == name)) {
             return Err(IrError::DuplicateInput(name));
         }
-        let id = self.push(Node {
-            op: Op::Input { name },
-            dtype,
-            shape: shape.into(),
-            inputs: SmallVec::new(),
-        });
+        let id = self.push(Node { op: Op::Input { name }, dtype, shape: shape.into(), inputs: SmallVec::new() });
         self.inputs.push(id);
         Ok(id)
     }
@@ -98,36 +79,19 @@ impl Graph {
     /// A tensor of one value.
     pub fn full(&mut self, value: f64, dtype: DType, shape: impl Into<Shape>) -> NodeId {
         let value = Scalar(dtype.quantize(value));
-        self.push(Node {
-            op: Op::Full { value },
-            dtype,
-            shape: shape.into(),
-            inputs: SmallVec::new(),
-        })
+        self.push(Node { op: Op::Full { value }, dtype, shape: shape.into(), inputs: SmallVec::new() })
     }
 
     /// `out[..] = index along axis`.
     pub fn iota(&mut self, axis: usize, dtype: DType, shape: impl Into<Shape>) -> Result<NodeId> {
         let shape = shape.into();
         if axis >= shape.rank() {
-            return Err(IrError::BadAxis {
-                axis: axis as isize,
-                rank: shape.rank(),
-            });
+            return Err(IrError::BadAxis { axis: axis as isize, rank: shape.rank() });
         }
         if dtype == DType::Bool {
-            return Err(IrError::BadDType {
-                op: "iota",
-                dtype,
-                expected: "a numeric dtype",
-            });
+            return Err(IrError::BadDType { op: "iota", dtype, expected: "a numeric dtype" });
         }
-        Ok(self.push(Node {
-            op: Op::Iota { axis },
-            dtype,
-            shape,
-            inputs: SmallVec::new(),
-        }))
+        Ok(self.push(Node { op: Op::Iota { axis }, dtype, shape, inputs: SmallVec::new() }))
     }
 
     /// Adds an op over existing nodes, inferring its dtype and shape. Sources (input, full,
@@ -139,18 +103,11 @@ impl Graph {
             }
         }
         let (dtype, shape) = {
-            let types: SmallVec<[(DType, &Shape); 3]> = inputs
-                .iter()
-                .map(|&i| (self.g[i.0].dtype, &self.g[i.0].shape))
-                .collect();
+            let types: SmallVec<[(DType, &Shape); 3]> =
+                inputs.iter().map(|&i| (self.g[i.0].dtype, &self.g[i.0].shape)).collect();
             infer::infer(&op, &types)?
         };
-        Ok(self.push(Node {
-            op,
-            dtype,
-            shape,
-            inputs: inputs.into(),
-        }))
+        Ok(self.push(Node { op, dtype, shape, inputs: inputs.into() }))
     }
 
     /// Appends a node as given, with no checks (the parser and passes use this; run the
@@ -159,10 +116,7 @@ impl Graph {
         let ins = node.inputs.clone();
         let id = NodeId(self.g.add_node(node));
         for (port, i) in ins.iter().enumerate() {
-            assert!(
-                i.index() < id.index(),
-                "operand {i} of new node {id} does not precede it"
-            );
+            assert!(i.index() < id.index(), "operand {i} of new node {id} does not precede it");
             self.g.add_edge(i.0, id.0, port as u32);
         }
         id
@@ -205,11 +159,7 @@ impl Graph {
     }
     /// The nodes that read `id`, in ascending order (a node reading it twice appears once).
     pub fn users(&self, id: NodeId) -> Vec<NodeId> {
-        let mut u: Vec<NodeId> = self
-            .g
-            .neighbors_directed(id.0, Direction::Outgoing)
-            .map(NodeId)
-            .collect();
+        let mut u: Vec<NodeId> = self.g.neighbors_directed(id.0, Direction::Outgoing).map(NodeId).collect();
         u.sort();
         u.dedup();
         u
@@ -255,24 +205,12 @@ impl Graph {
                 continue;
             }
             let mut n = n.clone();
-            n.inputs = n
-                .inputs
-                .iter()
-                .map(|i| map[i.index()].expect("live operand mapped"))
-                .collect();
+            n.inputs = n.inputs.iter().map(|i| map[i.index()].expect("live operand mapped")).collect();
             let new = out.push(n);
             map[id.index()] = Some(new);
         }
-        out.inputs = self
-            .inputs
-            .iter()
-            .map(|i| map[i.index()].unwrap())
-            .collect();
-        out.outputs = self
-            .outputs
-            .iter()
-            .map(|i| map[i.index()].unwrap())
-            .collect();
+        out.inputs = self.inputs.iter().map(|i| map[i.index()].unwrap()).collect();
+        out.outputs = self.outputs.iter().map(|i| map[i.index()].unwrap()).collect();
         out
     }
 

@@ -23,16 +23,9 @@ impl Value {
     pub fn new(dtype: DType, shape: impl Into<Shape>, data: Vec<f64>) -> Result<Value> {
         let shape = shape.into();
         if data.len() != shape.numel() {
-            return Err(IrError::Interp(format!(
-                "{} elements given for shape {shape}",
-                data.len()
-            )));
+            return Err(IrError::Interp(format!("{} elements given for shape {shape}", data.len())));
         }
-        Ok(Value {
-            dtype,
-            shape,
-            data: data.into_iter().map(|x| dtype.quantize(x)).collect(),
-        })
+        Ok(Value { dtype, shape, data: data.into_iter().map(|x| dtype.quantize(x)).collect() })
     }
 
     /// The largest relative difference `|a-b| / max(1, |b|)` against a reference; `inf` when
@@ -52,11 +45,7 @@ impl Value {
             .zip(&reference.data)
             .map(|(&a, &b)| {
                 if a.is_nan() || b.is_nan() {
-                    if a.is_nan() && b.is_nan() {
-                        0.0
-                    } else {
-                        f64::INFINITY
-                    }
+                    if a.is_nan() && b.is_nan() { 0.0 } else { f64::INFINITY }
                 } else if a == b {
                     0.0
                 } else {
@@ -82,12 +71,7 @@ pub fn run_unrounded(g: &Graph, inputs: &[Value]) -> Result<Vec<Value>> {
 
 fn run_with(g: &Graph, inputs: &[Value], round_inputs: bool) -> Result<Vec<Value>> {
     if inputs.len() != g.inputs().len() {
-        return Err(IrError::Interp(format!(
-            "graph @{} takes {} inputs, {} given",
-            g.name(),
-            g.inputs().len(),
-            inputs.len()
-        )));
+        return Err(IrError::Interp(format!("graph @{} takes {} inputs, {} given", g.name(), g.inputs().len(), inputs.len())));
     }
     let mut vals: Vec<Option<Value>> = vec![None; g.len()];
     for (&id, v) in g.inputs().iter().zip(inputs) {
@@ -95,23 +79,11 @@ fn run_with(g: &Graph, inputs: &[Value], round_inputs: bool) -> Result<Vec<Value
         if v.dtype != n.dtype || v.shape != n.shape {
             return Err(IrError::Interp(format!(
                 "input {:?} expects {}{}, got {}{}",
-                g.input_name(id).unwrap_or("?"),
-                n.dtype,
-                n.shape,
-                v.dtype,
-                v.shape
+                g.input_name(id).unwrap_or("?"), n.dtype, n.shape, v.dtype, v.shape
             )));
         }
-        let data = if round_inputs {
-            v.data.iter().map(|&x| v.dtype.quantize(x)).collect()
-        } else {
-            v.data.clone()
-        };
-        vals[id.index()] = Some(Value {
-            dtype: v.dtype,
-            shape: v.shape.clone(),
-            data,
-        });
+        let data = if round_inputs { v.data.iter().map(|&x| v.dtype.quantize(x)).collect() } else { v.data.clone() };
+        vals[id.index()] = Some(Value { dtype: v.dtype, shape: v.shape.clone(), data });
     }
     let live = g.live();
     for (id, n) in g.nodes() {
@@ -119,38 +91,19 @@ fn run_with(g: &Graph, inputs: &[Value], round_inputs: bool) -> Result<Vec<Value
             continue;
         }
         if n.shape.numel() > MAX_ELEMENTS {
-            return Err(IrError::Interp(format!(
-                "node {id} has {} elements, more than the interpreter's limit",
-                n.shape.numel()
-            )));
+            return Err(IrError::Interp(format!("node {id} has {} elements, more than the interpreter's limit", n.shape.numel())));
         }
-        let args: Vec<&Value> = n
-            .inputs
-            .iter()
-            .map(|i| vals[i.index()].as_ref().expect("operand computed"))
-            .collect();
+        let args: Vec<&Value> = n.inputs.iter().map(|i| vals[i.index()].as_ref().expect("operand computed")).collect();
         let mut data = eval(&n.op, n.dtype, &n.shape, &args)?;
         if !n.dtype.is_float() {
             for x in &mut data {
                 *x = n.dtype.quantize(*x);
             }
         }
-        debug_assert_eq!(
-            data.len(),
-            n.shape.numel(),
-            "{} produced the wrong element count",
-            n.op.name()
-        );
-        vals[id.index()] = Some(Value {
-            dtype: n.dtype,
-            shape: n.shape.clone(),
-            data,
-        });
+        debug_assert_eq!(data.len(), n.shape.numel(), "{} produced the wrong element count", n.op.name());
+        vals[id.index()] = Some(Value { dtype: n.dtype, shape: n.shape.clone(), data });
     }
-    Ok(g.outputs()
-        .iter()
-        .map(|o| vals[o.index()].clone().expect("output computed"))
-        .collect())
+    Ok(g.outputs().iter().map(|o| vals[o.index()].clone().expect("output computed")).collect())
 }
 
 /// Calls `f(multi_index, flat_index)` for every element of `shape` in row-major order.
@@ -179,13 +132,7 @@ fn broadcast_strides(from: &Shape, to: &Shape) -> Vec<usize> {
     let off = to.rank() - from.rank();
     let cs = from.strides();
     (0..to.rank())
-        .map(|i| {
-            if i < off || from.dims()[i - off] == 1 {
-                0
-            } else {
-                cs[i - off]
-            }
-        })
+        .map(|i| if i < off || from.dims()[i - off] == 1 { 0 } else { cs[i - off] })
         .collect()
 }
 
@@ -221,18 +168,10 @@ pub fn eval_unary(u: UnaryOp, x: f64) -> f64 {
 
 /// PyTorch's maximum/minimum: NaN propagates.
 fn nan_max(a: f64, b: f64) -> f64 {
-    if a.is_nan() || b.is_nan() {
-        f64::NAN
-    } else {
-        a.max(b)
-    }
+    if a.is_nan() || b.is_nan() { f64::NAN } else { a.max(b) }
 }
 fn nan_min(a: f64, b: f64) -> f64 {
-    if a.is_nan() || b.is_nan() {
-        f64::NAN
-    } else {
-        a.min(b)
-    }
+    if a.is_nan() || b.is_nan() { f64::NAN } else { a.min(b) }
 }
 
 /// The interpreter's scalar semantics of a binary op on operands of `dtype`.
@@ -242,11 +181,7 @@ pub fn eval_binary(b: BinaryOp, dtype: DType, x: f64, y: f64) -> f64 {
         BinaryOp::Sub => x - y,
         BinaryOp::Mul => x * y,
         BinaryOp::Div if dtype.is_int() => {
-            if y == 0.0 {
-                0.0
-            } else {
-                (x / y).trunc()
-            }
+            if y == 0.0 { 0.0 } else { (x / y).trunc() }
         }
         BinaryOp::Div => x / y,
         BinaryOp::Max => nan_max(x, y),
@@ -283,27 +218,15 @@ fn eval(op: &Op, dtype: DType, shape: &Shape, a: &[&Value]) -> Result<Vec<f64>> 
         Op::Binary(b) => {
             let (x, y) = (broadcast(a[0], shape), broadcast(a[1], shape));
             let in_dtype = a[0].dtype;
-            x.iter()
-                .zip(&y)
-                .map(|(&x, &y)| eval_binary(*b, in_dtype, x, y))
-                .collect()
+            x.iter().zip(&y).map(|(&x, &y)| eval_binary(*b, in_dtype, x, y)).collect()
         }
         Op::Compare(c) => {
             let (x, y) = (broadcast(a[0], shape), broadcast(a[1], shape));
-            x.iter()
-                .zip(&y)
-                .map(|(&x, &y)| eval_compare(*c, x, y))
-                .collect()
+            x.iter().zip(&y).map(|(&x, &y)| eval_compare(*c, x, y)).collect()
         }
         Op::Where => {
-            let (c, x, y) = (
-                broadcast(a[0], shape),
-                broadcast(a[1], shape),
-                broadcast(a[2], shape),
-            );
-            (0..n)
-                .map(|i| if c[i] != 0.0 { x[i] } else { y[i] })
-                .collect()
+            let (c, x, y) = (broadcast(a[0], shape), broadcast(a[1], shape), broadcast(a[2], shape));
+            (0..n).map(|i| if c[i] != 0.0 { x[i] } else { y[i] }).collect()
         }
         Op::Cast { to } => a[0].data.iter().map(|&x| to.quantize(x)).collect(),
         Op::Reduce { op, axes, .. } => {
@@ -313,17 +236,9 @@ fn eval(op: &Op, dtype: DType, shape: &Shape, a: &[&Value]) -> Result<Vec<f64>> 
             };
             let mut out = vec![init; n];
             // Output strides seen from the input's index space: 0 on reduced axes.
-            let kept = Shape::new(a[0].shape.dims().iter().enumerate().map(|(i, &d)| {
-                if axes.contains(&i) {
-                    1
-                } else {
-                    d
-                }
-            }));
+            let kept = Shape::new(a[0].shape.dims().iter().enumerate().map(|(i, &d)| if axes.contains(&i) { 1 } else { d }));
             let ks = kept.strides();
-            let st: Vec<usize> = (0..a[0].shape.rank())
-                .map(|i| if axes.contains(&i) { 0 } else { ks[i] })
-                .collect();
+            let st: Vec<usize> = (0..a[0].shape.rank()).map(|i| if axes.contains(&i) { 0 } else { ks[i] }).collect();
             let src = &a[0].data;
             for_each_index(&a[0].shape, |idx, flat| {
                 let o = &mut out[dot(idx, &st)];
@@ -343,9 +258,7 @@ fn eval(op: &Op, dtype: DType, shape: &Shape, a: &[&Value]) -> Result<Vec<f64>> 
             out
         }
         Op::Expand { .. } => broadcast(a[0], shape),
-        Op::Slice {
-            axis, start, step, ..
-        } => {
+        Op::Slice { axis, start, step, .. } => {
             let s = a[0].shape.strides();
             let mut st = s.clone();
             st[*axis] *= step;
@@ -385,19 +298,13 @@ fn eval(op: &Op, dtype: DType, shape: &Shape, a: &[&Value]) -> Result<Vec<f64>> 
             out
         }
         Op::MatMul => matmul(a[0], a[1], shape),
-        Op::FlashAttention { causal, scale } => {
-            attention(a[0], a[1], a[2], *causal, scale.0, shape)
-        }
+        Op::FlashAttention { causal, scale } => attention(a[0], a[1], a[2], *causal, scale.0, shape),
         Op::Fused(body) => {
             let ins: Vec<Value> = a.iter().map(|v| (*v).clone()).collect();
             let mut outs = run_unrounded(&body.0, &ins)?;
-            let v = outs
-                .pop()
-                .ok_or_else(|| IrError::Interp("fused body has no output".into()))?;
+            let v = outs.pop().ok_or_else(|| IrError::Interp("fused body has no output".into()))?;
             if v.dtype != dtype || v.shape != *shape {
-                return Err(IrError::Interp(
-                    "fused body output type differs from the node".into(),
-                ));
+                return Err(IrError::Interp("fused body output type differs from the node".into()));
             }
             v.data
         }
@@ -407,11 +314,7 @@ fn eval(op: &Op, dtype: DType, shape: &Shape, a: &[&Value]) -> Result<Vec<f64>> 
 /// Batched matmul with broadcast batch dims; i-k-j loop order.
 fn matmul(a: &Value, b: &Value, out_shape: &Shape) -> Vec<f64> {
     let r = out_shape.rank();
-    let (m, k, nn) = (
-        a.shape.dims()[a.shape.rank() - 2],
-        a.shape.dims()[a.shape.rank() - 1],
-        b.shape.dims()[b.shape.rank() - 1],
-    );
+    let (m, k, nn) = (a.shape.dims()[a.shape.rank() - 2], a.shape.dims()[a.shape.rank() - 1], b.shape.dims()[b.shape.rank() - 1]);
     let batch = Shape::from(&out_shape.dims()[..r - 2]);
     let a_batch = Shape::from(&a.shape.dims()[..a.shape.rank() - 2]);
     let b_batch = Shape::from(&b.shape.dims()[..b.shape.rank() - 2]);
@@ -438,14 +341,7 @@ fn matmul(a: &Value, b: &Value, out_shape: &Shape) -> Vec<f64> {
 
 /// softmax(q k^T * scale [causal]) v over the last two dims; the causal mask keeps key
 /// `j <= i + (s_k - s_q)`. A row with every key masked gives NaN, as PyTorch does.
-fn attention(
-    q: &Value,
-    k: &Value,
-    v: &Value,
-    causal: bool,
-    scale: f64,
-    out_shape: &Shape,
-) -> Vec<f64> {
+fn attention(q: &Value, k: &Value, v: &Value, causal: bool, scale: f64, out_shape: &Shape) -> Vec<f64> {
     let r = q.shape.rank();
     let (sq, d) = (q.shape.dims()[r - 2], q.shape.dims()[r - 1]);
     let sk = k.shape.dims()[r - 2];
@@ -462,10 +358,7 @@ fn attention(
                 *sj = if masked {
                     f64::NEG_INFINITY
                 } else {
-                    (0..d)
-                        .map(|t| q.data[qo + i * d + t] * k.data[ko + j * d + t])
-                        .sum::<f64>()
-                        * scale
+                    (0..d).map(|t| q.data[qo + i * d + t] * k.data[ko + j * d + t]).sum::<f64>() * scale
                 };
                 mx = mx.max(*sj);
             }
@@ -475,11 +368,7 @@ fn attention(
                 denom += *sj;
             }
             for t in 0..dv {
-                let acc: f64 = s
-                    .iter()
-                    .enumerate()
-                    .map(|(j, &p)| p * v.data[vo + j * dv + t])
-                    .sum();
+                let acc: f64 = s.iter().enumerate().map(|(j, &p)| p * v.data[vo + j * dv + t]).sum();
                 out[oo + i * dv + t] = acc / denom;
             }
         }

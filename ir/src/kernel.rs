@@ -62,9 +62,7 @@ impl KernelKind {
                 (Op::FlashAttention { .. }, _) => return KernelKind::Attention,
                 (Op::MatMul, _) => return KernelKind::Gemm,
                 (_, OpClass::Reduction) => kind = KernelKind::Reduction,
-                (_, OpClass::Elementwise) if kind == KernelKind::Copy => {
-                    kind = KernelKind::Elementwise
-                }
+                (_, OpClass::Elementwise) if kind == KernelKind::Copy => kind = KernelKind::Elementwise,
                 _ => {}
             }
         }
@@ -117,18 +115,14 @@ impl KernelGraph {
     /// of each node of `g` so far (`Some` for the inputs, `None` elsewhere). Every lowering of
     /// a graph to kernels starts here.
     pub fn with_inputs_of(g: &Graph) -> (KernelGraph, Vec<Option<BufferId>>) {
-        let mut kg = KernelGraph {
-            name: g.name().to_string(),
-            ..Default::default()
-        };
+        let mut kg = KernelGraph { name: g.name().to_string(), ..Default::default() };
         let mut buf = vec![None; g.len()];
         for &i in g.inputs() {
             let n = g.node(i);
             let b = kg.add_buffer(n.dtype, n.shape.clone());
             buf[i.index()] = Some(b);
             kg.inputs.push(b);
-            kg.input_names
-                .push(g.input_name(i).unwrap_or_default().to_string());
+            kg.input_names.push(g.input_name(i).unwrap_or_default().to_string());
         }
         (kg, buf)
     }
@@ -152,37 +146,19 @@ impl KernelGraph {
                 let pos = inputs.iter().position(|&x| x == b).unwrap_or_else(|| {
                     let m = g.node(i);
                     let name = format!("in{}", inputs.len());
-                    body_inputs.push(
-                        body.input(name, m.dtype, m.shape.clone())
-                            .expect("fresh name"),
-                    );
+                    body_inputs.push(body.input(name, m.dtype, m.shape.clone()).expect("fresh name"));
                     inputs.push(b);
                     inputs.len() - 1
                 });
                 operands.push(body_inputs[pos]);
             }
-            let out = body.push(crate::Node {
-                op: n.op.clone(),
-                dtype: n.dtype,
-                shape: n.shape.clone(),
-                inputs: operands,
-            });
+            let out = body.push(crate::Node { op: n.op.clone(), dtype: n.dtype, shape: n.shape.clone(), inputs: operands });
             body.set_outputs(vec![out]);
             let ob = kg.add_buffer(n.dtype, n.shape.clone());
             buf[id.index()] = Some(ob);
-            kg.kernels.push(Kernel {
-                name: body.name().to_string(),
-                kind: KernelKind::classify(&body),
-                body,
-                inputs,
-                outputs: vec![ob],
-            });
+            kg.kernels.push(Kernel { name: body.name().to_string(), kind: KernelKind::classify(&body), body, inputs, outputs: vec![ob] });
         }
-        kg.outputs = g
-            .outputs()
-            .iter()
-            .map(|o| buf[o.index()].unwrap())
-            .collect();
+        kg.outputs = g.outputs().iter().map(|o| buf[o.index()].unwrap()).collect();
         kg
     }
 
@@ -190,25 +166,15 @@ impl KernelGraph {
     /// reads only buffers written before it (or graph inputs); each body's inputs and outputs
     /// match its buffers' types; every graph output is written or is an input; bodies verify.
     pub fn verify(&self) -> Result<()> {
-        let bad = |s: String| {
-            Err(IrError::VerifyGraph(format!(
-                "kernel graph @{}: {s}",
-                self.name
-            )))
-        };
+        let bad = |s: String| Err(IrError::VerifyGraph(format!("kernel graph @{}: {s}", self.name)));
         let mut written = vec![false; self.buffers.len()];
         for &b in &self.inputs {
             written[b.0 as usize] = true;
         }
         for k in &self.kernels {
-            crate::verify::verify(&k.body)
-                .map_err(|e| IrError::VerifyGraph(format!("kernel {}: {e}", k.name)))?;
-            if k.body.inputs().len() != k.inputs.len() || k.body.outputs().len() != k.outputs.len()
-            {
-                return bad(format!(
-                    "kernel {} body arity differs from its buffers",
-                    k.name
-                ));
+            crate::verify::verify(&k.body).map_err(|e| IrError::VerifyGraph(format!("kernel {}: {e}", k.name)))?;
+            if k.body.inputs().len() != k.inputs.len() || k.body.outputs().len() != k.outputs.len() {
+                return bad(format!("kernel {} body arity differs from its buffers", k.name));
             }
             for (&b, &i) in k.inputs.iter().zip(k.body.inputs()) {
                 if !written.get(b.0 as usize).copied().unwrap_or(false) {
@@ -216,27 +182,16 @@ impl KernelGraph {
                 }
                 let (buf, n) = (self.buffer(b), k.body.node(i));
                 if buf.dtype != n.dtype || buf.shape != n.shape {
-                    return bad(format!(
-                        "kernel {} input {b} is {}{} but the body expects {}{}",
-                        k.name, buf.dtype, buf.shape, n.dtype, n.shape
-                    ));
+                    return bad(format!("kernel {} input {b} is {}{} but the body expects {}{}", k.name, buf.dtype, buf.shape, n.dtype, n.shape));
                 }
             }
             for (&b, &o) in k.outputs.iter().zip(k.body.outputs()) {
-                if b.0 as usize >= self.buffers.len()
-                    || std::mem::replace(&mut written[b.0 as usize], true)
-                {
-                    return bad(format!(
-                        "kernel {} writes {b}, which is already written",
-                        k.name
-                    ));
+                if b.0 as usize >= self.buffers.len() || std::mem::replace(&mut written[b.0 as usize], true) {
+                    return bad(format!("kernel {} writes {b}, which is already written", k.name));
                 }
                 let (buf, n) = (self.buffer(b), k.body.node(o));
                 if buf.dtype != n.dtype || buf.shape != n.shape {
-                    return bad(format!(
-                        "kernel {} output {b} type differs from its body",
-                        k.name
-                    ));
+                    return bad(format!("kernel {} output {b} type differs from its body", k.name));
                 }
             }
         }
@@ -253,35 +208,20 @@ impl KernelGraph {
     /// [`interp::run_unrounded`]), so the result equals interpreting the original graph.
     pub fn interpret(&self, inputs: &[interp::Value]) -> Result<Vec<interp::Value>> {
         if inputs.len() != self.inputs.len() {
-            return Err(IrError::Interp(format!(
-                "kernel graph takes {} inputs, {} given",
-                self.inputs.len(),
-                inputs.len()
-            )));
+            return Err(IrError::Interp(format!("kernel graph takes {} inputs, {} given", self.inputs.len(), inputs.len())));
         }
         let mut vals: Vec<Option<interp::Value>> = vec![None; self.buffers.len()];
         for (&b, v) in self.inputs.iter().zip(inputs) {
             let d = self.buffer(b).dtype;
-            vals[b.0 as usize] = Some(interp::Value {
-                data: v.data.iter().map(|&x| d.quantize(x)).collect(),
-                ..v.clone()
-            });
+            vals[b.0 as usize] = Some(interp::Value { data: v.data.iter().map(|&x| d.quantize(x)).collect(), ..v.clone() });
         }
         for k in &self.kernels {
-            let ins: Vec<interp::Value> = k
-                .inputs
-                .iter()
-                .map(|b| vals[b.0 as usize].clone().expect("verified order"))
-                .collect();
+            let ins: Vec<interp::Value> = k.inputs.iter().map(|b| vals[b.0 as usize].clone().expect("verified order")).collect();
             for (b, v) in k.outputs.iter().zip(interp::run_unrounded(&k.body, &ins)?) {
                 vals[b.0 as usize] = Some(v);
             }
         }
-        Ok(self
-            .outputs
-            .iter()
-            .map(|b| vals[b.0 as usize].clone().expect("output written"))
-            .collect())
+        Ok(self.outputs.iter().map(|b| vals[b.0 as usize].clone().expect("output written")).collect())
     }
 
     /// Total bytes of all intermediate buffers (an upper bound before memory planning).
@@ -290,12 +230,7 @@ impl KernelGraph {
         for b in self.inputs.iter().chain(&self.outputs) {
             skip[b.0 as usize] = true;
         }
-        self.buffers
-            .iter()
-            .enumerate()
-            .filter(|(i, _)| !skip[*i])
-            .map(|(_, b)| b.bytes())
-            .sum()
+        self.buffers.iter().enumerate().filter(|(i, _)| !skip[*i]).map(|(_, b)| b.bytes()).sum()
     }
 }
 
@@ -308,28 +243,9 @@ impl fmt::Display for KernelGraph {
             let _ = writeln!(s, "  {b} = input {i} {name:?} : {}{}", buf.dtype, buf.shape);
         }
         for k in &self.kernels {
-            let list = |bs: &[BufferId]| {
-                bs.iter()
-                    .map(|b| b.to_string())
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            };
-            let outs: Vec<String> = k
-                .outputs
-                .iter()
-                .map(|&b| {
-                    let x = self.buffer(b);
-                    format!("{b}: {}{}", x.dtype, x.shape)
-                })
-                .collect();
-            let _ = write!(
-                s,
-                "  {} {}({}) -> ({}) ",
-                k.kind.name(),
-                k.name,
-                list(&k.inputs),
-                outs.join(", ")
-            );
+            let list = |bs: &[BufferId]| bs.iter().map(|b| b.to_string()).collect::<Vec<_>>().join(", ");
+            let outs: Vec<String> = k.outputs.iter().map(|&b| { let x = self.buffer(b); format!("{b}: {}{}", x.dtype, x.shape) }).collect();
+            let _ = write!(s, "  {} {}({}) -> ({}) ", k.kind.name(), k.name, list(&k.inputs), outs.join(", "));
             let body = k.body.to_string();
             for (j, line) in body.trim_end().lines().enumerate() {
                 if j > 0 {

@@ -69,11 +69,7 @@ pub struct Scalar(pub f64);
 
 impl Scalar {
     fn bits(self) -> u64 {
-        if self.0.is_nan() {
-            f64::NAN.to_bits()
-        } else {
-            self.0.to_bits()
-        }
+        if self.0.is_nan() { f64::NAN.to_bits() } else { self.0.to_bits() }
     }
 }
 impl PartialEq for Scalar {
@@ -123,17 +119,11 @@ impl Hash for FusedBody {
 pub enum Op {
     // ---- sources ----
     /// A graph input (activation or parameter), bound by name and position.
-    Input {
-        name: String,
-    },
+    Input { name: String },
     /// A tensor filled with one value (the node's dtype and shape give the rest).
-    Full {
-        value: Scalar,
-    },
+    Full { value: Scalar },
     /// `out[i_0, .., i_n] = i_axis`: index along one axis (builds masks such as `tril`).
-    Iota {
-        axis: usize,
-    },
+    Iota { axis: usize },
 
     // ---- elementwise ----
     Unary(UnaryOp),
@@ -142,47 +132,25 @@ pub enum Op {
     /// `where(cond, a, b)`: bool condition, broadcast over all three.
     Where,
     /// Element type conversion (float->int truncates toward zero; x->bool is `x != 0`).
-    Cast {
-        to: DType,
-    },
+    Cast { to: DType },
 
     // ---- reductions ----
     /// Reduce over `axes` (sorted, unique); `keepdim` keeps them as size 1.
-    Reduce {
-        op: ReduceOp,
-        axes: Vec<usize>,
-        keepdim: bool,
-    },
+    Reduce { op: ReduceOp, axes: Vec<usize>, keepdim: bool },
 
     // ---- movement (index maps; codegen never copies for them unless it must) ----
     /// Same elements, new shape (row-major order preserved).
-    Reshape {
-        shape: Shape,
-    },
+    Reshape { shape: Shape },
     /// `out.dims[i] = in.dims[perm[i]]`.
-    Permute {
-        perm: Vec<usize>,
-    },
+    Permute { perm: Vec<usize> },
     /// Broadcast size-1 (or missing leading) dims to `shape`.
-    Expand {
-        shape: Shape,
-    },
+    Expand { shape: Shape },
     /// `start..end` by `step` (step >= 1) along one axis.
-    Slice {
-        axis: usize,
-        start: usize,
-        end: usize,
-        step: usize,
-    },
+    Slice { axis: usize, start: usize, end: usize, step: usize },
     /// Join operands along one axis.
-    Concat {
-        axis: usize,
-    },
+    Concat { axis: usize },
     /// Pad each axis with (before, after) elements of `value`.
-    Pad {
-        pads: Vec<(usize, usize)>,
-        value: Scalar,
-    },
+    Pad { pads: Vec<(usize, usize)>, value: Scalar },
 
     // ---- contraction ----
     /// `[.., m, k] @ [.., k, n] -> [.., m, n]`; batch dims broadcast; both operands rank >= 2.
@@ -191,10 +159,7 @@ pub enum Op {
     // ---- composites (created by passes, never by the frontend) ----
     /// `softmax(q @ k^T * scale [+ causal mask]) @ v` on `[.., s_q, d]`, `[.., s_k, d]`,
     /// `[.., s_k, d_v]`; the causal mask keeps key `j <= i + (s_k - s_q)`.
-    FlashAttention {
-        causal: bool,
-        scale: Scalar,
-    },
+    FlashAttention { causal: bool, scale: Scalar },
     /// A fused kernel; operands bind the body's inputs in order.
     Fused(FusedBody),
 }
@@ -234,11 +199,7 @@ impl Op {
         Some(match self {
             Op::Input { .. } | Op::Full { .. } | Op::Iota { .. } => 0,
             Op::Unary(_) | Op::Cast { .. } | Op::Reduce { .. } => 1,
-            Op::Reshape { .. }
-            | Op::Permute { .. }
-            | Op::Expand { .. }
-            | Op::Slice { .. }
-            | Op::Pad { .. } => 1,
+            Op::Reshape { .. } | Op::Permute { .. } | Op::Expand { .. } | Op::Slice { .. } | Op::Pad { .. } => 1,
             Op::Binary(_) | Op::Compare(_) | Op::MatMul => 2,
             Op::Where | Op::FlashAttention { .. } => 3,
             Op::Concat { .. } | Op::Fused(_) => return None,
@@ -253,14 +214,8 @@ impl Op {
     pub fn is_commutative(&self) -> bool {
         matches!(
             self,
-            Op::Binary(
-                BinaryOp::Add
-                    | BinaryOp::Mul
-                    | BinaryOp::Max
-                    | BinaryOp::Min
-                    | BinaryOp::And
-                    | BinaryOp::Or
-            ) | Op::Compare(CmpOp::Eq | CmpOp::Ne)
+            Op::Binary(BinaryOp::Add | BinaryOp::Mul | BinaryOp::Max | BinaryOp::Min | BinaryOp::And | BinaryOp::Or)
+                | Op::Compare(CmpOp::Eq | CmpOp::Ne)
         )
     }
 
@@ -268,14 +223,7 @@ impl Op {
     pub fn is_associative(&self) -> bool {
         matches!(
             self,
-            Op::Binary(
-                BinaryOp::Add
-                    | BinaryOp::Mul
-                    | BinaryOp::Max
-                    | BinaryOp::Min
-                    | BinaryOp::And
-                    | BinaryOp::Or
-            )
+            Op::Binary(BinaryOp::Add | BinaryOp::Mul | BinaryOp::Max | BinaryOp::Min | BinaryOp::And | BinaryOp::Or)
         )
     }
 
@@ -290,12 +238,8 @@ impl Op {
             Op::Compare(c) => c.name(),
             Op::Where => "where",
             Op::Cast { .. } => "cast",
-            Op::Reduce {
-                op: ReduceOp::Sum, ..
-            } => "sum",
-            Op::Reduce {
-                op: ReduceOp::Max, ..
-            } => "max_reduce",
+            Op::Reduce { op: ReduceOp::Sum, .. } => "sum",
+            Op::Reduce { op: ReduceOp::Max, .. } => "max_reduce",
             Op::Reshape { .. } => "reshape",
             Op::Permute { .. } => "permute",
             Op::Expand { .. } => "expand",

@@ -48,27 +48,13 @@ impl Shape {
         let r = a.rank().max(b.rank());
         let mut out = SmallVec::with_capacity(r);
         for i in 0..r {
-            let da = if i + a.rank() >= r {
-                a.0[i + a.rank() - r]
-            } else {
-                1
-            };
-            let db = if i + b.rank() >= r {
-                b.0[i + b.rank() - r]
-            } else {
-                1
-            };
+            let da = if i + a.rank() >= r { a.0[i + a.rank() - r] } else { 1 };
+            let db = if i + b.rank() >= r { b.0[i + b.rank() - r] } else { 1 };
             out.push(match (da, db) {
                 (x, y) if x == y => x,
                 (1, y) => y,
                 (x, 1) => x,
-                _ => {
-                    return Err(IrError::ShapeMismatch {
-                        op,
-                        lhs: a.clone(),
-                        rhs: b.clone(),
-                    })
-                }
+                _ => return Err(IrError::ShapeMismatch { op, lhs: a.clone(), rhs: b.clone() }),
             });
         }
         Ok(Shape(out))
@@ -80,10 +66,7 @@ impl Shape {
             return false;
         }
         let off = target.rank() - self.rank();
-        self.0
-            .iter()
-            .enumerate()
-            .all(|(i, &d)| d == 1 || d == target.0[i + off])
+        self.0.iter().enumerate().all(|(i, &d)| d == 1 || d == target.0[i + off])
     }
 }
 

@@ -18,8 +18,8 @@
 //! `parse` verifies the graph it builds, so text that parses is well formed.
 
 use crate::{
-    verify, BinaryOp, CmpOp, DType, FusedBody, Graph, IrError, Node, NodeId, Op, ReduceOp, Result,
-    Scalar, Shape, UnaryOp,
+    verify, BinaryOp, CmpOp, DType, FusedBody, Graph, IrError, Node, NodeId, Op, ReduceOp, Result, Scalar, Shape,
+    UnaryOp,
 };
 use smallvec::SmallVec;
 use std::collections::HashMap;
@@ -40,10 +40,7 @@ pub fn print(g: &Graph) -> String {
 }
 
 fn write_name(name: &str, out: &mut String) {
-    let plain = !name.is_empty()
-        && name
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '.');
+    let plain = !name.is_empty() && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '.');
     if plain {
         out.push_str(name);
     } else {
@@ -93,34 +90,18 @@ fn print_attrs(op: &Op, indent: usize, out: &mut String) {
         Op::Full { value } => vec![format!("value={value}")],
         Op::Iota { axis } => vec![format!("axis={axis}")],
         Op::Cast { to } => vec![format!("to={to}")],
-        Op::Reduce { axes, keepdim, .. } => {
-            vec![format!("axes={}", list(axes)), format!("keepdim={keepdim}")]
-        }
-        Op::Reshape { shape } | Op::Expand { shape } => {
-            vec![format!("shape={}", list(shape.dims()))]
-        }
+        Op::Reduce { axes, keepdim, .. } => vec![format!("axes={}", list(axes)), format!("keepdim={keepdim}")],
+        Op::Reshape { shape } | Op::Expand { shape } => vec![format!("shape={}", list(shape.dims()))],
         Op::Permute { perm } => vec![format!("perm={}", list(perm))],
-        Op::Slice {
-            axis,
-            start,
-            end,
-            step,
-        } => {
-            vec![
-                format!("axis={axis}"),
-                format!("start={start}"),
-                format!("end={end}"),
-                format!("step={step}"),
-            ]
+        Op::Slice { axis, start, end, step } => {
+            vec![format!("axis={axis}"), format!("start={start}"), format!("end={end}"), format!("step={step}")]
         }
         Op::Concat { axis } => vec![format!("axis={axis}")],
         Op::Pad { pads, value } => {
             let p: Vec<String> = pads.iter().map(|(b, a)| format!("({b}, {a})")).collect();
             vec![format!("pads=[{}]", p.join(", ")), format!("value={value}")]
         }
-        Op::FlashAttention { causal, scale } => {
-            vec![format!("causal={causal}"), format!("scale={scale}")]
-        }
+        Op::FlashAttention { causal, scale } => vec![format!("causal={causal}"), format!("scale={scale}")],
         Op::Fused(body) => {
             let mut s = String::from("body=");
             print_graph(&body.0, indent, &mut s);
@@ -139,10 +120,7 @@ fn print_attrs(op: &Op, indent: usize, out: &mut String) {
 
 /// Parses one graph from text and verifies it.
 pub fn parse(src: &str) -> Result<Graph> {
-    let mut p = Parser {
-        toks: lex(src)?,
-        pos: 0,
-    };
+    let mut p = Parser { toks: lex(src)?, pos: 0 };
     let g = p.graph()?;
     p.expect_end()?;
     verify::verify(&g)?;
@@ -214,27 +192,16 @@ fn lex(src: &str) -> Result<Vec<Token>> {
             if name.is_empty() {
                 return Err(err(l0, c0, format!("expected a name after '{c}'")));
             }
-            if c == '%' {
-                Tok::Value(name)
-            } else {
-                Tok::Global(name)
-            }
+            if c == '%' { Tok::Value(name) } else { Tok::Global(name) }
         } else if c == '"' {
             let (s, n) = lex_string(&chars[i..]).map_err(|m| err(line, col, m))?;
             i += n;
             col += n;
             Tok::Str(s)
-        } else if c.is_ascii_digit()
-            || (c == '-'
-                && chars
-                    .get(i + 1)
-                    .is_some_and(|d| d.is_ascii_digit() || *d == 'i'))
-        {
+        } else if c.is_ascii_digit() || (c == '-' && chars.get(i + 1).is_some_and(|d| d.is_ascii_digit() || *d == 'i')) {
             adv(&mut i, &mut col);
             while i < chars.len()
-                && (chars[i].is_ascii_alphanumeric()
-                    || chars[i] == '.'
-                    || ((chars[i] == '-' || chars[i] == '+') && matches!(chars[i - 1], 'e' | 'E')))
+                && (chars[i].is_ascii_alphanumeric() || chars[i] == '.' || ((chars[i] == '-' || chars[i] == '+') && matches!(chars[i - 1], 'e' | 'E')))
             {
                 adv(&mut i, &mut col);
             }
@@ -246,10 +213,7 @@ fn lex(src: &str) -> Result<Vec<Token>> {
             } else {
                 match text.as_str() {
                     "-inf" => Tok::Float(f64::NEG_INFINITY),
-                    t => Tok::Float(
-                        t.parse::<f64>()
-                            .map_err(|_| err(l0, c0, format!("bad number {t:?}")))?,
-                    ),
+                    t => Tok::Float(t.parse::<f64>().map_err(|_| err(l0, c0, format!("bad number {t:?}")))?),
                 }
             }
         } else if c.is_ascii_alphabetic() || c == '_' {
@@ -263,11 +227,7 @@ fn lex(src: &str) -> Result<Vec<Token>> {
         } else {
             return Err(err(l0, c0, format!("unexpected character {c:?}")));
         };
-        out.push(Token {
-            tok,
-            line: l0,
-            col: c0,
-        });
+        out.push(Token { tok, line: l0, col: c0 });
     }
     Ok(out)
 }
@@ -295,14 +255,9 @@ fn lex_string(chars: &[char]) -> std::result::Result<(String, usize), String> {
                         if chars.get(i) != Some(&'{') {
                             return Err("expected '{' after \\u".into());
                         }
-                        let end = chars[i..]
-                            .iter()
-                            .position(|&c| c == '}')
-                            .ok_or("unterminated \\u{..}")?
-                            + i;
+                        let end = chars[i..].iter().position(|&c| c == '}').ok_or("unterminated \\u{..}")? + i;
                         let hex: String = chars[i + 1..end].iter().collect();
-                        let code = u32::from_str_radix(&hex, 16)
-                            .map_err(|_| format!("bad escape \\u{{{hex}}}"))?;
+                        let code = u32::from_str_radix(&hex, 16).map_err(|_| format!("bad escape \\u{{{hex}}}"))?;
                         s.push(char::from_u32(code).ok_or(format!("bad code point {code:#x}"))?);
                         i = end + 1;
                     }
@@ -345,19 +300,11 @@ impl Parser {
             Some(t) => (t.line, t.col),
             None => (1, 1),
         };
-        IrError::Parse {
-            line,
-            col,
-            msg: msg.into(),
-        }
+        IrError::Parse { line, col, msg: msg.into() }
     }
 
     fn next(&mut self) -> Result<Tok> {
-        let t = self
-            .toks
-            .get(self.pos)
-            .map(|t| t.tok.clone())
-            .ok_or_else(|| self.err("unexpected end of input"))?;
+        let t = self.toks.get(self.pos).map(|t| t.tok.clone()).ok_or_else(|| self.err("unexpected end of input"))?;
         self.pos += 1;
         Ok(t)
     }
@@ -372,11 +319,7 @@ impl Parser {
     }
 
     fn expect(&mut self, c: char) -> Result<()> {
-        if self.eat(c) {
-            Ok(())
-        } else {
-            Err(self.err(format!("expected '{c}'")))
-        }
+        if self.eat(c) { Ok(()) } else { Err(self.err(format!("expected '{c}'"))) }
     }
 
     fn expect_ident(&mut self, word: &str) -> Result<()> {
@@ -390,11 +333,7 @@ impl Parser {
     }
 
     fn expect_end(&self) -> Result<()> {
-        if self.pos == self.toks.len() {
-            Ok(())
-        } else {
-            Err(self.err("unexpected text after the graph"))
-        }
+        if self.pos == self.toks.len() { Ok(()) } else { Err(self.err("unexpected text after the graph")) }
     }
 
     fn graph(&mut self) -> Result<Graph> {
@@ -490,21 +429,14 @@ impl Parser {
         self.pos = op_pos;
         let op = self.build_op(&opname, attrs)?;
         self.pos = saved;
-        Ok(Node {
-            op,
-            dtype,
-            shape,
-            inputs,
-        })
+        Ok(Node { op, dtype, shape, inputs })
     }
 
     fn ty(&mut self) -> Result<(DType, Shape)> {
         let d = match self.next()? {
             Tok::Ident(d) => DType::from_name(&d).ok_or_else(|| {
                 self.pos -= 1;
-                self.err(format!(
-                    "unknown dtype {d:?} (expected f32, f16, bf16, i32, i64 or bool)"
-                ))
+                self.err(format!("unknown dtype {d:?} (expected f32, f16, bf16, i32, i64 or bool)"))
             })?,
             _ => return Err(self.err("expected a type such as f32[2,3]")),
         };
@@ -519,11 +451,7 @@ impl Parser {
                 self.expect(',')?;
             }
         }
-        if dims
-            .iter()
-            .try_fold(1usize, |a, &d| a.checked_mul(d))
-            .is_none()
-        {
+        if dims.iter().try_fold(1usize, |a, &d| a.checked_mul(d)).is_none() {
             return Err(self.err("shape has too many elements"));
         }
         Ok((d, Shape::from(dims)))
@@ -581,11 +509,7 @@ impl Parser {
     }
 
     fn build_op(&self, name: &str, attrs: Vec<(String, Attr)>) -> Result<Op> {
-        let mut a = Attrs {
-            attrs,
-            p: self,
-            op: name.to_string(),
-        };
+        let mut a = Attrs { attrs, p: self, op: name.to_string() };
         let op = if let Some(u) = UnaryOp::from_name(name) {
             Op::Unary(u)
         } else if let Some(b) = BinaryOp::from_name(name) {
@@ -594,53 +518,24 @@ impl Parser {
             Op::Compare(c)
         } else {
             match name {
-                "input" => Op::Input {
-                    name: a.string("name")?,
-                },
-                "full" => Op::Full {
-                    value: Scalar(a.float("value")?),
-                },
-                "iota" => Op::Iota {
-                    axis: a.usize("axis")?,
-                },
+                "input" => Op::Input { name: a.string("name")? },
+                "full" => Op::Full { value: Scalar(a.float("value")?) },
+                "iota" => Op::Iota { axis: a.usize("axis")? },
                 "where" => Op::Where,
                 "cast" => Op::Cast { to: a.dtype("to")? },
                 "sum" | "max_reduce" => Op::Reduce {
-                    op: if name == "sum" {
-                        ReduceOp::Sum
-                    } else {
-                        ReduceOp::Max
-                    },
+                    op: if name == "sum" { ReduceOp::Sum } else { ReduceOp::Max },
                     axes: a.usizes("axes")?,
                     keepdim: a.bool("keepdim")?,
                 },
-                "reshape" => Op::Reshape {
-                    shape: Shape::from(a.usizes("shape")?),
-                },
-                "expand" => Op::Expand {
-                    shape: Shape::from(a.usizes("shape")?),
-                },
-                "permute" => Op::Permute {
-                    perm: a.usizes("perm")?,
-                },
-                "slice" => Op::Slice {
-                    axis: a.usize("axis")?,
-                    start: a.usize("start")?,
-                    end: a.usize("end")?,
-                    step: a.usize("step")?,
-                },
-                "concat" => Op::Concat {
-                    axis: a.usize("axis")?,
-                },
-                "pad" => Op::Pad {
-                    pads: a.pairs("pads")?,
-                    value: Scalar(a.float("value")?),
-                },
+                "reshape" => Op::Reshape { shape: Shape::from(a.usizes("shape")?) },
+                "expand" => Op::Expand { shape: Shape::from(a.usizes("shape")?) },
+                "permute" => Op::Permute { perm: a.usizes("perm")? },
+                "slice" => Op::Slice { axis: a.usize("axis")?, start: a.usize("start")?, end: a.usize("end")?, step: a.usize("step")? },
+                "concat" => Op::Concat { axis: a.usize("axis")? },
+                "pad" => Op::Pad { pads: a.pairs("pads")?, value: Scalar(a.float("value")?) },
                 "matmul" => Op::MatMul,
-                "flash_attention" => Op::FlashAttention {
-                    causal: a.bool("causal")?,
-                    scale: Scalar(a.float("scale")?),
-                },
+                "flash_attention" => Op::FlashAttention { causal: a.bool("causal")?, scale: Scalar(a.float("scale")?) },
                 "fused" => Op::Fused(FusedBody(Arc::new(a.graph("body")?))),
                 _ => return Err(self.err(format!("unknown op {name:?}"))),
             }
@@ -658,19 +553,11 @@ struct Attrs<'p> {
 
 impl Attrs<'_> {
     fn take(&mut self, key: &str) -> Result<Attr> {
-        let i = self
-            .attrs
-            .iter()
-            .position(|(k, _)| k == key)
-            .ok_or_else(|| {
-                self.p
-                    .err(format!("{}: missing attribute {key:?}", self.op))
-            })?;
+        let i = self.attrs.iter().position(|(k, _)| k == key).ok_or_else(|| self.p.err(format!("{}: missing attribute {key:?}", self.op)))?;
         Ok(self.attrs.remove(i).1)
     }
     fn bad(&self, key: &str, want: &str) -> IrError {
-        self.p
-            .err(format!("{}: attribute {key:?} must be {want}", self.op))
+        self.p.err(format!("{}: attribute {key:?} must be {want}", self.op))
     }
     fn usize(&mut self, key: &str) -> Result<usize> {
         match self.take(key)? {
@@ -699,22 +586,19 @@ impl Attrs<'_> {
     }
     fn dtype(&mut self, key: &str) -> Result<DType> {
         match self.take(key)? {
-            Attr::Ident(d) => DType::from_name(&d)
-                .ok_or_else(|| self.bad(key, "a dtype (f32, f16, bf16, i32, i64, bool)")),
+            Attr::Ident(d) => DType::from_name(&d).ok_or_else(|| self.bad(key, "a dtype (f32, f16, bf16, i32, i64, bool)")),
             _ => Err(self.bad(key, "a dtype")),
         }
     }
     fn usizes(&mut self, key: &str) -> Result<Vec<usize>> {
         match self.take(key)? {
-            Attr::List(xs) => {
-                xs.into_iter()
-                    .map(|x| match x {
-                        Attr::Int(v) => usize::try_from(v)
-                            .map_err(|_| self.bad(key, "a list of smaller integers")),
-                        _ => Err(self.bad(key, "a list of integers")),
-                    })
-                    .collect()
-            }
+            Attr::List(xs) => xs
+                .into_iter()
+                .map(|x| match x {
+                    Attr::Int(v) => usize::try_from(v).map_err(|_| self.bad(key, "a list of smaller integers")),
+                    _ => Err(self.bad(key, "a list of integers")),
+                })
+                .collect(),
             _ => Err(self.bad(key, "a list of integers")),
         }
     }

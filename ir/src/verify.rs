@@ -37,12 +37,7 @@ fn verify_inner(g: &Graph, in_fused: bool) -> Result<()> {
             .map(|e| (*e.weight(), NodeId(e.source())))
             .collect();
         edges.sort();
-        let want: Vec<(u32, NodeId)> = n
-            .inputs
-            .iter()
-            .enumerate()
-            .map(|(p, &i)| (p as u32, i))
-            .collect();
+        let want: Vec<(u32, NodeId)> = n.inputs.iter().enumerate().map(|(p, &i)| (p as u32, i)).collect();
         if edges != want {
             return Err(err("petgraph edges disagree with the operand list".into()));
         }
@@ -57,10 +52,7 @@ fn verify_inner(g: &Graph, in_fused: bool) -> Result<()> {
             Op::Full { .. } => {}
             Op::Iota { axis } => {
                 if *axis >= n.shape.rank() || !(n.dtype.is_float() || n.dtype.is_int()) {
-                    return Err(err(format!(
-                        "iota axis {axis} / dtype {} invalid for shape {}",
-                        n.dtype, n.shape
-                    )));
+                    return Err(err(format!("iota axis {axis} / dtype {} invalid for shape {}", n.dtype, n.shape)));
                 }
             }
             op => {
@@ -70,26 +62,17 @@ fn verify_inner(g: &Graph, in_fused: bool) -> Result<()> {
                     }
                     verify_inner(&body.0, true).map_err(|e| err(format!("in fused body: {e}")))?;
                 }
-                let types: Vec<_> = n
-                    .inputs
-                    .iter()
-                    .map(|&i| (g.node(i).dtype, &g.node(i).shape))
-                    .collect();
+                let types: Vec<_> = n.inputs.iter().map(|&i| (g.node(i).dtype, &g.node(i).shape)).collect();
                 let (d, s) = infer::infer(op, &types).map_err(|e| err(e.to_string()))?;
                 if d != n.dtype || s != n.shape {
-                    return Err(err(format!(
-                        "recorded type {}{} but operands give {d}{s}",
-                        n.dtype, n.shape
-                    )));
+                    return Err(err(format!("recorded type {}{} but operands give {d}{s}", n.dtype, n.shape)));
                 }
             }
         }
     }
     // 3. inputs
     if g.inputs() != expected_inputs.as_slice() {
-        return Err(IrError::VerifyGraph(
-            "the input list does not match the input nodes in order".into(),
-        ));
+        return Err(IrError::VerifyGraph("the input list does not match the input nodes in order".into()));
     }
     // 4. outputs
     if g.outputs().is_empty() {
@@ -105,7 +88,5 @@ fn verify_inner(g: &Graph, in_fused: bool) -> Result<()> {
 
 /// `true` when `KILN_VERIFY` is set to a value other than `0`.
 pub fn verify_enabled() -> bool {
-    std::env::var("KILN_VERIFY")
-        .map(|v| v != "0" && !v.is_empty())
-        .unwrap_or(false)
+    std::env::var("KILN_VERIFY").map(|v| v != "0" && !v.is_empty()).unwrap_or(false)
 }

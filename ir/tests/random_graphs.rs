@@ -1,9 +1,7 @@
 //! Property: random valid graphs print, parse back identically, verify, and interpret.
 
 mod common;
-use ir::{
-    interp, text, BinaryOp, CmpOp, DType, Graph, NodeId, Op, ReduceOp, Scalar, Shape, UnaryOp,
-};
+use ir::{interp, text, BinaryOp, CmpOp, DType, Graph, NodeId, Op, ReduceOp, Scalar, Shape, UnaryOp};
 use proptest::prelude::*;
 use rand::{rngs::StdRng, Rng, SeedableRng};
 
@@ -16,17 +14,8 @@ pub fn random_graph(seed: u64, steps: usize) -> Graph {
     let n_inputs = r.random_range(1..4);
     for i in 0..n_inputs {
         let rank = r.random_range(0..4);
-        let shape: Vec<usize> = (0..rank)
-            .map(|_| dims[r.random_range(0..dims.len())])
-            .collect();
-        let dtype = [
-            DType::F32,
-            DType::F32,
-            DType::F16,
-            DType::BF16,
-            DType::I32,
-            DType::Bool,
-        ][r.random_range(0..6)];
+        let shape: Vec<usize> = (0..rank).map(|_| dims[r.random_range(0..dims.len())]).collect();
+        let dtype = [DType::F32, DType::F32, DType::F16, DType::BF16, DType::I32, DType::Bool][r.random_range(0..6)];
         g.input(format!("in{i}"), dtype, shape).unwrap();
     }
     for _ in 0..steps {
@@ -42,24 +31,12 @@ pub fn random_graph(seed: u64, steps: usize) -> Graph {
             1 | 2 => Op::Binary(BinaryOp::ALL[r.random_range(0..BinaryOp::ALL.len())]),
             3 => Op::Compare(CmpOp::ALL[r.random_range(0..CmpOp::ALL.len())]),
             4 => Op::Where,
-            5 => Op::Cast {
-                to: DType::ALL[r.random_range(0..DType::ALL.len())],
-            },
-            6 => Op::Reduce {
-                op: if r.random_bool(0.5) {
-                    ReduceOp::Sum
-                } else {
-                    ReduceOp::Max
-                },
-                axes: vec![axis],
-                keepdim: r.random_bool(0.5),
-            },
+            5 => Op::Cast { to: DType::ALL[r.random_range(0..DType::ALL.len())] },
+            6 => Op::Reduce { op: if r.random_bool(0.5) { ReduceOp::Sum } else { ReduceOp::Max }, axes: vec![axis], keepdim: r.random_bool(0.5) },
             7 => {
                 let mut d = na.shape.dims().to_vec();
                 d.reverse();
-                Op::Reshape {
-                    shape: Shape::from(d),
-                }
+                Op::Reshape { shape: Shape::from(d) }
             }
             8 => {
                 let mut p: Vec<usize> = (0..rank).collect();
@@ -69,26 +46,14 @@ pub fn random_graph(seed: u64, steps: usize) -> Graph {
             9 => {
                 let mut d = vec![2];
                 d.extend(na.shape.dims().iter().map(|&x| if x == 1 { 3 } else { x }));
-                Op::Expand {
-                    shape: Shape::from(d),
-                }
+                Op::Expand { shape: Shape::from(d) }
             }
             10 => {
                 let n = na.shape.dims().get(axis).copied().unwrap_or(1);
-                Op::Slice {
-                    axis,
-                    start: n / 3,
-                    end: n,
-                    step: r.random_range(1..3),
-                }
+                Op::Slice { axis, start: n / 3, end: n, step: r.random_range(1..3) }
             }
             11 => Op::Concat { axis },
-            12 => Op::Pad {
-                pads: (0..rank)
-                    .map(|_| (r.random_range(0..2), r.random_range(0..2)))
-                    .collect(),
-                value: Scalar(-1.5),
-            },
+            12 => Op::Pad { pads: (0..rank).map(|_| (r.random_range(0..2), r.random_range(0..2))).collect(), value: Scalar(-1.5) },
             13 => Op::MatMul,
             14 => {
                 let id = g.full(r.random_range(-3.0..3.0), na.dtype, na.shape.clone());
@@ -177,24 +142,7 @@ fn generator_covers_many_ops() {
         }
     }
     assert!(total > 200 * 15, "only {total} nodes in 200 graphs");
-    for want in [
-        "matmul",
-        "concat",
-        "pad",
-        "slice",
-        "expand",
-        "permute",
-        "reshape",
-        "where",
-        "cast",
-        "sum",
-        "max_reduce",
-        "iota",
-        "full",
-        "exp",
-        "add",
-        "lt",
-    ] {
+    for want in ["matmul", "concat", "pad", "slice", "expand", "permute", "reshape", "where", "cast", "sum", "max_reduce", "iota", "full", "exp", "add", "lt"] {
         assert!(names.contains(want), "{want} never generated: {names:?}");
     }
 }

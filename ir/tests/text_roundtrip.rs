@@ -42,26 +42,8 @@ pub fn every_op() -> Graph {
         g.add(Op::Cast { to: d }, &[w]).unwrap();
     }
     g.add(Op::Cast { to: DType::F16 }, &[i]).unwrap();
-    let s = g
-        .add(
-            Op::Reduce {
-                op: ReduceOp::Sum,
-                axes: vec![1],
-                keepdim: true,
-            },
-            &[w],
-        )
-        .unwrap();
-    let m = g
-        .add(
-            Op::Reduce {
-                op: ReduceOp::Max,
-                axes: vec![0, 1],
-                keepdim: false,
-            },
-            &[w],
-        )
-        .unwrap();
+    let s = g.add(Op::Reduce { op: ReduceOp::Sum, axes: vec![1], keepdim: true }, &[w]).unwrap();
+    let m = g.add(Op::Reduce { op: ReduceOp::Max, axes: vec![0, 1], keepdim: false }, &[w]).unwrap();
     let full = g.full(-0.5, DType::F32, []);
     let ninf = g.full(f64::NEG_INFINITY, DType::F32, [1]);
     let nan = g.full(f64::NAN, DType::F32, [1]);
@@ -70,68 +52,26 @@ pub fn every_op() -> Graph {
     g.add(Op::Binary(BinaryOp::Add), &[ninf, nan]).unwrap();
     g.add(Op::Binary(BinaryOp::Add), &[tiny, nan]).unwrap();
     let io = g.iota(1, DType::I32, [2, 5]).unwrap();
-    let r = g
-        .add(
-            Op::Reshape {
-                shape: Shape::from([2, 6]),
-            },
-            &[w],
-        )
-        .unwrap();
+    let r = g.add(Op::Reshape { shape: Shape::from([2, 6]) }, &[w]).unwrap();
     let p = g.add(Op::Permute { perm: vec![1, 0] }, &[r]).unwrap();
-    let e = g
-        .add(
-            Op::Expand {
-                shape: Shape::from([7, 3, 4]),
-            },
-            &[s],
-        )
-        .unwrap();
-    let sl = g
-        .add(
-            Op::Slice {
-                axis: 0,
-                start: 1,
-                end: 6,
-                step: 2,
-            },
-            &[p],
-        )
-        .unwrap();
+    let e = g.add(Op::Expand { shape: Shape::from([7, 3, 4]) }, &[s]).unwrap();
+    let sl = g.add(Op::Slice { axis: 0, start: 1, end: 6, step: 2 }, &[p]).unwrap();
     let c = g.add(Op::Concat { axis: 1 }, &[w, x, w]).unwrap();
-    let pd = g
-        .add(
-            Op::Pad {
-                pads: vec![(1, 0), (2, 3)],
-                value: Scalar(f64::NEG_INFINITY),
-            },
-            &[c],
-        )
-        .unwrap();
+    let pd = g.add(Op::Pad { pads: vec![(1, 0), (2, 3)], value: Scalar(f64::NEG_INFINITY) }, &[c]).unwrap();
     let a = g.input("a", DType::BF16, [2, 1, 5, 8]).unwrap();
     let bm = g.input("bm", DType::BF16, [3, 8, 6]).unwrap();
     let mm = g.add(Op::MatMul, &[a, bm]).unwrap();
     let q = g.input("q", DType::F16, [2, 3, 9, 16]).unwrap();
     let k = g.input("k", DType::F16, [2, 3, 11, 16]).unwrap();
     let v = g.input("v", DType::F16, [2, 3, 11, 8]).unwrap();
-    let fa = g
-        .add(
-            Op::FlashAttention {
-                causal: true,
-                scale: Scalar(0.25),
-            },
-            &[q, k, v],
-        )
-        .unwrap();
+    let fa = g.add(Op::FlashAttention { causal: true, scale: Scalar(0.25) }, &[q, k, v]).unwrap();
     let mut body = Graph::new("body");
     let bx = body.input("x", DType::F32, [3, 4]).unwrap();
     let by = body.input("y", DType::F32, [3, 1]).unwrap();
     let bz = body.add(Op::Binary(BinaryOp::Sub), &[bx, by]).unwrap();
     let bz = body.add(Op::Unary(UnaryOp::Exp), &[bz]).unwrap();
     body.set_outputs(vec![bz]);
-    let fu = g
-        .add(Op::Fused(FusedBody(Arc::new(body))), &[w, s])
-        .unwrap();
+    let fu = g.add(Op::Fused(FusedBody(Arc::new(body))), &[w, s]).unwrap();
     g.set_outputs(vec![io, e, sl, pd, mm, fa, fu, last]);
     g
 }
@@ -142,24 +82,7 @@ fn every_op_round_trips() {
     roundtrip(&g);
     // Every op name appears in the printed text.
     let s = g.to_string();
-    for name in [
-        "input",
-        "full",
-        "iota",
-        "where",
-        "cast",
-        "sum",
-        "max_reduce",
-        "reshape",
-        "permute",
-        "expand",
-        "slice",
-        "concat",
-        "pad",
-        "matmul",
-        "flash_attention",
-        "fused",
-    ] {
+    for name in ["input", "full", "iota", "where", "cast", "sum", "max_reduce", "reshape", "permute", "expand", "slice", "concat", "pad", "matmul", "flash_attention", "fused"] {
         assert!(s.contains(&format!(" {name}")), "{name} missing");
     }
     for u in UnaryOp::ALL {
@@ -186,16 +109,7 @@ fn golden_text_is_stable() {
     let mm = g.add(Op::MatMul, &[x, w]).unwrap();
     let h = g.full(0.5, DType::F32, []);
     let y = g.add(Op::Binary(BinaryOp::Mul), &[mm, h]).unwrap();
-    let s = g
-        .add(
-            Op::Reduce {
-                op: ReduceOp::Sum,
-                axes: vec![1],
-                keepdim: true,
-            },
-            &[y],
-        )
-        .unwrap();
+    let s = g.add(Op::Reduce { op: ReduceOp::Sum, axes: vec![1], keepdim: true }, &[y]).unwrap();
     g.set_outputs(vec![y, s]);
     let want = r#"graph @mlp {
   %0 = input {name="x"} : f32[8,16]

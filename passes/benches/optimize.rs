@@ -9,21 +9,14 @@ use passes::DeviceProfile;
 use std::time::Duration;
 
 fn gpt2(n_layer: usize, seq: usize) -> ir::Graph {
-    let cfg = Gpt2Config {
-        n_layer,
-        ..Gpt2Config::small()
-    };
-    frontend::trace(&Gpt2::new(cfg), &[cfg.input_spec(1, seq)])
-        .unwrap()
-        .graph
+    let cfg = Gpt2Config { n_layer, ..Gpt2Config::small() };
+    frontend::trace(&Gpt2::new(cfg), &[cfg.input_spec(1, seq)]).unwrap().graph
 }
 
 fn bench(c: &mut Criterion) {
     let profile = DeviceProfile::h200();
     let mut group = c.benchmark_group("optimize");
-    group
-        .sample_size(10)
-        .measurement_time(Duration::from_secs(4));
+    group.sample_size(10).measurement_time(Duration::from_secs(4));
     for (layers, seq) in [(12, 1024), (24, 1024), (48, 1024), (12, 64)] {
         let g = gpt2(layers, seq);
         group.bench_function(format!("gpt2_{layers}_layers_T{seq}"), |b| {

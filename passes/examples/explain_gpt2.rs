@@ -8,19 +8,9 @@ use std::time::Instant;
 fn main() {
     let args: Vec<String> = std::env::args().collect();
     let has = |s: &str| args.iter().any(|a| a == s);
-    let num = |p: &str| {
-        args.iter()
-            .find_map(|a| a.strip_prefix(p).and_then(|v| v.parse::<usize>().ok()))
-    };
-    let mut cfg = if has("small") {
-        Gpt2Config::small()
-    } else {
-        Gpt2Config::tiny()
-    };
-    if let Some(sp) = AttentionSpelling::ALL
-        .iter()
-        .find(|s| has(&format!("{s:?}")))
-    {
+    let num = |p: &str| args.iter().find_map(|a| a.strip_prefix(p).and_then(|v| v.parse::<usize>().ok()));
+    let mut cfg = if has("small") { Gpt2Config::small() } else { Gpt2Config::tiny() };
+    if let Some(sp) = AttentionSpelling::ALL.iter().find(|s| has(&format!("{s:?}"))) {
         cfg = cfg.with_attention(*sp);
     }
     if has("bf16") {
@@ -28,9 +18,7 @@ fn main() {
     }
     cfg.n_layer = num("layers=").unwrap_or(cfg.n_layer);
     let t = num("T=").unwrap_or(8).min(cfg.block_size);
-    let g = frontend::trace(&Gpt2::new(cfg), &[cfg.input_spec(1, t)])
-        .unwrap()
-        .graph;
+    let g = frontend::trace(&Gpt2::new(cfg), &[cfg.input_spec(1, t)]).unwrap().graph;
     let profile = passes::DeviceProfile::h200();
     let e = passes::explain(&g, &profile).unwrap();
     println!("{e}");
@@ -67,11 +55,7 @@ fn main() {
 fn cpu_time() -> std::time::Duration {
     std::fs::read_to_string("/proc/thread-self/schedstat")
         .ok()
-        .and_then(|s| {
-            s.split_whitespace()
-                .next()
-                .and_then(|x| x.parse::<u64>().ok())
-        })
+        .and_then(|s| s.split_whitespace().next().and_then(|x| x.parse::<u64>().ok()))
         .map(std::time::Duration::from_nanos)
         .unwrap_or_default()
 }

@@ -29,24 +29,14 @@ impl DeviceProfile {
     /// Measured on an H200 (2026-11-22): 4.25 TB/s copy, 680 TFLOP/s bf16 matmul, 1.25 µs per
     /// kernel inside a CUDA graph.
     pub fn h200() -> DeviceProfile {
-        DeviceProfile {
-            name: "h200",
-            bandwidth: 4.25e12,
-            peak_flops: 680e12,
-            launch: 1.25e-6,
-        }
+        DeviceProfile { name: "h200", bandwidth: 4.25e12, peak_flops: 680e12, launch: 1.25e-6 }
     }
 
     /// Measure-free defaults for a small multi-core CPU: 20 GB/s of DRAM bandwidth, 100
     /// GFLOP/s (a few AVX2 cores), 2 µs to dispatch a kernel to a thread pool. Only the
     /// ratios matter for fusion decisions; they favour fusion as the GPU profile does.
     pub fn cpu() -> DeviceProfile {
-        DeviceProfile {
-            name: "cpu",
-            bandwidth: 20e9,
-            peak_flops: 100e9,
-            launch: 2e-6,
-        }
+        DeviceProfile { name: "cpu", bandwidth: 20e9, peak_flops: 100e9, launch: 2e-6 }
     }
 
     /// Seconds for a kernel moving `bytes` and doing `flops`.
@@ -68,11 +58,7 @@ pub fn op_flops(op: &Op, out: &ir::Shape, ins: &[&ir::Shape]) -> f64 {
             let r = q.rank();
             let batch: usize = q.dims()[..r - 2].iter().product();
             let f = 4.0 * (batch * q.dims()[r - 2] * k.dims()[r - 2] * q.dims()[r - 1]) as f64;
-            if *causal {
-                f / 2.0
-            } else {
-                f
-            }
+            if *causal { f / 2.0 } else { f }
         }
         op => match op.class() {
             OpClass::Elementwise => out.numel() as f64,
@@ -101,25 +87,13 @@ pub struct KernelCost {
 }
 
 pub fn kernel_cost(kg: &KernelGraph, k: &Kernel, p: &DeviceProfile) -> KernelCost {
-    let bytes: usize = k
-        .inputs
-        .iter()
-        .chain(&k.outputs)
-        .map(|&b| kg.buffer(b).bytes())
-        .sum();
+    let bytes: usize = k.inputs.iter().chain(&k.outputs).map(|&b| kg.buffer(b).bytes()).sum();
     let flops = body_flops(&k.body);
-    KernelCost {
-        bytes: bytes as f64,
-        flops,
-        seconds: p.kernel_seconds(bytes as f64, flops),
-    }
+    KernelCost { bytes: bytes as f64, flops, seconds: p.kernel_seconds(bytes as f64, flops) }
 }
 
 /// Total estimated seconds of a kernel graph (each buffer is written once, so shared values
 /// are paid once).
 pub fn graph_seconds(kg: &KernelGraph, p: &DeviceProfile) -> f64 {
-    kg.kernels
-        .iter()
-        .map(|k| kernel_cost(kg, k, p).seconds)
-        .sum()
+    kg.kernels.iter().map(|k| kernel_cost(kg, k, p).seconds).sum()
 }

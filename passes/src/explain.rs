@@ -29,12 +29,7 @@ pub fn explain(g: &Graph, profile: &DeviceProfile) -> Result<Explanation, PassEr
         .iter()
         .map(|k| {
             let c = cost::kernel_cost(kg, k, profile);
-            let ops: Vec<&str> = k
-                .body
-                .nodes()
-                .filter(|(_, n)| !matches!(n.op, Op::Input { .. }))
-                .map(|(_, n)| n.op.name())
-                .collect();
+            let ops: Vec<&str> = k.body.nodes().filter(|(_, n)| !matches!(n.op, Op::Input { .. })).map(|(_, n)| n.op.name()).collect();
             format!(
                 "{} {}: {} ops [{}], reads {} buffer(s), writes {}, {:.2} us",
                 k.name,
@@ -50,21 +45,11 @@ pub fn explain(g: &Graph, profile: &DeviceProfile) -> Result<Explanation, PassEr
     let mut unfused = Vec::new();
     for (id, n) in simple.nodes() {
         if let Placement::Alone { reasons } = &grouping.placement[id.index()] {
-            let k = grouping.kernel_of[id.index()]
-                .map(|k| format!("k{k}"))
-                .unwrap_or_default();
-            unfused.push((
-                format!("{id} {} {}{} (starts {k})", n.op.name(), n.dtype, n.shape),
-                reasons.clone(),
-            ));
+            let k = grouping.kernel_of[id.index()].map(|k| format!("k{k}")).unwrap_or_default();
+            unfused.push((format!("{id} {} {}{} (starts {k})", n.op.name(), n.dtype, n.shape), reasons.clone()));
         }
     }
-    Ok(Explanation {
-        kernels: grouping.kernels,
-        formed,
-        unfused,
-        report,
-    })
+    Ok(Explanation { kernels: grouping.kernels, formed, unfused, report })
 }
 
 impl fmt::Display for Explanation {

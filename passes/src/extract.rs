@@ -37,43 +37,20 @@ fn own_seconds(eg: &EGraph, n: &Kiln, p: &DeviceProfile) -> f64 {
         Data::Tensor(t) => Some(t),
         _ => None,
     };
-    let elem_bytes = |id: Id| {
-        t(id)
-            .map(|t| (t.shape.numel() * t.dtype.size_bytes()) as f64)
-            .unwrap_or(0.0)
-    };
-    let is_source = |id: Id| {
-        eg[id]
-            .nodes
-            .iter()
-            .any(|n| matches!(n, Kiln::Input(_) | Kiln::Full(_) | Kiln::Iota(_)))
-    };
+    let elem_bytes = |id: Id| t(id).map(|t| (t.shape.numel() * t.dtype.size_bytes()) as f64).unwrap_or(0.0);
+    let is_source = |id: Id| eg[id].nodes.iter().any(|n| matches!(n, Kiln::Input(_) | Kiln::Full(_) | Kiln::Iota(_)));
     match n {
         Kiln::Attr(_) | Kiln::Root(_) | Kiln::Input(_) => 0.0,
         Kiln::Full(_) | Kiln::Iota(_) => TINY,
-        Kiln::Reshape([_, x])
-        | Kiln::Permute([_, x])
-        | Kiln::Expand([_, x])
-        | Kiln::Slice([_, x])
-        | Kiln::Pad([_, _, x]) => {
+        Kiln::Reshape([_, x]) | Kiln::Permute([_, x]) | Kiln::Expand([_, x]) | Kiln::Slice([_, x]) | Kiln::Pad([_, _, x]) => {
             // Prefer movement on sources (a free index map on a load) to movement of a
             // computed value (which may force a copy between kernels).
-            if is_source(*x) {
-                TINY
-            } else {
-                1e-12
-            }
+            if is_source(*x) { TINY } else { 1e-12 }
         }
         Kiln::Concat(_) => 1e-12,
         Kiln::MatMul([a, b]) | Kiln::Flash([_, _, a, b, _]) => {
             let (ta, tb) = (t(*a).expect("tensor"), t(*b).expect("tensor"));
-            let bytes = elem_bytes(*a)
-                + elem_bytes(*b)
-                + if let Kiln::Flash([_, _, _, _, v]) = n {
-                    2.0 * elem_bytes(*v)
-                } else {
-                    0.0
-                };
+            let bytes = elem_bytes(*a) + elem_bytes(*b) + if let Kiln::Flash([_, _, _, _, v]) = n { 2.0 * elem_bytes(*v) } else { 0.0 };
             let flops = match n {
                 Kiln::MatMul(_) => {
                     let k = ta.shape.dims()[ta.shape.rank() - 1] as f64;
@@ -93,11 +70,7 @@ fn own_seconds(eg: &EGraph, n: &Kiln, p: &DeviceProfile) -> f64 {
         Kiln::Sum([_, _, x]) | Kiln::MaxReduce([_, _, x]) => elem_bytes(*x) / p.bandwidth + TINY,
         other => {
             // Elementwise: one pass over the largest operand (an upper bound on its output).
-            let m = other
-                .children()
-                .iter()
-                .map(|&c| elem_bytes(c))
-                .fold(0.0, f64::max);
+            let m = other.children().iter().map(|&c| elem_bytes(c)).fold(0.0, f64::max);
             m / p.bandwidth + TINY
         }
     }
@@ -107,13 +80,7 @@ fn own_seconds(eg: &EGraph, n: &Kiln, p: &DeviceProfile) -> f64 {
 /// `uses` gives, per class of the input graph, how many operand slots read it there (other
 /// classes count 1).
 /// `position` gives, per class of the input graph, the index of its node there.
-pub fn extract(
-    eg: &EGraph,
-    root: Id,
-    uses: &HashMap<Id, f64>,
-    position: &HashMap<Id, usize>,
-    p: &DeviceProfile,
-) -> Result<RecExpr<Kiln>, PassError> {
+pub fn extract(eg: &EGraph, root: Id, uses: &HashMap<Id, f64>, position: &HashMap<Id, usize>, p: &DeviceProfile) -> Result<RecExpr<Kiln>, PassError> {
     let mut classes: Vec<Id> = eg.classes().map(|c| c.id).collect();
     classes.sort();
     // A topological key per class: its position in the input graph, or for a class created
@@ -126,13 +93,7 @@ pub fn extract(
     classes.sort_by_key(|c| key[c]);
     let own: HashMap<(Id, usize), f64> = classes
         .iter()
-        .flat_map(|&c| {
-            eg[c]
-                .nodes
-                .iter()
-                .enumerate()
-                .map(move |(i, n)| ((c, i), n))
-        })
+        .flat_map(|&c| eg[c].nodes.iter().enumerate().map(move |(i, n)| ((c, i), n)))
         .map(|(k, n)| (k, own_cost(eg, n, p)))
         .collect();
     // Discounting shared values by their uses can make a cycle look cheapest; when banning
@@ -163,33 +124,17 @@ fn extract_with(
             Some(cycle) => {
                 // Ban a node of the cycle whose class keeps another choice (banning the only
                 // node of a class would leave it with no finite cost).
-                let alive = |&(c, i): &(Id, usize)| {
-                    (0..eg[c].nodes.len()).any(|j| j != i && !banned.contains(&(c, j)))
-                };
-                let edge = cycle
-                    .iter()
-                    .rev()
-                    .copied()
-                    .find(alive)
-                    .unwrap_or(cycle[cycle.len() - 1]);
+                let alive = |&(c, i): &(Id, usize)| (0..eg[c].nodes.len()).any(|j| j != i && !banned.contains(&(c, j)));
+                let edge = cycle.iter().rev().copied().find(alive).unwrap_or(cycle[cycle.len() - 1]);
                 tracing::debug!(class = %edge.0, node = edge.1, "extraction: banning a node that closes a cycle");
                 banned.insert(edge);
             }
         }
     }
-    Err(PassError::Internal {
-        stage: "extract",
-        what: "could not find an acyclic extraction".into(),
-    })
+    Err(PassError::Internal { stage: "extract", what: "could not find an acyclic extraction".into() })
 }
 
-fn class_key(
-    eg: &EGraph,
-    c: Id,
-    position: &HashMap<Id, usize>,
-    key: &mut HashMap<Id, (usize, Id)>,
-    depth: usize,
-) -> (usize, Id) {
+fn class_key(eg: &EGraph, c: Id, position: &HashMap<Id, usize>, key: &mut HashMap<Id, (usize, Id)>, depth: usize) -> (usize, Id) {
     if let Some(&k) = key.get(&c) {
         return k;
     }
@@ -198,16 +143,8 @@ fn class_key(
         None if depth > 64 => (usize::MAX, c),
         None => {
             key.insert(c, (usize::MAX, c)); // cycle guard
-            let children: Vec<Id> = eg[c].nodes[0]
-                .children()
-                .iter()
-                .map(|&ch| eg.find(ch))
-                .collect();
-            let m = children
-                .into_iter()
-                .map(|ch| class_key(eg, ch, position, key, depth + 1).0)
-                .filter(|&k| k != usize::MAX)
-                .max();
+            let children: Vec<Id> = eg[c].nodes[0].children().iter().map(|&ch| eg.find(ch)).collect();
+            let m = children.into_iter().map(|ch| class_key(eg, ch, position, key, depth + 1).0).filter(|&k| k != usize::MAX).max();
             (m.map_or(0, |m| m | 1), c)
         }
     };
@@ -276,22 +213,14 @@ fn best_nodes(
 }
 
 /// Phase 2: switch live classes to cheaper alternatives over already-live earlier values.
-fn share(
-    eg: &EGraph,
-    root: Id,
-    best: &mut HashMap<Id, (f64, usize)>,
-    own: &HashMap<(Id, usize), f64>,
-) {
+fn share(eg: &EGraph, root: Id, best: &mut HashMap<Id, (f64, usize)>, own: &HashMap<(Id, usize), f64>) {
     let order = topo_order(eg, root, best);
     let pos: HashMap<Id, usize> = order.iter().enumerate().map(|(i, &c)| (c, i)).collect();
     for &c in &order {
         let (cost, cur) = best[&c];
         let mut choice = cur;
         for (i, n) in eg[c].nodes.iter().enumerate() {
-            let earlier = n
-                .children()
-                .iter()
-                .all(|ch| pos.get(&eg.find(*ch)).is_some_and(|&p| p < pos[&c]));
+            let earlier = n.children().iter().all(|ch| pos.get(&eg.find(*ch)).is_some_and(|&p| p < pos[&c]));
             if earlier && own[&(c, i)] < own[&(c, choice)] {
                 choice = i;
             }
@@ -328,11 +257,7 @@ fn topo_order(eg: &EGraph, root: Id, best: &HashMap<Id, (f64, usize)>) -> Vec<Id
 
 /// Iterative DFS over the chosen nodes; returns the `(class, node)` edges of a cycle, if any
 /// (the last one closes it).
-fn find_cycle(
-    eg: &EGraph,
-    root: Id,
-    best: &HashMap<Id, (f64, usize)>,
-) -> Result<Option<Vec<(Id, usize)>>, PassError> {
+fn find_cycle(eg: &EGraph, root: Id, best: &HashMap<Id, (f64, usize)>) -> Result<Option<Vec<(Id, usize)>>, PassError> {
     #[derive(Clone, Copy, PartialEq)]
     enum Mark {
         Open,
@@ -343,10 +268,7 @@ fn find_cycle(
     mark.insert(eg.find(root), Mark::Open);
     while let Some(&mut (c, ref mut next)) = stack.last_mut() {
         let Some(&(_, ni)) = best.get(&c) else {
-            return Err(PassError::Internal {
-                stage: "extract",
-                what: format!("e-class {c} has no finite-cost node"),
-            });
+            return Err(PassError::Internal { stage: "extract", what: format!("e-class {c} has no finite-cost node") });
         };
         let children = eg[c].nodes[ni].children();
         if *next < children.len() {
@@ -355,10 +277,7 @@ fn find_cycle(
             match mark.get(&ch) {
                 Some(Mark::Open) => {
                     let from = stack.iter().position(|&(s, _)| s == ch).unwrap_or(0);
-                    let cycle = stack[from..]
-                        .iter()
-                        .map(|&(s, _)| (s, best[&s].1))
-                        .collect();
+                    let cycle = stack[from..].iter().map(|&(s, _)| (s, best[&s].1)).collect();
                     return Ok(Some(cycle));
                 }
                 Some(Mark::Done) => {}

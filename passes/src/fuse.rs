@@ -89,13 +89,9 @@ pub fn group(g: &Graph) -> Grouping {
     // Input-free values.
     let mut pure = vec![false; len];
     for (id, n) in g.nodes() {
-        pure[id.index()] =
-            !matches!(n.op, Op::Input { .. }) && n.inputs.iter().all(|i| pure[i.index()]);
+        pure[id.index()] = !matches!(n.op, Op::Input { .. }) && n.inputs.iter().all(|i| pure[i.index()]);
     }
-    let mut inline: Vec<bool> = g
-        .nodes()
-        .map(|(id, n)| is_inline(n, pure[id.index()]))
-        .collect();
+    let mut inline: Vec<bool> = g.nodes().map(|(id, n)| is_inline(n, pure[id.index()])).collect();
     // Elementwise ops over graph inputs only (a cast of a weight, a scaled bias) are cheap to
     // recompute where they are read: inline them too (`inline-input-elementwise`), except
     // where they feed a matmul / attention operand (a template takes only index maps there)
@@ -103,8 +99,7 @@ pub fn group(g: &Graph) -> Grouping {
     let mut input_only = vec![false; len];
     for (id, n) in g.nodes() {
         input_only[id.index()] = matches!(n.op, Op::Input { .. })
-            || (inline[id.index()] || n.op.is_elementwise())
-                && n.inputs.iter().all(|i| input_only[i.index()]);
+            || (inline[id.index()] || n.op.is_elementwise()) && n.inputs.iter().all(|i| input_only[i.index()]);
     }
     let mut feeds_template = vec![false; len];
     for (_, n) in g.nodes() {
@@ -176,17 +171,11 @@ pub fn group(g: &Graph) -> Grouping {
     let mut group_of: Vec<Option<usize>> = vec![None; len];
     let mut placement: Vec<Placement> = vec![Placement::Inline; len];
     for (id, n) in g.nodes() {
-        if !live[id.index()]
-            || matches!(n.op, Op::Input { .. })
-            || (inline[id.index()] && !materialise[id.index()])
-        {
+        if !live[id.index()] || matches!(n.op, Op::Input { .. }) || (inline[id.index()] && !materialise[id.index()]) {
             continue;
         }
         let prods = producers(n);
-        let mut prod_groups: Vec<usize> = prods
-            .iter()
-            .filter_map(|(p, _)| group_of[p.index()])
-            .collect();
+        let mut prod_groups: Vec<usize> = prods.iter().filter_map(|(p, _)| group_of[p.index()]).collect();
         prod_groups.sort();
         prod_groups.dedup();
         let mut joined = None;
@@ -196,21 +185,14 @@ pub fn group(g: &Graph) -> Grouping {
             // Templates first, then the most recent loop kernel.
             let mut cands = prod_groups.clone();
             cands.sort_by_key(|&c| (groups[c].kind == GroupKind::Loop, std::cmp::Reverse(c)));
-            let operand_shapes: Vec<Shape> =
-                n.inputs.iter().map(|&i| g.node(i).shape.clone()).collect();
+            let operand_shapes: Vec<Shape> = n.inputs.iter().map(|&i| g.node(i).shape.clone()).collect();
             'cands: for c in cands {
                 let name = format!("k{c}");
-                if let Some((p, _)) = prods
-                    .iter()
-                    .find(|(p, m)| *m && group_of[p.index()] == Some(c))
-                {
+                if let Some((p, _)) = prods.iter().find(|(p, m)| *m && group_of[p.index()] == Some(c)) {
                     reasons.push(format!("not fused into {name}: it reads {p} through a movement op, which one pass cannot do"));
                     continue;
                 }
-                if let Some(&h) = prod_groups
-                    .iter()
-                    .find(|&&h| h != c && has(&groups[h].deps, c))
-                {
+                if let Some(&h) = prod_groups.iter().find(|&&h| h != c && has(&groups[h].deps, c)) {
                     reasons.push(format!("not fused into {name}: another operand comes from k{h}, which itself reads {name} (a cycle)"));
                     continue;
                 }
@@ -236,11 +218,7 @@ pub fn group(g: &Graph) -> Grouping {
                         }
                     }
                 }
-                reasons.push(format!(
-                    "not fused into {name}: no fusion rule covers a {} after a {:?} kernel",
-                    n.op.name(),
-                    gr.kind
-                ));
+                reasons.push(format!("not fused into {name}: no fusion rule covers a {} after a {:?} kernel", n.op.name(), gr.kind));
             }
         }
         let gi = match joined {
@@ -256,29 +234,17 @@ pub fn group(g: &Graph) -> Grouping {
                 let (kind, domain, reduced) = match &n.op {
                     Op::MatMul => (GroupKind::Gemm, n.shape.clone(), None),
                     Op::FlashAttention { .. } => (GroupKind::Attention, n.shape.clone(), None),
-                    Op::Reduce { axes, .. } => (
-                        GroupKind::Loop,
-                        g.node(n.inputs[0]).shape.clone(),
-                        Some(axes.clone()),
-                    ),
+                    Op::Reduce { axes, .. } => (GroupKind::Loop, g.node(n.inputs[0]).shape.clone(), Some(axes.clone())),
                     _ => (GroupKind::Loop, n.shape.clone(), None),
                 };
                 placement[id.index()] = if is_anchor {
                     Placement::Anchor
                 } else if prod_groups.is_empty() {
-                    Placement::Alone {
-                        reasons: vec!["reads only graph inputs and constants".into()],
-                    }
+                    Placement::Alone { reasons: vec!["reads only graph inputs and constants".into()] }
                 } else {
                     Placement::Alone { reasons }
                 };
-                groups.push(Group {
-                    kind,
-                    domain,
-                    reduced,
-                    members: vec![id],
-                    deps: Vec::new(),
-                });
+                groups.push(Group { kind, domain, reduced, members: vec![id], deps: Vec::new() });
                 groups.len() - 1
             }
         };
@@ -351,8 +317,7 @@ fn build_kernels(
             users[d].push(gi);
         }
     }
-    let mut ready: std::collections::BTreeSet<usize> =
-        (0..groups.len()).filter(|&i| indeg[i] == 0).collect();
+    let mut ready: std::collections::BTreeSet<usize> = (0..groups.len()).filter(|&i| indeg[i] == 0).collect();
     let mut order = Vec::with_capacity(groups.len());
     while let Some(&gi) = ready.iter().next() {
         ready.remove(&gi);
@@ -364,11 +329,7 @@ fn build_kernels(
             }
         }
     }
-    assert_eq!(
-        order.len(),
-        groups.len(),
-        "invariant: the kernel grouping has a cycle"
-    );
+    assert_eq!(order.len(), groups.len(), "invariant: the kernel grouping has a cycle");
 
     let (mut kg, mut buf) = KernelGraph::with_inputs_of(g);
     let mut kernel_of = vec![None; len];
@@ -383,24 +344,9 @@ fn build_kernels(
             let n = g.node(m);
             let mut ops: SmallVec<[NodeId; 3]> = SmallVec::new();
             for &i in &n.inputs {
-                ops.push(copy_operand(
-                    g,
-                    i,
-                    gi,
-                    group_of,
-                    inline,
-                    &buf,
-                    &mut body,
-                    &mut map,
-                    &mut inputs,
-                ));
+                ops.push(copy_operand(g, i, gi, group_of, inline, &buf, &mut body, &mut map, &mut inputs));
             }
-            let id = body.push(Node {
-                op: n.op.clone(),
-                dtype: n.dtype,
-                shape: n.shape.clone(),
-                inputs: ops,
-            });
+            let id = body.push(Node { op: n.op.clone(), dtype: n.dtype, shape: n.shape.clone(), inputs: ops });
             map.insert(m, id);
         }
         let mut outs = Vec::new();
@@ -421,24 +367,10 @@ fn build_kernels(
             GroupKind::Attention => KernelKind::Attention,
             GroupKind::Loop => KernelKind::classify(&body),
         };
-        kg.kernels.push(Kernel {
-            name,
-            kind,
-            body,
-            inputs,
-            outputs: outs,
-        });
+        kg.kernels.push(Kernel { name, kind, body, inputs, outputs: outs });
     }
-    kg.outputs = g
-        .outputs()
-        .iter()
-        .map(|o| buf[o.index()].expect("every graph output has a buffer"))
-        .collect();
-    Grouping {
-        kernels: kg,
-        kernel_of,
-        placement,
-    }
+    kg.outputs = g.outputs().iter().map(|o| buf[o.index()].expect("every graph output has a buffer")).collect();
+    Grouping { kernels: kg, kernel_of, placement }
 }
 
 /// Resolves operand `i` of a member of group `gi` inside the kernel body: a member, an
@@ -464,26 +396,18 @@ fn copy_operand(
     } else if inline[i.index()] {
         let mut ops: SmallVec<[NodeId; 3]> = SmallVec::new();
         for &j in &n.inputs {
-            ops.push(copy_operand(
-                g, j, gi, group_of, inline, buf, body, map, inputs,
-            ));
+            ops.push(copy_operand(g, j, gi, group_of, inline, buf, body, map, inputs));
         }
-        body.push(Node {
-            op: n.op.clone(),
-            dtype: n.dtype,
-            shape: n.shape.clone(),
-            inputs: ops,
-        })
+        body.push(Node { op: n.op.clone(), dtype: n.dtype, shape: n.shape.clone(), inputs: ops })
     } else {
-        let b = buf[i.index()]
-            .expect("invariant: a kernel reads a value before the kernel producing it");
+        let b = buf[i.index()].expect("invariant: a kernel reads a value before the kernel producing it");
         inputs.push(b);
-        body.input(format!("in{}", inputs.len() - 1), n.dtype, n.shape.clone())
-            .expect("fresh input name")
+        body.input(format!("in{}", inputs.len() - 1), n.dtype, n.shape.clone()).expect("fresh input name")
     };
     map.insert(i, id);
     id
 }
+
 
 /// The same body with its `input` nodes first (in input order), then the rest in order: easier
 /// to read, and what a code generator binding parameters first expects.
@@ -501,18 +425,9 @@ fn inputs_first(body: &Graph) -> Graph {
             continue;
         }
         let mut n = n.clone();
-        n.inputs = n
-            .inputs
-            .iter()
-            .map(|i| map[i.index()].expect("operands precede"))
-            .collect();
+        n.inputs = n.inputs.iter().map(|i| map[i.index()].expect("operands precede")).collect();
         map[id.index()] = Some(out.push(n));
     }
-    out.set_outputs(
-        body.outputs()
-            .iter()
-            .map(|o| map[o.index()].expect("outputs exist"))
-            .collect(),
-    );
+    out.set_outputs(body.outputs().iter().map(|o| map[o.index()].expect("outputs exist")).collect());
     out
 }

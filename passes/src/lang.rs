@@ -60,12 +60,7 @@ impl Attr {
 
 impl fmt::Display for Attr {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let list = |l: &[usize]| {
-            l.iter()
-                .map(|x| x.to_string())
-                .collect::<Vec<_>>()
-                .join(",")
-        };
+        let list = |l: &[usize]| l.iter().map(|x| x.to_string()).collect::<Vec<_>>().join(",");
         match self {
             Attr::Int(i) => write!(f, "{i}"),
             Attr::Bool(b) => write!(f, "{b}"),
@@ -106,24 +101,16 @@ impl FromStr for Attr {
             return Ok(Attr::DType(d));
         }
         if let Some(rest) = s.strip_prefix("pads") {
-            let inner = rest
-                .strip_prefix('[')
-                .and_then(|r| r.strip_suffix(']'))
-                .ok_or("bad pads")?;
+            let inner = rest.strip_prefix('[').and_then(|r| r.strip_suffix(']')).ok_or("bad pads")?;
             let mut v = Vec::new();
             for p in inner.split(',').filter(|p| !p.is_empty()) {
                 let (a, b) = p.split_once(':').ok_or("bad pad pair")?;
-                v.push((
-                    a.parse().map_err(|_| "bad pad")?,
-                    b.parse().map_err(|_| "bad pad")?,
-                ));
+                v.push((a.parse().map_err(|_| "bad pad")?, b.parse().map_err(|_| "bad pad")?));
             }
             return Ok(Attr::Pads(v));
         }
         if s.starts_with('[') {
-            return parse_list(s)
-                .map(Attr::List)
-                .ok_or_else(|| format!("bad list {s}"));
+            return parse_list(s).map(Attr::List).ok_or_else(|| format!("bad list {s}"));
         }
         if let Some(i) = s.find('[') {
             if let Some(d) = DType::from_name(&s[..i]) {
@@ -131,21 +118,12 @@ impl FromStr for Attr {
                 return Ok(Attr::Ty(d, Shape::new(dims)));
             }
         }
-        let intlike = !s.is_empty()
-            && s.trim_start_matches('-')
-                .chars()
-                .all(|c| c.is_ascii_digit());
+        let intlike = !s.is_empty() && s.trim_start_matches('-').chars().all(|c| c.is_ascii_digit());
         if intlike {
             return s.parse().map(Attr::Int).map_err(|_| format!("bad int {s}"));
         }
         match s.parse::<f64>() {
-            Ok(x)
-                if s.chars()
-                    .next()
-                    .is_some_and(|c| c.is_ascii_digit() || c == '-' || c == 'i' || c == 'n') =>
-            {
-                Ok(Attr::float(x))
-            }
+            Ok(x) if s.chars().next().is_some_and(|c| c.is_ascii_digit() || c == '-' || c == 'i' || c == 'n') => Ok(Attr::float(x)),
             _ => Err(format!("not an attribute: {s}")),
         }
     }
@@ -246,13 +224,8 @@ impl egg::Analysis<Kiln> for TypeAnalysis {
             Kiln::Root(_) => return Data::Root,
             _ => {}
         }
-        let lowered = lower(enode, &attr)
-            .unwrap_or_else(|e| panic!("invariant: malformed e-node {enode}: {e}"));
-        let ins: Vec<&TensorInfo> = lowered
-            .tensor_children
-            .iter()
-            .map(|&c| egraph[c].data.tensor())
-            .collect();
+        let lowered = lower(enode, &attr).unwrap_or_else(|e| panic!("invariant: malformed e-node {enode}: {e}"));
+        let ins: Vec<&TensorInfo> = lowered.tensor_children.iter().map(|&c| egraph[c].data.tensor()).collect();
         let (dtype, shape) = match (&lowered.op, &lowered.source_type) {
             (_, Some((d, s))) => (*d, s.clone()),
             (None, None) => (ins[0].dtype, ins[0].shape.clone()), // softmax
@@ -265,12 +238,7 @@ impl egg::Analysis<Kiln> for TypeAnalysis {
         };
         let pure = !matches!(enode, Kiln::Input(_)) && ins.iter().all(|t| t.pure);
         let konst = lowered.op.as_ref().and_then(|op| fold(op, dtype, &ins));
-        Data::Tensor(TensorInfo {
-            dtype,
-            shape,
-            konst,
-            pure,
-        })
+        Data::Tensor(TensorInfo { dtype, shape, konst, pure })
     }
 
     fn merge(&mut self, a: &mut Data, b: Data) -> DidMerge {
@@ -284,10 +252,7 @@ impl egg::Analysis<Kiln> for TypeAnalysis {
                 assert!(
                     x.dtype == y.dtype && x.shape == y.shape,
                     "invariant: a rewrite merged e-classes of different types: {}{} and {}{}",
-                    x.dtype,
-                    x.shape,
-                    y.dtype,
-                    y.shape
+                    x.dtype, x.shape, y.dtype, y.shape
                 );
                 let mut changed_a = false;
                 if x.konst.is_none() && y.konst.is_some() {
@@ -307,9 +272,7 @@ impl egg::Analysis<Kiln> for TypeAnalysis {
 
     /// Constant folding: a class whose every element is known gets a `full` node.
     fn modify(egraph: &mut EGraph, id: Id) {
-        let Data::Tensor(t) = &egraph[id].data else {
-            return;
-        };
+        let Data::Tensor(t) = &egraph[id].data else { return };
         let Some(v) = t.konst else { return };
         if egraph[id].nodes.iter().any(|n| matches!(n, Kiln::Full(_))) {
             return;
@@ -337,21 +300,11 @@ fn fold(op: &Op, dtype: DType, ins: &[&TensorInfo]) -> Option<f64> {
         Op::Binary(b) => eval_binary(*b, ins[0].dtype, ks[0], ks[1]),
         Op::Compare(c) => eval_compare(*c, ks[0], ks[1]),
         Op::Where => {
-            if ks[0] != 0.0 {
-                ks[1]
-            } else {
-                ks[2]
-            }
+            if ks[0] != 0.0 { ks[1] } else { ks[2] }
         }
         Op::Cast { to } => to.quantize(ks[0]),
-        Op::Reduce {
-            op: ReduceOp::Max, ..
-        } => ks[0],
-        Op::Reduce {
-            op: ReduceOp::Sum,
-            axes,
-            ..
-        } => {
+        Op::Reduce { op: ReduceOp::Max, .. } => ks[0],
+        Op::Reduce { op: ReduceOp::Sum, axes, .. } => {
             let n: usize = axes.iter().map(|&a| ins[0].shape.dims()[a]).product();
             ks[0] * n as f64
         }
@@ -360,11 +313,7 @@ fn fold(op: &Op, dtype: DType, ins: &[&TensorInfo]) -> Option<f64> {
         Op::Pad { value, .. } if value.0.to_bits() == ks[0].to_bits() => ks[0],
         _ => return None,
     };
-    Some(if dtype.is_float() {
-        v
-    } else {
-        dtype.quantize(v)
-    })
+    Some(if dtype.is_float() { v } else { dtype.quantize(v) })
 }
 
 // Scalar semantics are the interpreter's, so folded constants agree with the oracle exactly.
@@ -385,52 +334,26 @@ fn int(a: &Attr) -> Result<usize, String> {
     }
 }
 fn list(a: &Attr) -> Result<Vec<usize>, String> {
-    a.as_list()
-        .map(|l| l.to_vec())
-        .ok_or_else(|| format!("expected a list, got {a}"))
+    a.as_list().map(|l| l.to_vec()).ok_or_else(|| format!("expected a list, got {a}"))
 }
 
 /// Reads an e-node as an IR op; `attr` gives the attribute of an attribute child.
 pub fn lower(n: &Kiln, attr: &dyn Fn(Id) -> Attr) -> Result<Lowered, String> {
     use Kiln as K;
     let t = |c: &[Id]| -> SmallVec<[Id; 3]> { c.iter().copied().collect() };
-    let unary = |u: UnaryOp, c: Id| Lowered {
-        op: Some(Op::Unary(u)),
-        tensor_children: t(&[c]),
-        source_type: None,
-    };
-    let bin = |b: Op, c: &[Id; 2]| Lowered {
-        op: Some(b),
-        tensor_children: t(c),
-        source_type: None,
-    };
+    let unary = |u: UnaryOp, c: Id| Lowered { op: Some(Op::Unary(u)), tensor_children: t(&[c]), source_type: None };
+    let bin = |b: Op, c: &[Id; 2]| Lowered { op: Some(b), tensor_children: t(c), source_type: None };
     let ty = |id: Id| match attr(id) {
         Attr::Ty(d, s) => Ok((d, s)),
         other => Err(format!("expected a type, got {other}")),
     };
     Ok(match n {
-        K::Input([i, ty_]) => Lowered {
-            op: Some(Op::Input {
-                name: format!("in{}", int(&attr(*i))?),
-            }),
-            tensor_children: t(&[]),
-            source_type: Some(ty(*ty_)?),
-        },
+        K::Input([i, ty_]) => Lowered { op: Some(Op::Input { name: format!("in{}", int(&attr(*i))?) }), tensor_children: t(&[]), source_type: Some(ty(*ty_)?) },
         K::Full([v, ty_]) => {
             let v = attr(*v).as_f64().ok_or("full value must be a float")?;
-            Lowered {
-                op: Some(Op::Full { value: Scalar(v) }),
-                tensor_children: t(&[]),
-                source_type: Some(ty(*ty_)?),
-            }
+            Lowered { op: Some(Op::Full { value: Scalar(v) }), tensor_children: t(&[]), source_type: Some(ty(*ty_)?) }
         }
-        K::Iota([a, ty_]) => Lowered {
-            op: Some(Op::Iota {
-                axis: int(&attr(*a))?,
-            }),
-            tensor_children: t(&[]),
-            source_type: Some(ty(*ty_)?),
-        },
+        K::Iota([a, ty_]) => Lowered { op: Some(Op::Iota { axis: int(&attr(*a))? }), tensor_children: t(&[]), source_type: Some(ty(*ty_)?) },
         K::Neg(c) => unary(UnaryOp::Neg, *c),
         K::Abs(c) => unary(UnaryOp::Abs, *c),
         K::Exp(c) => unary(UnaryOp::Exp, *c),
@@ -459,128 +382,51 @@ pub fn lower(n: &Kiln, attr: &dyn Fn(Id) -> Attr) -> Result<Lowered, String> {
         K::Le(c) => bin(Op::Compare(CmpOp::Le), c),
         K::Gt(c) => bin(Op::Compare(CmpOp::Gt), c),
         K::Ge(c) => bin(Op::Compare(CmpOp::Ge), c),
-        K::Where(c) => Lowered {
-            op: Some(Op::Where),
-            tensor_children: t(c),
-            source_type: None,
-        },
+        K::Where(c) => Lowered { op: Some(Op::Where), tensor_children: t(c), source_type: None },
         K::Cast([d, x]) => match attr(*d) {
-            Attr::DType(to) => Lowered {
-                op: Some(Op::Cast { to }),
-                tensor_children: t(&[*x]),
-                source_type: None,
-            },
+            Attr::DType(to) => Lowered { op: Some(Op::Cast { to }), tensor_children: t(&[*x]), source_type: None },
             other => return Err(format!("cast target must be a dtype, got {other}")),
         },
         K::Sum([a, k, x]) | K::MaxReduce([a, k, x]) => {
-            let op = if matches!(n, K::Sum(_)) {
-                ReduceOp::Sum
-            } else {
-                ReduceOp::Max
-            };
+            let op = if matches!(n, K::Sum(_)) { ReduceOp::Sum } else { ReduceOp::Max };
             let keepdim = matches!(attr(*k), Attr::Bool(true));
-            Lowered {
-                op: Some(Op::Reduce {
-                    op,
-                    axes: list(&attr(*a))?,
-                    keepdim,
-                }),
-                tensor_children: t(&[*x]),
-                source_type: None,
-            }
+            Lowered { op: Some(Op::Reduce { op, axes: list(&attr(*a))?, keepdim }), tensor_children: t(&[*x]), source_type: None }
         }
-        K::Reshape([s, x]) => Lowered {
-            op: Some(Op::Reshape {
-                shape: Shape::new(list(&attr(*s))?),
-            }),
-            tensor_children: t(&[*x]),
-            source_type: None,
-        },
-        K::Permute([p, x]) => Lowered {
-            op: Some(Op::Permute {
-                perm: list(&attr(*p))?,
-            }),
-            tensor_children: t(&[*x]),
-            source_type: None,
-        },
-        K::Expand([s, x]) => Lowered {
-            op: Some(Op::Expand {
-                shape: Shape::new(list(&attr(*s))?),
-            }),
-            tensor_children: t(&[*x]),
-            source_type: None,
-        },
+        K::Reshape([s, x]) => Lowered { op: Some(Op::Reshape { shape: Shape::new(list(&attr(*s))?) }), tensor_children: t(&[*x]), source_type: None },
+        K::Permute([p, x]) => Lowered { op: Some(Op::Permute { perm: list(&attr(*p))? }), tensor_children: t(&[*x]), source_type: None },
+        K::Expand([s, x]) => Lowered { op: Some(Op::Expand { shape: Shape::new(list(&attr(*s))?) }), tensor_children: t(&[*x]), source_type: None },
         K::Slice([r, x]) => {
             let r = list(&attr(*r))?;
-            let [axis, start, end, step] = r[..] else {
-                return Err("slice needs [axis,start,end,step]".into());
-            };
-            Lowered {
-                op: Some(Op::Slice {
-                    axis,
-                    start,
-                    end,
-                    step,
-                }),
-                tensor_children: t(&[*x]),
-                source_type: None,
-            }
+            let [axis, start, end, step] = r[..] else { return Err("slice needs [axis,start,end,step]".into()) };
+            Lowered { op: Some(Op::Slice { axis, start, end, step }), tensor_children: t(&[*x]), source_type: None }
         }
         K::Concat(c) => {
             let (a, xs) = c.split_first().ok_or("concat needs an axis")?;
-            Lowered {
-                op: Some(Op::Concat {
-                    axis: int(&attr(*a))?,
-                }),
-                tensor_children: xs.iter().copied().collect(),
-                source_type: None,
-            }
+            Lowered { op: Some(Op::Concat { axis: int(&attr(*a))? }), tensor_children: xs.iter().copied().collect(), source_type: None }
         }
         K::Pad([p, v, x]) => {
-            let Attr::Pads(pads) = attr(*p) else {
-                return Err("pad needs pads".into());
-            };
+            let Attr::Pads(pads) = attr(*p) else { return Err("pad needs pads".into()) };
             let value = Scalar(attr(*v).as_f64().ok_or("pad value must be a float")?);
-            Lowered {
-                op: Some(Op::Pad { pads, value }),
-                tensor_children: t(&[*x]),
-                source_type: None,
-            }
+            Lowered { op: Some(Op::Pad { pads, value }), tensor_children: t(&[*x]), source_type: None }
         }
         K::MatMul(c) => bin(Op::MatMul, c),
         K::Flash([c, s, q, k, v]) => {
             let causal = matches!(attr(*c), Attr::Bool(true));
             let scale = Scalar(attr(*s).as_f64().ok_or("flash scale must be a float")?);
-            Lowered {
-                op: Some(Op::FlashAttention { causal, scale }),
-                tensor_children: t(&[*q, *k, *v]),
-                source_type: None,
-            }
+            Lowered { op: Some(Op::FlashAttention { causal, scale }), tensor_children: t(&[*q, *k, *v]), source_type: None }
         }
-        K::Softmax(x) => Lowered {
-            op: None,
-            tensor_children: t(&[*x]),
-            source_type: None,
-        },
+        K::Softmax(x) => Lowered { op: None, tensor_children: t(&[*x]), source_type: None },
         K::Root(_) | K::Attr(_) => return Err("not an op".into()),
     })
 }
 
 /// Builds the e-node for an IR node whose operands are already `ins`; `leaf` adds attributes.
-pub fn raise(
-    n: &Node,
-    input_pos: Option<usize>,
-    ins: &[Id],
-    leaf: &mut dyn FnMut(Attr) -> Id,
-) -> Kiln {
+pub fn raise(n: &Node, input_pos: Option<usize>, ins: &[Id], leaf: &mut dyn FnMut(Attr) -> Id) -> Kiln {
     use Kiln as K;
     let ty = |leaf: &mut dyn FnMut(Attr) -> Id| leaf(Attr::Ty(n.dtype, n.shape.clone()));
     let two = || [ins[0], ins[1]];
     match &n.op {
-        Op::Input { .. } => K::Input([
-            leaf(Attr::Int(input_pos.expect("an input has a position") as i64)),
-            ty(leaf),
-        ]),
+        Op::Input { .. } => K::Input([leaf(Attr::Int(input_pos.expect("an input has a position") as i64)), ty(leaf)]),
         Op::Full { value } => K::Full([leaf(Attr::float(value.0)), ty(leaf)]),
         Op::Iota { axis } => K::Iota([leaf(Attr::Int(*axis as i64)), ty(leaf)]),
         Op::Unary(u) => {
@@ -623,11 +469,7 @@ pub fn raise(
         Op::Where => K::Where([ins[0], ins[1], ins[2]]),
         Op::Cast { to } => K::Cast([leaf(Attr::DType(*to)), ins[0]]),
         Op::Reduce { op, axes, keepdim } => {
-            let c = [
-                leaf(Attr::List(axes.clone())),
-                leaf(Attr::Bool(*keepdim)),
-                ins[0],
-            ];
+            let c = [leaf(Attr::List(axes.clone())), leaf(Attr::Bool(*keepdim)), ins[0]];
             match op {
                 ReduceOp::Sum => K::Sum(c),
                 ReduceOp::Max => K::MaxReduce(c),
@@ -636,30 +478,17 @@ pub fn raise(
         Op::Reshape { shape } => K::Reshape([leaf(Attr::List(shape.dims().to_vec())), ins[0]]),
         Op::Permute { perm } => K::Permute([leaf(Attr::List(perm.clone())), ins[0]]),
         Op::Expand { shape } => K::Expand([leaf(Attr::List(shape.dims().to_vec())), ins[0]]),
-        Op::Slice {
-            axis,
-            start,
-            end,
-            step,
-        } => K::Slice([leaf(Attr::List(vec![*axis, *start, *end, *step])), ins[0]]),
+        Op::Slice { axis, start, end, step } => K::Slice([leaf(Attr::List(vec![*axis, *start, *end, *step])), ins[0]]),
         Op::Concat { axis } => {
             let mut c = vec![leaf(Attr::Int(*axis as i64))];
             c.extend_from_slice(ins);
             K::Concat(c.into())
         }
-        Op::Pad { pads, value } => K::Pad([
-            leaf(Attr::Pads(pads.clone())),
-            leaf(Attr::float(value.0)),
-            ins[0],
-        ]),
+        Op::Pad { pads, value } => K::Pad([leaf(Attr::Pads(pads.clone())), leaf(Attr::float(value.0)), ins[0]]),
         Op::MatMul => K::MatMul(two()),
-        Op::FlashAttention { causal, scale } => K::Flash([
-            leaf(Attr::Bool(*causal)),
-            leaf(Attr::float(scale.0)),
-            ins[0],
-            ins[1],
-            ins[2],
-        ]),
+        Op::FlashAttention { causal, scale } => {
+            K::Flash([leaf(Attr::Bool(*causal)), leaf(Attr::float(scale.0)), ins[0], ins[1], ins[2]])
+        }
         Op::Fused(_) => unreachable!("callers reject fused nodes before raising"),
     }
 }
@@ -669,52 +498,29 @@ pub fn raise(
 pub fn to_rec_expr(g: &Graph) -> Result<(RecExpr<Kiln>, Vec<String>), crate::PassError> {
     let mut expr = RecExpr::default();
     let mut map: Vec<Id> = Vec::with_capacity(g.len());
-    let pos: std::collections::HashMap<NodeId, usize> = g
-        .inputs()
-        .iter()
-        .enumerate()
-        .map(|(i, &n)| (n, i))
-        .collect();
+    let pos: std::collections::HashMap<NodeId, usize> = g.inputs().iter().enumerate().map(|(i, &n)| (n, i)).collect();
     for (id, n) in g.nodes() {
         if matches!(n.op, Op::Fused(_)) {
-            return Err(crate::PassError::Unsupported {
-                node: id.to_string(),
-                what: "an already fused node".into(),
-            });
+            return Err(crate::PassError::Unsupported { node: id.to_string(), what: "an already fused node".into() });
         }
         let ins: Vec<Id> = n.inputs.iter().map(|i| map[i.index()]).collect();
-        let node = raise(n, pos.get(&id).copied(), &ins, &mut |a| {
-            expr.add(Kiln::Attr(a))
-        });
+        let node = raise(n, pos.get(&id).copied(), &ins, &mut |a| expr.add(Kiln::Attr(a)));
         map.push(expr.add(node));
     }
     let mut root = vec![expr.add(Kiln::Attr(Attr::Int(g.inputs().len() as i64)))];
     root.extend(g.inputs().iter().map(|i| map[i.index()]));
     root.extend(g.outputs().iter().map(|o| map[o.index()]));
     expr.add(Kiln::Root(root.into()));
-    let names = g
-        .inputs()
-        .iter()
-        .map(|&i| g.input_name(i).unwrap_or_default().to_string())
-        .collect();
+    let names = g.inputs().iter().map(|&i| g.input_name(i).unwrap_or_default().to_string()).collect();
     Ok((expr, names))
 }
 
 /// `RecExpr` -> `ir::Graph`: the inverse of [`to_rec_expr`]. The `softmax` helper is
 /// expanded into its decomposition (max-subtract, exp, sum, divide over the last axis).
-pub fn from_rec_expr(
-    expr: &RecExpr<Kiln>,
-    names: &[String],
-    name: &str,
-) -> Result<Graph, crate::PassError> {
+pub fn from_rec_expr(expr: &RecExpr<Kiln>, names: &[String], name: &str) -> Result<Graph, crate::PassError> {
     let nodes = expr.as_ref();
-    let bad = |what: String| crate::PassError::Internal {
-        stage: "from_rec_expr",
-        what,
-    };
-    let Some(Kiln::Root(root)) = nodes.last() else {
-        return Err(bad("the expression has no graph root".into()));
-    };
+    let bad = |what: String| crate::PassError::Internal { stage: "from_rec_expr", what };
+    let Some(Kiln::Root(root)) = nodes.last() else { return Err(bad("the expression has no graph root".into())) };
     let attr = |id: Id| match &nodes[usize::from(id)] {
         Kiln::Attr(a) => a.clone(),
         other => Attr::Int(-1 - other.children().len() as i64),
@@ -729,16 +535,9 @@ pub fn from_rec_expr(
     let mut seen: std::collections::HashMap<Node, NodeId> = std::collections::HashMap::new();
     // Inputs first, in their declared order, so positions survive extraction.
     for (pos, &i) in root[1..1 + n_in].iter().enumerate() {
-        let Kiln::Input([_, ty]) = &nodes[usize::from(i)] else {
-            return Err(bad("graph root lists a non-input as input".into()));
-        };
-        let Attr::Ty(d, s) = attr(*ty) else {
-            return Err(bad("input without type".into()));
-        };
-        let nm = names
-            .get(pos)
-            .cloned()
-            .unwrap_or_else(|| format!("in{pos}"));
+        let Kiln::Input([_, ty]) = &nodes[usize::from(i)] else { return Err(bad("graph root lists a non-input as input".into())) };
+        let Attr::Ty(d, s) = attr(*ty) else { return Err(bad("input without type".into())) };
+        let nm = names.get(pos).cloned().unwrap_or_else(|| format!("in{pos}"));
         let id = g.input(nm, d, s).map_err(|e| bad(e.to_string()))?;
         map[usize::from(i)] = Some(id);
         by_position.push(id);
@@ -751,10 +550,7 @@ pub fn from_rec_expr(
         let ins: Vec<NodeId> = l
             .tensor_children
             .iter()
-            .map(|c| {
-                map[usize::from(*c)]
-                    .ok_or_else(|| bad(format!("operand {c} of {n} is not a tensor")))
-            })
+            .map(|c| map[usize::from(*c)].ok_or_else(|| bad(format!("operand {c} of {n} is not a tensor"))))
             .collect::<Result<_, _>>()?;
         let id = match (l.op, l.source_type) {
             // A copy of a listed input (tree-shaped text repeats shared nodes): by position.
@@ -767,28 +563,15 @@ pub fn from_rec_expr(
             },
             // Identical nodes become one (tree-shaped text repeats shared nodes).
             (Some(op), Some((d, s))) => {
-                let node = Node {
-                    op,
-                    dtype: d,
-                    shape: s,
-                    inputs: SmallVec::new(),
-                };
+                let node = Node { op, dtype: d, shape: s, inputs: SmallVec::new() };
                 *seen.entry(node.clone()).or_insert_with(|| g.push(node))
             }
             (Some(op), None) => {
                 let (dtype, shape) = {
-                    let types: Vec<(ir::DType, &Shape)> = ins
-                        .iter()
-                        .map(|&i| (g.node(i).dtype, &g.node(i).shape))
-                        .collect();
+                    let types: Vec<(ir::DType, &Shape)> = ins.iter().map(|&i| (g.node(i).dtype, &g.node(i).shape)).collect();
                     ir::infer::infer(&op, &types).map_err(|e| bad(format!("{n}: {e}")))?
                 };
-                let node = Node {
-                    op,
-                    dtype,
-                    shape,
-                    inputs: ins.iter().copied().collect(),
-                };
+                let node = Node { op, dtype, shape, inputs: ins.iter().copied().collect() };
                 *seen.entry(node.clone()).or_insert_with(|| g.push(node))
             }
             (None, _) => softmax_decomposed(&mut g, ins[0]).map_err(|e| bad(e.to_string()))?,
@@ -807,23 +590,9 @@ pub fn from_rec_expr(
 #[allow(clippy::result_large_err)] // the IR's error type
 pub fn softmax_decomposed(g: &mut Graph, s: NodeId) -> ir::Result<NodeId> {
     let last = g.node(s).shape.rank() - 1;
-    let m = g.add(
-        Op::Reduce {
-            op: ReduceOp::Max,
-            axes: vec![last],
-            keepdim: true,
-        },
-        &[s],
-    )?;
+    let m = g.add(Op::Reduce { op: ReduceOp::Max, axes: vec![last], keepdim: true }, &[s])?;
     let d = g.add(Op::Binary(BinaryOp::Sub), &[s, m])?;
     let e = g.add(Op::Unary(UnaryOp::Exp), &[d])?;
-    let z = g.add(
-        Op::Reduce {
-            op: ReduceOp::Sum,
-            axes: vec![last],
-            keepdim: true,
-        },
-        &[e],
-    )?;
+    let z = g.add(Op::Reduce { op: ReduceOp::Sum, axes: vec![last], keepdim: true }, &[e])?;
     g.add(Op::Binary(BinaryOp::Div), &[e, z])
 }

@@ -46,11 +46,7 @@ pub enum PassError {
     #[error("the input graph is not well formed: {0}")]
     InvalidInput(#[source] Box<ir::IrError>),
     #[error("after {stage}, the graph no longer verifies (an optimizer bug): {source}")]
-    Verify {
-        stage: &'static str,
-        #[source]
-        source: Box<ir::IrError>,
-    },
+    Verify { stage: &'static str, #[source] source: Box<ir::IrError> },
     #[error("internal optimizer error in {stage}: {what}")]
     Internal { stage: &'static str, what: String },
 }
@@ -67,12 +63,7 @@ pub struct Limits {
 
 impl Default for Limits {
     fn default() -> Limits {
-        Limits {
-            iterations: 16,
-            nodes: 50_000,
-            nodes_per_input_node: 12,
-            time: Duration::from_secs(10),
-        }
+        Limits { iterations: 16, nodes: 50_000, nodes_per_input_node: 12, time: Duration::from_secs(10) }
     }
 }
 
@@ -107,10 +98,7 @@ pub struct Optimized {
 
 fn check(stage: &'static str, g: &Graph) -> Result<(), PassError> {
     if ir::verify::verify_enabled() {
-        ir::verify::verify(g).map_err(|e| PassError::Verify {
-            stage,
-            source: Box::new(e),
-        })?;
+        ir::verify::verify(g).map_err(|e| PassError::Verify { stage, source: Box::new(e) })?;
     }
     Ok(())
 }
@@ -121,18 +109,10 @@ pub fn simplify(g: &Graph, profile: &DeviceProfile) -> Result<(Graph, Report), P
 }
 
 /// [`simplify`] with an explicit rule set and limits.
-pub fn simplify_with(
-    g: &Graph,
-    profile: &DeviceProfile,
-    rules: &[lang::Rewrite],
-    limits: &Limits,
-) -> Result<(Graph, Report), PassError> {
+pub fn simplify_with(g: &Graph, profile: &DeviceProfile, rules: &[lang::Rewrite], limits: &Limits) -> Result<(Graph, Report), PassError> {
     ir::verify::verify(g).map_err(|e| PassError::InvalidInput(Box::new(e)))?;
     let g = &g.without_dead_code();
-    let mut report = Report {
-        input_nodes: g.len(),
-        ..Default::default()
-    };
+    let mut report = Report { input_nodes: g.len(), ..Default::default() };
     let t0 = Instant::now();
     let (expr, names) = lang::to_rec_expr(g)?;
     let node_limit = limits.nodes.max(limits.nodes_per_input_node * g.len());
@@ -143,11 +123,7 @@ pub fn simplify_with(
         .with_expr(&expr)
         .run(rules);
     let root = runner.egraph.find(runner.roots[0]);
-    let stop = runner
-        .stop_reason
-        .clone()
-        .map(|r| format!("{r:?}"))
-        .unwrap_or_default();
+    let stop = runner.stop_reason.clone().map(|r| format!("{r:?}")).unwrap_or_default();
     tracing::info!(graph = g.name(), stop_reason = %stop, iterations = runner.iterations.len(),
         nodes = runner.egraph.total_number_of_nodes(), classes = runner.egraph.number_of_classes(), "saturation stopped");
     let mut applied: std::collections::BTreeMap<String, usize> = Default::default();
@@ -164,21 +140,13 @@ pub fn simplify_with(
     report.time_saturate = t0.elapsed();
 
     let t1 = Instant::now();
-    let ids = runner
-        .egraph
-        .lookup_expr_ids(&expr)
-        .ok_or(PassError::Internal {
-            stage: "extract",
-            what: "the input graph is no longer in the e-graph".into(),
-        })?;
+    let ids = runner.egraph.lookup_expr_ids(&expr).ok_or(PassError::Internal { stage: "extract", what: "the input graph is no longer in the e-graph".into() })?;
     let mut uses: std::collections::HashMap<egg::Id, f64> = Default::default();
     let mut position: std::collections::HashMap<egg::Id, usize> = Default::default();
     for (i, n) in expr.as_ref().iter().enumerate() {
         position.entry(runner.egraph.find(ids[i])).or_insert(i);
         for &c in egg::Language::children(n) {
-            *uses
-                .entry(runner.egraph.find(ids[usize::from(c)]))
-                .or_default() += 1.0;
+            *uses.entry(runner.egraph.find(ids[usize::from(c)])).or_default() += 1.0;
         }
     }
     let best = extract::extract(&runner.egraph, root, &uses, &position, profile)?;
@@ -186,10 +154,7 @@ pub fn simplify_with(
     check("extraction", &out)?;
     report.time_extract = t1.elapsed();
     report.extracted_nodes = out.len();
-    report.flash_attention_nodes = out
-        .nodes()
-        .filter(|(_, n)| matches!(n.op, ir::Op::FlashAttention { .. }))
-        .count();
+    report.flash_attention_nodes = out.nodes().filter(|(_, n)| matches!(n.op, ir::Op::FlashAttention { .. })).count();
     Ok((out, report))
 }
 
@@ -200,22 +165,13 @@ pub fn optimize(g: &Graph, profile: &DeviceProfile) -> Result<Optimized, PassErr
     let t2 = Instant::now();
     let grouping = fuse::group(&simple);
     let kernels = grouping.kernels;
-    kernels.verify().map_err(|e| PassError::Verify {
-        stage: "fusion",
-        source: Box::new(e),
-    })?;
+    kernels.verify().map_err(|e| PassError::Verify { stage: "fusion", source: Box::new(e) })?;
     report.time_fuse = t2.elapsed();
     report.kernels = kernels.kernels.len();
     report.optimized_seconds = cost::graph_seconds(&kernels, profile);
     report.baseline_seconds = cost::graph_seconds(&KernelGraph::one_per_op(g), profile);
-    tracing::info!(
-        graph = g.name(),
-        kernels = report.kernels,
-        flash = report.flash_attention_nodes,
-        saturate_ms = report.time_saturate.as_secs_f64() * 1e3,
-        extract_ms = report.time_extract.as_secs_f64() * 1e3,
-        fuse_ms = report.time_fuse.as_secs_f64() * 1e3,
-        "optimized"
-    );
+    tracing::info!(graph = g.name(), kernels = report.kernels, flash = report.flash_attention_nodes,
+        saturate_ms = report.time_saturate.as_secs_f64() * 1e3, extract_ms = report.time_extract.as_secs_f64() * 1e3,
+        fuse_ms = report.time_fuse.as_secs_f64() * 1e3, "optimized");
     Ok(Optimized { kernels, report })
 }

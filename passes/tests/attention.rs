@@ -28,10 +28,7 @@ fn graph_of(inputs: &[InputSpec], f: Build) -> ir::Graph {
 }
 
 fn qkv(dtype: DType) -> Vec<InputSpec> {
-    ["q", "k", "v"]
-        .iter()
-        .map(|n| InputSpec::new(*n, dtype, [B, H, T, D]))
-        .collect()
+    ["q", "k", "v"].iter().map(|n| InputSpec::new(*n, dtype, [B, H, T, D])).collect()
 }
 
 fn scale() -> f64 {
@@ -57,12 +54,7 @@ fn assert_flash(g: &ir::Graph, causal: bool) {
     let f = flash_nodes(g);
     assert_eq!(f.len(), 1, "expected one flash attention, got {f:?}");
     assert_eq!(f[0].0, causal, "causal flag");
-    assert!(
-        (f[0].1 - scale()).abs() < 1e-6,
-        "scale {} != {}",
-        f[0].1,
-        scale()
-    );
+    assert!((f[0].1 - scale()).abs() < 1e-6, "scale {} != {}", f[0].1, scale());
 }
 
 fn assert_no_flash(g: &ir::Graph) {
@@ -87,13 +79,8 @@ fn mul_scores_masked_fill_not_tril() {
 #[test]
 fn div_scores_where_tril() {
     let g = graph_of(&qkv(DType::F32), |tr, x| {
-        let s = x[0]
-            .matmul(&x[1].transpose(-2, -1)?)?
-            .div((D as f64).sqrt())?;
-        tril(tr, 0)?
-            .where_(&s, f64::NEG_INFINITY)?
-            .softmax(-1)?
-            .matmul(&x[2])
+        let s = x[0].matmul(&x[1].transpose(-2, -1)?)?.div((D as f64).sqrt())?;
+        tril(tr, 0)?.where_(&s, f64::NEG_INFINITY)?.softmax(-1)?.matmul(&x[2])
     });
     assert_flash(&g, true);
 }
@@ -111,18 +98,11 @@ fn scale_on_q_add_neg_inf_triangle() {
 #[test]
 fn div_on_q_iota_compare_mask() {
     let g = graph_of(&qkv(DType::F32), |tr, x| {
-        let s = x[0]
-            .div((D as f64).sqrt())?
-            .matmul(&x[1].transpose(-2, -1)?)?;
+        let s = x[0].div((D as f64).sqrt())?.matmul(&x[1].transpose(-2, -1)?)?;
         let rows = tr.iota(0, DType::I64, [T, T])?;
         let cols = tr.iota(1, DType::I64, [T, T])?;
-        let keep = rows
-            .ge(&cols)?
-            .reshape([1, 1, T, T])?
-            .expand([B, H, T, T])?;
-        keep.where_(&s, f64::NEG_INFINITY)?
-            .softmax(-1)?
-            .matmul(&x[2])
+        let keep = rows.ge(&cols)?.reshape([1, 1, T, T])?.expand([B, H, T, T])?;
+        keep.where_(&s, f64::NEG_INFINITY)?.softmax(-1)?.matmul(&x[2])
     });
     assert_flash(&g, true);
 }
@@ -137,11 +117,7 @@ fn head_split_views_and_transposes() {
         let (q, k, v) = (heads(&parts[0])?, heads(&parts[1])?, heads(&parts[2])?);
         let s = q.matmul(&k.transpose(-2, -1)?)?.mul(scale())?;
         let s = s.masked_fill(&tril(tr, 0)?.logical_not()?, f64::NEG_INFINITY)?;
-        s.softmax(-1)?
-            .matmul(&v)?
-            .transpose(1, 2)?
-            .contiguous()?
-            .view([B, T, H * D])
+        s.softmax(-1)?.matmul(&v)?.transpose(1, 2)?.contiguous()?.view([B, T, H * D])
     });
     assert_flash(&g, true);
 }
@@ -149,10 +125,7 @@ fn head_split_views_and_transposes() {
 #[test]
 fn fp32_softmax_upcast_in_bf16() {
     let g = graph_of(&qkv(DType::BF16), |tr, x| {
-        let s = x[0]
-            .matmul(&x[1].transpose(-2, -1)?)?
-            .float()?
-            .mul(scale())?;
+        let s = x[0].matmul(&x[1].transpose(-2, -1)?)?.float()?.mul(scale())?;
         let s = s.masked_fill(&tril(tr, 0)?.logical_not()?, f64::NEG_INFINITY)?;
         s.softmax(-1)?.to_dtype(DType::BF16)?.matmul(&x[2])
     });
@@ -161,12 +134,7 @@ fn fp32_softmax_upcast_in_bf16() {
 
 #[test]
 fn no_mask_is_non_causal_attention() {
-    let g = graph_of(&qkv(DType::F32), |_, x| {
-        x[0].matmul(&x[1].transpose(-2, -1)?)?
-            .mul(scale())?
-            .softmax(-1)?
-            .matmul(&x[2])
-    });
+    let g = graph_of(&qkv(DType::F32), |_, x| x[0].matmul(&x[1].transpose(-2, -1)?)?.mul(scale())?.softmax(-1)?.matmul(&x[2]));
     assert_flash(&g, false);
 }
 
@@ -185,17 +153,11 @@ fn softmax_by_reciprocal_and_finfo_min_fill() {
 #[test]
 fn fewer_queries_than_keys_uses_offset_triangle() {
     // Decoding with a cache: 3 queries over 7 keys; keep j <= i + 4.
-    let specs = vec![
-        InputSpec::new("q", DType::F32, [B, H, 3, D]),
-        InputSpec::new("k", DType::F32, [B, H, T, D]),
-        InputSpec::new("v", DType::F32, [B, H, T, D]),
-    ];
+    let specs = vec![InputSpec::new("q", DType::F32, [B, H, 3, D]), InputSpec::new("k", DType::F32, [B, H, T, D]), InputSpec::new("v", DType::F32, [B, H, T, D])];
     let g = graph_of(&specs, |tr, x| {
         let s = x[0].matmul(&x[1].transpose(-2, -1)?)?.mul(scale())?;
         let keep = tr.ones(DType::Bool, [3, T])?.tril((T - 3) as i64)?;
-        keep.where_(&s, f64::NEG_INFINITY)?
-            .softmax(-1)?
-            .matmul(&x[2])
+        keep.where_(&s, f64::NEG_INFINITY)?.softmax(-1)?.matmul(&x[2])
     });
     assert_flash(&g, true);
 }
@@ -208,9 +170,7 @@ fn arbitrary_input_mask_does_not_match() {
     specs.push(InputSpec::new("mask", DType::Bool, [T, T]));
     let g = graph_of(&specs, |_, x| {
         let s = x[0].matmul(&x[1].transpose(-2, -1)?)?.mul(scale())?;
-        x[3].where_(&s, f64::NEG_INFINITY)?
-            .softmax(-1)?
-            .matmul(&x[2])
+        x[3].where_(&s, f64::NEG_INFINITY)?.softmax(-1)?.matmul(&x[2])
     });
     assert_no_flash(&g);
 }
@@ -224,10 +184,7 @@ fn off_by_one_triangles_do_not_match() {
     assert_no_flash(&below);
     let above = graph_of(&qkv(DType::F32), |tr, x| {
         let s = x[0].matmul(&x[1].transpose(-2, -1)?)?.mul(scale())?;
-        tril(tr, 1)?
-            .where_(&s, f64::NEG_INFINITY)?
-            .softmax(-1)?
-            .matmul(&x[2])
+        tril(tr, 1)?.where_(&s, f64::NEG_INFINITY)?.softmax(-1)?.matmul(&x[2])
     });
     assert_no_flash(&above);
 }
@@ -236,11 +193,7 @@ fn off_by_one_triangles_do_not_match() {
 fn upper_triangle_kept_does_not_match() {
     let g = graph_of(&qkv(DType::F32), |tr, x| {
         let s = x[0].matmul(&x[1].transpose(-2, -1)?)?.mul(scale())?;
-        tr.ones(DType::Bool, [T, T])?
-            .triu(0)?
-            .where_(&s, f64::NEG_INFINITY)?
-            .softmax(-1)?
-            .matmul(&x[2])
+        tr.ones(DType::Bool, [T, T])?.triu(0)?.where_(&s, f64::NEG_INFINITY)?.softmax(-1)?.matmul(&x[2])
     });
     assert_no_flash(&g);
 }
@@ -251,9 +204,7 @@ fn dropout_on_probabilities_does_not_match() {
     specs.push(InputSpec::new("keep", DType::F32, [B, H, T, T]));
     let g = graph_of(&specs, |tr, x| {
         let s = x[0].matmul(&x[1].transpose(-2, -1)?)?.mul(scale())?;
-        let p = s
-            .masked_fill(&tril(tr, 0)?.logical_not()?, f64::NEG_INFINITY)?
-            .softmax(-1)?;
+        let p = s.masked_fill(&tril(tr, 0)?.logical_not()?, f64::NEG_INFINITY)?.softmax(-1)?;
         p.mul(&x[3])?.div(0.9)?.matmul(&x[2])
     });
     assert_no_flash(&g);
@@ -263,9 +214,7 @@ fn dropout_on_probabilities_does_not_match() {
 fn softmax_without_max_subtraction_does_not_match() {
     let g = graph_of(&qkv(DType::F32), |tr, x| {
         let s = x[0].matmul(&x[1].transpose(-2, -1)?)?.mul(scale())?;
-        let e = s
-            .masked_fill(&tril(tr, 0)?.logical_not()?, f64::NEG_INFINITY)?
-            .exp()?;
+        let e = s.masked_fill(&tril(tr, 0)?.logical_not()?, f64::NEG_INFINITY)?.exp()?;
         e.div(&e.sum(vec![-1], true)?)?.matmul(&x[2])
     });
     assert_no_flash(&g);
@@ -275,9 +224,7 @@ fn softmax_without_max_subtraction_does_not_match() {
 fn fill_that_is_not_minus_infinity_does_not_match() {
     let g = graph_of(&qkv(DType::F32), |tr, x| {
         let s = x[0].matmul(&x[1].transpose(-2, -1)?)?.mul(scale())?;
-        s.masked_fill(&tril(tr, 0)?.logical_not()?, 0.0)?
-            .softmax(-1)?
-            .matmul(&x[2])
+        s.masked_fill(&tril(tr, 0)?.logical_not()?, 0.0)?.softmax(-1)?.matmul(&x[2])
     });
     assert_no_flash(&g);
 }

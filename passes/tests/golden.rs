@@ -18,9 +18,7 @@ struct Case {
 const SEP: &str = "====\n";
 
 fn path(family: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/golden")
-        .join(format!("{family}.txt"))
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/golden").join(format!("{family}.txt"))
 }
 
 fn parse_cases(text: &str) -> (String, Vec<Case>) {
@@ -29,17 +27,9 @@ fn parse_cases(text: &str) -> (String, Vec<Case>) {
     let cases = chunks
         .map(|c| {
             let (first, rest) = c.split_once('\n').expect("case header");
-            let rule = first
-                .strip_prefix("# rule: ")
-                .expect("`# rule: NAME` line")
-                .trim()
-                .to_string();
+            let rule = first.strip_prefix("# rule: ").expect("`# rule: NAME` line").trim().to_string();
             let (input, expected) = rest.split_once("\n=>\n").expect("`=>` separator");
-            Case {
-                rule,
-                input: input.to_string(),
-                expected: expected.trim_end().to_string(),
-            }
+            Case { rule, input: input.to_string(), expected: expected.trim_end().to_string() }
         })
         .collect();
     (header, cases)
@@ -56,17 +46,13 @@ fn run_family(family: &str) -> Vec<String> {
     let mut failures = Vec::new();
     let mut rules = Vec::new();
     for (i, c) in cases.iter().enumerate() {
-        let g = ir::text::parse(&c.input)
-            .unwrap_or_else(|e| panic!("{family} case {} ({}): {e}", i, c.rule));
+        let g = ir::text::parse(&c.input).unwrap_or_else(|e| panic!("{family} case {} ({}): {e}", i, c.rule));
         let got = if family == "fusion" {
             let opt = passes::optimize(&g, &profile).unwrap();
             common::assert_kernels_agree(&c.rule, &g, &opt.kernels, 17 + i as u64);
             let (simple, _) = passes::simplify(&g, &profile).unwrap();
             let grouping = passes::fuse::group(&simple);
-            let fired = grouping
-                .placement
-                .iter()
-                .any(|p| matches!(p, Placement::Joined { rule } if *rule == c.rule));
+            let fired = grouping.placement.iter().any(|p| matches!(p, Placement::Joined { rule } if *rule == c.rule));
             assert!(fired, "{family}: fusion rule {} did not fire", c.rule);
             opt.kernels.to_string()
         } else {
@@ -75,38 +61,21 @@ fn run_family(family: &str) -> Vec<String> {
             if c.rule == "constant-fold" {
                 assert!(simple.len() < g.len(), "constant folding removed nothing");
             } else {
-                assert!(
-                    report.rules_applied.iter().any(|(r, _)| *r == c.rule),
-                    "{family}: rule {} did not fire: {:?}",
-                    c.rule,
-                    report.rules_applied
-                );
+                assert!(report.rules_applied.iter().any(|(r, _)| *r == c.rule), "{family}: rule {} did not fire: {:?}", c.rule, report.rules_applied);
             }
             simple.to_string()
         };
         rules.push(c.rule.clone());
         let got = got.trim_end().to_string();
         if got != c.expected {
-            failures.push(format!(
-                "case {} ({}):\n--- expected\n{}\n--- got\n{}",
-                i, c.rule, c.expected, got
-            ));
+            failures.push(format!("case {} ({}):\n--- expected\n{}\n--- got\n{}", i, c.rule, c.expected, got));
         }
-        out.push_str(&format!(
-            "{SEP}# rule: {}\n{}\n=>\n{}\n",
-            c.rule,
-            c.input.trim_end(),
-            got
-        ));
+        out.push_str(&format!("{SEP}# rule: {}\n{}\n=>\n{}\n", c.rule, c.input.trim_end(), got));
     }
     if bless {
         std::fs::write(&file, out).unwrap();
     } else if !failures.is_empty() {
-        panic!(
-            "{} golden case(s) of {family} differ (rerun with KILN_BLESS=1 to accept):\n{}",
-            failures.len(),
-            failures.join("\n")
-        );
+        panic!("{} golden case(s) of {family} differ (rerun with KILN_BLESS=1 to accept):\n{}", failures.len(), failures.join("\n"));
     }
     rules
 }
@@ -138,19 +107,7 @@ fn every_rule_has_a_golden_soundness_case() {
         let (_, cases) = parse_cases(&std::fs::read_to_string(path(family)).unwrap());
         covered.extend(cases.into_iter().map(|c| c.rule));
     }
-    let mut missing: Vec<String> = passes::rules::all()
-        .iter()
-        .map(|r| r.name.to_string())
-        .filter(|n| !covered.contains(n))
-        .collect();
-    missing.extend(
-        passes::rules::fusion::RULES
-            .iter()
-            .map(|r| r.name.to_string())
-            .filter(|n| !covered.contains(n)),
-    );
-    assert!(
-        missing.is_empty(),
-        "rules without a golden soundness case: {missing:?}"
-    );
+    let mut missing: Vec<String> = passes::rules::all().iter().map(|r| r.name.to_string()).filter(|n| !covered.contains(n)).collect();
+    missing.extend(passes::rules::fusion::RULES.iter().map(|r| r.name.to_string()).filter(|n| !covered.contains(n)));
+    assert!(missing.is_empty(), "rules without a golden soundness case: {missing:?}");
 }

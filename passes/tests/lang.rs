@@ -28,23 +28,12 @@ fn a_small_graph_round_trips_through_s_expression_text() {
 #[test]
 fn graphs_round_trip_through_rec_expr() {
     let cfg = Gpt2Config::tiny();
-    let g = frontend::trace(&Gpt2::new(cfg), &[cfg.input_spec(1, 5)])
-        .unwrap()
-        .graph;
+    let g = frontend::trace(&Gpt2::new(cfg), &[cfg.input_spec(1, 5)]).unwrap().graph;
     let once = roundtrip(&g);
     ir::verify::verify(&once).unwrap();
-    assert_eq!(
-        roundtrip(&once),
-        once,
-        "the conversion is a fixed point after one trip"
-    );
+    assert_eq!(roundtrip(&once), once, "the conversion is a fixed point after one trip");
     assert_eq!(once.inputs().len(), g.inputs().len());
-    let names = |g: &ir::Graph| {
-        g.inputs()
-            .iter()
-            .map(|&i| g.input_name(i).unwrap().to_string())
-            .collect::<Vec<_>>()
-    };
+    let names = |g: &ir::Graph| g.inputs().iter().map(|&i| g.input_name(i).unwrap().to_string()).collect::<Vec<_>>();
     assert_eq!(names(&once), names(&g));
     common::assert_same_values("round trip", &g, &once, 21);
 }

@@ -36,17 +36,13 @@ fn softmax_is_one_kernel() {
 #[test]
 fn layer_norm_is_one_kernel() {
     for dt in [DType::F32, DType::BF16] {
-        one_kernel("layer_norm", dt, &[("w", 49), ("b", 49)], |x| {
-            x[0].layer_norm(&[49], Some(&x[1]), Some(&x[2]), 1e-5)
-        });
+        one_kernel("layer_norm", dt, &[("w", 49), ("b", 49)], |x| x[0].layer_norm(&[49], Some(&x[1]), Some(&x[2]), 1e-5));
     }
 }
 
 #[test]
 fn rms_norm_is_one_kernel() {
     for dt in [DType::F32, DType::BF16] {
-        one_kernel("rms_norm", dt, &[("w", 49)], |x| {
-            x[0].rms_norm(&[49], Some(&x[1]), Some(1e-6))
-        });
+        one_kernel("rms_norm", dt, &[("w", 49)], |x| x[0].rms_norm(&[49], Some(&x[1]), Some(1e-6)));
     }
 }

@@ -31,81 +31,30 @@ fn random_graph(seed: u64) -> Graph {
                 let y = nodes[rng.random_range(0..nodes.len())];
                 Some((Op::Where, vec![c, x, y]))
             }
-            11 if sx.dims()[0] > 1 => Some((
-                Op::Slice {
-                    axis: 0,
-                    start: 1,
-                    end: sx.dims()[0],
-                    step: 1,
-                },
-                vec![x],
-            )),
-            0 => Some((
-                Op::Unary(
-                    [UnaryOp::Exp, UnaryOp::Tanh, UnaryOp::Neg, UnaryOp::Abs]
-                        [rng.random_range(0..4)],
-                ),
-                vec![x],
-            )),
+            11 if sx.dims()[0] > 1 => Some((Op::Slice { axis: 0, start: 1, end: sx.dims()[0], step: 1 }, vec![x])),
+            0 => Some((Op::Unary([UnaryOp::Exp, UnaryOp::Tanh, UnaryOp::Neg, UnaryOp::Abs][rng.random_range(0..4)]), vec![x])),
             1 | 2 => {
                 // A partner of a broadcast-compatible shape.
-                let partners: Vec<NodeId> = nodes
-                    .iter()
-                    .copied()
-                    .filter(|&y| Shape::broadcast("t", &sx, &g.node(y).shape).is_ok())
-                    .collect();
+                let partners: Vec<NodeId> = nodes.iter().copied().filter(|&y| Shape::broadcast("t", &sx, &g.node(y).shape).is_ok()).collect();
                 let y = partners[rng.random_range(0..partners.len())];
-                let b = [BinaryOp::Add, BinaryOp::Mul, BinaryOp::Sub, BinaryOp::Max]
-                    [rng.random_range(0..4)];
+                let b = [BinaryOp::Add, BinaryOp::Mul, BinaryOp::Sub, BinaryOp::Max][rng.random_range(0..4)];
                 Some((Op::Binary(b), vec![x, y]))
             }
             3 if sx.rank() >= 1 => {
-                let op = if rng.random_bool(0.5) {
-                    ReduceOp::Sum
-                } else {
-                    ReduceOp::Max
-                };
-                Some((
-                    Op::Reduce {
-                        op,
-                        axes: vec![sx.rank() - 1],
-                        keepdim: true,
-                    },
-                    vec![x],
-                ))
+                let op = if rng.random_bool(0.5) { ReduceOp::Sum } else { ReduceOp::Max };
+                Some((Op::Reduce { op, axes: vec![sx.rank() - 1], keepdim: true }, vec![x]))
             }
             4 if sx.rank() == 2 => Some((Op::Permute { perm: vec![1, 0] }, vec![x])),
-            5 => Some((
-                Op::Reshape {
-                    shape: Shape::new([sx.numel()]),
-                },
-                vec![x],
-            ))
-            .filter(|_| sx.rank() == 2 && rng.random_bool(0.3)),
+            5 => Some((Op::Reshape { shape: Shape::new([sx.numel()]) }, vec![x])).filter(|_| sx.rank() == 2 && rng.random_bool(0.3)),
             6 if sx.rank() == 2 => {
-                let ws: Vec<NodeId> = nodes
-                    .iter()
-                    .copied()
-                    .filter(|&y| {
-                        g.node(y).shape.rank() == 2 && g.node(y).shape.dims()[0] == sx.dims()[1]
-                    })
-                    .collect();
-                if ws.is_empty() {
-                    None
-                } else {
-                    Some((Op::MatMul, vec![x, ws[rng.random_range(0..ws.len())]]))
-                }
+                let ws: Vec<NodeId> = nodes.iter().copied().filter(|&y| g.node(y).shape.rank() == 2 && g.node(y).shape.dims()[0] == sx.dims()[1]).collect();
+                if ws.is_empty() { None } else { Some((Op::MatMul, vec![x, ws[rng.random_range(0..ws.len())]])) }
             }
             7 => {
                 let c = g.full(rng.random_range(0.5..2.0), DType::F32, []);
                 Some((Op::Binary(BinaryOp::Mul), vec![x, c]))
             }
-            _ if sx.rank() == 2 && sx.dims()[1] == 1 => Some((
-                Op::Expand {
-                    shape: Shape::new([sx.dims()[0], 5]),
-                },
-                vec![x],
-            )),
+            _ if sx.rank() == 2 && sx.dims()[1] == 1 => Some((Op::Expand { shape: Shape::new([sx.dims()[0], 5]) }, vec![x])),
             _ => None,
         };
         if let Some((op, ins)) = op {
@@ -125,29 +74,14 @@ fn random_graphs_optimize_to_equivalent_kernels() {
     let mut stats = (0, 0, 0);
     for seed in 0..300 {
         let g = random_graph(seed);
-        let opt = passes::optimize(&g, &passes::DeviceProfile::h200())
-            .unwrap_or_else(|e| panic!("seed {seed}: {e}\n{g}"));
-        opt.kernels
-            .verify()
-            .unwrap_or_else(|e| panic!("seed {seed}: {e}\n{g}"));
+        let opt = passes::optimize(&g, &passes::DeviceProfile::h200()).unwrap_or_else(|e| panic!("seed {seed}: {e}\n{g}"));
+        opt.kernels.verify().unwrap_or_else(|e| panic!("seed {seed}: {e}\n{g}"));
         common::assert_kernels_agree(&format!("seed {seed}\n{g}"), &g, &opt.kernels, seed);
         stats.0 += g.len();
         stats.1 += opt.kernels.kernels.len();
-        stats.2 += g
-            .nodes()
-            .filter(|(_, n)| matches!(n.op, Op::MatMul | Op::Reduce { .. }))
-            .count();
-        assert!(
-            opt.kernels.kernels.len() <= ir::KernelGraph::one_per_op(&g).kernels.len().max(1),
-            "seed {seed}: more kernels than ops"
-        );
+        stats.2 += g.nodes().filter(|(_, n)| matches!(n.op, Op::MatMul | Op::Reduce { .. })).count();
+        assert!(opt.kernels.kernels.len() <= ir::KernelGraph::one_per_op(&g).kernels.len().max(1), "seed {seed}: more kernels than ops");
     }
-    println!(
-        "{} nodes, {} matmuls/reductions -> {} kernels",
-        stats.0, stats.2, stats.1
-    );
-    assert!(
-        stats.2 > 300,
-        "the generator should produce matmuls and reductions"
-    );
+    println!("{} nodes, {} matmuls/reductions -> {} kernels", stats.0, stats.2, stats.1);
+    assert!(stats.2 > 300, "the generator should produce matmuls and reductions");
 }

@@ -101,10 +101,7 @@ pub enum Step {
     Gemm(GemmStep),
     Attention(AttentionStep),
     /// Copy a whole buffer (a graph output that is an input, or the same buffer returned twice).
-    Copy {
-        from: u32,
-        to: u32,
-    },
+    Copy { from: u32, to: u32 },
 }
 
 impl Step {

@@ -47,10 +47,7 @@ impl CacheKey {
     /// build's Kiln version.
     pub fn new(graph_text: &str, target: &str) -> CacheKey {
         let full = format!("kiln {KILN_VERSION}\ntarget {target}\n{graph_text}");
-        CacheKey {
-            file: format!("{:016x}.kart", fnv1a(full.as_bytes())),
-            full,
-        }
+        CacheKey { file: format!("{:016x}.kart", fnv1a(full.as_bytes())), full }
     }
 }
 
@@ -60,13 +57,9 @@ pub enum Outcome {
     Hit,
     Miss,
     /// An entry existed but was unreadable (the reason says why); it was rebuilt.
-    Rebuilt {
-        reason: String,
-    },
+    Rebuilt { reason: String },
     /// The cache directory is unusable (the reason says why); the artifact was built and not stored.
-    Uncached {
-        reason: String,
-    },
+    Uncached { reason: String },
 }
 
 /// The on-disk cache of compiled artifacts.
@@ -120,13 +113,9 @@ impl Cache {
 
     /// Stores an entry; `Err(reason)` when the directory is not writable (nothing is stored).
     pub fn put<A: Serialize>(&self, key: &CacheKey, artifact: &A) -> Result<(), String> {
-        let payload = bincode::serialize(&(&key.full, artifact))
-            .map_err(|e| format!("cannot encode the artifact: {e}"))?;
-        std::fs::create_dir_all(&self.dir)
-            .map_err(|e| format!("cannot create {}: {e}", self.dir.display()))?;
-        let tmp = self
-            .dir
-            .join(format!(".{}.{}.tmp", key.file, std::process::id()));
+        let payload = bincode::serialize(&(&key.full, artifact)).map_err(|e| format!("cannot encode the artifact: {e}"))?;
+        std::fs::create_dir_all(&self.dir).map_err(|e| format!("cannot create {}: {e}", self.dir.display()))?;
+        let tmp = self.dir.join(format!(".{}.{}.tmp", key.file, std::process::id()));
         let write = || -> std::io::Result<()> {
             let mut f = std::fs::File::create(&tmp)?;
             f.write_all(MAGIC)?;
@@ -143,11 +132,7 @@ impl Cache {
     }
 
     /// The artifact for `key`: from the cache, or built by `build` and stored.
-    pub fn get_or_build<A: Serialize + DeserializeOwned, E>(
-        &self,
-        key: &CacheKey,
-        build: impl FnOnce() -> Result<A, E>,
-    ) -> Result<(A, Outcome), E> {
+    pub fn get_or_build<A: Serialize + DeserializeOwned, E>(&self, key: &CacheKey, build: impl FnOnce() -> Result<A, E>) -> Result<(A, Outcome), E> {
         let mut outcome = Outcome::Miss;
         match self.get(key) {
             Ok(Some(a)) => return Ok((a, Outcome::Hit)),
@@ -174,16 +159,12 @@ fn decode<A: DeserializeOwned>(bytes: &[u8], key: &CacheKey) -> Result<Option<A>
     let sum = u64::from_le_bytes(bytes[16..24].try_into().unwrap());
     let payload = &bytes[24..];
     if payload.len() != len {
-        return Err(format!(
-            "truncated: {} payload bytes, header says {len}",
-            payload.len()
-        ));
+        return Err(format!("truncated: {} payload bytes, header says {len}", payload.len()));
     }
     if fnv1a(payload) != sum {
         return Err("checksum mismatch".into());
     }
-    let (full, art): (String, A) =
-        bincode::deserialize(payload).map_err(|e| format!("cannot decode: {e}"))?;
+    let (full, art): (String, A) = bincode::deserialize(payload).map_err(|e| format!("cannot decode: {e}"))?;
     // A different key with the same hash is a miss, not corruption.
     Ok((full == key.full).then_some(art))
 }

@@ -1,9 +1,7 @@
 //! The CPU executor: loads an artifact's native code and runs its steps over the cores.
 
 use crate::kernels;
-use crate::{
-    Artifact, HostTensor, Location, MatView, Result, RuntimeError, Step, TensorMut, TensorRef,
-};
+use crate::{Artifact, HostTensor, Location, MatView, Result, RuntimeError, Step, TensorMut, TensorRef};
 use ir::{DType, Shape};
 use rayon::prelude::*;
 use std::alloc::{alloc_zeroed, dealloc, Layout};
@@ -52,10 +50,7 @@ struct Arena {
 impl Arena {
     fn new(bytes: usize) -> Arena {
         if bytes == 0 {
-            return Arena {
-                ptr: std::ptr::NonNull::<u64>::dangling().as_ptr() as *mut u8,
-                layout: None,
-            };
+            return Arena { ptr: std::ptr::NonNull::<u64>::dangling().as_ptr() as *mut u8, layout: None };
         }
         let layout = Layout::from_size_align(bytes, crate::plan::ALIGN).expect("arena layout");
         // SAFETY: non-zero size.
@@ -63,10 +58,7 @@ impl Arena {
         if ptr.is_null() {
             std::alloc::handle_alloc_error(layout);
         }
-        Arena {
-            ptr,
-            layout: Some(layout),
-        }
+        Arena { ptr, layout: Some(layout) }
     }
 }
 impl Drop for Arena {
@@ -90,33 +82,20 @@ impl CpuExecutor {
     pub fn new(artifact: &Artifact) -> Result<CpuExecutor> {
         let a = artifact;
         if !a.target.starts_with(std::env::consts::ARCH) {
-            return Err(RuntimeError::TargetMismatch {
-                artifact: a.target.clone(),
-                host: std::env::consts::ARCH.into(),
-            });
+            return Err(RuntimeError::TargetMismatch { artifact: a.target.clone(), host: std::env::consts::ARCH.into() });
         }
         validate(a)?;
         let path = std::env::temp_dir().join(format!(
             "kiln-{}-{}-{}.so",
             std::process::id(),
             LOAD_COUNTER.fetch_add(1, Ordering::Relaxed),
-            a.name
-                .chars()
-                .filter(|c| c.is_ascii_alphanumeric())
-                .take(32)
-                .collect::<String>()
+            a.name.chars().filter(|c| c.is_ascii_alphanumeric()).take(32).collect::<String>()
         ));
-        std::fs::write(&path, &a.library).map_err(|e| RuntimeError::Io {
-            path: path.display().to_string(),
-            source: e,
-        })?;
+        std::fs::write(&path, &a.library).map_err(|e| RuntimeError::Io { path: path.display().to_string(), source: e })?;
         // SAFETY: the library is Kiln-generated code with no initialisers beyond the C runtime's.
         let lib = unsafe { libloading::Library::new(&path) };
         let _ = std::fs::remove_file(&path);
-        let lib = lib.map_err(|e| RuntimeError::Load {
-            artifact: a.name.clone(),
-            message: e.to_string(),
-        })?;
+        let lib = lib.map_err(|e| RuntimeError::Load { artifact: a.name.clone(), message: e.to_string() })?;
         let mut funcs = Vec::with_capacity(a.steps.len());
         let mut arg_ranges = Vec::with_capacity(a.steps.len());
         let mut nargs = 0;
@@ -126,12 +105,10 @@ impl CpuExecutor {
                     let name = format!("{}\0", l.symbol);
                     // SAFETY: every loop symbol has the LOOP_ABI signature.
                     let f: LoopFn = unsafe {
-                        *lib.get::<LoopFn>(name.as_bytes()).map_err(|_| {
-                            RuntimeError::MissingSymbol {
-                                step: i,
-                                kernel: l.kernel.clone(),
-                                symbol: l.symbol.clone(),
-                            }
+                        *lib.get::<LoopFn>(name.as_bytes()).map_err(|_| RuntimeError::MissingSymbol {
+                            step: i,
+                            kernel: l.kernel.clone(),
+                            symbol: l.symbol.clone(),
                         })?
                     };
                     funcs.push(Some(f));
@@ -144,13 +121,7 @@ impl CpuExecutor {
                 }
             }
         }
-        Ok(CpuExecutor {
-            artifact: a.clone(),
-            _lib: lib,
-            funcs,
-            arg_ranges,
-            pool: Mutex::new(Vec::new()),
-        })
+        Ok(CpuExecutor { artifact: a.clone(), _lib: lib, funcs, arg_ranges, pool: Mutex::new(Vec::new()) })
     }
 
     pub fn artifact(&self) -> &Artifact {
@@ -174,12 +145,7 @@ impl CpuExecutor {
             let expected = t.numel() * t.dtype.size_bytes();
             if t.bytes.len() != expected {
                 let _ = i;
-                return Err(RuntimeError::DataSize {
-                    dtype: t.dtype,
-                    shape: t.shape.clone(),
-                    expected,
-                    got: t.bytes.len(),
-                });
+                return Err(RuntimeError::DataSize { dtype: t.dtype, shape: t.shape.clone(), expected, got: t.bytes.len() });
             }
         }
         let ins: Vec<TensorRef> = inputs.iter().map(|t| t.as_ref()).collect();
@@ -194,16 +160,10 @@ impl CpuExecutor {
     pub fn run_into(&self, inputs: &[TensorRef], outputs: &mut [TensorMut]) -> Result<()> {
         let a = &self.artifact;
         if inputs.len() != a.inputs.len() {
-            return Err(RuntimeError::InputCount {
-                expected: a.inputs.len(),
-                got: inputs.len(),
-            });
+            return Err(RuntimeError::InputCount { expected: a.inputs.len(), got: inputs.len() });
         }
         if outputs.len() != a.outputs.len() {
-            return Err(RuntimeError::OutputCount {
-                expected: a.outputs.len(),
-                got: outputs.len(),
-            });
+            return Err(RuntimeError::OutputCount { expected: a.outputs.len(), got: outputs.len() });
         }
         for (i, t) in inputs.iter().enumerate() {
             let (d, s) = a.input_type(i);
@@ -221,13 +181,7 @@ impl CpuExecutor {
         for (i, t) in outputs.iter().enumerate() {
             let (d, s) = a.output_type(i);
             if t.dtype != d || t.shape != s.dims() {
-                return Err(RuntimeError::OutputType {
-                    index: i,
-                    expected_dtype: d,
-                    expected_shape: s,
-                    dtype: t.dtype,
-                    shape: Shape::from(t.shape),
-                });
+                return Err(RuntimeError::OutputType { index: i, expected_dtype: d, expected_shape: s, dtype: t.dtype, shape: Shape::from(t.shape) });
             }
         }
         let mut scratch = self.take_scratch();
@@ -248,10 +202,7 @@ impl CpuExecutor {
             }
         }
         let result = self.run_steps(&scratch);
-        self.pool
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .push(scratch);
+        self.pool.lock().unwrap_or_else(|p| p.into_inner()).push(scratch);
         result
     }
 
@@ -261,11 +212,7 @@ impl CpuExecutor {
         }
         let a = &self.artifact;
         let nargs = self.arg_ranges.last().map(|r| r.1).unwrap_or(0);
-        Scratch {
-            arena: Arena::new(a.arena_bytes),
-            ptrs: vec![std::ptr::null_mut(); a.buffers.len()],
-            args: vec![std::ptr::null_mut(); nargs],
-        }
+        Scratch { arena: Arena::new(a.arena_bytes), ptrs: vec![std::ptr::null_mut(); a.buffers.len()], args: vec![std::ptr::null_mut(); nargs] }
     }
 
     fn run_steps(&self, sc: &Scratch) -> Result<()> {
@@ -303,13 +250,7 @@ impl CpuExecutor {
                 Step::Copy { from, to } => {
                     let n = a.buffers[*from as usize].bytes();
                     // SAFETY: both buffers hold n bytes and are distinct.
-                    unsafe {
-                        std::ptr::copy_nonoverlapping(
-                            sc.ptrs[*from as usize],
-                            sc.ptrs[*to as usize],
-                            n,
-                        )
-                    };
+                    unsafe { std::ptr::copy_nonoverlapping(sc.ptrs[*from as usize], sc.ptrs[*to as usize], n) };
                 }
             }
         }
@@ -319,12 +260,7 @@ impl CpuExecutor {
 
 /// Checks every index and view of the plan so a malformed artifact is an error, not a crash.
 fn validate(a: &Artifact) -> Result<()> {
-    let bad = |step: usize, kernel: &str, reason: String| RuntimeError::BadArtifact {
-        artifact: a.name.clone(),
-        step,
-        kernel: kernel.into(),
-        reason,
-    };
+    let bad = |step: usize, kernel: &str, reason: String| RuntimeError::BadArtifact { artifact: a.name.clone(), step, kernel: kernel.into(), reason };
     let nb = a.buffers.len() as u32;
     for (i, b) in a.buffers.iter().enumerate() {
         if let Location::Arena { offset } = b.location {
@@ -333,25 +269,14 @@ fn validate(a: &Artifact) -> Result<()> {
             }
         }
     }
-    for (&b, (i, _)) in a
-        .inputs
-        .iter()
-        .chain(&a.outputs)
-        .zip(std::iter::repeat((0, ())))
-    {
+    for (&b, (i, _)) in a.inputs.iter().chain(&a.outputs).zip(std::iter::repeat((0, ()))) {
         let _ = i;
         if b >= nb {
-            return Err(bad(
-                0,
-                "plan",
-                format!("graph input/output names buffer {b}, which does not exist"),
-            ));
+            return Err(bad(0, "plan", format!("graph input/output names buffer {b}, which does not exist")));
         }
     }
     let view_ok = |v: &MatView, dtype: DType, batch: &[usize], rows: usize, cols: usize| -> bool {
-        let Some(buf) = a.buffers.get(v.buffer as usize) else {
-            return false;
-        };
+        let Some(buf) = a.buffers.get(v.buffer as usize) else { return false };
         if buf.dtype != dtype || v.batch_strides.len() != batch.len() {
             return false;
         }
@@ -363,11 +288,7 @@ fn validate(a: &Artifact) -> Result<()> {
         let mut hi = v.offset;
         let mut span = |stride: isize, count: usize| {
             let e = stride * (count as isize - 1);
-            if e < 0 {
-                lo += e
-            } else {
-                hi += e
-            }
+            if e < 0 { lo += e } else { hi += e }
         };
         for (&s, &c) in v.batch_strides.iter().zip(batch) {
             span(s, c);
@@ -380,30 +301,15 @@ fn validate(a: &Artifact) -> Result<()> {
         match s {
             Step::Loop(l) => {
                 if l.args.iter().any(|&b| b >= nb) {
-                    return Err(bad(
-                        i,
-                        &l.kernel,
-                        "names a buffer that does not exist".into(),
-                    ));
+                    return Err(bad(i, &l.kernel, "names a buffer that does not exist".into()));
                 }
             }
             Step::Gemm(g) => {
                 if !matches!(g.dtype, DType::F32 | DType::F16) {
-                    return Err(bad(
-                        i,
-                        &g.kernel,
-                        format!("is a {} matmul (the CPU gemm runs f32 and f16)", g.dtype),
-                    ));
+                    return Err(bad(i, &g.kernel, format!("is a {} matmul (the CPU gemm runs f32 and f16)", g.dtype)));
                 }
-                if !(view_ok(&g.a, g.dtype, &g.batch, g.m, g.k)
-                    && view_ok(&g.b, g.dtype, &g.batch, g.k, g.n)
-                    && view_ok(&g.c, g.dtype, &g.batch, g.m, g.n))
-                {
-                    return Err(bad(
-                        i,
-                        &g.kernel,
-                        format!("has a matrix view outside its {} buffer", g.dtype),
-                    ));
+                if !(view_ok(&g.a, g.dtype, &g.batch, g.m, g.k) && view_ok(&g.b, g.dtype, &g.batch, g.k, g.n) && view_ok(&g.c, g.dtype, &g.batch, g.m, g.n)) {
+                    return Err(bad(i, &g.kernel, format!("has a matrix view outside its {} buffer", g.dtype)));
                 }
             }
             Step::Attention(t) => {
@@ -413,23 +319,13 @@ fn validate(a: &Artifact) -> Result<()> {
                     && view_ok(&t.v, f, &t.batch, t.sk, t.dv)
                     && view_ok(&t.o, f, &t.batch, t.sq, t.dv);
                 if !ok {
-                    return Err(bad(
-                        i,
-                        &t.kernel,
-                        "has a view outside its f32 buffer".into(),
-                    ));
+                    return Err(bad(i, &t.kernel, "has a view outside its f32 buffer".into()));
                 }
             }
             Step::Copy { from, to } => {
-                let ok = *from < nb
-                    && *to < nb
-                    && a.buffers[*from as usize].bytes() == a.buffers[*to as usize].bytes();
+                let ok = *from < nb && *to < nb && a.buffers[*from as usize].bytes() == a.buffers[*to as usize].bytes();
                 if !ok {
-                    return Err(bad(
-                        i,
-                        "copy",
-                        "copies between buffers of different sizes".into(),
-                    ));
+                    return Err(bad(i, "copy", "copies between buffers of different sizes".into()));
                 }
             }
         }

@@ -19,9 +19,7 @@ pub mod kernels;
 pub mod plan;
 mod tensor;
 
-pub use artifact::{
-    Artifact, AttentionStep, BufferDesc, GemmStep, Location, LoopStep, MatView, Step, LOOP_ABI,
-};
+pub use artifact::{Artifact, AttentionStep, BufferDesc, GemmStep, Location, LoopStep, MatView, Step, LOOP_ABI};
 pub use error::{Result, RuntimeError};
 pub use exec::CpuExecutor;
 pub use tensor::{HostTensor, TensorMut, TensorRef};

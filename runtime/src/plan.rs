@@ -25,12 +25,7 @@ pub fn plan(reqs: &[Request]) -> (Vec<usize>, usize) {
         let mut busy: Vec<(usize, usize)> = placed
             .iter()
             .filter(|&&j| reqs[j].live.0 <= r.live.1 && r.live.0 <= reqs[j].live.1)
-            .map(|&j| {
-                (
-                    offsets[j],
-                    offsets[j] + reqs[j].bytes.div_ceil(ALIGN) * ALIGN,
-                )
-            })
+            .map(|&j| (offsets[j], offsets[j] + reqs[j].bytes.div_ceil(ALIGN) * ALIGN))
             .collect();
         busy.sort();
         let mut off = 0;
@@ -54,18 +49,9 @@ mod tests {
     #[test]
     fn disjoint_lifetimes_share_memory() {
         let reqs = [
-            Request {
-                bytes: 100,
-                live: (0, 1),
-            },
-            Request {
-                bytes: 100,
-                live: (1, 2),
-            },
-            Request {
-                bytes: 100,
-                live: (2, 3),
-            },
+            Request { bytes: 100, live: (0, 1) },
+            Request { bytes: 100, live: (1, 2) },
+            Request { bytes: 100, live: (2, 3) },
         ];
         let (off, total) = plan(&reqs);
         assert_eq!(total, 256);

@@ -19,36 +19,19 @@ impl HostTensor {
         let shape = shape.into();
         let expected = shape.numel() * dtype.size_bytes();
         if bytes.len() != expected {
-            return Err(RuntimeError::DataSize {
-                dtype,
-                shape,
-                expected,
-                got: bytes.len(),
-            });
+            return Err(RuntimeError::DataSize { dtype, shape, expected, got: bytes.len() });
         }
-        Ok(HostTensor {
-            dtype,
-            shape,
-            bytes,
-        })
+        Ok(HostTensor { dtype, shape, bytes })
     }
 
     pub fn zeros(dtype: DType, shape: impl Into<Shape>) -> HostTensor {
         let shape = shape.into();
         let n = shape.numel() * dtype.size_bytes();
-        HostTensor {
-            dtype,
-            shape,
-            bytes: vec![0; n],
-        }
+        HostTensor { dtype, shape, bytes: vec![0; n] }
     }
 
     pub fn from_f32(shape: impl Into<Shape>, data: &[f32]) -> Result<HostTensor> {
-        HostTensor::new(
-            DType::F32,
-            shape,
-            data.iter().flat_map(|x| x.to_le_bytes()).collect(),
-        )
+        HostTensor::new(DType::F32, shape, data.iter().flat_map(|x| x.to_le_bytes()).collect())
     }
 
     /// Converts an interpreter value (rounding to its dtype).
@@ -57,20 +40,12 @@ impl HostTensor {
         for &x in &v.data {
             encode(v.dtype, x, &mut bytes);
         }
-        HostTensor {
-            dtype: v.dtype,
-            shape: v.shape.clone(),
-            bytes,
-        }
+        HostTensor { dtype: v.dtype, shape: v.shape.clone(), bytes }
     }
 
     /// Converts to an interpreter value (every element as f64).
     pub fn to_value(&self) -> Value {
-        Value {
-            dtype: self.dtype,
-            shape: self.shape.clone(),
-            data: (0..self.numel()).map(|i| self.get_f64(i)).collect(),
-        }
+        Value { dtype: self.dtype, shape: self.shape.clone(), data: (0..self.numel()).map(|i| self.get_f64(i)).collect() }
     }
 
     pub fn numel(&self) -> usize {
@@ -92,30 +67,15 @@ impl HostTensor {
 
     /// The data as f32 (f32 tensors only; `None` otherwise).
     pub fn as_f32(&self) -> Option<Vec<f32>> {
-        (self.dtype == DType::F32).then(|| {
-            self.bytes
-                .chunks_exact(4)
-                .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
-                .collect()
-        })
+        (self.dtype == DType::F32).then(|| self.bytes.chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().unwrap())).collect())
     }
 
     pub fn as_ref(&self) -> TensorRef<'_> {
-        TensorRef {
-            dtype: self.dtype,
-            shape: self.shape.dims(),
-            data: self.bytes.as_ptr(),
-            _life: std::marker::PhantomData,
-        }
+        TensorRef { dtype: self.dtype, shape: self.shape.dims(), data: self.bytes.as_ptr(), _life: std::marker::PhantomData }
     }
 
     pub fn as_mut(&mut self) -> TensorMut<'_> {
-        TensorMut {
-            dtype: self.dtype,
-            shape: self.shape.dims(),
-            data: self.bytes.as_mut_ptr(),
-            _life: std::marker::PhantomData,
-        }
+        TensorMut { dtype: self.dtype, shape: self.shape.dims(), data: self.bytes.as_mut_ptr(), _life: std::marker::PhantomData }
     }
 }
 
@@ -158,12 +118,7 @@ impl<'a> TensorRef<'a> {
     /// `data` must point to `numel(shape) * dtype.size_bytes()` readable bytes that stay valid
     /// and unwritten for `'a`.
     pub unsafe fn from_raw(dtype: DType, shape: &'a [usize], data: *const u8) -> TensorRef<'a> {
-        TensorRef {
-            dtype,
-            shape,
-            data,
-            _life: std::marker::PhantomData,
-        }
+        TensorRef { dtype, shape, data, _life: std::marker::PhantomData }
     }
 }
 
@@ -181,11 +136,6 @@ impl<'a> TensorMut<'a> {
     /// `data` must point to `numel(shape) * dtype.size_bytes()` writable bytes, valid and not
     /// accessed by anyone else for `'a`, and not overlapping any input of the same run.
     pub unsafe fn from_raw(dtype: DType, shape: &'a [usize], data: *mut u8) -> TensorMut<'a> {
-        TensorMut {
-            dtype,
-            shape,
-            data,
-            _life: std::marker::PhantomData,
-        }
+        TensorMut { dtype, shape, data, _life: std::marker::PhantomData }
     }
 }

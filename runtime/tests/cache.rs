@@ -9,12 +9,7 @@ fn artifact(tag: u8) -> Artifact {
         target: "x86_64-test".into(),
         kiln_version: runtime::KILN_VERSION.into(),
         library: vec![tag; 4096],
-        buffers: vec![BufferDesc {
-            dtype: ir::DType::F32,
-            shape: vec![3, 5],
-            location: Location::Input(0),
-            live: (0, 0),
-        }],
+        buffers: vec![BufferDesc { dtype: ir::DType::F32, shape: vec![3, 5], location: Location::Input(0), live: (0, 0) }],
         inputs: vec![0],
         input_names: vec!["x".into()],
         outputs: vec![0],
@@ -29,23 +24,14 @@ fn hit_after_miss() {
     let dir = tempfile::tempdir().unwrap();
     let cache = Cache::new(dir.path());
     let key = CacheKey::new("kernels @g { }", "x86_64-test");
-    let (a, o) = cache
-        .get_or_build(&key, || Ok::<_, ()>(artifact(1)))
-        .unwrap();
+    let (a, o) = cache.get_or_build(&key, || Ok::<_, ()>(artifact(1))).unwrap();
     assert_eq!(o, Outcome::Miss);
-    let (b, o) = cache
-        .get_or_build(&key, || -> Result<Artifact, ()> {
-            panic!("must not rebuild")
-        })
-        .unwrap();
+    let (b, o) = cache.get_or_build(&key, || -> Result<Artifact, ()> { panic!("must not rebuild") }).unwrap();
     assert_eq!(o, Outcome::Hit);
     assert_eq!(a, b);
     // Another target or graph is another entry.
     assert_ne!(key, CacheKey::new("kernels @g { }", "x86_64-other"));
-    assert_eq!(
-        cache.get::<Artifact>(&CacheKey::new("kernels @h { }", "x86_64-test")),
-        Ok(None)
-    );
+    assert_eq!(cache.get::<Artifact>(&CacheKey::new("kernels @h { }", "x86_64-test")), Ok(None));
 }
 
 #[test]
@@ -60,34 +46,20 @@ fn corrupt_and_truncated_entries_are_rebuilt() {
     let n = bytes.len();
     bytes[n - 100] ^= 0xff;
     std::fs::write(&path, &bytes).unwrap();
-    let (a, o) = cache
-        .get_or_build(&key, || Ok::<_, ()>(artifact(2)))
-        .unwrap();
-    assert!(
-        matches!(&o, Outcome::Rebuilt { reason } if reason.contains("checksum")),
-        "{o:?}"
-    );
+    let (a, o) = cache.get_or_build(&key, || Ok::<_, ()>(artifact(2))).unwrap();
+    assert!(matches!(&o, Outcome::Rebuilt { reason } if reason.contains("checksum")), "{o:?}");
     assert_eq!(a.library[0], 2);
     assert_eq!(cache.get(&key), Ok(Some(artifact(2))));
     // Truncate it.
     let bytes = std::fs::read(&path).unwrap();
     std::fs::write(&path, &bytes[..bytes.len() / 2]).unwrap();
-    let (_, o) = cache
-        .get_or_build(&key, || Ok::<_, ()>(artifact(3)))
-        .unwrap();
-    assert!(
-        matches!(&o, Outcome::Rebuilt { reason } if reason.contains("truncated")),
-        "{o:?}"
-    );
-    let (a, o) = cache
-        .get_or_build(&key, || Ok::<_, ()>(artifact(4)))
-        .unwrap();
+    let (_, o) = cache.get_or_build(&key, || Ok::<_, ()>(artifact(3))).unwrap();
+    assert!(matches!(&o, Outcome::Rebuilt { reason } if reason.contains("truncated")), "{o:?}");
+    let (a, o) = cache.get_or_build(&key, || Ok::<_, ()>(artifact(4))).unwrap();
     assert_eq!((a.library[0], o), (3, Outcome::Hit));
     // Garbage with no header.
     std::fs::write(&path, b"garbage").unwrap();
-    let (_, o) = cache
-        .get_or_build(&key, || Ok::<_, ()>(artifact(5)))
-        .unwrap();
+    let (_, o) = cache.get_or_build(&key, || Ok::<_, ()>(artifact(5))).unwrap();
     assert!(matches!(o, Outcome::Rebuilt { .. }));
 }
 
@@ -99,9 +71,7 @@ fn unwritable_cache_dir_runs_uncached() {
     std::fs::write(&file, b"x").unwrap();
     let cache = Cache::new(file.join("cache"));
     let key = CacheKey::new("kernels @g { }", "x86_64-test");
-    let (a, o) = cache
-        .get_or_build(&key, || Ok::<_, ()>(artifact(1)))
-        .unwrap();
+    let (a, o) = cache.get_or_build(&key, || Ok::<_, ()>(artifact(1))).unwrap();
     assert!(matches!(o, Outcome::Uncached { .. }), "{o:?}");
     assert_eq!(a.library[0], 1);
     // A read-only directory (when permissions apply to this user).
@@ -111,9 +81,7 @@ fn unwritable_cache_dir_runs_uncached() {
     std::fs::set_permissions(&ro, std::fs::Permissions::from_mode(0o555)).unwrap();
     let cache = Cache::new(&ro);
     let writable = std::fs::write(ro.join("probe"), b"").is_ok();
-    let (_, o) = cache
-        .get_or_build(&key, || Ok::<_, ()>(artifact(1)))
-        .unwrap();
+    let (_, o) = cache.get_or_build(&key, || Ok::<_, ()>(artifact(1))).unwrap();
     if !writable {
         assert!(matches!(o, Outcome::Uncached { .. }), "{o:?}");
     }

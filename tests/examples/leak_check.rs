@@ -6,25 +6,13 @@ use ir::{BinaryOp, DType, Graph, Op, ReduceOp, UnaryOp};
 use kiln::HostTensor;
 
 fn main() {
-    let n: usize = std::env::args()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(1000);
+    let n: usize = std::env::args().nth(1).and_then(|s| s.parse().ok()).unwrap_or(1000);
     let mut g = Graph::new("leak_check");
     let x = g.input("x", DType::F32, [33, 13]).unwrap();
     let w = g.input("w", DType::F32, [13, 7]).unwrap();
     let m = g.add(Op::MatMul, &[x, w]).unwrap();
     let t = g.add(Op::Unary(UnaryOp::Tanh), &[m]).unwrap();
-    let s = g
-        .add(
-            Op::Reduce {
-                op: ReduceOp::Sum,
-                axes: vec![1],
-                keepdim: true,
-            },
-            &[t],
-        )
-        .unwrap();
+    let s = g.add(Op::Reduce { op: ReduceOp::Sum, axes: vec![1], keepdim: true }, &[t]).unwrap();
     let y = g.add(Op::Binary(BinaryOp::Div), &[t, s]).unwrap();
     g.set_outputs(vec![y, m]);
     let c = kiln::compile(&g, &kiln_tests::cpu_config()).expect("compile");

@@ -16,16 +16,9 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 pub enum Verdict {
     Pass,
     /// Output `output` differs from the reference by `diff` (relative) beyond `tol`.
-    Mismatch {
-        output: usize,
-        diff: f64,
-        tol: f64,
-    },
+    Mismatch { output: usize, diff: f64, tol: f64 },
     /// The output's dtype or shape differs from the graph's.
-    WrongType {
-        output: usize,
-        detail: String,
-    },
+    WrongType { output: usize, detail: String },
     /// `compile` or `run` returned an error on a valid graph.
     Error(String),
     /// Something panicked.
@@ -52,10 +45,7 @@ impl fmt::Display for Verdict {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Verdict::Pass => f.write_str("pass"),
-            Verdict::Mismatch { output, diff, tol } => write!(
-                f,
-                "output {output}: relative difference {diff:.3e} > tolerance {tol:.1e}"
-            ),
+            Verdict::Mismatch { output, diff, tol } => write!(f, "output {output}: relative difference {diff:.3e} > tolerance {tol:.1e}"),
             Verdict::WrongType { output, detail } => write!(f, "output {output}: {detail}"),
             Verdict::Error(e) => write!(f, "error: {e}"),
             Verdict::Panic(p) => write!(f, "panic: {p}"),
@@ -72,15 +62,7 @@ pub struct Target {
 
 impl Target {
     pub fn config(&self) -> Config {
-        Config {
-            backend: self.backend,
-            optimize: self.optimize,
-            cache_dir: None,
-            verify: true,
-            debug: 0,
-            dump_dir: None,
-            ..Config::default()
-        }
+        Config { backend: self.backend, optimize: self.optimize, cache_dir: None, verify: true, debug: 0, dump_dir: None, ..Config::default() }
     }
 }
 
@@ -115,43 +97,20 @@ pub fn tolerances(g: &Graph) -> Vec<f64> {
     let mut depth = vec![0usize; g.len()];
     let mut tol = vec![0f64; g.len()];
     for (id, n) in g.nodes() {
-        let own = if n.dtype.is_float() {
-            n.dtype.tolerance()
-        } else {
-            0.0
-        };
+        let own = if n.dtype.is_float() { n.dtype.tolerance() } else { 0.0 };
         let body = match &n.op {
-            Op::Fused(b) => {
-                b.0.nodes()
-                    .map(|(_, m)| {
-                        if m.dtype.is_float() {
-                            m.dtype.tolerance()
-                        } else {
-                            0.0
-                        }
-                    })
-                    .fold(0.0, f64::max)
-            }
+            Op::Fused(b) => b.0.nodes().map(|(_, m)| if m.dtype.is_float() { m.dtype.tolerance() } else { 0.0 }).fold(0.0, f64::max),
             _ => 0.0,
         };
         let ins = n.inputs.iter().map(|i| tol[i.index()]).fold(0.0, f64::max);
         tol[id.index()] = own.max(body).max(ins);
-        depth[id.index()] = n
-            .inputs
-            .iter()
-            .map(|i| depth[i.index()] + 1)
-            .max()
-            .unwrap_or(0);
+        depth[id.index()] = n.inputs.iter().map(|i| depth[i.index()] + 1).max().unwrap_or(0);
     }
     g.outputs()
         .iter()
         .map(|o| {
             let t = tol[o.index()];
-            if t == 0.0 {
-                0.0
-            } else {
-                t.max(1e-5) * (2.0 + depth[o.index()] as f64)
-            }
+            if t == 0.0 { 0.0 } else { t.max(1e-5) * (2.0 + depth[o.index()] as f64) }
         })
         .collect()
 }
@@ -159,29 +118,16 @@ pub fn tolerances(g: &Graph) -> Vec<f64> {
 /// Compares outputs with the reference (NaN equals NaN, infinities must match).
 pub fn compare(g: &Graph, outs: &[Value], reference: &[Value]) -> Verdict {
     if outs.len() != reference.len() {
-        return Verdict::WrongType {
-            output: 0,
-            detail: format!("{} outputs, expected {}", outs.len(), reference.len()),
-        };
+        return Verdict::WrongType { output: 0, detail: format!("{} outputs, expected {}", outs.len(), reference.len()) };
     }
     let tols = tolerances(g);
     for (i, ((o, r), &tol)) in outs.iter().zip(reference).zip(&tols).enumerate() {
         if (o.dtype, &o.shape) != (r.dtype, &r.shape) {
-            return Verdict::WrongType {
-                output: i,
-                detail: format!(
-                    "got {}{}, expected {}{}",
-                    o.dtype, o.shape, r.dtype, r.shape
-                ),
-            };
+            return Verdict::WrongType { output: i, detail: format!("got {}{}, expected {}{}", o.dtype, o.shape, r.dtype, r.shape) };
         }
         let diff = scaled_diff(o, r);
         if diff > tol || diff.is_nan() {
-            return Verdict::Mismatch {
-                output: i,
-                diff,
-                tol,
-            };
+            return Verdict::Mismatch { output: i, diff, tol };
         }
     }
     Verdict::Pass
@@ -193,19 +139,12 @@ pub fn compare(g: &Graph, outs: &[Value], reference: &[Value]) -> Verdict {
 /// or op is still off by the order of the output's scale.
 pub fn scaled_diff(o: &Value, r: &Value) -> f64 {
     let finite: Vec<f64> = r.data.iter().copied().filter(|x| x.is_finite()).collect();
-    let rms = if finite.is_empty() {
-        0.0
-    } else {
-        (finite.iter().map(|x| x * x).sum::<f64>() / finite.len() as f64).sqrt()
-    };
+    let rms = if finite.is_empty() { 0.0 } else { (finite.iter().map(|x| x * x).sum::<f64>() / finite.len() as f64).sqrt() };
     o.max_diff_scaled(r, rms.max(1.0))
 }
 
 fn panic_text(p: Box<dyn std::any::Any + Send>) -> String {
-    p.downcast_ref::<String>()
-        .cloned()
-        .or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()))
-        .unwrap_or_else(|| "(non-string panic)".into())
+    p.downcast_ref::<String>().cloned().or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string())).unwrap_or_else(|| "(non-string panic)".into())
 }
 
 /// Runs `f`, turning a panic into `Err(text)`, with the default hook silenced meanwhile.
@@ -255,38 +194,19 @@ pub fn check(g: &Graph, target: &Target, seed: u64) -> Verdict {
 /// whole (an error or panic), every part is checked alone to find the culprit.
 pub fn check_batch(parts: &[Graph], target: &Target, seed: u64) -> Vec<Verdict> {
     let (merged, ranges) = crate::gen::merge(&format!("batch{seed}"), parts);
-    let part_inputs: Vec<Vec<Value>> = parts
-        .iter()
-        .enumerate()
-        .map(|(i, p)| random_inputs(p, seed.wrapping_add(i as u64)))
-        .collect();
+    let part_inputs: Vec<Vec<Value>> = parts.iter().enumerate().map(|(i, p)| random_inputs(p, seed.wrapping_add(i as u64))).collect();
     let mut wants = Vec::new();
     for (p, ins) in parts.iter().zip(&part_inputs) {
         match reference(p, ins) {
             Ok(v) => wants.push(v),
             // A reference failure is the generator's bug; report it on every part alone.
-            Err(_) => {
-                return parts
-                    .iter()
-                    .enumerate()
-                    .map(|(i, p)| check(p, target, seed.wrapping_add(i as u64)))
-                    .collect()
-            }
+            Err(_) => return parts.iter().enumerate().map(|(i, p)| check(p, target, seed.wrapping_add(i as u64))).collect(),
         }
     }
     let all: Vec<Value> = part_inputs.concat();
     match run_pipeline(&merged, &all, target) {
-        Ok(got) => parts
-            .iter()
-            .zip(&ranges)
-            .zip(&wants)
-            .map(|((p, r), w)| compare(p, &got[r.clone()], w))
-            .collect(),
-        Err(_) => parts
-            .iter()
-            .enumerate()
-            .map(|(i, p)| check(p, target, seed.wrapping_add(i as u64)))
-            .collect(),
+        Ok(got) => parts.iter().zip(&ranges).zip(&wants).map(|((p, r), w)| compare(p, &got[r.clone()], w)).collect(),
+        Err(_) => parts.iter().enumerate().map(|(i, p)| check(p, target, seed.wrapping_add(i as u64))).collect(),
     }
 }
 

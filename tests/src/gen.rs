@@ -39,10 +39,7 @@ pub struct GenConfig {
 
 impl Default for GenConfig {
     fn default() -> GenConfig {
-        GenConfig {
-            max_ops: 10,
-            attention: 0.08,
-        }
+        GenConfig { max_ops: 10, attention: 0.08 }
     }
 }
 
@@ -70,12 +67,7 @@ pub fn generate(seed: u64, cfg: &GenConfig) -> Graph {
             return g;
         }
     }
-    let mut gen = Gen {
-        rng,
-        g: Graph::new(format!("fuzz{seed}")),
-        info: Vec::new(),
-        inputs: 0,
-    };
+    let mut gen = Gen { rng, g: Graph::new(format!("fuzz{seed}")), info: Vec::new(), inputs: 0 };
     gen.component(cfg);
     gen.g
 }
@@ -119,10 +111,7 @@ impl Gen {
 
     /// Adds an op (it must type-check: the generator only builds valid graphs).
     fn op(&mut self, op: Op, ins: &[NodeId], bound: f64, exact: bool) -> NodeId {
-        let id = self
-            .g
-            .add(op.clone(), ins)
-            .unwrap_or_else(|e| panic!("generator built an invalid {}: {e}", op.name()));
+        let id = self.g.add(op.clone(), ins).unwrap_or_else(|e| panic!("generator built an invalid {}: {e}", op.name()));
         self.track(id, bound, exact)
     }
 
@@ -138,30 +127,13 @@ impl Gen {
 
     /// A shape that broadcasts to `s`: some dims replaced by 1, some leading dims dropped.
     fn broadcastable(&mut self, s: &Shape) -> Shape {
-        let drop = if s.rank() > 0 && self.r().random_bool(0.3) {
-            self.r().random_range(0..=s.rank())
-        } else {
-            0
-        };
-        let dims = s.dims()[drop..]
-            .iter()
-            .map(|&d| if self.rng.random_bool(0.25) { 1 } else { d });
+        let drop = if s.rank() > 0 && self.r().random_bool(0.3) { self.r().random_range(0..=s.rank()) } else { 0 };
+        let dims = s.dims()[drop..].iter().map(|&d| if self.rng.random_bool(0.25) { 1 } else { d });
         Shape::new(dims.collect::<Vec<_>>())
     }
 
     fn component(&mut self, cfg: &GenConfig) {
-        let dtype = pick(
-            self.r(),
-            &[
-                DType::F32,
-                DType::F32,
-                DType::F32,
-                DType::F16,
-                DType::BF16,
-                DType::I32,
-                DType::I64,
-            ],
-        );
+        let dtype = pick(self.r(), &[DType::F32, DType::F32, DType::F32, DType::F16, DType::BF16, DType::I32, DType::I64]);
         let shape = self.random_shape();
         let first = self.input(dtype, shape.clone());
         let mut pool = vec![first];
@@ -175,11 +147,7 @@ impl Gen {
         while made.len() < n_ops && tries < n_ops * 8 {
             tries += 1;
             // Prefer recent values so graphs grow deep, not only wide.
-            let i = if self.rng.random_bool(0.6) {
-                pool.len() - 1
-            } else {
-                self.rng.random_range(0..pool.len())
-            };
+            let i = if self.rng.random_bool(0.6) { pool.len() - 1 } else { self.rng.random_range(0..pool.len()) };
             let x = pool[i];
             if let Some(y) = self.step(x, &pool) {
                 pool.push(y);
@@ -190,9 +158,7 @@ impl Gen {
         let mut outs = vec![last];
         for _ in 0..self.rng.random_range(0..3) {
             let o = pick(self.r(), &pool);
-            if !outs.contains(&o)
-                && (!matches!(self.g.node(o).op, Op::Input { .. }) || self.rng.random_bool(0.1))
-            {
+            if !outs.contains(&o) && (!matches!(self.g.node(o).op, Op::Input { .. }) || self.rng.random_bool(0.1)) {
                 outs.push(o);
             }
         }
@@ -226,29 +192,14 @@ impl Gen {
                 if s.rank() == 0 {
                     return None;
                 }
-                let pads: Vec<(usize, usize)> = (0..s.rank())
-                    .map(|_| (self.rng.random_range(0..3), self.rng.random_range(0..3)))
-                    .collect();
+                let pads: Vec<(usize, usize)> = (0..s.rank()).map(|_| (self.rng.random_range(0..3), self.rng.random_range(0..3))).collect();
                 let value = pick(self.r(), &[0.0, 1.0, -1.5, 2.0]);
                 let i = self.info(x);
-                let out: usize = s
-                    .dims()
-                    .iter()
-                    .zip(&pads)
-                    .map(|(n, (b, a))| n + b + a)
-                    .product();
+                let out: usize = s.dims().iter().zip(&pads).map(|(n, (b, a))| n + b + a).product();
                 if out > MAX_NUMEL {
                     return None;
                 }
-                Some(self.op(
-                    Op::Pad {
-                        pads,
-                        value: Scalar(d.quantize(value)),
-                    },
-                    &[x],
-                    i.bound.max(2.0),
-                    i.exact,
-                ))
+                Some(self.op(Op::Pad { pads, value: Scalar(d.quantize(value)) }, &[x], i.bound.max(2.0), i.exact))
             }
             86..=93 => self.matmul(x),
             94..=96 => {
@@ -257,22 +208,11 @@ impl Gen {
                 }
                 let axis = self.rng.random_range(0..s.rank());
                 let n = s.dims()[axis] as f64;
-                let io = self
-                    .g
-                    .iota(axis, d, s.clone())
-                    .expect("iota on a numeric rank>0 shape");
+                let io = self.g.iota(axis, d, s.clone()).expect("iota on a numeric rank>0 shape");
                 let io = self.track(io, n, true);
                 let i = self.info(x);
-                let op = if d.is_float() {
-                    BinaryOp::Mul
-                } else {
-                    BinaryOp::Add
-                };
-                let bound = if op == BinaryOp::Mul {
-                    i.bound * n
-                } else {
-                    i.bound + n
-                };
+                let op = if d.is_float() { BinaryOp::Mul } else { BinaryOp::Add };
+                let bound = if op == BinaryOp::Mul { i.bound * n } else { i.bound + n };
                 if d.is_float() && bound > 1e4 {
                     return None;
                 }
@@ -286,12 +226,7 @@ impl Gen {
                 let v = pick(self.r(), &[0.5, 1.0, 2.0, -3.0]);
                 let f = self.full(v, d, s);
                 let i = self.info(x);
-                Some(self.op(
-                    Op::Binary(BinaryOp::Add),
-                    &[x, f],
-                    i.bound + 3.0,
-                    i.exact && !d.is_float(),
-                ))
+                Some(self.op(Op::Binary(BinaryOp::Add), &[x, f], i.bound + 3.0, i.exact && !d.is_float()))
             }
         }
     }
@@ -302,12 +237,7 @@ impl Gen {
         let i = self.info(x);
         let a = self.op(Op::Unary(UnaryOp::Abs), &[x], i.bound, i.exact);
         let c = self.full(c, d, Shape::scalar());
-        self.op(
-            Op::Binary(BinaryOp::Add),
-            &[a, c],
-            i.bound + 1.0,
-            i.exact && !d.is_float(),
-        )
+        self.op(Op::Binary(BinaryOp::Add), &[a, c], i.bound + 1.0, i.exact && !d.is_float())
     }
 
     fn unary(&mut self, x: NodeId) -> Option<NodeId> {
@@ -322,11 +252,7 @@ impl Gen {
             UnaryOp::Neg | UnaryOp::Abs => Some(self.op(Op::Unary(u), &[x], i.bound, i.exact)),
             _ if !d.is_float() => None,
             UnaryOp::Exp => {
-                let arg = if i.bound <= 4.0 {
-                    x
-                } else {
-                    self.op(Op::Unary(UnaryOp::Tanh), &[x], 1.0, false)
-                };
+                let arg = if i.bound <= 4.0 { x } else { self.op(Op::Unary(UnaryOp::Tanh), &[x], 1.0, false) };
                 let b = self.info(arg).bound.exp();
                 Some(self.op(Op::Unary(u), &[arg], b, false))
             }
@@ -342,9 +268,7 @@ impl Gen {
                 Some(self.op(Op::Unary(u), &[p], bound, false))
             }
             UnaryOp::Tanh | UnaryOp::Erf => Some(self.op(Op::Unary(u), &[x], 1.0, false)),
-            UnaryOp::Sin | UnaryOp::Cos if i.bound <= 100.0 => {
-                Some(self.op(Op::Unary(u), &[x], 1.0, false))
-            }
+            UnaryOp::Sin | UnaryOp::Cos if i.bound <= 100.0 => Some(self.op(Op::Unary(u), &[x], 1.0, false)),
             UnaryOp::Floor if i.exact => Some(self.op(Op::Unary(u), &[x], i.bound + 1.0, true)),
             _ => None,
         }
@@ -404,36 +328,18 @@ impl Gen {
         let int = d.is_int();
         let exact = int && ix.exact && iy.exact;
         let limit = if int { 1e6 } else { 1e4 };
-        let b = pick(
-            self.r(),
-            &[
-                BinaryOp::Add,
-                BinaryOp::Sub,
-                BinaryOp::Mul,
-                BinaryOp::Div,
-                BinaryOp::Max,
-                BinaryOp::Min,
-                BinaryOp::Pow,
-            ],
-        );
+        let b = pick(self.r(), &[BinaryOp::Add, BinaryOp::Sub, BinaryOp::Mul, BinaryOp::Div, BinaryOp::Max, BinaryOp::Min, BinaryOp::Pow]);
         match b {
-            BinaryOp::Add | BinaryOp::Sub if ix.bound + iy.bound <= limit => {
-                Some(self.op(Op::Binary(b), &[x, y], ix.bound + iy.bound, exact))
-            }
-            BinaryOp::Mul if ix.bound * iy.bound <= limit => {
-                Some(self.op(Op::Binary(b), &[x, y], ix.bound * iy.bound, exact))
-            }
+            BinaryOp::Add | BinaryOp::Sub if ix.bound + iy.bound <= limit => Some(self.op(Op::Binary(b), &[x, y], ix.bound + iy.bound, exact)),
+            BinaryOp::Mul if ix.bound * iy.bound <= limit => Some(self.op(Op::Binary(b), &[x, y], ix.bound * iy.bound, exact)),
             BinaryOp::Div => {
                 let p = self.positive(y, if int { 1.0 } else { 0.5 });
                 let bound = if int { ix.bound } else { ix.bound * 2.0 };
                 Some(self.op(Op::Binary(b), &[x, p], bound, exact))
             }
-            BinaryOp::Max | BinaryOp::Min => Some(self.op(
-                Op::Binary(b),
-                &[x, y],
-                ix.bound.max(iy.bound),
-                ix.exact && iy.exact,
-            )),
+            BinaryOp::Max | BinaryOp::Min => {
+                Some(self.op(Op::Binary(b), &[x, y], ix.bound.max(iy.bound), ix.exact && iy.exact))
+            }
             BinaryOp::Pow if int => {
                 // Small non-negative integer exponents of small bases are exact.
                 if ix.bound > 30.0 {
@@ -475,33 +381,15 @@ impl Gen {
             if !self.info(y).exact {
                 return None;
             }
-            let c = pick(
-                self.r(),
-                &[
-                    CmpOp::Eq,
-                    CmpOp::Ne,
-                    CmpOp::Lt,
-                    CmpOp::Le,
-                    CmpOp::Gt,
-                    CmpOp::Ge,
-                ],
-            );
-            let (a, b) = if self.rng.random_bool(0.5) {
-                (x, y)
-            } else {
-                (y, x)
-            };
+            let c = pick(self.r(), &[CmpOp::Eq, CmpOp::Ne, CmpOp::Lt, CmpOp::Le, CmpOp::Gt, CmpOp::Ge]);
+            let (a, b) = if self.rng.random_bool(0.5) { (x, y) } else { (y, x) };
             self.op(Op::Compare(c), &[a, b], 1.0, true)
         };
         if self.rng.random_bool(0.3) && cond != x {
             return Some(cond);
         }
         // where(cond, a, b): a is x (if numeric) or a fresh input; b a partner of a.
-        let vd = if d == DType::Bool {
-            pick(self.r(), &[DType::F32, DType::F16, DType::I32])
-        } else {
-            d
-        };
+        let vd = if d == DType::Bool { pick(self.r(), &[DType::F32, DType::F16, DType::I32]) } else { d };
         let a = if d == DType::Bool {
             let bs = self.broadcastable(&s);
             self.input(vd, bs)
@@ -517,12 +405,7 @@ impl Gen {
         }
         let (ia, ib) = (self.info(a), self.info(b));
         let ic = self.info(cond);
-        Some(self.op(
-            Op::Where,
-            &[cond, a, b],
-            ia.bound.max(ib.bound),
-            ic.exact && ia.exact && ib.exact,
-        ))
+        Some(self.op(Op::Where, &[cond, a, b], ia.bound.max(ib.bound), ic.exact && ia.exact && ib.exact))
     }
 
     fn cast(&mut self, x: NodeId) -> Option<NodeId> {
@@ -553,20 +436,14 @@ impl Gen {
             return None;
         }
         let axes: Vec<usize> = loop {
-            let a: Vec<usize> = (0..s.rank())
-                .filter(|_| self.rng.random_bool(0.4))
-                .collect();
+            let a: Vec<usize> = (0..s.rank()).filter(|_| self.rng.random_bool(0.4)).collect();
             if !a.is_empty() {
                 break a;
             }
         };
         let count: usize = axes.iter().map(|&a| s.dims()[a]).product();
         let i = self.info(x);
-        let op = if self.rng.random_bool(0.6) {
-            ReduceOp::Sum
-        } else {
-            ReduceOp::Max
-        };
+        let op = if self.rng.random_bool(0.6) { ReduceOp::Sum } else { ReduceOp::Max };
         let keepdim = self.rng.random_bool(0.5);
         let (bound, exact) = match op {
             ReduceOp::Sum => (i.bound * count as f64, i.exact && d.is_int()),
@@ -604,17 +481,7 @@ impl Gen {
 
     fn expand(&mut self, x: NodeId) -> Option<NodeId> {
         let (_, s) = self.node(x);
-        let mut dims: Vec<usize> = s
-            .dims()
-            .iter()
-            .map(|&d| {
-                if d == 1 && self.rng.random_bool(0.7) {
-                    pick(&mut self.rng, &DIMS)
-                } else {
-                    d
-                }
-            })
-            .collect();
+        let mut dims: Vec<usize> = s.dims().iter().map(|&d| if d == 1 && self.rng.random_bool(0.7) { pick(&mut self.rng, &DIMS) } else { d }).collect();
         if dims == s.dims() || self.rng.random_bool(0.3) {
             dims.insert(0, pick(self.r(), &[2, 3, 5]));
         }
@@ -638,17 +505,7 @@ impl Gen {
         let end = self.rng.random_range(start + 1..=n);
         let step = pick(self.r(), &[1, 1, 2, 3]);
         let i = self.info(x);
-        Some(self.op(
-            Op::Slice {
-                axis,
-                start,
-                end,
-                step,
-            },
-            &[x],
-            i.bound,
-            i.exact,
-        ))
+        Some(self.op(Op::Slice { axis, start, end, step }, &[x], i.bound, i.exact))
     }
 
     fn concat(&mut self, x: NodeId, pool: &[NodeId]) -> Option<NodeId> {
@@ -659,9 +516,7 @@ impl Gen {
         let axis = self.rng.random_range(0..s.rank());
         let fits = |g: &Graph, p: NodeId| {
             let n = g.node(p);
-            n.dtype == d
-                && n.shape.rank() == s.rank()
-                && (0..s.rank()).all(|i| i == axis || n.shape.dims()[i] == s.dims()[i])
+            n.dtype == d && n.shape.rank() == s.rank() && (0..s.rank()).all(|i| i == axis || n.shape.dims()[i] == s.dims()[i])
         };
         let mut parts = vec![x];
         for _ in 0..self.rng.random_range(1..3) {
@@ -682,10 +537,7 @@ impl Gen {
         if total > MAX_NUMEL {
             return None;
         }
-        let bound = parts
-            .iter()
-            .map(|&p| self.info(p).bound)
-            .fold(0.0, f64::max);
+        let bound = parts.iter().map(|&p| self.info(p).bound).fold(0.0, f64::max);
         let exact = parts.iter().all(|&p| self.info(p).exact);
         Some(self.op(Op::Concat { axis }, &parts, bound, exact))
     }
@@ -704,11 +556,7 @@ impl Gen {
             let mut perm: Vec<usize> = (0..r).collect();
             perm.swap(r - 1, r - 2);
             let t = self.op(Op::Permute { perm }, &[x], i.bound, i.exact);
-            if self.rng.random_bool(0.5) {
-                (x, t)
-            } else {
-                (t, x)
-            }
+            if self.rng.random_bool(0.5) { (x, t) } else { (t, x) }
         } else {
             let batch = self.broadcastable(&Shape::from(&s.dims()[..r - 2]));
             let mut bd = batch.dims().to_vec();
@@ -727,11 +575,7 @@ impl Gen {
         if bound > limit {
             return None;
         }
-        let out = ir::infer::infer(
-            &Op::MatMul,
-            &[(d, &self.g.node(lhs).shape), (d, &self.g.node(rhs).shape)],
-        )
-        .ok()?;
+        let out = ir::infer::infer(&Op::MatMul, &[(d, &self.g.node(lhs).shape), (d, &self.g.node(rhs).shape)]).ok()?;
         if out.1.numel() > MAX_NUMEL || out.1.rank() > 6 {
             return None;
         }
@@ -774,16 +618,8 @@ fn attention(rng: &mut StdRng, seed: u64) -> Option<Graph> {
     let h = pick(rng, &[1, 2, 3]);
     let sq = pick(rng, &[1, 3, 5, 7, 13, 16, 33]);
     let d = pick(rng, &[4, 7, 8, 16]);
-    let dv = if rng.random_bool(0.7) {
-        d
-    } else {
-        pick(rng, &[3, 5, 8])
-    };
-    let lead: Vec<usize> = if rng.random_bool(0.3) {
-        vec![b * h]
-    } else {
-        vec![b, h]
-    };
+    let dv = if rng.random_bool(0.7) { d } else { pick(rng, &[3, 5, 8]) };
+    let lead: Vec<usize> = if rng.random_bool(0.3) { vec![b * h] } else { vec![b, h] };
     let shape = |s: usize, e: usize| {
         let mut v = lead.clone();
         v.extend([s, e]);
@@ -824,12 +660,7 @@ pub fn splice(into: &mut Graph, part: &Graph, prefix: &str) -> Vec<NodeId> {
         let mut n = n.clone();
         n.inputs = n.inputs.iter().map(|i: &NodeId| map[i.index()]).collect();
         let id = if let Op::Input { name } = &n.op {
-            let id = into.push(ir::Node {
-                op: Op::Input {
-                    name: format!("{prefix}{name}"),
-                },
-                ..n
-            });
+            let id = into.push(ir::Node { op: Op::Input { name: format!("{prefix}{name}") }, ..n });
             into.register_input(id);
             id
         } else {

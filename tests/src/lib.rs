@@ -18,24 +18,16 @@ use std::path::PathBuf;
 
 /// A config for tests: the CPU backend, no cache (unless a test asks), verification on.
 pub fn cpu_config() -> Config {
-    Config {
-        backend: Backend::Cpu,
-        cache_dir: None,
-        verify: true,
-        ..Config::default()
-    }
+    Config { backend: Backend::Cpu, cache_dir: None, verify: true, ..Config::default() }
 }
 
 /// Compiles `g` for the CPU and checks every output against the f64 interpreter on the given
 /// inputs, with the tolerance of each output's dtype (scaled by `slack` for deep graphs).
 /// Returns the compiled graph for further checks.
 pub fn check_cpu(g: &ir::Graph, inputs: &[Value], slack: f64) -> kiln::Compiled {
-    let compiled =
-        kiln::compile(g, &cpu_config()).unwrap_or_else(|e| panic!("compile @{}: {e}", g.name()));
+    let compiled = kiln::compile(g, &cpu_config()).unwrap_or_else(|e| panic!("compile @{}: {e}", g.name()));
     let host: Vec<HostTensor> = inputs.iter().map(HostTensor::from_value).collect();
-    let outs = compiled
-        .run(&host)
-        .unwrap_or_else(|e| panic!("run @{}: {e}", g.name()));
+    let outs = compiled.run(&host).unwrap_or_else(|e| panic!("run @{}: {e}", g.name()));
     let reference = ir::interp::run(g, inputs).unwrap();
     assert_eq!(outs.len(), reference.len());
     for (i, (o, r)) in outs.iter().zip(&reference).enumerate() {
@@ -43,15 +35,8 @@ pub fn check_cpu(g: &ir::Graph, inputs: &[Value], slack: f64) -> kiln::Compiled 
         assert_eq!((o.dtype, &o.shape), (r.dtype, &r.shape), "output {i} type");
         let tol = r.dtype.tolerance().max(1e-5) * slack;
         let diff = o.max_rel_diff(r);
-        assert!(
-            diff <= tol,
-            "@{} output {i}: max relative difference {diff:.3e} > {tol:.1e}",
-            g.name()
-        );
-        assert!(
-            o.data.iter().all(|x| x.is_finite()) || r.data.iter().any(|x| !x.is_finite()),
-            "non-finite output"
-        );
+        assert!(diff <= tol, "@{} output {i}: max relative difference {diff:.3e} > {tol:.1e}", g.name());
+        assert!(o.data.iter().all(|x| x.is_finite()) || r.data.iter().any(|x| !x.is_finite()), "non-finite output");
     }
     compiled
 }
@@ -109,73 +94,23 @@ pub struct Summary {
 
 /// Every op of the IR a generated graph can contain (composites come from passes).
 pub const ALL_OP_NAMES: &[&str] = &[
-    "input",
-    "full",
-    "iota",
-    "neg",
-    "abs",
-    "exp",
-    "log",
-    "sqrt",
-    "rsqrt",
-    "recip",
-    "tanh",
-    "erf",
-    "sin",
-    "cos",
-    "floor",
-    "not",
-    "add",
-    "sub",
-    "mul",
-    "div",
-    "max",
-    "min",
-    "pow",
-    "and",
-    "or",
-    "eq",
-    "ne",
-    "lt",
-    "le",
-    "gt",
-    "ge",
-    "where",
-    "cast",
-    "sum",
-    "max_reduce",
-    "reshape",
-    "permute",
-    "expand",
-    "slice",
-    "concat",
-    "pad",
-    "matmul",
+    "input", "full", "iota", "neg", "abs", "exp", "log", "sqrt", "rsqrt", "recip", "tanh", "erf", "sin", "cos", "floor", "not",
+    "add", "sub", "mul", "div", "max", "min", "pow", "and", "or", "eq", "ne", "lt", "le", "gt", "ge", "where", "cast", "sum",
+    "max_reduce", "reshape", "permute", "expand", "slice", "concat", "pad", "matmul",
 ];
 
 impl Summary {
     /// Ops of [`ALL_OP_NAMES`] never generated.
     pub fn ops_missing(&self) -> Vec<&'static str> {
-        ALL_OP_NAMES
-            .iter()
-            .copied()
-            .filter(|o| !self.ops.contains_key(o))
-            .collect()
+        ALL_OP_NAMES.iter().copied().filter(|o| !self.ops.contains_key(o)).collect()
     }
 }
 
 /// Shrinks a failing graph (same failure kind, same target, same input seed) and saves it.
-pub fn shrink_failure(
-    g: &ir::Graph,
-    seed: u64,
-    verdict: &diff::Verdict,
-    cfg: &FuzzConfig,
-) -> Failure {
+pub fn shrink_failure(g: &ir::Graph, seed: u64, verdict: &diff::Verdict, cfg: &FuzzConfig) -> Failure {
     let kind = verdict.kind();
     let target = cfg.target.clone();
-    let shrunk = shrink::shrink(g, cfg.shrink_budget, &mut |c| {
-        diff::check(c, &target, seed).kind() == kind
-    });
+    let shrunk = shrink::shrink(g, cfg.shrink_budget, &mut |c| diff::check(c, &target, seed).kind() == kind);
     let final_verdict = diff::check(&shrunk, &target, seed);
     let saved = cfg.out.as_ref().and_then(|dir| {
         let name = format!("fuzz_{}_{}_{}", backend_name(cfg.target.backend), if cfg.target.optimize { "opt" } else { "noopt" }, seed);
@@ -187,14 +122,7 @@ pub fn shrink_failure(
         ];
         shrink::save(dir, &name, &shrunk, &header).ok()
     });
-    Failure {
-        seed,
-        signature: signature(verdict),
-        verdict: final_verdict,
-        original_nodes: g.len(),
-        shrunk,
-        saved,
-    }
+    Failure { seed, signature: signature(verdict), verdict: final_verdict, original_nodes: g.len(), shrunk, saved }
 }
 
 pub fn backend_name(b: Backend) -> &'static str {
@@ -214,10 +142,7 @@ pub fn fuzz(cfg: &FuzzConfig, progress: &mut dyn FnMut(&Summary)) -> Summary {
     while next < cfg.graphs {
         let n = batch.min(cfg.graphs - next);
         let seeds: Vec<u64> = (0..n).map(|i| cfg.seed.wrapping_add(next + i)).collect();
-        let parts: Vec<ir::Graph> = seeds
-            .iter()
-            .map(|&sd| gen::generate(sd, &cfg.gen))
-            .collect();
+        let parts: Vec<ir::Graph> = seeds.iter().map(|&sd| gen::generate(sd, &cfg.gen)).collect();
         for p in &parts {
             for o in gen::op_names(p) {
                 *s.ops.entry(o).or_default() += 1;
@@ -232,14 +157,7 @@ pub fn fuzz(cfg: &FuzzConfig, progress: &mut dyn FnMut(&Summary)) -> Summary {
                 if seen < cfg.shrink_per_signature {
                     s.failures.push(shrink_failure(p, sd, v, cfg));
                 } else {
-                    s.failures.push(Failure {
-                        seed: sd,
-                        verdict: v.clone(),
-                        original_nodes: p.len(),
-                        shrunk: p.clone(),
-                        saved: None,
-                        signature: sig,
-                    });
+                    s.failures.push(Failure { seed: sd, verdict: v.clone(), original_nodes: p.len(), shrunk: p.clone(), saved: None, signature: sig });
                 }
             }
         }

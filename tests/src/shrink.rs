@@ -60,31 +60,19 @@ fn apply(g: &Graph, edit: &Edit) -> Option<Graph> {
         let new = match edit {
             Edit::ToInput(r) if *r == id => {
                 let name = format!("s{}", id.index());
-                let fresh = Node {
-                    op: Op::Input { name },
-                    dtype: n.dtype,
-                    shape: n.shape.clone(),
-                    inputs: SmallVec::new(),
-                };
+                let fresh = Node { op: Op::Input { name }, dtype: n.dtype, shape: n.shape.clone(), inputs: SmallVec::new() };
                 let nid = out.push(fresh);
                 out.register_input(nid);
                 nid
             }
             Edit::Bypass(r, to) if *r == id => map[to.index()]?,
             Edit::Reshape(r, s) if *r == id => {
-                let nid = out.push(Node {
-                    shape: s.clone(),
-                    ..n.clone()
-                });
+                let nid = out.push(Node { shape: s.clone(), ..n.clone() });
                 out.register_input(nid);
                 nid
             }
             _ => {
-                let ins: Vec<NodeId> = n
-                    .inputs
-                    .iter()
-                    .map(|i| map[i.index()])
-                    .collect::<Option<_>>()?;
+                let ins: Vec<NodeId> = n.inputs.iter().map(|i| map[i.index()]).collect::<Option<_>>()?;
                 match &n.op {
                     Op::Input { .. } => {
                         let nid = out.push(n.clone());
@@ -93,21 +81,13 @@ fn apply(g: &Graph, edit: &Edit) -> Option<Graph> {
                     }
                     Op::Full { .. } | Op::Iota { .. } => out.push(n.clone()),
                     op if reinfer => out.add(op.clone(), &ins).ok()?,
-                    _ => out.push(Node {
-                        inputs: ins.into(),
-                        ..n.clone()
-                    }),
+                    _ => out.push(Node { inputs: ins.into(), ..n.clone() }),
                 }
             }
         };
         map[id.index()] = Some(new);
     }
-    out.set_outputs(
-        outputs
-            .iter()
-            .map(|o| map[o.index()])
-            .collect::<Option<_>>()?,
-    );
+    out.set_outputs(outputs.iter().map(|o| map[o.index()]).collect::<Option<_>>()?);
     ir::verify::verify(&out).ok()?;
     Some(out)
 }
@@ -118,10 +98,7 @@ fn is_guard(g: &Graph, id: NodeId) -> bool {
     let n = g.node(id);
     match n.op {
         Op::Unary(UnaryOp::Abs) => true,
-        Op::Binary(BinaryOp::Add) => n
-            .inputs
-            .iter()
-            .any(|&i| matches!(g.node(i).op, Op::Full { .. })),
+        Op::Binary(BinaryOp::Add) => n.inputs.iter().any(|&i| matches!(g.node(i).op, Op::Full { .. })),
         _ => false,
     }
 }
@@ -173,11 +150,7 @@ fn candidates(g: &Graph) -> Vec<Edit> {
 pub fn size(g: &Graph) -> (usize, usize) {
     let live = g.live();
     let nodes = live.iter().filter(|&&l| l).count();
-    let elems = g
-        .nodes()
-        .filter(|(id, _)| live[id.index()])
-        .map(|(_, n)| n.shape.numel())
-        .sum();
+    let elems = g.nodes().filter(|(id, _)| live[id.index()]).map(|(_, n)| n.shape.numel()).sum();
     (nodes, elems)
 }
 
@@ -192,9 +165,7 @@ pub fn shrink(g: &Graph, mut budget: usize, fails: &mut dyn FnMut(&Graph) -> boo
             if budget == 0 {
                 break 'outer;
             }
-            let Some(cand) = apply(&best, &edit) else {
-                continue;
-            };
+            let Some(cand) = apply(&best, &edit) else { continue };
             if size(&cand) >= size(&best) {
                 continue;
             }
@@ -227,10 +198,6 @@ pub fn save(dir: &Path, name: &str, g: &Graph, header: &[String]) -> std::io::Re
 /// Reads a regression file: drops `#` comment lines, parses the rest.
 pub fn load(path: &Path) -> Result<Graph, String> {
     let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
-    let body: String = text
-        .lines()
-        .filter(|l| !l.trim_start().starts_with('#'))
-        .map(|l| format!("{l}\n"))
-        .collect();
+    let body: String = text.lines().filter(|l| !l.trim_start().starts_with('#')).map(|l| format!("{l}\n")).collect();
     ir::text::parse(&body).map_err(|e| format!("{}: {e}", path.display()))
 }

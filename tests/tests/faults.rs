@@ -15,37 +15,20 @@ fn graph() -> Graph {
     let y = g.input("y", DType::F32, [13]).unwrap();
     let a = g.add(Op::Binary(BinaryOp::Mul), &[x, y]).unwrap();
     let t = g.add(Op::Unary(UnaryOp::Tanh), &[a]).unwrap();
-    let s = g
-        .add(
-            Op::Reduce {
-                op: ir::ReduceOp::Sum,
-                axes: vec![1],
-                keepdim: false,
-            },
-            &[t],
-        )
-        .unwrap();
+    let s = g.add(Op::Reduce { op: ir::ReduceOp::Sum, axes: vec![1], keepdim: false }, &[t]).unwrap();
     g.set_outputs(vec![t, s]);
     g
 }
 
 fn cached_config(dir: &Path) -> Config {
-    Config {
-        cache_dir: Some(dir.to_path_buf()),
-        ..kiln_tests::cpu_config()
-    }
+    Config { cache_dir: Some(dir.to_path_buf()), ..kiln_tests::cpu_config() }
 }
 
 /// Compiles with `config`, runs, and checks against the interpreter.
 fn compile_and_check(g: &Graph, config: &Config) -> kiln::Compiled {
     let c = kiln::compile(g, config).expect("compile");
     let ins = diff::random_inputs(g, 5);
-    let outs: Vec<_> = c
-        .run(&ins.iter().map(HostTensor::from_value).collect::<Vec<_>>())
-        .unwrap()
-        .iter()
-        .map(HostTensor::to_value)
-        .collect();
+    let outs: Vec<_> = c.run(&ins.iter().map(HostTensor::from_value).collect::<Vec<_>>()).unwrap().iter().map(HostTensor::to_value).collect();
     let want = ir::interp::run(g, &ins).unwrap();
     assert_eq!(diff::compare(g, &outs, &want), Verdict::Pass);
     c
@@ -79,15 +62,9 @@ fn damaged_entry_is_rebuilt(damage: impl Fn(&Path)) {
     }
     // The damaged entry is not used (a miss, with a warning on stderr), the result is right...
     let c = compile_and_check(&g, &cfg);
-    assert!(
-        !c.stats().cache_hit,
-        "a damaged entry must not count as a hit"
-    );
+    assert!(!c.stats().cache_hit, "a damaged entry must not count as a hit");
     // ...and the rebuilt entry serves the next compile.
-    assert!(
-        compile_and_check(&g, &cfg).stats().cache_hit,
-        "the entry was not rewritten"
-    );
+    assert!(compile_and_check(&g, &cfg).stats().cache_hit, "the entry was not rewritten");
 }
 
 #[test]
@@ -129,10 +106,7 @@ fn unusable_cache_dir_runs_uncached() {
     let cfg = cached_config(&file.join("cache"));
     let g = graph();
     assert!(!compile_and_check(&g, &cfg).stats().cache_hit);
-    assert!(
-        !compile_and_check(&g, &cfg).stats().cache_hit,
-        "nothing could have been cached"
-    );
+    assert!(!compile_and_check(&g, &cfg).stats().cache_hit, "nothing could have been cached");
 }
 
 /// A read-only cache directory (chmod 555). Root ignores permissions, so there the test
@@ -159,26 +133,15 @@ fn read_only_cache_dir_runs_uncached() {
 /// `Auto` picks the CPU, and the CPU still works in the same process.
 #[test]
 fn no_cuda_driver_is_a_typed_error_and_cpu_works() {
-    let have_gpu =
-        cfg!(feature = "cuda") && kiln::resolve_backend(Backend::Auto).unwrap() == Backend::Cuda;
+    let have_gpu = cfg!(feature = "cuda") && kiln::resolve_backend(Backend::Auto).unwrap() == Backend::Cuda;
     if have_gpu {
         eprintln!("a CUDA device is present: nothing to check here");
         return;
     }
     assert_eq!(kiln::resolve_backend(Backend::Auto).unwrap(), Backend::Cpu);
     let g = graph();
-    let r = std::panic::catch_unwind(|| {
-        kiln::compile(
-            &g,
-            &Config {
-                backend: Backend::Cuda,
-                ..kiln_tests::cpu_config()
-            },
-        )
-    });
-    let Err(e) = r.expect("no panic") else {
-        panic!("CUDA without a driver must fail")
-    };
+    let r = std::panic::catch_unwind(|| kiln::compile(&g, &Config { backend: Backend::Cuda, ..kiln_tests::cpu_config() }));
+    let Err(e) = r.expect("no panic") else { panic!("CUDA without a driver must fail") };
     let msg = e.to_string();
     assert!(msg.contains("CUDA") || msg.contains("cuda"), "{msg}");
     if !cfg!(feature = "cuda") {
@@ -186,17 +149,7 @@ fn no_cuda_driver_is_a_typed_error_and_cpu_works() {
         assert!(kiln::resolve_backend(Backend::Cuda).is_err());
     }
     // The fuzzer's own check reports it as an error, not a panic.
-    assert!(matches!(
-        diff::check(
-            &g,
-            &Target {
-                backend: Backend::Cuda,
-                optimize: true
-            },
-            0
-        ),
-        Verdict::Error(_)
-    ));
+    assert!(matches!(diff::check(&g, &Target { backend: Backend::Cuda, optimize: true }, 0), Verdict::Error(_)));
     compile_and_check(&g, &kiln_tests::cpu_config());
 }
 
@@ -212,56 +165,23 @@ fn gpu_out_of_memory_names_the_allocation_and_recovers() {
     // [2^17, 2^19] f32 = 256 GiB, materialised one kernel per op (exp of an expand).
     let mut g = Graph::new("oom");
     let x = g.input("x", DType::F32, [1, 1 << 19]).unwrap();
-    let e = g
-        .add(
-            Op::Expand {
-                shape: [1 << 17, 1 << 19].into(),
-            },
-            &[x],
-        )
-        .unwrap();
+    let e = g.add(Op::Expand { shape: [1 << 17, 1 << 19].into() }, &[x]).unwrap();
     let e = g.add(Op::Unary(UnaryOp::Exp), &[e]).unwrap();
     let e = g.add(Op::Unary(UnaryOp::Sin), &[e]).unwrap();
-    let s = g
-        .add(
-            Op::Reduce {
-                op: ir::ReduceOp::Sum,
-                axes: vec![0, 1],
-                keepdim: false,
-            },
-            &[e],
-        )
-        .unwrap();
+    let s = g.add(Op::Reduce { op: ir::ReduceOp::Sum, axes: vec![0, 1], keepdim: false }, &[e]).unwrap();
     g.set_outputs(vec![s]);
-    let cfg = Config {
-        backend: Backend::Cuda,
-        optimize: false,
-        ..kiln_tests::cpu_config()
-    };
+    let cfg = Config { backend: Backend::Cuda, optimize: false, ..kiln_tests::cpu_config() };
     let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| -> kiln::Result<()> {
         let c = kiln::compile(&g, &cfg)?;
         let ins = diff::random_inputs(&g, 0);
         c.run(&ins.iter().map(HostTensor::from_value).collect::<Vec<_>>())?;
         Ok(())
     }));
-    let e = r
-        .expect("OOM must not panic")
-        .err()
-        .expect("256 GiB cannot fit");
+    let e = r.expect("OOM must not panic").err().expect("256 GiB cannot fit");
     let msg = e.to_string();
-    assert!(
-        msg.contains("out of GPU memory") && msg.contains("bytes"),
-        "{msg}"
-    );
+    assert!(msg.contains("out of GPU memory") && msg.contains("bytes"), "{msg}");
     // The process (and the device) stay usable.
     let small = graph();
-    let v = diff::check(
-        &small,
-        &Target {
-            backend: Backend::Cuda,
-            optimize: true,
-        },
-        1,
-    );
+    let v = diff::check(&small, &Target { backend: Backend::Cuda, optimize: true }, 1);
     assert_eq!(v, Verdict::Pass);
 }

@@ -14,10 +14,7 @@ fn run(graphs: u64, seed: u64, optimize: bool) {
         graphs,
         seed,
         batch: 24,
-        target: Target {
-            backend: Backend::Cpu,
-            optimize,
-        },
+        target: Target { backend: Backend::Cpu, optimize },
         gen: GenConfig::default(),
         out: None,
         shrink_budget: 60,
@@ -29,13 +26,7 @@ fn run(graphs: u64, seed: u64, optimize: bool) {
         .iter()
         .map(|f| format!("seed {}: {}\nshrunk:\n{}", f.seed, f.verdict, f.shrunk))
         .collect();
-    assert!(
-        s.failures.is_empty(),
-        "{} of {} random graphs failed (optimize {optimize}):\n{}",
-        s.failures.len(),
-        s.graphs,
-        report.join("\n")
-    );
+    assert!(s.failures.is_empty(), "{} of {} random graphs failed (optimize {optimize}):\n{}", s.failures.len(), s.graphs, report.join("\n"));
 }
 
 #[test]
@@ -55,11 +46,7 @@ fn generator_makes_valid_graphs_over_every_op() {
     for seed in 0..2000 {
         let g = gen::generate(seed, &GenConfig::default());
         ir::verify::verify(&g).unwrap_or_else(|e| panic!("seed {seed}: {e}\n{g}"));
-        assert_eq!(
-            ir::text::parse(&g.to_string()).unwrap(),
-            g,
-            "seed {seed}: text round trip"
-        );
+        assert_eq!(ir::text::parse(&g.to_string()).unwrap(), g, "seed {seed}: text round trip");
         assert!(g.len() <= 200, "seed {seed}: {} nodes", g.len());
         seen.extend(gen::op_names(&g));
         attention += g.name().starts_with("attn") as usize;
@@ -92,22 +79,13 @@ fn dtypes_and_odd_shapes_are_covered() {
 
 #[test]
 fn merged_batches_keep_components_apart() {
-    let parts: Vec<Graph> = (0..5)
-        .map(|s| gen::generate(s, &GenConfig::default()))
-        .collect();
+    let parts: Vec<Graph> = (0..5).map(|s| gen::generate(s, &GenConfig::default())).collect();
     let (m, ranges) = gen::merge("m", &parts);
     ir::verify::verify(&m).unwrap();
     assert_eq!(m.len(), parts.iter().map(Graph::len).sum::<usize>());
-    assert_eq!(
-        m.inputs().len(),
-        parts.iter().map(|p| p.inputs().len()).sum::<usize>()
-    );
+    assert_eq!(m.inputs().len(), parts.iter().map(|p| p.inputs().len()).sum::<usize>());
     // The merged graph on concatenated inputs gives each part's own outputs.
-    let ins: Vec<_> = parts
-        .iter()
-        .enumerate()
-        .map(|(i, p)| diff::random_inputs(p, i as u64))
-        .collect();
+    let ins: Vec<_> = parts.iter().enumerate().map(|(i, p)| diff::random_inputs(p, i as u64)).collect();
     let all = ir::interp::run(&m, &ins.concat()).unwrap();
     for ((p, r), i) in parts.iter().zip(&ranges).zip(&ins) {
         assert_eq!(ir::interp::run(p, i).unwrap(), all[r.clone()].to_vec());
@@ -119,20 +97,14 @@ fn inputs_are_seeded_and_non_zero() {
     let g = gen::generate(7, &GenConfig::default());
     let a = diff::random_inputs(&g, 3);
     assert_eq!(a, diff::random_inputs(&g, 3));
-    assert!(a
-        .iter()
-        .filter(|v| v.dtype != ir::DType::Bool)
-        .all(|v| v.data.iter().all(|&x| x != 0.0)));
+    assert!(a.iter().filter(|v| v.dtype != ir::DType::Bool).all(|v| v.data.iter().all(|&x| x != 0.0)));
 }
 
 /// The shrinker on a synthetic failure ("the graph contains a matmul") ends at a minimal graph
 /// that still fails, and the saved file parses back.
 #[test]
 fn shrinker_finds_a_small_graph() {
-    let has_matmul = |c: &Graph| {
-        c.nodes()
-            .any(|(id, n)| n.op == Op::MatMul && c.live()[id.index()])
-    };
+    let has_matmul = |c: &Graph| c.nodes().any(|(id, n)| n.op == Op::MatMul && c.live()[id.index()]);
     let seed = (0..1000).find(|&s| {
         let g = gen::generate(s, &GenConfig::default());
         g.len() > 12 && has_matmul(&g)
@@ -155,10 +127,7 @@ fn a_wrong_result_is_a_mismatch_and_panics_are_caught() {
     assert_eq!(diff::compare(&g, &want, &want), Verdict::Pass);
     let good = want.clone();
     want[0].data[0] += 1.0;
-    assert!(matches!(
-        diff::compare(&g, &want, &good),
-        Verdict::Mismatch { output: 0, .. }
-    ));
+    assert!(matches!(diff::compare(&g, &want, &good), Verdict::Mismatch { output: 0, .. }));
     let p = diff::catch(|| panic!("boom"));
     assert_eq!(p, Err("boom".to_string()));
 }

@@ -18,28 +18,10 @@ fn graph() -> Graph {
     let w = g.input("w", DType::F32, [13, 7]).unwrap();
     let m = g.add(Op::MatMul, &[x, w]).unwrap();
     let t = g.add(Op::Unary(UnaryOp::Tanh), &[m]).unwrap();
-    let mx = g
-        .add(
-            Op::Reduce {
-                op: ReduceOp::Max,
-                axes: vec![1],
-                keepdim: true,
-            },
-            &[t],
-        )
-        .unwrap();
+    let mx = g.add(Op::Reduce { op: ReduceOp::Max, axes: vec![1], keepdim: true }, &[t]).unwrap();
     let d = g.add(Op::Binary(BinaryOp::Sub), &[t, mx]).unwrap();
     let e = g.add(Op::Unary(UnaryOp::Exp), &[d]).unwrap();
-    let s = g
-        .add(
-            Op::Reduce {
-                op: ReduceOp::Sum,
-                axes: vec![1],
-                keepdim: true,
-            },
-            &[e],
-        )
-        .unwrap();
+    let s = g.add(Op::Reduce { op: ReduceOp::Sum, axes: vec![1], keepdim: true }, &[e]).unwrap();
     let y = g.add(Op::Binary(BinaryOp::Div), &[e, s]).unwrap();
     g.set_outputs(vec![y, m]);
     g
@@ -49,10 +31,7 @@ fn graph() -> Graph {
 fn ten_thousand_runs_keep_memory_flat() {
     let g = graph();
     let c = kiln::compile(&g, &kiln_tests::cpu_config()).unwrap();
-    let ins: Vec<HostTensor> = diff::random_inputs(&g, 1)
-        .iter()
-        .map(HostTensor::from_value)
-        .collect();
+    let ins: Vec<HostTensor> = diff::random_inputs(&g, 1).iter().map(HostTensor::from_value).collect();
     let want = ir::interp::run(&g, &diff::random_inputs(&g, 1)).unwrap();
     // Warm up: allocator pools, lazily created scratch.
     for _ in 0..500 {
@@ -69,10 +48,7 @@ fn ten_thousand_runs_keep_memory_flat() {
     // One call allocates ~2 KiB of outputs: a leak of one allocation per call would be
     // >= 20 MB here.
     let growth = after.saturating_sub(before);
-    assert!(
-        growth < 2 << 20,
-        "RSS grew by {growth} bytes over 10,000 runs ({before} -> {after})"
-    );
+    assert!(growth < 2 << 20, "RSS grew by {growth} bytes over 10,000 runs ({before} -> {after})");
 }
 
 #[test]
@@ -86,8 +62,5 @@ fn repeated_compiles_do_not_grow_without_bound() {
         drop(kiln::compile(&g, &kiln_tests::cpu_config()).unwrap());
     }
     let growth = rss_bytes().saturating_sub(before);
-    assert!(
-        growth < 24 << 20,
-        "RSS grew by {growth} bytes over 20 compiles"
-    );
+    assert!(growth < 24 << 20, "RSS grew by {growth} bytes over 20 compiles");
 }

@@ -8,10 +8,7 @@ use proptest::prelude::*;
 fn check_text(text: &str) {
     if let Ok(g) = ir::text::parse(text) {
         ir::verify::verify(&g).expect("parse returned an unverified graph");
-        assert_eq!(
-            ir::text::parse(&g.to_string()).expect("printed graph parses"),
-            g
-        );
+        assert_eq!(ir::text::parse(&g.to_string()).expect("printed graph parses"), g);
         let small = g.nodes().all(|(_, n)| n.shape.numel() <= 1 << 16);
         if small && g.len() < 400 {
             let ins = kiln_tests::diff::random_inputs(&g, 0);
@@ -32,36 +29,8 @@ enum Mutation {
 
 fn mutation() -> impl Strategy<Value = Mutation> {
     let token = prop::sample::select(vec![
-        "%",
-        "(",
-        ")",
-        "{",
-        "}",
-        "[",
-        "]",
-        ",",
-        ":",
-        "=",
-        "\"",
-        "-1",
-        "99999999999999999999",
-        "1e308",
-        "nan",
-        "f16",
-        "bool",
-        "i64",
-        "axes=[]",
-        "perm=[1,0]",
-        "return",
-        "graph @x {",
-        "input",
-        "matmul",
-        "concat",
-        "fused",
-        "body=",
-        "\n",
-        "%0",
-        "%999",
+        "%", "(", ")", "{", "}", "[", "]", ",", ":", "=", "\"", "-1", "99999999999999999999", "1e308", "nan", "f16", "bool",
+        "i64", "axes=[]", "perm=[1,0]", "return", "graph @x {", "input", "matmul", "concat", "fused", "body=", "\n", "%0", "%999",
     ]);
     prop_oneof![
         (any::<usize>(), 1usize..20).prop_map(|(a, n)| Mutation::Delete(a, n)),
@@ -80,10 +49,7 @@ fn apply(text: &str, m: &Mutation) -> String {
     match m {
         Mutation::Delete(a, k) => {
             let a = a % n;
-            chars[..a]
-                .iter()
-                .chain(chars[(a + k).min(chars.len())..].iter())
-                .collect()
+            chars[..a].iter().chain(chars[(a + k).min(chars.len())..].iter()).collect()
         }
         Mutation::Insert(a, t) => {
             let a = a % n;
@@ -115,12 +81,7 @@ fn apply(text: &str, m: &Mutation) -> String {
         }
         Mutation::BigNumber(a) => {
             // Replace the a-th number by a huge one (dims, ids, axes).
-            let digits: Vec<usize> = chars
-                .iter()
-                .enumerate()
-                .filter(|(_, c)| c.is_ascii_digit())
-                .map(|(i, _)| i)
-                .collect();
+            let digits: Vec<usize> = chars.iter().enumerate().filter(|(_, c)| c.is_ascii_digit()).map(|(i, _)| i).collect();
             if digits.is_empty() {
                 return text.to_string();
             }

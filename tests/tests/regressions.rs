@@ -25,11 +25,7 @@ fn known_failures(dir: &Path) -> BTreeMap<String, String> {
 fn seed_of(path: &Path) -> u64 {
     let text = std::fs::read_to_string(path).unwrap_or_default();
     text.lines()
-        .find_map(|l| {
-            l.strip_prefix("# kiln-fuzz seed ")
-                .and_then(|r| r.split_whitespace().next())
-                .and_then(|s| s.parse().ok())
-        })
+        .find_map(|l| l.strip_prefix("# kiln-fuzz seed ").and_then(|r| r.split_whitespace().next()).and_then(|s| s.parse().ok()))
         .unwrap_or(0)
 }
 
@@ -37,16 +33,10 @@ fn seed_of(path: &Path) -> u64 {
 fn every_regression_file_matches_reference() {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("regressions");
     let known = known_failures(&dir);
-    let mut files: Vec<_> = std::fs::read_dir(&dir)
-        .map(|d| d.filter_map(|e| e.ok()).map(|e| e.path()).collect())
-        .unwrap_or_default();
+    let mut files: Vec<_> = std::fs::read_dir(&dir).map(|d| d.filter_map(|e| e.ok()).map(|e| e.path()).collect()).unwrap_or_default();
     files.retain(|p| p.extension().is_some_and(|e| e == "kir"));
     files.sort();
-    assert!(
-        !files.is_empty(),
-        "no regression files in {}",
-        dir.display()
-    );
+    assert!(!files.is_empty(), "no regression files in {}", dir.display());
     let mut failed = Vec::new();
     let mut known_seen = Vec::new();
     for path in &files {
@@ -54,12 +44,7 @@ fn every_regression_file_matches_reference() {
         // Every file must at least parse.
         kiln_tests::shrink::load(path).unwrap_or_else(|e| panic!("{e}"));
         let out = Command::new(env!("CARGO_BIN_EXE_kiln-fuzz"))
-            .args([
-                "--check",
-                &path.to_string_lossy(),
-                "--seed",
-                &seed_of(path).to_string(),
-            ])
+            .args(["--check", &path.to_string_lossy(), "--seed", &seed_of(path).to_string()])
             .output()
             .expect("run kiln-fuzz --check");
         let problem = if out.status.success() {
@@ -82,14 +67,6 @@ fn every_regression_file_matches_reference() {
     for k in &known_seen {
         eprintln!("KNOWN FAILURE {k}");
     }
-    eprintln!(
-        "{} regression files, {} known failures",
-        files.len(),
-        known_seen.len()
-    );
-    assert!(
-        failed.is_empty(),
-        "regressions failed:\n{}",
-        failed.join("\n")
-    );
+    eprintln!("{} regression files, {} known failures", files.len(), known_seen.len());
+    assert!(failed.is_empty(), "regressions failed:\n{}", failed.join("\n"));
 }

@@ -14,17 +14,8 @@ fn hammer(g: &ir::Graph, backend: Backend, optimize: bool) {
                     let ins = diff::random_inputs(g, t * 1000 + i);
                     let want = ir::interp::run(g, &ins).unwrap();
                     let host: Vec<HostTensor> = ins.iter().map(HostTensor::from_value).collect();
-                    let got: Vec<_> = c
-                        .run(&host)
-                        .unwrap()
-                        .iter()
-                        .map(HostTensor::to_value)
-                        .collect();
-                    assert_eq!(
-                        diff::compare(g, &got, &want),
-                        Verdict::Pass,
-                        "thread {t} call {i}"
-                    );
+                    let got: Vec<_> = c.run(&host).unwrap().iter().map(HostTensor::to_value).collect();
+                    assert_eq!(diff::compare(g, &got, &want), Verdict::Pass, "thread {t} call {i}");
                 }
             });
         }
@@ -34,9 +25,7 @@ fn hammer(g: &ir::Graph, backend: Backend, optimize: bool) {
 #[test]
 fn one_compiled_graph_from_eight_threads() {
     // A batch of random graphs (matmuls, reductions, attention...) as one compiled graph.
-    let parts: Vec<ir::Graph> = (0..12)
-        .map(|s| gen::generate(500 + s, &GenConfig::default()))
-        .collect();
+    let parts: Vec<ir::Graph> = (0..12).map(|s| gen::generate(500 + s, &GenConfig::default())).collect();
     let (g, _) = gen::merge("threads", &parts);
     hammer(&g, Backend::Cpu, true);
 }
@@ -56,9 +45,7 @@ fn one_compiled_graph_from_eight_threads_gpu() {
         eprintln!("no CUDA device: skipped");
         return;
     }
-    let parts: Vec<ir::Graph> = (0..12)
-        .map(|s| gen::generate(500 + s, &GenConfig::default()))
-        .collect();
+    let parts: Vec<ir::Graph> = (0..12).map(|s| gen::generate(500 + s, &GenConfig::default())).collect();
     let (g, _) = gen::merge("threads_gpu", &parts);
     hammer(&g, Backend::Cuda, true);
 }

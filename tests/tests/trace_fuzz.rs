@@ -41,19 +41,14 @@ fn act() -> impl Strategy<Value = Act> {
     prop_oneof![
         any::<u8>().prop_map(Act::Unary),
         (any::<u8>(), dims(), 0usize..6).prop_map(|(o, d, t)| Act::Binary(o, d, t)),
-        (
-            any::<u8>(),
-            prop::sample::select(vec![0.0, -1.0, 2.5, f64::NAN, f64::INFINITY, 1e300])
-        )
-            .prop_map(|(o, v)| Act::Scalar(o, v)),
+        (any::<u8>(), prop::sample::select(vec![0.0, -1.0, 2.5, f64::NAN, f64::INFINITY, 1e300])).prop_map(|(o, v)| Act::Scalar(o, v)),
         prop::collection::vec(-2i64..40, 0..5).prop_map(Act::Reshape),
         prop::collection::vec(0usize..5, 0..5).prop_map(Act::Permute),
         (ax.clone(), ax.clone()).prop_map(|(a, b)| Act::Transpose(a, b)),
         (prop::collection::vec(ax.clone(), 0..3), any::<bool>()).prop_map(|(a, k)| Act::Sum(a, k)),
         (ax.clone(), any::<bool>()).prop_map(|(a, k)| Act::Amax(a, k)),
         ax.clone().prop_map(Act::Softmax),
-        (ax.clone(), -10isize..10, -10isize..10, 0usize..4)
-            .prop_map(|(a, s, e, st)| Act::Slice(a, s, e, st)),
+        (ax.clone(), -10isize..10, -10isize..10, 0usize..4).prop_map(|(a, s, e, st)| Act::Slice(a, s, e, st)),
         prop::collection::vec(-2i64..8, 0..5).prop_map(Act::Expand),
         ax.clone().prop_map(Act::Cat),
         dims().prop_map(Act::MatMul),
@@ -135,9 +130,7 @@ fn step(tr: &Tracer, x: &Tensor, a: &Act, n: &mut usize) -> frontend::Result<Ten
         Act::Squeeze(d) => x.squeeze(*d),
         Act::LayerNorm(s) => x.layer_norm(s, None, None, 1e-5),
         Act::Flatten(a, b) => x.flatten(*a, *b),
-        Act::Split(k, d) => x
-            .split(*k, *d)
-            .map(|v| v.into_iter().next().unwrap_or_else(|| x.clone())),
+        Act::Split(k, d) => x.split(*k, *d).map(|v| v.into_iter().next().unwrap_or_else(|| x.clone())),
         Act::Tril(k) => x.tril(*k),
     }
 }

@@ -22,10 +22,7 @@ mod skinny;
 pub(crate) use attn::{attention, is_index_map};
 pub(crate) use flash::{flash_attention, flash_fits};
 pub use skinny::with_skinny_gemm;
-pub(crate) use skinny::{
-    main_kernel as skinny_gemm, zero_counters as skinny_zero_counters, Invariant, Norm, Skinny,
-    WAIT_MARK,
-};
+pub(crate) use skinny::{main_kernel as skinny_gemm, zero_counters as skinny_zero_counters, Invariant, Norm, Skinny, WAIT_MARK};
 
 use super::math;
 use super::GpuError;
@@ -48,11 +45,7 @@ const EW_THREADS: u32 = 256;
 /// WORKLOADS.md): softmax 87% of copy with 1 chunk, 95% with 2, 94% with 4 (layer_norm 97%
 /// in all three); ew_chain 95% with 1 vector per thread, 92-93% with 2 or 4.
 fn knob(name: &str, default: usize) -> usize {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .filter(|&v| v >= 1)
-        .unwrap_or(default)
+    std::env::var(name).ok().and_then(|v| v.parse().ok()).filter(|&v| v >= 1).unwrap_or(default)
 }
 /// A thread holds at most this many vector chunks of a reduced row in registers.
 const MAX_CHUNKS: u32 = 16;
@@ -145,12 +138,7 @@ struct RowCtx {
 
 impl<'g> Emitter<'g> {
     fn new(body: &'g Graph, args: &[(DType, usize)], vec: usize) -> Emitter<'g> {
-        let arg_of_input = body
-            .inputs()
-            .iter()
-            .enumerate()
-            .map(|(i, &n)| (n, i))
-            .collect();
+        let arg_of_input = body.inputs().iter().enumerate().map(|(i, &n)| (n, i)).collect();
         Emitter {
             body,
             arg_of_input,
@@ -226,12 +214,7 @@ impl<'g> Emitter<'g> {
 
     fn ix_const(&mut self, k: i64) -> Ix {
         let c = self.c_index(k);
-        Ix {
-            lanes: vec![c; self.vec],
-            form: Form::Uniform {
-                mult: k % self.vec as i64 == 0,
-            },
-        }
+        Ix { lanes: vec![c; self.vec], form: Form::Uniform { mult: k % self.vec as i64 == 0 } }
     }
 
     fn ix_map(&mut self, a: &Ix, f: impl Fn(&str) -> String, form: Form) -> Ix {
@@ -239,13 +222,7 @@ impl<'g> Emitter<'g> {
             let v = self.op(&f(&a.lanes[0]));
             vec![v; self.vec]
         } else {
-            a.lanes
-                .iter()
-                .map(|l| f(l))
-                .collect::<Vec<_>>()
-                .into_iter()
-                .map(|rhs| self.op(&rhs))
-                .collect()
+            a.lanes.iter().map(|l| f(l)).collect::<Vec<_>>().into_iter().map(|rhs| self.op(&rhs)).collect()
         };
         Ix { lanes, form }
     }
@@ -259,9 +236,7 @@ impl<'g> Emitter<'g> {
         }
         let c = self.c_index(k);
         let form = match a.form {
-            Form::Uniform { mult } => Form::Uniform {
-                mult: mult || k % self.vec as i64 == 0,
-            },
+            Form::Uniform { mult } => Form::Uniform { mult: mult || k % self.vec as i64 == 0 },
             _ => Form::Other,
         };
         self.ix_map(a, |l| format!("arith.muli {l}, {c} : index"), form)
@@ -269,30 +244,17 @@ impl<'g> Emitter<'g> {
 
     fn ix_add(&mut self, a: &Ix, b: &Ix) -> Ix {
         let form = match (a.form, b.form) {
-            (Form::Uniform { mult: x }, Form::Uniform { mult: y }) => {
-                Form::Uniform { mult: x && y }
+            (Form::Uniform { mult: x }, Form::Uniform { mult: y }) => Form::Uniform { mult: x && y },
+            (Form::Contig { aligned }, Form::Uniform { mult }) | (Form::Uniform { mult }, Form::Contig { aligned }) => {
+                Form::Contig { aligned: aligned && mult }
             }
-            (Form::Contig { aligned }, Form::Uniform { mult })
-            | (Form::Uniform { mult }, Form::Contig { aligned }) => Form::Contig {
-                aligned: aligned && mult,
-            },
             _ => Form::Other,
         };
         let lanes = if matches!(form, Form::Uniform { .. }) {
-            let v = self.op(&format!(
-                "arith.addi {}, {} : index",
-                a.lanes[0], b.lanes[0]
-            ));
+            let v = self.op(&format!("arith.addi {}, {} : index", a.lanes[0], b.lanes[0]));
             vec![v; self.vec]
         } else {
-            (0..self.vec)
-                .map(|j| {
-                    self.op(&format!(
-                        "arith.addi {}, {} : index",
-                        a.lanes[j], b.lanes[j]
-                    ))
-                })
-                .collect()
+            (0..self.vec).map(|j| self.op(&format!("arith.addi {}, {} : index", a.lanes[j], b.lanes[j]))).collect()
         };
         Ix { lanes, form }
     }
@@ -318,10 +280,7 @@ impl<'g> Emitter<'g> {
         };
         if let (Form::Uniform { .. }, Form::Contig { .. }) = (form, a.form) {
             let x = self.op(&format!("arith.divui {}, {c} : index", a.lanes[0]));
-            return Ix {
-                lanes: vec![x; self.vec],
-                form,
-            };
+            return Ix { lanes: vec![x; self.vec], form };
         }
         self.ix_map(a, |l| format!("arith.divui {l}, {c} : index"), form)
     }
@@ -347,21 +306,10 @@ impl<'g> Emitter<'g> {
         let lanes = (0..self.vec)
             .map(|j| {
                 let c = self.c_index(j as i64);
-                if j == 0 {
-                    base.clone()
-                } else {
-                    self.op(&format!("arith.addi {base}, {c} : index"))
-                }
+                if j == 0 { base.clone() } else { self.op(&format!("arith.addi {base}, {c} : index")) }
             })
             .collect();
-        Ix {
-            lanes,
-            form: if self.vec > 1 {
-                Form::Contig { aligned: true }
-            } else {
-                Form::Uniform { mult: true }
-            },
-        }
+        Ix { lanes, form: if self.vec > 1 { Form::Contig { aligned: true } } else { Form::Uniform { mult: true } } }
     }
 
     /// Clamp into `[lo, hi]` (signed): the index stays in bounds whatever it was.
@@ -371,10 +319,7 @@ impl<'g> Emitter<'g> {
     /// fuses into a packed `VIMNMX.U16x2` whose two halves write the same predicate, so the
     /// test came out wrong (GPU fuzzing, seeds 923002788 and 925001213).
     fn ix_clamp(&mut self, a: &Ix, lo: i64, hi: i64) -> Ix {
-        let (l, h) = (
-            self.constant(&lo.to_string(), "i64"),
-            self.constant(&hi.to_string(), "i64"),
-        );
+        let (l, h) = (self.constant(&lo.to_string(), "i64"), self.constant(&hi.to_string(), "i64"));
         let clamp = |e: &mut Self, x: &str| {
             let x = e.op(&format!("arith.index_cast {x} : index to i64"));
             let r = e.op(&format!(
@@ -384,16 +329,10 @@ impl<'g> Emitter<'g> {
         };
         if matches!(a.form, Form::Uniform { .. }) {
             let v = clamp(self, &a.lanes[0]);
-            return Ix {
-                lanes: vec![v; self.vec],
-                form: Form::Uniform { mult: false },
-            };
+            return Ix { lanes: vec![v; self.vec], form: Form::Uniform { mult: false } };
         }
         let lanes = a.lanes.clone().iter().map(|x| clamp(self, x)).collect();
-        Ix {
-            lanes,
-            form: Form::Other,
-        }
+        Ix { lanes, form: Form::Other }
     }
 
     /// Row-major linear offset of a multi-index into `shape`.
@@ -420,11 +359,7 @@ impl<'g> Emitter<'g> {
                     return self.ix_const(0);
                 }
                 let q = self.ix_div(lin, strides[d] as i64);
-                if d == 0 {
-                    q
-                } else {
-                    self.ix_rem(&q, n)
-                }
+                if d == 0 { q } else { self.ix_rem(&q, n) }
             })
             .collect()
     }
@@ -433,13 +368,7 @@ impl<'g> Emitter<'g> {
     fn broadcast_index(&mut self, idx: &[Ix], out: &Shape, operand: &Shape) -> Vec<Ix> {
         let lead = out.rank() - operand.rank();
         (0..operand.rank())
-            .map(|i| {
-                if operand.dims()[i] == 1 && out.dims()[lead + i] != 1 {
-                    self.ix_const(0)
-                } else {
-                    idx[lead + i].clone()
-                }
-            })
+            .map(|i| if operand.dims()[i] == 1 && out.dims()[lead + i] != 1 { self.ix_const(0) } else { idx[lead + i].clone() })
             .collect()
     }
 
@@ -456,27 +385,17 @@ impl<'g> Emitter<'g> {
             }
             Form::Contig { aligned: true } if self.vec > 1 => {
                 let vt = format!("vector<{}x{st}>", self.vec);
-                let v = self.op(&format!(
-                    "vector.load %a{arg}[{}] {{alignment = {} : i64}} : {mem}, {vt}",
-                    lin.lanes[0],
-                    self.vec * dtype.size_bytes()
-                ));
-                (0..self.vec)
-                    .map(|j| self.op(&format!("vector.extract {v}[{j}] : {st} from {vt}")))
-                    .collect()
+                let v = self.op(&format!("vector.load %a{arg}[{}] {{alignment = {} : i64}} : {mem}, {vt}", lin.lanes[0], self.vec * dtype.size_bytes()));
+                (0..self.vec).map(|j| self.op(&format!("vector.extract {v}[{j}] : {st} from {vt}"))).collect()
             }
-            _ => (0..self.vec)
-                .map(|j| self.op(&format!("memref.load %a{arg}[{}] : {mem}", lin.lanes[j])))
-                .collect(),
+            _ => (0..self.vec).map(|j| self.op(&format!("memref.load %a{arg}[{}] : {mem}", lin.lanes[j]))).collect(),
         };
         self.lanewise(&raw, |e, x| e.to_compute(x, dtype))
     }
 
     fn to_compute(&mut self, x: &str, d: DType) -> String {
         match d {
-            DType::F16 | DType::BF16 => {
-                self.op(&format!("arith.extf {x} : {} to f32", storage_type(d)))
-            }
+            DType::F16 | DType::BF16 => self.op(&format!("arith.extf {x} : {} to f32", storage_type(d))),
             DType::Bool => {
                 let z = self.constant("0", "i8");
                 self.op(&format!("arith.cmpi ne, {x}, {z} : i8"))
@@ -487,9 +406,7 @@ impl<'g> Emitter<'g> {
 
     fn to_storage(&mut self, x: &str, d: DType) -> String {
         match d {
-            DType::F16 | DType::BF16 => {
-                self.op(&format!("arith.truncf {x} : f32 to {}", storage_type(d)))
-            }
+            DType::F16 | DType::BF16 => self.op(&format!("arith.truncf {x} : f32 to {}", storage_type(d))),
             DType::Bool => self.op(&format!("arith.extui {x} : i1 to i8")),
             _ => x.to_string(),
         }
@@ -504,32 +421,18 @@ impl<'g> Emitter<'g> {
             Form::Contig { aligned: true } if self.vec > 1 => {
                 let vt = format!("vector<{}x{st}>", self.vec);
                 let v = self.op(&format!("vector.from_elements {} : {vt}", raw.join(", ")));
-                self.line(&format!(
-                    "vector.store {v}, %a{arg}[{}] {{alignment = {} : i64}} : {mem}, {vt}",
-                    lin.lanes[0],
-                    self.vec * dtype.size_bytes()
-                ));
+                self.line(&format!("vector.store {v}, %a{arg}[{}] {{alignment = {} : i64}} : {mem}, {vt}", lin.lanes[0], self.vec * dtype.size_bytes()));
             }
-            Form::Uniform { .. } => self.line(&format!(
-                "memref.store {}, %a{arg}[{}] : {mem}",
-                raw[0], lin.lanes[0]
-            )),
+            Form::Uniform { .. } => self.line(&format!("memref.store {}, %a{arg}[{}] : {mem}", raw[0], lin.lanes[0])),
             _ => {
                 for j in 0..self.vec {
-                    self.line(&format!(
-                        "memref.store {}, %a{arg}[{}] : {mem}",
-                        raw[j], lin.lanes[j]
-                    ));
+                    self.line(&format!("memref.store {}, %a{arg}[{}] : {mem}", raw[j], lin.lanes[j]));
                 }
             }
         }
     }
 
-    fn lanewise(
-        &mut self,
-        xs: &[String],
-        mut f: impl FnMut(&mut Self, &str) -> String,
-    ) -> Vec<String> {
+    fn lanewise(&mut self, xs: &[String], mut f: impl FnMut(&mut Self, &str) -> String) -> Vec<String> {
         // Lanes holding the same SSA value are computed once.
         let mut done: HashMap<String, String> = HashMap::new();
         xs.iter()
@@ -548,14 +451,7 @@ impl<'g> Emitter<'g> {
 
     /// The value of body node `id` at multi-index `idx` (into the node's shape), one SSA value per lane.
     fn value(&mut self, id: NodeId, idx: &[Ix]) -> Result<Vec<String>, GpuError> {
-        let key = format!(
-            "{}@{}",
-            id.index(),
-            idx.iter()
-                .map(|i| i.lanes.join(","))
-                .collect::<Vec<_>>()
-                .join(";")
-        );
+        let key = format!("{}@{}", id.index(), idx.iter().map(|i| i.lanes.join(",")).collect::<Vec<_>>().join(";"));
         if let Some(v) = self.memo.get(&key) {
             return Ok(v.clone());
         }
@@ -604,12 +500,7 @@ impl<'g> Emitter<'g> {
                 }
                 let ty = compute_type(node.dtype);
                 (0..self.vec)
-                    .map(|j| {
-                        self.op(&format!(
-                            "arith.select {}, {}, {} : {ty}",
-                            vals[0][j], vals[1][j], vals[2][j]
-                        ))
-                    })
+                    .map(|j| self.op(&format!("arith.select {}, {}, {} : {ty}", vals[0][j], vals[1][j], vals[2][j])))
                     .collect()
             }
             Op::Cast { to } => {
@@ -625,13 +516,7 @@ impl<'g> Emitter<'g> {
                 self.value(node.inputs[0], &inner)?
             }
             Op::Permute { perm } => {
-                let mut inner = vec![
-                    Ix {
-                        lanes: vec![],
-                        form: Form::Other
-                    };
-                    perm.len()
-                ];
+                let mut inner = vec![Ix { lanes: vec![], form: Form::Other }; perm.len()];
                 for (i, &p) in perm.iter().enumerate() {
                     inner[p] = idx[i].clone();
                 }
@@ -641,9 +526,7 @@ impl<'g> Emitter<'g> {
                 let inner = self.broadcast_index(idx, &node.shape, &operand(0).shape);
                 self.value(node.inputs[0], &inner)?
             }
-            Op::Slice {
-                axis, start, step, ..
-            } => {
+            Op::Slice { axis, start, step, .. } => {
                 let mut inner = idx.to_vec();
                 let scaled = self.ix_mul(&idx[*axis], *step as i64);
                 inner[*axis] = self.ix_add_const(&scaled, *start as i64);
@@ -654,10 +537,7 @@ impl<'g> Emitter<'g> {
             Op::MatMul | Op::FlashAttention { .. } | Op::Fused(_) => {
                 return Err(GpuError::Unsupported {
                     kernel: String::new(),
-                    reason: format!(
-                        "`{}` inside a loop kernel (it must be its own kernel)",
-                        node.op.name()
-                    ),
+                    reason: format!("`{}` inside a loop kernel (it must be its own kernel)", node.op.name()),
                 })
             }
         };
@@ -669,18 +549,10 @@ impl<'g> Emitter<'g> {
         let body = self.body;
         let ia = self.broadcast_index(idx, &node.shape, &body.node(node.inputs[0]).shape);
         let ib = self.broadcast_index(idx, &node.shape, &body.node(node.inputs[1]).shape);
-        Ok((
-            self.value(node.inputs[0], &ia)?,
-            self.value(node.inputs[1], &ib)?,
-        ))
+        Ok((self.value(node.inputs[0], &ia)?, self.value(node.inputs[1], &ib)?))
     }
 
-    fn zip(
-        &mut self,
-        x: &[String],
-        y: &[String],
-        mut f: impl FnMut(&mut Self, &str, &str) -> String,
-    ) -> Vec<String> {
+    fn zip(&mut self, x: &[String], y: &[String], mut f: impl FnMut(&mut Self, &str, &str) -> String) -> Vec<String> {
         let mut done: HashMap<(String, String), String> = HashMap::new();
         (0..self.vec)
             .map(|j| {
@@ -705,13 +577,7 @@ impl<'g> Emitter<'g> {
         })
     }
 
-    fn pad(
-        &mut self,
-        node: &Node,
-        idx: &[Ix],
-        pads: &[(usize, usize)],
-        value: f64,
-    ) -> Result<Vec<String>, GpuError> {
+    fn pad(&mut self, node: &Node, idx: &[Ix], pads: &[(usize, usize)], value: f64) -> Result<Vec<String>, GpuError> {
         let inner_shape = self.body.node(node.inputs[0]).shape.clone();
         let mut inner = Vec::new();
         let mut ok: Option<Vec<String>> = None;
@@ -725,9 +591,7 @@ impl<'g> Emitter<'g> {
             let valid = self.in_range(&shifted, 0, n);
             ok = Some(match ok {
                 None => valid,
-                Some(prev) => self.zip(&prev, &valid, |e, a, b| {
-                    e.op(&format!("arith.andi {a}, {b} : i1"))
-                }),
+                Some(prev) => self.zip(&prev, &valid, |e, a, b| e.op(&format!("arith.andi {a}, {b} : i1"))),
             });
             inner.push(self.ix_clamp(&shifted, 0, n - 1));
         }
@@ -735,9 +599,7 @@ impl<'g> Emitter<'g> {
         let Some(ok) = ok else { return Ok(v) };
         let fill = self.c_typed(value, node.dtype);
         let ty = compute_type(node.dtype);
-        Ok((0..self.vec)
-            .map(|j| self.op(&format!("arith.select {}, {}, {fill} : {ty}", ok[j], v[j])))
-            .collect())
+        Ok((0..self.vec).map(|j| self.op(&format!("arith.select {}, {}, {fill} : {ty}", ok[j], v[j]))).collect())
     }
 
     fn concat(&mut self, node: &Node, idx: &[Ix], axis: usize) -> Result<Vec<String>, GpuError> {
@@ -754,14 +616,7 @@ impl<'g> Emitter<'g> {
                 None => v,
                 Some(prev) => {
                     let take = self.in_range(&shifted, 0, len);
-                    (0..self.vec)
-                        .map(|j| {
-                            self.op(&format!(
-                                "arith.select {}, {}, {} : {ty}",
-                                take[j], v[j], prev[j]
-                            ))
-                        })
-                        .collect()
+                    (0..self.vec).map(|j| self.op(&format!("arith.select {}, {}, {} : {ty}", take[j], v[j], prev[j]))).collect()
                 }
             });
             offset += len;
@@ -775,38 +630,22 @@ impl<'g> Emitter<'g> {
             return Ok(v.clone());
         }
         let node = self.body.node(id);
-        let Op::Reduce { op, .. } = &node.op else {
-            unreachable!("reduce() on a non-reduce node")
-        };
+        let Op::Reduce { op, .. } = &node.op else { unreachable!("reduce() on a non-reduce node") };
         let op = *op;
         let input = node.inputs[0];
         let dtype = self.body.node(input).dtype;
         let ty = compute_type(dtype);
         let chunks = match &self.row {
-            Some(r) => r
-                .chunks
-                .iter()
-                .map(|(ix, valid)| (ix.clone(), valid.clone()))
-                .collect::<Vec<_>>(),
+            Some(r) => r.chunks.iter().map(|(ix, valid)| (ix.clone(), valid.clone())).collect::<Vec<_>>(),
             None => {
-                return Err(GpuError::Unsupported {
-                    kernel: String::new(),
-                    reason: "a reduction in an elementwise kernel".into(),
-                })
+                return Err(GpuError::Unsupported { kernel: String::new(), reason: "a reduction in an elementwise kernel".into() })
             }
         };
         let identity = match (op, dtype.is_float()) {
             (ReduceOp::Sum, true) => self.c_f32(0.0),
             (ReduceOp::Max, true) => self.c_f32(f64::NEG_INFINITY),
             (ReduceOp::Sum, false) => self.c_typed(0.0, dtype),
-            (ReduceOp::Max, false) => self.constant(
-                if dtype == DType::I32 {
-                    "-2147483648"
-                } else {
-                    "-9223372036854775808"
-                },
-                ty,
-            ),
+            (ReduceOp::Max, false) => self.constant(if dtype == DType::I32 { "-2147483648" } else { "-9223372036854775808" }, ty),
         };
         let combine = |e: &mut Self, a: &str, b: &str| -> String {
             match (op, dtype.is_float()) {
@@ -833,9 +672,7 @@ impl<'g> Emitter<'g> {
             let o = self.c_i32(off);
             let s = self.fresh();
             let p = self.fresh();
-            self.line(&format!(
-                "{s}, {p} = gpu.shuffle xor {acc}, {o}, {width} : {ty}"
-            ));
+            self.line(&format!("{s}, {p} = gpu.shuffle xor {acc}, {o}, {width} : {ty}"));
             acc = combine(self, &acc, &s);
         }
         // Across warps through shared memory.
@@ -845,9 +682,7 @@ impl<'g> Emitter<'g> {
         };
         if warps > 1 {
             let smem = format!("%s{}", self.smem.len());
-            self.smem.push(format!(
-                "{smem} : memref<32x{ty}, #gpu.address_space<workgroup>>"
-            ));
+            self.smem.push(format!("{smem} : memref<32x{ty}, #gpu.address_space<workgroup>>"));
             let mt = format!("memref<32x{ty}, #gpu.address_space<workgroup>>");
             self.line(&format!("scf.if {leader} {{"));
             self.line(&format!("  memref.store {acc}, {smem}[{warp}] : {mt}"));
@@ -876,17 +711,9 @@ impl<'g> Emitter<'g> {
             .enumerate()
             .map(|(i, (d, n))| format!("%a{i}: memref<{n}x{}>", storage_type(*d)))
             .collect();
-        let wg = if self.smem.is_empty() {
-            String::new()
-        } else {
-            format!(" workgroup({})", self.smem.join(", "))
-        };
+        let wg = if self.smem.is_empty() { String::new() } else { format!(" workgroup({})", self.smem.join(", ")) };
         let mut s = String::new();
-        let _ = writeln!(
-            s,
-            "  gpu.func @{symbol}({}){wg} kernel attributes {{{extra_attrs}}} {{",
-            args.join(", ")
-        );
+        let _ = writeln!(s, "  gpu.func @{symbol}({}){wg} kernel attributes {{{extra_attrs}}} {{", args.join(", "));
         s.push_str(&self.consts);
         s.push_str(&self.code);
         let _ = writeln!(s, "    gpu.return\n  }}");
@@ -934,9 +761,7 @@ fn cast(e: &mut Emitter, x: &str, from: DType, to: DType) -> String {
             e.op(&format!("arith.extf {t} : {st} to f32"))
         }
         (F16 | BF16, F32) => x.to_string(),
-        (F32 | F16 | BF16, I32 | I64) => {
-            e.op(&format!("arith.fptosi {x} : f32 to {}", compute_type(to)))
-        }
+        (F32 | F16 | BF16, I32 | I64) => e.op(&format!("arith.fptosi {x} : f32 to {}", compute_type(to))),
         (I32 | I64, F32 | F16 | BF16) => {
             let f = e.op(&format!("arith.sitofp {x} : {} to f32", compute_type(from)));
             cast(e, &f, F32, to)
@@ -959,50 +784,31 @@ fn cast(e: &mut Emitter, x: &str, from: DType, to: DType) -> String {
 
 /// The kernel's outputs: (argument index, body node).
 fn outputs(body: &Graph, n_inputs: usize) -> Vec<(usize, NodeId)> {
-    body.outputs()
-        .iter()
-        .enumerate()
-        .map(|(i, &o)| (n_inputs + i, o))
-        .collect()
+    body.outputs().iter().enumerate().map(|(i, &o)| (n_inputs + i, o)).collect()
 }
 
 /// Emits an elementwise (or pure movement) kernel over the shape of its first output.
-pub(crate) fn elementwise(
-    symbol: &str,
-    body: &Graph,
-    args: &[(DType, usize)],
-) -> Result<EmittedKernel, GpuError> {
+pub(crate) fn elementwise(symbol: &str, body: &Graph, args: &[(DType, usize)]) -> Result<EmittedKernel, GpuError> {
     let outs = outputs(body, body.inputs().len());
     let first = body.node(outs[0].1).shape.clone();
     for &(_, o) in &outs {
         if body.node(o).shape != first {
             return Err(GpuError::Unsupported {
                 kernel: symbol.into(),
-                reason: format!(
-                    "elementwise outputs of different shapes ({} and {})",
-                    first,
-                    body.node(o).shape
-                ),
+                reason: format!("elementwise outputs of different shapes ({} and {})", first, body.node(o).shape),
             });
         }
     }
     let numel = first.numel().max(1);
     let last = first.dims().last().copied().unwrap_or(1);
-    let mut vec = vec_width(
-        body.nodes()
-            .filter(|(_, n)| matches!(n.op, Op::Input { .. }))
-            .map(|(_, n)| n.dtype)
-            .chain(outs.iter().map(|&(_, o)| body.node(o).dtype)),
-    );
+    let mut vec = vec_width(body.nodes().filter(|(_, n)| matches!(n.op, Op::Input { .. })).map(|(_, n)| n.dtype).chain(outs.iter().map(|&(_, o)| body.node(o).dtype)));
     if last % vec != 0 || numel % vec != 0 {
         vec = 1;
     }
     let mut e = Emitter::new(body, args, vec);
     let groups = numel / vec;
     // Each thread handles `per` vectors, a block-sized stride apart (coalesced per step).
-    let per = knob("KILN_GPU_EW_VECS", 1)
-        .min(groups.div_ceil(EW_THREADS as usize))
-        .max(1);
+    let per = knob("KILN_GPU_EW_VECS", 1).min(groups.div_ceil(EW_THREADS as usize)).max(1);
     let tid = e.op("gpu.thread_id x");
     let bid = e.op("gpu.block_id x");
     let bdim = e.c_index((EW_THREADS as usize * per) as i64);
@@ -1010,11 +816,7 @@ pub(crate) fn elementwise(
     let g0 = e.op(&format!("arith.addi {g0}, {tid} : index"));
     for step in 0..per {
         let off = e.c_index((step * EW_THREADS as usize) as i64);
-        let g = if step == 0 {
-            g0.clone()
-        } else {
-            e.op(&format!("arith.addi {g0}, {off} : index"))
-        };
+        let g = if step == 0 { g0.clone() } else { e.op(&format!("arith.addi {g0}, {off} : index")) };
         let ng = e.c_index(groups as i64);
         let inb = e.op(&format!("arith.cmpi ult, {g}, {ng} : index"));
         e.line(&format!("scf.if {inb} {{"));
@@ -1044,15 +846,8 @@ pub(crate) fn elementwise(
 }
 
 /// Emits a row-reduction kernel: one block per row of the reduced axes.
-pub(crate) fn row_reduction(
-    symbol: &str,
-    body: &Graph,
-    args: &[(DType, usize)],
-) -> Result<EmittedKernel, GpuError> {
-    let unsupported = |reason: String| GpuError::Unsupported {
-        kernel: symbol.into(),
-        reason,
-    };
+pub(crate) fn row_reduction(symbol: &str, body: &Graph, args: &[(DType, usize)]) -> Result<EmittedKernel, GpuError> {
+    let unsupported = |reason: String| GpuError::Unsupported { kernel: symbol.into(), reason };
     let mut full: Option<(Shape, Vec<usize>)> = None;
     for (_, n) in body.nodes() {
         if let Op::Reduce { axes, .. } = &n.op {
@@ -1061,16 +856,12 @@ pub(crate) fn row_reduction(
                 None => full = Some((s, axes.clone())),
                 Some((f, a)) if *f == s && a == axes => {}
                 Some((f, a)) => {
-                    return Err(unsupported(format!(
-                        "reductions over different spaces ({f} axes {a:?} and {s} axes {axes:?})"
-                    )))
+                    return Err(unsupported(format!("reductions over different spaces ({f} axes {a:?} and {s} axes {axes:?})")))
                 }
             }
         }
     }
-    let Some((full, axes)) = full else {
-        return elementwise(symbol, body, args);
-    };
+    let Some((full, axes)) = full else { return elementwise(symbol, body, args) };
     let rank = full.rank();
     let keep: Vec<usize> = (0..rank).filter(|d| !axes.contains(d)).collect();
     let row_shape = Shape::new(keep.iter().map(|&d| full.dims()[d]));
@@ -1078,11 +869,7 @@ pub(crate) fn row_reduction(
     let rows = row_shape.numel();
     let cols = col_shape.numel().max(1);
     let last_reduced = axes.last() == Some(&(rank - 1));
-    let mut vec = vec_width(
-        body.nodes()
-            .filter(|(_, n)| matches!(n.op, Op::Input { .. }))
-            .map(|(_, n)| n.dtype),
-    );
+    let mut vec = vec_width(body.nodes().filter(|(_, n)| matches!(n.op, Op::Input { .. })).map(|(_, n)| n.dtype));
     if !last_reduced || full.dims()[rank - 1] % vec != 0 {
         vec = 1;
     }
@@ -1107,10 +894,7 @@ pub(crate) fn row_reduction(
     let warp = e.op(&format!("arith.divui {tid}, {c32} : index"));
     let zero = e.c_index(0);
     let leader = e.op(&format!("arith.cmpi eq, {lane}, {zero} : index"));
-    let row_ix = Ix {
-        lanes: vec![row.clone(); vec],
-        form: Form::Uniform { mult: false },
-    };
+    let row_ix = Ix { lanes: vec![row.clone(); vec], form: Form::Uniform { mult: false } };
     let row_idx = e.delinearize(&row_ix, &row_shape);
     let mut chunks = Vec::new();
     for c in 0..nchunks {
@@ -1170,10 +954,7 @@ pub(crate) fn row_reduction(
                 e.line("}");
             }
         } else if on.shape.numel() == rows {
-            let r = Ix {
-                lanes: vec![row.clone(); vec],
-                form: Form::Uniform { mult: false },
-            };
+            let r = Ix { lanes: vec![row.clone(); vec], form: Form::Uniform { mult: false } };
             let oidx = e.delinearize(&r, &on.shape);
             let v = e.value(o, &oidx).map_err(|err| err.in_kernel(symbol))?;
             e.line(&format!("scf.if {tid0} {{"));
@@ -1182,10 +963,7 @@ pub(crate) fn row_reduction(
             e.indent -= 1;
             e.line("}");
         } else {
-            return Err(unsupported(format!(
-                "output of shape {} is neither the row space {full} nor one value per row",
-                on.shape
-            )));
+            return Err(unsupported(format!("output of shape {} is neither the row space {full} nor one value per row", on.shape)));
         }
     }
     let ctx = e.row.as_ref().expect("row context");
@@ -1218,27 +996,14 @@ fn rows_mismatch(body: &Graph, full: &Shape, axes: &[usize]) -> Option<String> {
     let (rows, cols) = (row_shape.numel().max(1), col_shape.numel().max(1));
     let rows_s = sample(rows, 48);
     let cols_s = sample(cols, 24);
-    let mut walk = RowWalk {
-        body,
-        full,
-        axes,
-        keep: &keep,
-        row_shape: &row_shape,
-        col_shape: &col_shape,
-        cols: &cols_s,
-        row: vec![],
-        seen: Default::default(),
-    };
+    let mut walk = RowWalk { body, full, axes, keep: &keep, row_shape: &row_shape, col_shape: &col_shape, cols: &cols_s, row: vec![], seen: Default::default() };
     for &r in &rows_s {
         walk.row = unlinear(r, &row_shape);
         walk.seen.clear();
         for &o in body.outputs() {
             let os = &body.node(o).shape;
             let positions: Vec<Vec<usize>> = if *os == *full || os.numel() == full.numel() {
-                cols_s
-                    .iter()
-                    .map(|&c| unlinear(linear(&walk.full_index(c), full), os))
-                    .collect()
+                cols_s.iter().map(|&c| unlinear(linear(&walk.full_index(c), full), os)).collect()
             } else {
                 vec![unlinear(r, os)]
             };
@@ -1315,9 +1080,7 @@ impl RowWalk<'_> {
         let bcast = |k: usize| {
             let s = &self.body.node(node.inputs[k]).shape;
             let lead = node.shape.rank() - s.rank();
-            (0..s.rank())
-                .map(|i| if s.dims()[i] == 1 { 0 } else { idx[lead + i] })
-                .collect::<Vec<_>>()
+            (0..s.rank()).map(|i| if s.dims()[i] == 1 { 0 } else { idx[lead + i] }).collect::<Vec<_>>()
         };
         match &node.op {
             Op::Input { .. } | Op::Full { .. } | Op::Iota { .. } => None,
@@ -1327,14 +1090,7 @@ impl RowWalk<'_> {
             Op::Cast { .. } => self.value(node.inputs[0], idx),
             Op::Reduce { keepdim, .. } => {
                 let want: Vec<usize> = if *keepdim {
-                    (0..self.full.rank())
-                        .map(|d| {
-                            self.keep
-                                .iter()
-                                .position(|&k| k == d)
-                                .map_or(0, |k| self.row[k])
-                        })
-                        .collect()
+                    (0..self.full.rank()).map(|d| self.keep.iter().position(|&k| k == d).map_or(0, |k| self.row[k])).collect()
                 } else {
                     self.row.clone()
                 };
@@ -1355,10 +1111,7 @@ impl RowWalk<'_> {
                 })
             }
             Op::Reshape { .. } => {
-                let inner = unlinear(
-                    linear(idx, &node.shape),
-                    &self.body.node(node.inputs[0]).shape,
-                );
+                let inner = unlinear(linear(idx, &node.shape), &self.body.node(node.inputs[0]).shape);
                 self.value(node.inputs[0], &inner)
             }
             Op::Permute { perm } => {
@@ -1368,9 +1121,7 @@ impl RowWalk<'_> {
                 }
                 self.value(node.inputs[0], &inner)
             }
-            Op::Slice {
-                axis, start, step, ..
-            } => {
+            Op::Slice { axis, start, step, .. } => {
                 let mut inner = idx.to_vec();
                 inner[*axis] = start + idx[*axis] * step;
                 self.value(node.inputs[0], &inner)

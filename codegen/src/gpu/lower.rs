@@ -10,29 +10,21 @@
 use super::emit::{self, EmittedKernel};
 use super::prologue;
 use super::{ptx, GpuError, GpuOptions};
-use ir::{
-    BinaryOp, Buffer, DType, Graph, Kernel, KernelGraph, KernelKind, Node, NodeId, Op, ReduceOp,
-    Shape, UnaryOp,
-};
+use ir::{BinaryOp, Buffer, DType, Graph, Kernel, KernelGraph, KernelKind, Node, NodeId, Op, ReduceOp, Shape, UnaryOp};
 use runtime::cuda::{
-    plan_arena, CudaArtifact, GemmActivation, GemmOperand, GemmStep, GpuBuffer, GpuLocation,
-    GpuStep, LaunchStep,
+    plan_arena, CudaArtifact, GemmActivation, GemmOperand, GemmStep, GpuBuffer, GpuLocation, GpuStep, LaunchStep,
 };
 use std::collections::HashMap;
 
 /// A graph as a kernel graph with one kernel holding all of it.
 pub fn single_kernel(g: &Graph) -> Result<KernelGraph, GpuError> {
-    let mut kg = KernelGraph {
-        name: g.name().to_string(),
-        ..Default::default()
-    };
+    let mut kg = KernelGraph { name: g.name().to_string(), ..Default::default() };
     let mut inputs = Vec::new();
     for &i in g.inputs() {
         let n = g.node(i);
         let b = kg.add_buffer(n.dtype, n.shape.clone());
         kg.inputs.push(b);
-        kg.input_names
-            .push(g.input_name(i).unwrap_or_default().to_string());
+        kg.input_names.push(g.input_name(i).unwrap_or_default().to_string());
         inputs.push(b);
     }
     let mut outputs = Vec::new();
@@ -41,27 +33,14 @@ pub fn single_kernel(g: &Graph) -> Result<KernelGraph, GpuError> {
         outputs.push(kg.add_buffer(n.dtype, n.shape.clone()));
     }
     kg.outputs = outputs.clone();
-    kg.kernels.push(Kernel {
-        name: "k0".into(),
-        kind: KernelKind::classify(g),
-        body: g.clone(),
-        inputs,
-        outputs,
-    });
+    kg.kernels.push(Kernel { name: "k0".into(), kind: KernelKind::classify(g), body: g.clone(), inputs, outputs });
     Ok(kg)
 }
 
 enum Pending {
-    Launch {
-        kernel: String,
-        emitted: EmittedKernel,
-        args: Vec<u32>,
-    },
+    Launch { kernel: String, emitted: EmittedKernel, args: Vec<u32> },
     Gemm(GemmStep),
-    Copy {
-        from: u32,
-        to: u32,
-    },
+    Copy { from: u32, to: u32 },
 }
 
 struct Lowering {
@@ -81,13 +60,7 @@ impl Lowering {
     }
 
     /// Emits a loop kernel computing `g`'s outputs from its inputs.
-    fn loop_kernel(
-        &mut self,
-        kernel: &str,
-        g: &Graph,
-        ins: &[u32],
-        outs: &[u32],
-    ) -> Result<(), GpuError> {
+    fn loop_kernel(&mut self, kernel: &str, g: &Graph, ins: &[u32], outs: &[u32]) -> Result<(), GpuError> {
         let symbol = format!("kiln_{}_{}", sanitize(kernel), self.next_symbol);
         self.next_symbol += 1;
         let args: Vec<(DType, usize)> = ins
@@ -99,38 +72,18 @@ impl Lowering {
             })
             .collect();
         let has_reduce = g.nodes().any(|(_, n)| matches!(n.op, Op::Reduce { .. }));
-        let emitted = if has_reduce {
-            emit::row_reduction(&symbol, g, &args)?
-        } else {
-            emit::elementwise(&symbol, g, &args)?
-        };
+        let emitted = if has_reduce { emit::row_reduction(&symbol, g, &args)? } else { emit::elementwise(&symbol, g, &args)? };
         self.push_launch(kernel, emitted, ins, outs);
         Ok(())
     }
 
     /// Emits Kiln's fused attention kernel for `g` (output: attention or a permute of it).
     /// `flash`: the tensor-core kernel (`emit::flash_attention`) rather than the SIMT one.
-    fn attention_kernel(
-        &mut self,
-        kernel: &str,
-        g: &Graph,
-        ins: &[u32],
-        outs: &[u32],
-        flash: bool,
-    ) -> Result<(), GpuError> {
-        let symbol = format!(
-            "kiln_{}_{}_{}",
-            sanitize(kernel),
-            if flash { "flash" } else { "attn" },
-            self.next_symbol
-        );
+    fn attention_kernel(&mut self, kernel: &str, g: &Graph, ins: &[u32], outs: &[u32], flash: bool) -> Result<(), GpuError> {
+        let symbol = format!("kiln_{}_{}_{}", sanitize(kernel), if flash { "flash" } else { "attn" }, self.next_symbol);
         self.next_symbol += 1;
         let args = self.arg_types(ins, outs);
-        let emitted = if flash {
-            emit::flash_attention(&symbol, g, &args)?
-        } else {
-            emit::attention(&symbol, g, &args)?
-        };
+        let emitted = if flash { emit::flash_attention(&symbol, g, &args)? } else { emit::attention(&symbol, g, &args)? };
         self.push_launch(kernel, emitted, ins, outs);
         Ok(())
     }
@@ -149,27 +102,18 @@ impl Lowering {
         if emitted.grid[0] == 0 {
             return;
         }
-        self.steps.push(Pending::Launch {
-            kernel: kernel.to_string(),
-            emitted,
-            args: ins.iter().chain(outs).copied().collect(),
-        });
+        self.steps.push(Pending::Launch { kernel: kernel.to_string(), emitted, args: ins.iter().chain(outs).copied().collect() });
     }
 }
 
 fn sanitize(s: &str) -> String {
-    s.chars()
-        .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
-        .collect()
+    s.chars().map(|c| if c.is_ascii_alphanumeric() { c } else { '_' }).collect()
 }
 
 /// The row space `(input shape, axes)` of a reduce node.
 fn space(body: &Graph, id: NodeId) -> Option<(Shape, Vec<usize>)> {
     match &body.node(id).op {
-        Op::Reduce { axes, .. } => Some((
-            body.node(body.node(id).inputs[0]).shape.clone(),
-            axes.clone(),
-        )),
+        Op::Reduce { axes, .. } => Some((body.node(body.node(id).inputs[0]).shape.clone(), axes.clone())),
         _ => None,
     }
 }
@@ -214,18 +158,12 @@ fn gelu_tanh(b: &Graph, id: NodeId) -> Option<(NodeId, Vec<(NodeId, NodeId)>)> {
         return None;
     }
     for (half, rest) in [(n.inputs[0], n.inputs[1]), (n.inputs[1], n.inputs[0])] {
-        let Some((x, h)) = with_const(b, half, BinaryOp::Mul) else {
-            continue;
-        };
-        let Some((th, one)) = with_const(b, rest, BinaryOp::Add) else {
-            continue;
-        };
+        let Some((x, h)) = with_const(b, half, BinaryOp::Mul) else { continue };
+        let Some((th, one)) = with_const(b, rest, BinaryOp::Add) else { continue };
         if !close(h, 0.5) || !close(one, 1.0) || b.node(th).op != Op::Unary(UnaryOp::Tanh) {
             continue;
         }
-        let Some((sum, beta)) = with_const(b, b.node(th).inputs[0], BinaryOp::Mul) else {
-            continue;
-        };
+        let Some((sum, beta)) = with_const(b, b.node(th).inputs[0], BinaryOp::Mul) else { continue };
         if !close(beta, (2.0 / std::f64::consts::PI).sqrt()) {
             continue;
         }
@@ -237,9 +175,7 @@ fn gelu_tanh(b: &Graph, id: NodeId) -> Option<(NodeId, Vec<(NodeId, NodeId)>)> {
             if x2 != x {
                 continue;
             }
-            let Some((cube, a)) = with_const(b, cubed, BinaryOp::Mul) else {
-                continue;
-            };
+            let Some((cube, a)) = with_const(b, cubed, BinaryOp::Mul) else { continue };
             if !close(a, 0.044715) {
                 continue;
             }
@@ -248,29 +184,10 @@ fn gelu_tanh(b: &Graph, id: NodeId) -> Option<(NodeId, Vec<(NodeId, NodeId)>)> {
                 continue;
             }
             let (p, q) = (cn.inputs[0], cn.inputs[1]);
-            let sq = |s: NodeId| {
-                b.node(s).op == Op::Binary(BinaryOp::Mul)
-                    && b.node(s).inputs[0] == x
-                    && b.node(s).inputs[1] == x
-            };
-            let square = if q == x && sq(p) {
-                p
-            } else if p == x && sq(q) {
-                q
-            } else {
-                continue;
-            };
+            let sq = |s: NodeId| b.node(s).op == Op::Binary(BinaryOp::Mul) && b.node(s).inputs[0] == x && b.node(s).inputs[1] == x;
+            let square = if q == x && sq(p) { p } else if p == x && sq(q) { q } else { continue };
             let th_in = b.node(th).inputs[0];
-            let interior = vec![
-                (half, id),
-                (rest, id),
-                (th, rest),
-                (th_in, th),
-                (sum, th_in),
-                (cubed, sum),
-                (cube, cubed),
-                (square, cube),
-            ];
+            let interior = vec![(half, id), (rest, id), (th, rest), (th_in, th), (sum, th_in), (cubed, sum), (cube, cubed), (square, cube)];
             return Some((x, interior));
         }
     }
@@ -305,9 +222,7 @@ impl<'a> BodyLowering<'a> {
                     self.attention(lw, &node, target, *causal, scale.0)?
                 }
             }
-            Op::Permute { .. }
-                if self.permuted_attention(id)
-                    && self.fused_attention(lw, node.inputs[0], id, target)? => {}
+            Op::Permute { .. } if self.permuted_attention(id) && self.fused_attention(lw, node.inputs[0], id, target)? => {}
             _ => {
                 if let Some(ep) = self.gemm_epilogue(id) {
                     let residual = match ep.residual {
@@ -328,10 +243,7 @@ impl<'a> BodyLowering<'a> {
     /// a body output nor already in memory.
     fn interior(&self, id: NodeId, user: NodeId) -> bool {
         let b = self.body;
-        b.users(id) == vec![user]
-            && !self.out_target.contains_key(&id)
-            && !b.outputs().contains(&id)
-            && !self.mat.contains_key(&id)
+        b.users(id) == vec![user] && !self.out_target.contains_key(&id) && !b.outputs().contains(&id) && !self.mat.contains_key(&id)
     }
 
     /// What cuBLASLt can compute in one GEMM ending at `id`:
@@ -353,10 +265,7 @@ impl<'a> BodyLowering<'a> {
             for (m, y) in [(xn.inputs[0], xn.inputs[1]), (xn.inputs[1], xn.inputs[0])] {
                 let (mx, by) = (b.node(m), b.node(y));
                 let cols = mx.shape.dims().last().copied().unwrap_or(0);
-                let bias_ok = by.dtype == mx.dtype
-                    && by.shape.numel() == cols
-                    && by.shape.dims().last() == Some(&cols)
-                    && mx.shape == xn.shape;
+                let bias_ok = by.dtype == mx.dtype && by.shape.numel() == cols && by.shape.dims().last() == Some(&cols) && mx.shape == xn.shape;
                 if mx.op == Op::MatMul && bias_ok && self.interior(m, x) {
                     return Some((m, Some(y)));
                 }
@@ -370,22 +279,13 @@ impl<'a> BodyLowering<'a> {
             }
             if matches!(b.node(x).op, Op::Reshape { .. }) {
                 let inner = b.node(x).inputs[0];
-                return if self.interior(inner, x) {
-                    mm_bias(inner)
-                } else {
-                    None
-                };
+                return if self.interior(inner, x) { mm_bias(inner) } else { None };
             }
             mm_bias(x)
         };
         if n.op == Op::Binary(BinaryOp::Add) {
             if let Some((mm, Some(bias))) = mm_bias(id) {
-                return Some(Epilogue {
-                    mm,
-                    bias: Some(bias),
-                    act: None,
-                    residual: None,
-                });
+                return Some(Epilogue { mm, bias: Some(bias), act: None, residual: None });
             }
         }
         if n.op == Op::Binary(BinaryOp::Max) {
@@ -393,12 +293,7 @@ impl<'a> BodyLowering<'a> {
                 let zero = matches!(b.node(y).op, Op::Full { value } if value.0 == 0.0);
                 if zero && b.node(x).shape == n.shape && self.interior(x, id) {
                     if let Some((mm, Some(bias))) = mm_bias(x) {
-                        return Some(Epilogue {
-                            mm,
-                            bias: Some(bias),
-                            act: Some(GemmActivation::Relu),
-                            residual: None,
-                        });
+                        return Some(Epilogue { mm, bias: Some(bias), act: Some(GemmActivation::Relu), residual: None });
                     }
                 }
             }
@@ -412,28 +307,15 @@ impl<'a> BodyLowering<'a> {
             // cuBLASLt's GELU is the tanh form computed with its own tanh: within the 16-bit
             // types' tolerance; f32 keeps Kiln's exact loop kernel.
             let narrow = matches!(n.dtype, DType::BF16 | DType::F16);
-            if narrow
-                && interior.iter().all(|&(i, u)| self.interior(i, u))
-                && x_only_here
-                && b.node(x).dtype == n.dtype
-            {
+            if narrow && interior.iter().all(|&(i, u)| self.interior(i, u)) && x_only_here && b.node(x).dtype == n.dtype {
                 let found = if matches!(b.node(x).op, Op::Reshape { .. }) {
                     let inner = b.node(x).inputs[0];
-                    if self.interior(inner, x) {
-                        mm_bias(inner)
-                    } else {
-                        None
-                    }
+                    if self.interior(inner, x) { mm_bias(inner) } else { None }
                 } else {
                     mm_bias(x)
                 };
                 if let Some((mm, bias)) = found {
-                    return Some(Epilogue {
-                        mm,
-                        bias,
-                        act: Some(GemmActivation::GeluTanh),
-                        residual: None,
-                    });
+                    return Some(Epilogue { mm, bias, act: Some(GemmActivation::GeluTanh), residual: None });
                 }
             }
         }
@@ -444,16 +326,8 @@ impl<'a> BodyLowering<'a> {
                     continue;
                 }
                 if let Some((mm, bias)) = through(y, id) {
-                    if b.node(mm).shape.numel() == n.shape.numel()
-                        && b.node(mm).dtype == n.dtype
-                        && !self.depends_on(r, mm)
-                    {
-                        return Some(Epilogue {
-                            mm,
-                            bias,
-                            act: None,
-                            residual: Some(r),
-                        });
+                    if b.node(mm).shape.numel() == n.shape.numel() && b.node(mm).dtype == n.dtype && !self.depends_on(r, mm) {
+                        return Some(Epilogue { mm, bias, act: None, residual: Some(r) });
                     }
                 }
             }
@@ -485,13 +359,7 @@ impl<'a> BodyLowering<'a> {
 
     /// Kiln's fused attention kernel for `attn`, writing `root` (the attention or a permute of
     /// it) into `target`. Returns false where the GEMM + softmax + GEMM path is the better one.
-    fn fused_attention(
-        &mut self,
-        lw: &mut Lowering,
-        attn: NodeId,
-        root: NodeId,
-        target: u32,
-    ) -> Result<bool, GpuError> {
+    fn fused_attention(&mut self, lw: &mut Lowering, attn: NodeId, root: NodeId, target: u32) -> Result<bool, GpuError> {
         let node = self.body.node(attn).clone();
         let r = node.shape.rank();
         let sk = self.body.node(node.inputs[1]).shape.dims()[r - 2];
@@ -519,15 +387,8 @@ impl<'a> BodyLowering<'a> {
     /// A loop kernel computing `root` into `target`, reading materialized values.
     fn loop_for(&mut self, lw: &mut Lowering, root: NodeId, target: u32) -> Result<(), GpuError> {
         // Reductions whose row space differs from the kernel's must come from memory.
-        let spaces: Vec<NodeId> = self
-            .reachable(root)
-            .into_iter()
-            .filter(|&n| space(self.body, n).is_some())
-            .collect();
-        let distinct = spaces
-            .iter()
-            .map(|&n| space(self.body, n))
-            .collect::<std::collections::HashSet<_>>();
+        let spaces: Vec<NodeId> = self.reachable(root).into_iter().filter(|&n| space(self.body, n).is_some()).collect();
+        let distinct = spaces.iter().map(|&n| space(self.body, n)).collect::<std::collections::HashSet<_>>();
         if distinct.len() > 1 {
             for &r in &spaces {
                 if r != root {
@@ -543,12 +404,7 @@ impl<'a> BodyLowering<'a> {
         }
         let (g, ins) = self.extract(root);
         match lw.loop_kernel(&self.name, &g, &ins, &[target]) {
-            Err(GpuError::Unsupported { .. })
-                if !spaces.is_empty()
-                    && spaces
-                        .iter()
-                        .any(|&r| r != root && !self.mat.contains_key(&r)) =>
-            {
+            Err(GpuError::Unsupported { .. }) if !spaces.is_empty() && spaces.iter().any(|&r| r != root && !self.mat.contains_key(&r)) => {
                 for &r in &spaces {
                     if r != root {
                         self.materialize(lw, r)?;
@@ -588,18 +444,13 @@ impl<'a> BodyLowering<'a> {
         order.sort();
         for n in order {
             let node = self.body.node(n);
-            let new =
-                if n != root && self.mat.contains_key(&n) || matches!(node.op, Op::Input { .. }) {
-                    let b = self.mat[&n];
-                    ins.push(b);
-                    g.input(format!("b{b}"), node.dtype, node.shape.clone())
-                        .expect("fresh input names are unique")
-                } else {
-                    g.push(Node {
-                        inputs: node.inputs.iter().map(|i| map[i]).collect(),
-                        ..node.clone()
-                    })
-                };
+            let new = if n != root && self.mat.contains_key(&n) || matches!(node.op, Op::Input { .. }) {
+                let b = self.mat[&n];
+                ins.push(b);
+                g.input(format!("b{b}"), node.dtype, node.shape.clone()).expect("fresh input names are unique")
+            } else {
+                g.push(Node { inputs: node.inputs.iter().map(|i| map[i]).collect(), ..node.clone() })
+            };
             map.insert(n, new);
         }
         g.set_outputs(vec![map[&root]]);
@@ -611,26 +462,13 @@ impl<'a> BodyLowering<'a> {
         let n = self.body.node(id);
         let r = n.shape.rank();
         if let Op::Permute { perm } = &n.op {
-            let swap_last: Vec<usize> = (0..r)
-                .map(|i| {
-                    if i + 2 == r {
-                        r - 1
-                    } else if i + 1 == r {
-                        r - 2
-                    } else {
-                        i
-                    }
-                })
-                .collect();
+            let swap_last: Vec<usize> = (0..r).map(|i| if i + 2 == r { r - 1 } else if i + 1 == r { r - 2 } else { i }).collect();
             if r >= 2 && *perm == swap_last {
                 let inner = n.inputs[0];
                 return Ok((self.materialize(lw, inner)?, true));
             }
         }
-        if matches!(n.op, Op::Reshape { .. })
-            && !self.mat.contains_key(&id)
-            && !self.out_target.contains_key(&id)
-        {
+        if matches!(n.op, Op::Reshape { .. }) && !self.mat.contains_key(&id) && !self.out_target.contains_key(&id) {
             // A reshape of a contiguous buffer is the same bytes.
             let inner = n.inputs[0];
             return Ok((self.materialize(lw, inner)?, false));
@@ -663,21 +501,8 @@ impl<'a> BodyLowering<'a> {
         let (m, n) = (out.dims()[r - 2], out.dims()[r - 1]);
         let k = self.body.node(a_id).shape.dims()[self.body.node(a_id).shape.rank() - 1];
         let batch_shape = Shape::new(out.dims()[..r - 2].iter().copied());
-        let (sa, sb) = (
-            self.body.node(a_id).shape.clone(),
-            self.body.node(b_id).shape.clone(),
-        );
-        self.gemm(
-            lw,
-            &node.dtype,
-            (a, at, sa),
-            (b, bt, sb),
-            target,
-            (batch_shape, m, n, k),
-            bias,
-            act,
-            residual,
-        )
+        let (sa, sb) = (self.body.node(a_id).shape.clone(), self.body.node(b_id).shape.clone());
+        self.gemm(lw, &node.dtype, (a, at, sa), (b, bt, sb), target, (batch_shape, m, n, k), bias, act, residual)
     }
 
     /// `target = epilogue(layer_norm(x) @ b)` as one skinny GEMM that normalizes its `A` rows
@@ -700,7 +525,7 @@ impl<'a> BodyLowering<'a> {
             Op::Reshape { .. } if self.interior(a_id, mm) => (b.node(a_id).inputs[0], a_id),
             _ => (a_id, mm),
         };
-        let Some(ln) = prologue::layer_norm(b, root) else {
+        let Some(ln) = prologue::layer_norm(b, root).filter(|_| prologue::enabled()) else {
             return Ok(false);
         };
         if !prologue::closed(b, &ln, user)
@@ -778,79 +603,36 @@ impl<'a> BodyLowering<'a> {
         residual: Option<u32>,
     ) -> Result<(), GpuError> {
         if !dtype.is_float() {
-            return Err(GpuError::Unsupported {
-                kernel: self.name.clone(),
-                reason: format!("a {dtype} matmul (cuBLASLt GEMMs are float)"),
-            });
+            return Err(GpuError::Unsupported { kernel: self.name.clone(), reason: format!("a {dtype} matmul (cuBLASLt GEMMs are float)") });
         }
         let batch = batch_shape.numel();
         // Each operand: batch stride (0 = shared), materializing a broadcast copy when needed.
-        let mut prep =
-            |x: (u32, bool, Shape), rows: usize, cols: usize| -> Result<GemmOperand, GpuError> {
-                let (buf, trans, shape) = x;
-                let own = Shape::new(shape.dims()[..shape.rank() - 2].iter().copied());
-                if own.numel() == 1 {
-                    return Ok(GemmOperand {
-                        buffer: buf,
-                        transposed: trans,
-                        batch_stride: 0,
-                    });
-                }
-                let padded: Vec<usize> =
-                    std::iter::repeat_n(1, batch_shape.rank().saturating_sub(own.rank()))
-                        .chain(own.dims().iter().copied())
-                        .collect();
-                if padded == batch_shape.dims() {
-                    return Ok(GemmOperand {
-                        buffer: buf,
-                        transposed: trans,
-                        batch_stride: (rows * cols) as i64,
-                    });
-                }
-                // Partial broadcast: expand into a contiguous copy. The buffer holds the operand's
-                // bytes in its own shape: a reshape's input (read in place, `operand`) or the
-                // un-transposed matrices; view it in the layout the GEMM reads first.
-                let stored = lw.buffers[buf as usize].clone();
-                let layout = if trans {
-                    stored.shape.clone()
-                } else {
-                    shape.clone()
-                };
-                let last2 = &layout.dims()[layout.rank() - 2..];
-                let full = Shape::new(
-                    batch_shape
-                        .dims()
-                        .iter()
-                        .copied()
-                        .chain(last2.iter().copied()),
-                );
-                let mut g = Graph::new("expand");
-                let i = g.input("x", stored.dtype, stored.shape.clone())?;
-                let v = if layout == stored.shape {
-                    i
-                } else {
-                    g.add(
-                        Op::Reshape {
-                            shape: layout.clone(),
-                        },
-                        &[i],
-                    )?
-                };
-                let e = g.add(
-                    Op::Expand {
-                        shape: full.clone(),
-                    },
-                    &[v],
-                )?;
-                g.set_outputs(vec![e]);
-                let t = lw.temp(stored.dtype, full);
-                lw.loop_kernel(&format!("{}_expand", self.name), &g, &[buf], &[t])?;
-                Ok(GemmOperand {
-                    buffer: t,
-                    transposed: trans,
-                    batch_stride: (rows * cols) as i64,
-                })
-            };
+        let mut prep = |x: (u32, bool, Shape), rows: usize, cols: usize| -> Result<GemmOperand, GpuError> {
+            let (buf, trans, shape) = x;
+            let own = Shape::new(shape.dims()[..shape.rank() - 2].iter().copied());
+            if own.numel() == 1 {
+                return Ok(GemmOperand { buffer: buf, transposed: trans, batch_stride: 0 });
+            }
+            let padded: Vec<usize> = std::iter::repeat_n(1, batch_shape.rank().saturating_sub(own.rank())).chain(own.dims().iter().copied()).collect();
+            if padded == batch_shape.dims() {
+                return Ok(GemmOperand { buffer: buf, transposed: trans, batch_stride: (rows * cols) as i64 });
+            }
+            // Partial broadcast: expand into a contiguous copy. The buffer holds the operand's
+            // bytes in its own shape: a reshape's input (read in place, `operand`) or the
+            // un-transposed matrices; view it in the layout the GEMM reads first.
+            let stored = lw.buffers[buf as usize].clone();
+            let layout = if trans { stored.shape.clone() } else { shape.clone() };
+            let last2 = &layout.dims()[layout.rank() - 2..];
+            let full = Shape::new(batch_shape.dims().iter().copied().chain(last2.iter().copied()));
+            let mut g = Graph::new("expand");
+            let i = g.input("x", stored.dtype, stored.shape.clone())?;
+            let v = if layout == stored.shape { i } else { g.add(Op::Reshape { shape: layout.clone() }, &[i])? };
+            let e = g.add(Op::Expand { shape: full.clone() }, &[v])?;
+            g.set_outputs(vec![e]);
+            let t = lw.temp(stored.dtype, full);
+            lw.loop_kernel(&format!("{}_expand", self.name), &g, &[buf], &[t])?;
+            Ok(GemmOperand { buffer: t, transposed: trans, batch_stride: (rows * cols) as i64 })
+        };
         let mut ga = prep(a, m, k)?;
         let gb = prep(b, k, n)?;
         let (mut batch, mut m) = (batch.max(1), m);
@@ -861,11 +643,7 @@ impl<'a> BodyLowering<'a> {
             ga.batch_stride = 0;
         }
         if batch == 1 && !ga.transposed {
-            let invariant = emit::Invariant {
-                b: lw.inputs.contains(&gb.buffer),
-                bias: bias.is_some_and(|b| lw.inputs.contains(&b)),
-                norm: false,
-            };
+            let invariant = emit::Invariant { b: lw.inputs.contains(&gb.buffer), bias: bias.is_some_and(|b| lw.inputs.contains(&b)), norm: false };
             let spec = emit::Skinny {
                 dtype: *dtype,
                 m,
@@ -881,15 +659,7 @@ impl<'a> BodyLowering<'a> {
             };
             let same = |b: Option<u32>| b.is_none_or(|b| lw.buffers[b as usize].dtype == *dtype);
             if spec.fits() && same(bias) && same(residual) {
-                return self.skinny_gemm(
-                    lw,
-                    &spec,
-                    (ga.buffer, &[]),
-                    gb.buffer,
-                    target,
-                    bias,
-                    residual,
-                );
+                return self.skinny_gemm(lw, &spec, (ga.buffer, &[]), gb.buffer, target, bias, residual);
             }
         }
         lw.steps.push(Pending::Gemm(GemmStep {
@@ -928,11 +698,7 @@ impl<'a> BodyLowering<'a> {
         let symbol = format!("kiln_{}_skinny_{}", sanitize(&self.name), lw.next_symbol);
         lw.next_symbol += 1;
         if splits == 1 {
-            let ins: Vec<u32> = [a, b]
-                .into_iter()
-                .chain(norm.iter().copied())
-                .chain(epilogue)
-                .collect();
+            let ins: Vec<u32> = [a, b].into_iter().chain(norm.iter().copied()).chain(epilogue).collect();
             let emitted = emit::skinny_gemm(&symbol, spec, &lw.arg_types(&ins, &[target]))?;
             lw.push_launch(&kernel, emitted, &ins, &[target]);
             return Ok(());
@@ -948,10 +714,7 @@ impl<'a> BodyLowering<'a> {
         };
         let at = lw.counters.map_or(lw.steps.len(), |c| c.1);
         lw.counters = Some((counters, at, base + blocks));
-        let spec = emit::Skinny {
-            counter_base: base,
-            ..spec.clone()
-        };
+        let spec = emit::Skinny { counter_base: base, ..spec.clone() };
         let ins: Vec<u32> = [a, b, ws, counters].into_iter().chain(epilogue).collect();
         let mut args = lw.arg_types(&ins, &[target]);
         args[3].1 = base + blocks;
@@ -961,14 +724,7 @@ impl<'a> BodyLowering<'a> {
     }
 
     /// `softmax(q k^T * scale [+ causal mask]) v` as GEMM, one fused softmax kernel, GEMM.
-    fn attention(
-        &mut self,
-        lw: &mut Lowering,
-        node: &Node,
-        target: u32,
-        causal: bool,
-        scale: f64,
-    ) -> Result<(), GpuError> {
+    fn attention(&mut self, lw: &mut Lowering, node: &Node, target: u32, causal: bool, scale: f64) -> Result<(), GpuError> {
         let (q, k, v) = (node.inputs[0], node.inputs[1], node.inputs[2]);
         let qs = self.body.node(q).shape.clone();
         let ks = self.body.node(k).shape.clone();
@@ -985,50 +741,21 @@ impl<'a> BodyLowering<'a> {
         let s_shape = Shape::new(batch_shape.dims().iter().copied().chain([sq, sk]));
         let s = lw.temp(dtype, s_shape.clone());
         // S = q @ k^T: k stored [sk, d] is k^T stored transposed.
-        self.gemm(
-            lw,
-            &dtype,
-            (qb, qt, qs.clone()),
-            (kb, !kt, ks.clone()),
-            s,
-            (batch_shape.clone(), sq, sk, d),
-            None,
-            None,
-            None,
-        )?;
+        self.gemm(lw, &dtype, (qb, qt, qs.clone()), (kb, !kt, ks.clone()), s, (batch_shape.clone(), sq, sk, d), None, None, None)?;
         let p = lw.temp(dtype, s_shape.clone());
         let g = softmax_graph(&s_shape, dtype, causal, scale)?;
         lw.loop_kernel(&format!("{}_softmax", self.name), &g, &[s], &[p])?;
-        self.gemm(
-            lw,
-            &dtype,
-            (p, false, s_shape),
-            (vb, vt, vs),
-            target,
-            (batch_shape, sq, dv, sk),
-            None,
-            None,
-            None,
-        )
+        self.gemm(lw, &dtype, (p, false, s_shape), (vb, vt, vs), target, (batch_shape, sq, dv, sk), None, None, None)
     }
 }
 
 /// `softmax(s * scale, masked causally)` over the last axis, in f32, cast back to `dtype`.
-fn softmax_graph(
-    s_shape: &Shape,
-    dtype: DType,
-    causal: bool,
-    scale: f64,
-) -> Result<Graph, GpuError> {
+fn softmax_graph(s_shape: &Shape, dtype: DType, causal: bool, scale: f64) -> Result<Graph, GpuError> {
     let r = s_shape.rank();
     let (sq, sk) = (s_shape.dims()[r - 2], s_shape.dims()[r - 1]);
     let mut g = Graph::new("attn_softmax");
     let s = g.input("s", dtype, s_shape.clone())?;
-    let s32 = if dtype == DType::F32 {
-        s
-    } else {
-        g.add(Op::Cast { to: DType::F32 }, &[s])?
-    };
+    let s32 = if dtype == DType::F32 { s } else { g.add(Op::Cast { to: DType::F32 }, &[s])? };
     let c = g.full(scale, DType::F32, Shape::scalar());
     let mut x = g.add(Op::Binary(BinaryOp::Mul), &[s32, c])?;
     if causal {
@@ -1042,24 +769,10 @@ fn softmax_graph(
         x = g.add(Op::Where, &[keep, x, ninf])?;
     }
     let axes = vec![r - 1];
-    let m = g.add(
-        Op::Reduce {
-            op: ReduceOp::Max,
-            axes: axes.clone(),
-            keepdim: true,
-        },
-        &[x],
-    )?;
+    let m = g.add(Op::Reduce { op: ReduceOp::Max, axes: axes.clone(), keepdim: true }, &[x])?;
     let d = g.add(Op::Binary(BinaryOp::Sub), &[x, m])?;
     let e = g.add(Op::Unary(UnaryOp::Exp), &[d])?;
-    let sum = g.add(
-        Op::Reduce {
-            op: ReduceOp::Sum,
-            axes,
-            keepdim: true,
-        },
-        &[e],
-    )?;
+    let sum = g.add(Op::Reduce { op: ReduceOp::Sum, axes, keepdim: true }, &[e])?;
     let mut p = g.add(Op::Binary(BinaryOp::Div), &[e, sum])?;
     if dtype != DType::F32 {
         p = g.add(Op::Cast { to: dtype }, &[p])?;
@@ -1077,12 +790,7 @@ fn prepare(kg: &KernelGraph) -> Result<KernelGraph, GpuError> {
     let mut kg = kg.clone();
     let graph_out: std::collections::HashSet<u32> = kg.outputs.iter().map(|b| b.0).collect();
     let consumers = |kg: &KernelGraph, buf: u32| -> Vec<usize> {
-        kg.kernels
-            .iter()
-            .enumerate()
-            .filter(|(_, k)| k.inputs.iter().any(|b| b.0 == buf))
-            .map(|(i, _)| i)
-            .collect()
+        kg.kernels.iter().enumerate().filter(|(_, k)| k.inputs.iter().any(|b| b.0 == buf)).map(|(i, _)| i).collect()
     };
     // Casts of sibling outputs.
     for ki in 0..kg.kernels.len() {
@@ -1092,12 +800,7 @@ fn prepare(kg: &KernelGraph) -> Result<KernelGraph, GpuError> {
             let (o, buf) = (k.body.outputs()[oi], k.outputs[oi].0);
             let node = k.body.node(o);
             let sibling = match node.op {
-                Op::Cast { to } => k
-                    .body
-                    .outputs()
-                    .iter()
-                    .position(|&x| x == node.inputs[0])
-                    .map(|j| (j, to)),
+                Op::Cast { to } => k.body.outputs().iter().position(|&x| x == node.inputs[0]).map(|j| (j, to)),
                 _ => None,
             };
             // A widening cast (exact) of a value that is no output: store the value, narrower.
@@ -1105,20 +808,11 @@ fn prepare(kg: &KernelGraph) -> Result<KernelGraph, GpuError> {
                 if let Op::Cast { to: DType::F32 } = node.op {
                     let y = node.inputs[0];
                     let yd = k.body.node(y).dtype;
-                    if matches!(yd, DType::BF16 | DType::F16)
-                        && !k.body.outputs().contains(&y)
-                        && !consumers(&kg, buf).is_empty()
-                    {
+                    if matches!(yd, DType::BF16 | DType::F16) && !k.body.outputs().contains(&y) && !consumers(&kg, buf).is_empty() {
                         for ci in consumers(&kg, buf) {
                             let c = &mut kg.kernels[ci];
                             for pos in positions(&c.inputs, buf) {
-                                c.body = rebuild(
-                                    &c.body,
-                                    pos,
-                                    |g, new_in| g.add(Op::Cast { to: DType::F32 }, &[new_in]),
-                                    yd,
-                                    None,
-                                )?;
+                                c.body = rebuild(&c.body, pos, |g, new_in| g.add(Op::Cast { to: DType::F32 }, &[new_in]), yd, None)?;
                             }
                         }
                         kg.buffers[buf as usize].dtype = yd;
@@ -1131,8 +825,7 @@ fn prepare(kg: &KernelGraph) -> Result<KernelGraph, GpuError> {
                     }
                 }
             }
-            let Some((j, to)) = sibling.filter(|&(j, _)| j != oi && !graph_out.contains(&buf))
-            else {
+            let Some((j, to)) = sibling.filter(|&(j, _)| j != oi && !graph_out.contains(&buf)) else {
                 oi += 1;
                 continue;
             };
@@ -1141,13 +834,7 @@ fn prepare(kg: &KernelGraph) -> Result<KernelGraph, GpuError> {
                 let src_dtype = kg.buffers[src.0 as usize].dtype;
                 let c = &mut kg.kernels[ci];
                 for pos in positions(&c.inputs, buf) {
-                    c.body = rebuild(
-                        &c.body,
-                        pos,
-                        |g, new_in| g.add(Op::Cast { to }, &[new_in]),
-                        src_dtype,
-                        None,
-                    )?;
+                    c.body = rebuild(&c.body, pos, |g, new_in| g.add(Op::Cast { to }, &[new_in]), src_dtype, None)?;
                     c.inputs[pos] = src;
                 }
             }
@@ -1180,17 +867,13 @@ fn prepare(kg: &KernelGraph) -> Result<KernelGraph, GpuError> {
                     ok &= !users.is_empty() && !c.body.outputs().contains(&input);
                     for u in users {
                         match &c.body.node(u).op {
-                            Op::Permute { perm: p } if perm.as_ref().is_none_or(|q| q == p) => {
-                                perm = Some(p.clone())
-                            }
+                            Op::Permute { perm: p } if perm.as_ref().is_none_or(|q| q == p) => perm = Some(p.clone()),
                             _ => ok = false,
                         }
                     }
                 }
             }
-            let Some(perm) = perm.filter(|_| ok) else {
-                continue;
-            };
+            let Some(perm) = perm.filter(|_| ok) else { continue };
             let k = &mut kg.kernels[ki];
             let mut body = k.body.clone();
             let permuted = body.add(Op::Permute { perm: perm.clone() }, &[o])?;
@@ -1204,13 +887,7 @@ fn prepare(kg: &KernelGraph) -> Result<KernelGraph, GpuError> {
                 let dtype = kg.buffers[buf as usize].dtype;
                 let c = &mut kg.kernels[ci];
                 for pos in positions(&c.inputs, buf) {
-                    c.body = rebuild(
-                        &c.body,
-                        pos,
-                        |_, new_in| Ok(new_in),
-                        dtype,
-                        Some(shape.clone()),
-                    )?;
+                    c.body = rebuild(&c.body, pos, |_, new_in| Ok(new_in), dtype, Some(shape.clone()))?;
                 }
             }
         }
@@ -1219,12 +896,7 @@ fn prepare(kg: &KernelGraph) -> Result<KernelGraph, GpuError> {
 }
 
 fn positions(inputs: &[ir::BufferId], buf: u32) -> Vec<usize> {
-    inputs
-        .iter()
-        .enumerate()
-        .filter(|(_, b)| b.0 == buf)
-        .map(|(i, _)| i)
-        .collect()
+    inputs.iter().enumerate().filter(|(_, b)| b.0 == buf).map(|(i, _)| i).collect()
 }
 
 /// `body` with input `pos` replaced by a new input of `dtype` (and `shape`, if given):
@@ -1244,11 +916,7 @@ fn rebuild(
         let n = body.node(x);
         let name = body.input_name(x).unwrap_or("in").to_string();
         let new = if i == pos {
-            let v = g.input(
-                name,
-                dtype,
-                shape.clone().unwrap_or_else(|| n.shape.clone()),
-            )?;
+            let v = g.input(name, dtype, shape.clone().unwrap_or_else(|| n.shape.clone()))?;
             wrap(&mut g, v)?
         } else {
             g.input(name, n.dtype, n.shape.clone())?
@@ -1259,17 +927,11 @@ fn rebuild(
         if map.contains_key(&id) {
             continue;
         }
-        if shape.is_some()
-            && n.inputs.first() == Some(&old_in)
-            && matches!(n.op, Op::Permute { .. })
-        {
+        if shape.is_some() && n.inputs.first() == Some(&old_in) && matches!(n.op, Op::Permute { .. }) {
             map.insert(id, map[&old_in]);
             continue;
         }
-        let new = g.push(Node {
-            inputs: n.inputs.iter().map(|i| map[i]).collect(),
-            ..n.clone()
-        });
+        let new = g.push(Node { inputs: n.inputs.iter().map(|i| map[i]).collect(), ..n.clone() });
         map.insert(id, new);
     }
     g.set_outputs(body.outputs().iter().map(|o| map[o]).collect());
@@ -1278,25 +940,14 @@ fn rebuild(
 
 fn lower_steps(kg: &KernelGraph) -> Result<Lowering, GpuError> {
     let mut kg = prepare(kg)?;
-    super::prologue::fuse_into_gemms(&mut kg)?;
+    prologue::fuse_into_gemms(&mut kg)?;
     let kg = &kg;
     kg.verify()?;
     let inputs = kg.inputs.iter().map(|b| b.0).collect();
-    let mut lw = Lowering {
-        buffers: kg.buffers.clone(),
-        steps: Vec::new(),
-        next_symbol: 0,
-        counters: None,
-        inputs,
-    };
+    let mut lw = Lowering { buffers: kg.buffers.clone(), steps: Vec::new(), next_symbol: 0, counters: None, inputs };
     for k in &kg.kernels {
         let body = &k.body;
-        let mut bl = BodyLowering {
-            name: k.name.clone(),
-            body,
-            mat: HashMap::new(),
-            out_target: HashMap::new(),
-        };
+        let mut bl = BodyLowering { name: k.name.clone(), body, mat: HashMap::new(), out_target: HashMap::new() };
         for (&n, &b) in body.inputs().iter().zip(&k.inputs) {
             bl.mat.insert(n, b.0);
         }
@@ -1309,29 +960,17 @@ fn lower_steps(kg: &KernelGraph) -> Result<Lowering, GpuError> {
             }
         }
         for &o in body.outputs() {
-            bl.materialize(&mut lw, o)
-                .map_err(|e| e.in_kernel(&k.name))?;
+            bl.materialize(&mut lw, o).map_err(|e| e.in_kernel(&k.name))?;
         }
         for (o, to) in copies {
-            lw.steps.push(Pending::Copy {
-                from: bl.mat[&o],
-                to,
-            });
+            lw.steps.push(Pending::Copy { from: bl.mat[&o], to });
         }
     }
     if let Some((buf, at, len)) = lw.counters {
         lw.buffers[buf as usize].shape = Shape::new([len]);
-        let emitted =
-            emit::skinny_zero_counters(&format!("kiln_splitk_counters_{}", lw.next_symbol), len);
+        let emitted = emit::skinny_zero_counters(&format!("kiln_splitk_counters_{}", lw.next_symbol), len);
         lw.next_symbol += 1;
-        lw.steps.insert(
-            at,
-            Pending::Launch {
-                kernel: "skinny_counters".into(),
-                emitted,
-                args: vec![buf],
-            },
-        );
+        lw.steps.insert(at, Pending::Launch { kernel: "skinny_counters".into(), emitted, args: vec![buf] });
     }
     Ok(lw)
 }
@@ -1385,11 +1024,7 @@ pub(crate) fn lower(kg: &KernelGraph, opts: &GpuOptions) -> Result<CudaArtifact,
         match step {
             Pending::Launch { args, .. } => args.iter().for_each(|&b| touch(b, s)),
             Pending::Gemm(g) => {
-                for b in [g.a.buffer, g.b.buffer, g.c]
-                    .into_iter()
-                    .chain(g.bias)
-                    .chain(g.residual)
-                {
+                for b in [g.a.buffer, g.b.buffer, g.c].into_iter().chain(g.bias).chain(g.residual) {
                     touch(b, s);
                 }
             }
@@ -1399,9 +1034,7 @@ pub(crate) fn lower(kg: &KernelGraph, opts: &GpuOptions) -> Result<CudaArtifact,
             }
         }
     }
-    let arena_ids: Vec<usize> = (0..n)
-        .filter(|&i| location[i].is_none() && live[i].is_some())
-        .collect();
+    let arena_ids: Vec<usize> = (0..n).filter(|&i| location[i].is_none() && live[i].is_some()).collect();
     let reqs: Vec<(usize, usize, usize)> = arena_ids
         .iter()
         .map(|&i| {
@@ -1413,21 +1046,10 @@ pub(crate) fn lower(kg: &KernelGraph, opts: &GpuOptions) -> Result<CudaArtifact,
     for (&i, &off) in arena_ids.iter().zip(&offsets) {
         location[i] = Some(GpuLocation::Arena { offset: off });
     }
-    let unplanned_bytes = reqs
-        .iter()
-        .map(|r| r.0.div_ceil(runtime::cuda::ARENA_ALIGN) * runtime::cuda::ARENA_ALIGN)
-        .sum();
-    let index_bits = if lw.buffers.iter().all(|b| b.shape.numel() < (1 << 31)) {
-        32
-    } else {
-        64
-    };
+    let unplanned_bytes = reqs.iter().map(|r| r.0.div_ceil(runtime::cuda::ARENA_ALIGN) * runtime::cuda::ARENA_ALIGN).sum();
+    let index_bits = if lw.buffers.iter().all(|b| b.shape.numel() < (1 << 31)) { 32 } else { 64 };
     let has_kernels = lw.steps.iter().any(|s| matches!(s, Pending::Launch { .. }));
-    let ptx = if has_kernels {
-        ptx::to_ptx(&module_text(&lw), opts.sm, index_bits)?
-    } else {
-        String::new()
-    };
+    let ptx = if has_kernels { ptx::to_ptx(&module_text(&lw), opts.sm, index_bits)? } else { String::new() };
     let buffers = lw
         .buffers
         .iter()
@@ -1435,9 +1057,7 @@ pub(crate) fn lower(kg: &KernelGraph, opts: &GpuOptions) -> Result<CudaArtifact,
         .map(|(i, b)| GpuBuffer {
             dtype: b.dtype,
             shape: b.shape.dims().to_vec(),
-            location: location[i]
-                .clone()
-                .unwrap_or(GpuLocation::Arena { offset: 0 }),
+            location: location[i].clone().unwrap_or(GpuLocation::Arena { offset: 0 }),
             live: live[i].unwrap_or((0, 0)),
         })
         .collect();
@@ -1445,17 +1065,9 @@ pub(crate) fn lower(kg: &KernelGraph, opts: &GpuOptions) -> Result<CudaArtifact,
         .steps
         .into_iter()
         .map(|s| match s {
-            Pending::Launch {
-                kernel,
-                emitted,
-                args,
-            } => GpuStep::Launch(LaunchStep {
-                kernel,
-                symbol: emitted.symbol,
-                grid: emitted.grid,
-                block: emitted.block,
-                args,
-            }),
+            Pending::Launch { kernel, emitted, args } => {
+                GpuStep::Launch(LaunchStep { kernel, symbol: emitted.symbol, grid: emitted.grid, block: emitted.block, args })
+            }
             Pending::Gemm(g) => GpuStep::Gemm(g),
             Pending::Copy { from, to } => GpuStep::Copy { from, to },
         })

@@ -13,16 +13,12 @@ const LOG2E: f64 = std::f64::consts::LOG2_E;
 const LN2: f64 = std::f64::consts::LN_2;
 
 fn asm(e: &mut Emitter, text: &str, x: &str) -> String {
-    e.op(&format!(
-        "llvm.inline_asm \"{text} $0, $1;\", \"=f,f\" {x} : (f32) -> f32"
-    ))
+    e.op(&format!("llvm.inline_asm \"{text} $0, $1;\", \"=f,f\" {x} : (f32) -> f32"))
 }
 
 /// `copysign(mag, sgn)`: PTX `copysign.f32 d, a, b` gives `b`'s magnitude with `a`'s sign.
 fn copysign(e: &mut Emitter, mag: &str, sgn: &str) -> String {
-    e.op(&format!(
-        "llvm.inline_asm \"copysign.f32 $0, $1, $2;\", \"=f,f,f\" {sgn}, {mag} : (f32, f32) -> f32"
-    ))
+    e.op(&format!("llvm.inline_asm \"copysign.f32 $0, $1, $2;\", \"=f,f,f\" {sgn}, {mag} : (f32, f32) -> f32"))
 }
 
 pub(crate) fn fabs(e: &mut Emitter, x: &str) -> String {
@@ -81,11 +77,7 @@ fn tanh(e: &mut Emitter, x: &str) -> String {
     let big = copysign(e, &big, x);
     // Small |x|: Taylor series to x^9 (error < 1e-8 for |x| < 0.125).
     let x2 = mul(e, x, x);
-    let p = poly(
-        e,
-        &x2,
-        &[62.0 / 2835.0, -17.0 / 315.0, 2.0 / 15.0, -1.0 / 3.0, 1.0],
-    );
+    let p = poly(e, &x2, &[62.0 / 2835.0, -17.0 / 315.0, 2.0 / 15.0, -1.0 / 3.0, 1.0]);
     let small = mul(e, x, &p);
     let lim = e.c_f32(0.125);
     let is_small = e.op(&format!("arith.cmpf olt, {ax}, {lim} : f32"));
@@ -100,18 +92,7 @@ fn erf(e: &mut Emitter, x: &str) -> String {
     let pt = mul(e, &p, &ax);
     let den = add(e, &pt, &one);
     let t = e.op(&format!("arith.divf {one}, {den} : f32"));
-    let s = poly(
-        e,
-        &t,
-        &[
-            1.061_405_429,
-            -1.453_152_027,
-            1.421_413_741,
-            -0.284_496_736,
-            0.254_829_592,
-            0.0,
-        ],
-    );
+    let s = poly(e, &t, &[1.061_405_429, -1.453_152_027, 1.421_413_741, -0.284_496_736, 0.254_829_592, 0.0]);
     let x2 = mul(e, &ax, &ax);
     let nx2 = e.op(&format!("arith.negf {x2} : f32"));
     let ex = exp(e, &nx2);
@@ -192,16 +173,8 @@ pub(crate) fn binary(e: &mut Emitter, b: BinaryOp, d: DType, x: &str, y: &str) -
             BinaryOp::Or => "arith.ori",
             BinaryOp::Pow => return int_pow(e, ty, x, y),
         };
-        let op = if d == DType::Bool && matches!(b, BinaryOp::Max) {
-            "arith.ori"
-        } else {
-            op
-        };
-        let op = if d == DType::Bool && matches!(b, BinaryOp::Min) {
-            "arith.andi"
-        } else {
-            op
-        };
+        let op = if d == DType::Bool && matches!(b, BinaryOp::Max) { "arith.ori" } else { op };
+        let op = if d == DType::Bool && matches!(b, BinaryOp::Min) { "arith.andi" } else { op };
         return e.op(&format!("{op} {x}, {y} : {ty}"));
     }
     match b {
@@ -236,11 +209,7 @@ pub(crate) fn binary(e: &mut Emitter, b: BinaryOp, d: DType, x: &str, y: &str) -
             let z = e.c_f32(0.0);
             let a = e.op(&format!("arith.cmpf une, {x}, {z} : f32"));
             let c = e.op(&format!("arith.cmpf une, {y}, {z} : f32"));
-            let op = if b == BinaryOp::And {
-                "arith.andi"
-            } else {
-                "arith.ori"
-            };
+            let op = if b == BinaryOp::And { "arith.andi" } else { "arith.ori" };
             let r = e.op(&format!("{op} {a}, {c} : i1"));
             e.op(&format!("arith.uitofp {r} : i1 to f32"))
         }
@@ -253,11 +222,7 @@ pub(crate) fn binary(e: &mut Emitter, b: BinaryOp, d: DType, x: &str, y: &str) -
 /// and of four negated lanes folded into a three-way `VIMNMX3` one stayed unnegated (GPU
 /// fuzzing, seeds 913000438 and 913005634; visible in the SASS of `ptxas -O3`).
 fn int_neg(e: &mut Emitter, ty: &str, x: &str) -> String {
-    let (bits, c) = if ty == "i64" {
-        ("64", "l")
-    } else {
-        ("32", "r")
-    };
+    let (bits, c) = if ty == "i64" { ("64", "l") } else { ("32", "r") };
     e.op(&format!("llvm.inline_asm \"not.b{bits} $0, $1;\\n\\tadd.s{bits} $0, $0, 1;\", \"={c},{c}\" {x} : ({ty}) -> {ty}"))
 }
 
@@ -312,12 +277,6 @@ fn int_pow(e: &mut Emitter, ty: &str, x: &str, y: &str) -> String {
     let r = e.op(&format!("arith.select {neg}, {inv}, {acc} : f64"));
     // PTX's cvt.rzi truncates, saturates and maps NaN to 0, as `quantize` does (LLVM's fptosi
     // would be poison out of range)
-    let (cvt, c) = if ty == "i64" {
-        ("s64", "l")
-    } else {
-        ("s32", "r")
-    };
-    e.op(&format!(
-        "llvm.inline_asm \"cvt.rzi.{cvt}.f64 $0, $1;\", \"={c},d\" {r} : (f64) -> {ty}"
-    ))
+    let (cvt, c) = if ty == "i64" { ("s64", "l") } else { ("s32", "r") };
+    e.op(&format!("llvm.inline_asm \"cvt.rzi.{cvt}.f64 $0, $1;\", \"={c},d\" {r} : (f64) -> {ty}"))
 }

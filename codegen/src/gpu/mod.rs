@@ -54,11 +54,7 @@ pub enum GpuError {
     #[error("kernel {kernel}: the GPU backend cannot build {reason}")]
     Unsupported { kernel: String, reason: String },
     #[error("MLIR {stage} failed: {message}\n--- module ---\n{module}")]
-    Mlir {
-        stage: String,
-        message: String,
-        module: String,
-    },
+    Mlir { stage: String, message: String, module: String },
     #[error(transparent)]
     Ir(#[from] IrError),
 }
@@ -66,10 +62,7 @@ pub enum GpuError {
 impl GpuError {
     pub(crate) fn in_kernel(self, kernel: &str) -> GpuError {
         match self {
-            GpuError::Unsupported { kernel: k, reason } if k.is_empty() => GpuError::Unsupported {
-                kernel: kernel.into(),
-                reason,
-            },
+            GpuError::Unsupported { kernel: k, reason } if k.is_empty() => GpuError::Unsupported { kernel: kernel.into(), reason },
             e => e,
         }
     }
@@ -83,13 +76,8 @@ pub fn compile(kg: &KernelGraph, opts: &GpuOptions) -> Result<CudaArtifact, GpuE
 /// cuBLASLt multiplies floats only: an integer `a @ b` becomes
 /// `sum(reshape(a, [.., m, k, 1]) * reshape(b, [.., 1, k, n]), axis=-2)`, which the loop
 /// kernels compute exactly (wrapping like PyTorch's integer matmul).
-fn integer_matmuls_as_reductions(
-    kg: &KernelGraph,
-) -> Result<std::borrow::Cow<'_, KernelGraph>, GpuError> {
-    let int_mm = |g: &Graph| {
-        g.nodes()
-            .any(|(_, n)| n.op == ir::Op::MatMul && !n.dtype.is_float())
-    };
+fn integer_matmuls_as_reductions(kg: &KernelGraph) -> Result<std::borrow::Cow<'_, KernelGraph>, GpuError> {
+    let int_mm = |g: &Graph| g.nodes().any(|(_, n)| n.op == ir::Op::MatMul && !n.dtype.is_float());
     if !kg.kernels.iter().any(|k| int_mm(&k.body)) {
         return Ok(std::borrow::Cow::Borrowed(kg));
     }
@@ -102,22 +90,14 @@ fn integer_matmuls_as_reductions(
             let ins: Vec<_> = n.inputs.iter().map(|i| map[i.index()]).collect();
             let new = match &n.op {
                 ir::Op::Input { .. } => {
-                    let nid = g.push(ir::Node {
-                        op: n.op.clone(),
-                        dtype: n.dtype,
-                        shape: n.shape.clone(),
-                        inputs: Default::default(),
-                    });
+                    let nid = g.push(ir::Node { op: n.op.clone(), dtype: n.dtype, shape: n.shape.clone(), inputs: Default::default() });
                     if body.inputs().contains(&id) {
                         g.register_input(nid);
                     }
                     nid
                 }
                 ir::Op::MatMul if !n.dtype.is_float() => {
-                    let (a, b) = (
-                        body.node(n.inputs[0]).shape.dims().to_vec(),
-                        body.node(n.inputs[1]).shape.dims().to_vec(),
-                    );
+                    let (a, b) = (body.node(n.inputs[0]).shape.dims().to_vec(), body.node(n.inputs[1]).shape.dims().to_vec());
                     let a4: Vec<usize> = a.iter().copied().chain([1]).collect();
                     let mut b4 = b.clone();
                     b4.insert(b.len() - 2, 1);
@@ -125,21 +105,9 @@ fn integer_matmuls_as_reductions(
                     let b4 = g.add(ir::Op::Reshape { shape: b4.into() }, &[ins[1]])?;
                     let prod = g.add(ir::Op::Binary(ir::BinaryOp::Mul), &[a4, b4])?;
                     let rank = g.node(prod).shape.rank();
-                    g.add(
-                        ir::Op::Reduce {
-                            op: ir::ReduceOp::Sum,
-                            axes: vec![rank - 2],
-                            keepdim: false,
-                        },
-                        &[prod],
-                    )?
+                    g.add(ir::Op::Reduce { op: ir::ReduceOp::Sum, axes: vec![rank - 2], keepdim: false }, &[prod])?
                 }
-                op => g.push(ir::Node {
-                    op: op.clone(),
-                    dtype: n.dtype,
-                    shape: n.shape.clone(),
-                    inputs: ins.into_iter().collect(),
-                }),
+                op => g.push(ir::Node { op: op.clone(), dtype: n.dtype, shape: n.shape.clone(), inputs: ins.into_iter().collect() }),
             };
             map.push(new);
         }

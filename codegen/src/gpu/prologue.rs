@@ -206,9 +206,18 @@ fn gemm_reading(b: &Graph, a: NodeId) -> Option<NodeId> {
     .then_some(mm)
 }
 
+/// Whether norms are fused into GEMMs: `KILN_GPU_FUSE_NORM=0` keeps every norm kernel (for
+/// measuring what the fusion buys).
+pub(crate) fn enabled() -> bool {
+    std::env::var("KILN_GPU_FUSE_NORM").map_or(true, |v| v != "0")
+}
+
 /// Moves each layer-norm kernel whose output only one GEMM kernel reads, as a small-`m`
 /// GEMM's `A` operand, into that kernel (the norm's inputs become the GEMM kernel's).
 pub(crate) fn fuse_into_gemms(kg: &mut KernelGraph) -> Result<(), ir::IrError> {
+    if !enabled() {
+        return Ok(());
+    }
     let mut ri = 0;
     while ri < kg.kernels.len() {
         if let Some((gi, pos)) = fusable(kg, ri) {

@@ -7,10 +7,7 @@ use melior::{
     dialect::DialectRegistry,
     ir::Module,
     pass::PassManager,
-    utility::{
-        parse_pass_pipeline, register_all_dialects, register_all_llvm_translations,
-        register_all_passes,
-    },
+    utility::{parse_pass_pipeline, register_all_dialects, register_all_llvm_translations, register_all_passes},
     Context,
 };
 use std::cell::RefCell;
@@ -45,28 +42,18 @@ pub(crate) fn to_ptx(mlir: &str, sm: SmVersion, index_bits: u32) -> Result<Strin
         true
     });
     let messages = |what: &str| -> GpuError {
-        GpuError::Mlir {
-            stage: what.to_string(),
-            message: diags.borrow().join("\n"),
-            module: mlir.to_string(),
-        }
+        GpuError::Mlir { stage: what.to_string(), message: diags.borrow().join("\n"), module: mlir.to_string() }
     };
     let Some(mut module) = Module::parse(&context, mlir) else {
         return Err(messages("parse"));
     };
     let pm = PassManager::new(&context);
-    parse_pass_pipeline(pm.as_operation_pass_manager(), &pipeline(sm, index_bits)).map_err(
-        |e| GpuError::Mlir {
-            stage: "pipeline".into(),
-            message: e.to_string(),
-            module: String::new(),
-        },
-    )?;
+    parse_pass_pipeline(pm.as_operation_pass_manager(), &pipeline(sm, index_bits))
+        .map_err(|e| GpuError::Mlir { stage: "pipeline".into(), message: e.to_string(), module: String::new() })?;
     if pm.run(&mut module).is_err() {
         return Err(messages("lowering"));
     }
-    let ptx =
-        unsafe { read_ptx(&module) }.ok_or_else(|| messages("reading the gpu.binary object"))?;
+    let ptx = unsafe { read_ptx(&module) }.ok_or_else(|| messages("reading the gpu.binary object"))?;
     context.detach_diagnostic_handler(handler);
     Ok(match sm {
         SmVersion::Sm90 => with_grid_dependency_control(&ptx),
@@ -100,13 +87,7 @@ pub(crate) fn with_grid_dependency_control(ptx: &str) -> String {
     let (mut state, mut entry) = (0, 0);
     for line in ptx.lines() {
         let t = line.trim_start();
-        if state == 2
-            && !(t.is_empty()
-                || t.starts_with(".reg")
-                || t.starts_with(".shared")
-                || t.starts_with(".local")
-                || t.starts_with("//"))
-        {
+        if state == 2 && !(t.is_empty() || t.starts_with(".reg") || t.starts_with(".shared") || t.starts_with(".local") || t.starts_with("//")) {
             if !marked[entry - 1] {
                 out.push_str(WAIT);
             }
@@ -146,11 +127,7 @@ unsafe fn read_ptx(module: &Module) -> Option<String> {
                 let obj = mlirArrayAttrGetElement(objects, 0);
                 let s = mlirGPUObjectAttrGetObject(obj);
                 let bytes = std::slice::from_raw_parts(s.data as *const u8, s.length);
-                return Some(
-                    String::from_utf8_lossy(bytes)
-                        .trim_end_matches('\0')
-                        .to_string(),
-                );
+                return Some(String::from_utf8_lossy(bytes).trim_end_matches('\0').to_string());
             }
             op = mlirOperationGetNextInBlock(op);
         }
@@ -180,9 +157,7 @@ mod tests {
         assert!(!out.contains(mark));
         let (k0, k1) = out.split_at(out.find(".entry k1").unwrap());
         let wait = k0.find("griddepcontrol.wait").unwrap();
-        assert!(
-            wait > k0.find("ld.global.v4").unwrap() && wait < k0.find("ld.global.u32").unwrap()
-        );
+        assert!(wait > k0.find("ld.global.v4").unwrap() && wait < k0.find("ld.global.u32").unwrap());
         assert!(k1.find("griddepcontrol.wait").unwrap() < k1.find("ret").unwrap());
     }
 }

@@ -15,19 +15,11 @@ pub fn random(dtype: DType, shape: &[usize], seed: u64, positive: bool) -> inter
             DType::Bool => rng.random_range(0..2) as f64,
             DType::I32 | DType::I64 => {
                 let v = rng.random_range(1..=20) as f64;
-                if positive || rng.random_bool(0.5) {
-                    v
-                } else {
-                    -v
-                }
+                if positive || rng.random_bool(0.5) { v } else { -v }
             }
             _ => {
                 let v: f64 = rng.random_range(0.1..2.0);
-                if positive || rng.random_bool(0.5) {
-                    v
-                } else {
-                    -v
-                }
+                if positive || rng.random_bool(0.5) { v } else { -v }
             }
         })
         .collect();
@@ -48,8 +40,7 @@ pub fn inputs_for(g: &Graph, seed: u64, positive: bool) -> Vec<interp::Value> {
 /// Runs a kernel graph through the CPU backend and checks every output against the
 /// interpreter on the original graph.
 pub fn check_kg(kg: &KernelGraph, g: &Graph, inputs: &[interp::Value]) {
-    let art =
-        compile(kg, &CpuOptions::default()).unwrap_or_else(|e| panic!("compile {}: {e}", g.name()));
+    let art = compile(kg, &CpuOptions::default()).unwrap_or_else(|e| panic!("compile {}: {e}", g.name()));
     let mut ex = CpuExecutor::new(&art).unwrap();
     let ins: Vec<HostTensor> = inputs.iter().map(HostTensor::from_value).collect();
     let got = ex.run(&ins).unwrap();
@@ -60,9 +51,7 @@ pub fn check_kg(kg: &KernelGraph, g: &Graph, inputs: &[interp::Value]) {
         let d = a.max_rel_diff(b);
         let tol = b.dtype.tolerance().max(1e-6) * if b.dtype == DType::F32 { 1.0 } else { 1.0 };
         if d > tol {
-            let bad = a.data.iter().zip(&b.data).position(|(x, y)| {
-                (x - y).abs() / y.abs().max(1.0) > tol || x.is_nan() != y.is_nan()
-            });
+            let bad = a.data.iter().zip(&b.data).position(|(x, y)| (x - y).abs() / y.abs().max(1.0) > tol || x.is_nan() != y.is_nan());
             panic!(
                 "graph {} output {j} ({}{}): max rel diff {d} > {tol}; first bad at {:?}: got {:?} want {:?}\n{}",
                 g.name(),
@@ -86,10 +75,7 @@ pub fn check(g: &Graph, seed: u64, positive: bool) {
 
 /// The whole graph as a single kernel body.
 pub fn fused(g: &Graph) -> KernelGraph {
-    let mut kg = KernelGraph {
-        name: g.name().to_string(),
-        ..Default::default()
-    };
+    let mut kg = KernelGraph { name: g.name().to_string(), ..Default::default() };
     let mut ins = Vec::new();
     for &i in g.inputs() {
         let n = g.node(i);
@@ -98,19 +84,9 @@ pub fn fused(g: &Graph) -> KernelGraph {
         kg.input_names.push(g.input_name(i).unwrap().to_string());
         ins.push(b);
     }
-    let outs: Vec<_> = g
-        .outputs()
-        .iter()
-        .map(|&o| kg.add_buffer(g.node(o).dtype, g.node(o).shape.clone()))
-        .collect();
+    let outs: Vec<_> = g.outputs().iter().map(|&o| kg.add_buffer(g.node(o).dtype, g.node(o).shape.clone())).collect();
     let body = g.without_dead_code();
-    kg.kernels.push(ir::Kernel {
-        name: "fused".into(),
-        kind: ir::KernelKind::classify(&body),
-        body,
-        inputs: ins,
-        outputs: outs.clone(),
-    });
+    kg.kernels.push(ir::Kernel { name: "fused".into(), kind: ir::KernelKind::classify(&body), body, inputs: ins, outputs: outs.clone() });
     kg.outputs = outs;
     kg.verify().unwrap();
     kg

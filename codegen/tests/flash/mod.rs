@@ -10,33 +10,15 @@ use ir::{DType, Graph, Op, Scalar, Shape};
 use runtime::cuda::{CudaArtifact, GpuStep};
 
 fn flash_launches(art: &CudaArtifact) -> usize {
-    art.steps
-        .iter()
-        .filter(|s| matches!(s, GpuStep::Launch(l) if l.symbol.contains("_flash_")))
-        .count()
+    art.steps.iter().filter(|s| matches!(s, GpuStep::Launch(l) if l.symbol.contains("_flash_"))).count()
 }
 
-fn attention_graph(
-    name: &str,
-    dtype: DType,
-    causal: bool,
-    (b, h): (usize, usize),
-    sq: usize,
-    sk: usize,
-    d: usize,
-    dv: usize,
-) -> R<Graph> {
+fn attention_graph(name: &str, dtype: DType, causal: bool, (b, h): (usize, usize), sq: usize, sk: usize, d: usize, dv: usize) -> R<Graph> {
     let mut g = Graph::new(name);
     let q = g.input("q", dtype, [b, h, sq, d])?;
     let k = g.input("k", dtype, [b, h, sk, d])?;
     let v = g.input("v", dtype, [b, h, sk, dv])?;
-    let o = g.add(
-        Op::FlashAttention {
-            causal,
-            scale: Scalar(1.0 / (d as f64).sqrt()),
-        },
-        &[q, k, v],
-    )?;
+    let o = g.add(Op::FlashAttention { causal, scale: Scalar(1.0 / (d as f64).sqrt()) }, &[q, k, v])?;
     g.set_outputs(vec![o]);
     Ok(g)
 }
@@ -56,12 +38,7 @@ fn flash_attention_odd_shapes() -> R<()> {
     .into_iter()
     .enumerate()
     {
-        let name = format!(
-            "flash_{dtype}_{}_b{}h{}_sq{sq}_sk{sk}_d{d}_dv{dv}",
-            if causal { "causal" } else { "full" },
-            bh.0,
-            bh.1
-        );
+        let name = format!("flash_{dtype}_{}_b{}h{}_sq{sq}_sk{sk}_d{d}_dv{dv}", if causal { "causal" } else { "full" }, bh.0, bh.1);
         let g = attention_graph(&name, dtype, causal, bh, sq, sk, d, dv)?;
         let art = check(&name, &g, 60 + i as u64)?;
         assert_eq!(art.steps.len(), 1, "{name}: {}", art.summary());
@@ -74,10 +51,7 @@ fn flash_attention_odd_shapes() -> R<()> {
 /// rows), the output stored through the merge-heads permute, the projection GEMM after it.
 #[test]
 fn flash_attention_packed_qkv() -> R<()> {
-    for (dtype, causal, (b, t, h, d)) in [
-        (DType::BF16, true, (2, 77, 3, 64)),
-        (DType::F16, false, (1, 70, 2, 128)),
-    ] {
+    for (dtype, causal, (b, t, h, d)) in [(DType::BF16, true, (2, 77, 3, 64)), (DType::F16, false, (1, 70, 2, 128))] {
         let name = format!("flash_packed_qkv_{dtype}_d{d}");
         let c = h * d;
         let mut g = Graph::new(&name);
@@ -85,56 +59,17 @@ fn flash_attention_packed_qkv() -> R<()> {
         let w = g.input("w", dtype, [c, 40])?;
         let mut heads = Vec::new();
         for i in 0..3 {
-            let s = g.add(
-                Op::Slice {
-                    axis: 2,
-                    start: i * c,
-                    end: (i + 1) * c,
-                    step: 1,
-                },
-                &[qkv],
-            )?;
-            let r = g.add(
-                Op::Reshape {
-                    shape: Shape::new([b, t, h, d]),
-                },
-                &[s],
-            )?;
-            heads.push(g.add(
-                Op::Permute {
-                    perm: vec![0, 2, 1, 3],
-                },
-                &[r],
-            )?);
+            let s = g.add(Op::Slice { axis: 2, start: i * c, end: (i + 1) * c, step: 1 }, &[qkv])?;
+            let r = g.add(Op::Reshape { shape: Shape::new([b, t, h, d]) }, &[s])?;
+            heads.push(g.add(Op::Permute { perm: vec![0, 2, 1, 3] }, &[r])?);
         }
-        let o = g.add(
-            Op::FlashAttention {
-                causal,
-                scale: Scalar(1.0 / (d as f64).sqrt()),
-            },
-            &heads,
-        )?;
-        let m = g.add(
-            Op::Permute {
-                perm: vec![0, 2, 1, 3],
-            },
-            &[o],
-        )?;
-        let m = g.add(
-            Op::Reshape {
-                shape: Shape::new([b, t, c]),
-            },
-            &[m],
-        )?;
+        let o = g.add(Op::FlashAttention { causal, scale: Scalar(1.0 / (d as f64).sqrt()) }, &heads)?;
+        let m = g.add(Op::Permute { perm: vec![0, 2, 1, 3] }, &[o])?;
+        let m = g.add(Op::Reshape { shape: Shape::new([b, t, c]) }, &[m])?;
         let y = g.add(Op::MatMul, &[m, w])?;
         g.set_outputs(vec![y]);
         let art = check_with(&name, &g, scaled_weights(&g, 70))?;
-        assert_eq!(
-            art.steps.len(),
-            2,
-            "{name}: attention + GEMM, no copies: {}",
-            art.summary()
-        );
+        assert_eq!(art.steps.len(), 2, "{name}: attention + GEMM, no copies: {}", art.summary());
         assert_eq!(flash_launches(&art), 1, "{name}: {}", art.summary());
     }
     Ok(())
@@ -143,10 +78,7 @@ fn flash_attention_packed_qkv() -> R<()> {
 /// Cases the tensor-core kernel leaves to the other paths: f32, a head dim not a multiple of 16.
 #[test]
 fn flash_attention_leaves_other_cases() -> R<()> {
-    for (dtype, d, name) in [
-        (DType::F32, 64, "flash_declines_f32"),
-        (DType::BF16, 40, "flash_declines_d40"),
-    ] {
+    for (dtype, d, name) in [(DType::F32, 64, "flash_declines_f32"), (DType::BF16, 40, "flash_declines_d40")] {
         let g = attention_graph(name, dtype, true, (1, 2), 21, 21, d, d)?;
         let art = check(name, &g, 80)?;
         assert_eq!(flash_launches(&art), 0, "{name}: {}", art.summary());
@@ -180,12 +112,7 @@ fn bench_flash_attention() -> R<()> {
         let flops = 4.0 * (b * h * s * s * d) as f64 * if causal { 0.5 } else { 1.0 };
         for flash in [true, false] {
             std::env::set_var("KILN_GPU_FLASH", if flash { "1" } else { "0" });
-            let art = codegen::gpu::compile_graph(
-                &g,
-                &codegen::gpu::GpuOptions {
-                    sm: codegen::gpu::SmVersion::Sm90,
-                },
-            )?;
+            let art = codegen::gpu::compile_graph(&g, &codegen::gpu::GpuOptions { sm: codegen::gpu::SmVersion::Sm90 })?;
             let mut ex = CudaExecutor::new(art.clone(), 0)?;
             let ins: Vec<_> = inputs
                 .iter()

@@ -2,13 +2,14 @@
 //! bf16 and f16, odd shapes (`m` = 1, 7, 32, 63; `k` and `n` off the tiles), one split and
 //! split-K, against the interpreter with poisoned outputs; the PTX goes to `target/kiln-ptx/`.
 //! An ignored benchmark times each GPT-2 small GEMM shape and the whole b1 t32 graph with the
-//! skinny kernel and with cuBLASLt. By default the kernel takes only deep-K GEMMs
-//! (`docs/gpu-gemm.md`); `with_skinny_gemm` gives it every GEMM it can take on a thread.
+//! skinny kernel and with cuBLASLt. By default the kernel takes every GEMM of `m <= 64` it can,
+//! a layer norm before it included (`docs/gpu-gemm.md`); `with_skinny_gemm` sets the bound on
+//! `m` on a thread.
 
-#[cfg(feature = "cuda")]
-use super::device;
 use super::{scaled_weights, trace, R};
 use codegen::gpu::with_skinny_gemm;
+#[cfg(feature = "cuda")]
+use super::device;
 use frontend::Tensor;
 use ir::{DType, Graph};
 use runtime::cuda::{CudaArtifact, GpuStep};
@@ -18,11 +19,7 @@ use runtime::cuda::{CudaArtifact, GpuStep};
 fn gemm_graph(name: &str, d: DType, m: usize, k: usize, n: usize, ep: &str) -> Graph {
     trace(name, |t| {
         let x = t.input("x", d, [m, k])?;
-        let mut y: Tensor = if ep.contains("wt") {
-            x.matmul(&t.input("w", d, [n, k])?.t()?)?
-        } else {
-            x.matmul(&t.input("w", d, [k, n])?)?
-        };
+        let mut y: Tensor = if ep.contains("wt") { x.matmul(&t.input("w", d, [n, k])?.t()?)? } else { x.matmul(&t.input("w", d, [k, n])?)? };
         if ep.contains("bias") {
             let b = t.input("b", d, [n])?;
             y = y.add(&b)?;
@@ -47,10 +44,7 @@ fn check_with(name: &str, g: &Graph, inputs: Vec<ir::interp::Value>) -> R<CudaAr
 }
 
 fn skinny_launches(art: &CudaArtifact) -> usize {
-    art.steps
-        .iter()
-        .filter(|s| matches!(s, GpuStep::Launch(l) if l.symbol.contains("_skinny_")))
-        .count()
+    art.steps.iter().filter(|s| matches!(s, GpuStep::Launch(l) if l.symbol.contains("_skinny_"))).count()
 }
 
 #[test]
@@ -75,30 +69,12 @@ fn skinny_gemm_odd_shapes_f16_transposed_weight() -> R<()> {
 
 /// Every epilogue on one shape (bf16), the plain GEMM and one rotating epilogue on the others.
 fn odd_shapes(d: DType, layout: &str) -> R<()> {
-    let eps = [
-        "",
-        "bias",
-        "bias_gelu",
-        "gelu",
-        "bias_relu",
-        "res",
-        "bias_res",
-    ];
+    let eps = ["", "bias", "bias_gelu", "gelu", "bias_relu", "res", "bias_res"];
     let mut case = 0;
     {
-        for (m, k, n) in [
-            (1, 770, 100),
-            (7, 64, 72),
-            (32, 770, 100),
-            (63, 520, 64),
-            (5, 40, 9000),
-            (16, 72, 24),
-        ] {
+        for (m, k, n) in [(1, 770, 100), (7, 64, 72), (32, 770, 100), (63, 520, 64), (5, 40, 9000), (16, 72, 24)] {
             for (i, ep) in eps.iter().enumerate() {
-                if !(ep.is_empty()
-                    || ((m, k) == (32, 770) && d == DType::BF16)
-                    || i == case % eps.len())
-                {
+                if !(ep.is_empty() || ((m, k) == (32, 770) && d == DType::BF16) || i == case % eps.len()) {
                     continue;
                 }
                 case += 1;
@@ -107,20 +83,16 @@ fn odd_shapes(d: DType, layout: &str) -> R<()> {
                 let g = gemm_graph(&name, d, m, k, n, &ep);
                 let art = check_with(&name, &g, scaled_weights(&g, 40 + case as u64))?;
                 assert!(skinny_launches(&art) >= 1, "{name}: {}", art.summary());
-                assert!(
-                    !art.steps.iter().any(|s| matches!(s, GpuStep::Gemm(_))),
-                    "{name}: {}",
-                    art.summary()
-                );
+                assert!(!art.steps.iter().any(|s| matches!(s, GpuStep::Gemm(_))), "{name}: {}", art.summary());
             }
         }
     }
     Ok(())
 }
 
-/// Transposed weights over enough columns take narrow column blocks (16 or 32 columns) and no
-/// K split: GPT-2 small's qkv shape, and odd `m`, `k`, `n` (a partial last block, scalar
-/// loads past `k % 8`, a third m-tile) with every kind of epilogue.
+/// Transposed weights take 32-column blocks (4 n-tiles; 16 with a fused norm, below), in one
+/// split or several: GPT-2 small's qkv shape, and odd `m`, `k`, `n` (a partial last block,
+/// scalar loads past `k % 8`, a third and a fourth m-tile) with every kind of epilogue.
 #[test]
 fn skinny_gemm_narrow_column_blocks() -> R<()> {
     for (i, (d, m, k, n, ep)) in [
@@ -239,14 +211,7 @@ fn skinny_gemm_splits_batches_and_fallbacks() -> R<()> {
     let g = gemm_graph("skinny_split_k", DType::BF16, 17, 3000, 40, "bias_res");
     let art = check_with("skinny_split_k", &g, scaled_weights(&g, 6))?;
     assert_eq!(skinny_launches(&art), 1, "{}", art.summary());
-    let g = gemm_graph(
-        "skinny_split_k_wt",
-        DType::F16,
-        32,
-        3072,
-        200,
-        "wt_bias_gelu",
-    );
+    let g = gemm_graph("skinny_split_k_wt", DType::F16, 32, 3072, 200, "wt_bias_gelu");
     let art = check_with("skinny_split_k_wt", &g, scaled_weights(&g, 8))?;
     assert_eq!(skinny_launches(&art), 1, "{}", art.summary());
     let g = trace("skinny_batched", |t| {
@@ -255,23 +220,11 @@ fn skinny_gemm_splits_batches_and_fallbacks() -> R<()> {
         let b = t.input("b", DType::F16, [72])?;
         let wt = t.input("wt", DType::F16, [72, 200])?;
         let big = t.input("big", DType::F16, [65, 200])?;
-        Ok(vec![
-            x.matmul(&w)?.add(&b)?.gelu_tanh()?,
-            x.matmul(&wt.t()?)?,
-            big.matmul(&w)?,
-        ])
+        Ok(vec![x.matmul(&w)?.add(&b)?.gelu_tanh()?, x.matmul(&wt.t()?)?, big.matmul(&w)?])
     });
     let art = check_with("skinny_batched", &g, scaled_weights(&g, 7))?;
     assert!(skinny_launches(&art) >= 1, "{}", art.summary());
-    assert_eq!(
-        art.steps
-            .iter()
-            .filter(|s| matches!(s, GpuStep::Gemm(_)))
-            .count(),
-        1,
-        "{}",
-        art.summary()
-    );
+    assert_eq!(art.steps.iter().filter(|s| matches!(s, GpuStep::Gemm(_))).count(), 1, "{}", art.summary());
     Ok(())
 }
 
@@ -289,22 +242,13 @@ fn bench_skinny_gemms() -> R<()> {
     }
     use super::median;
     let modes = [("skinny", 64), ("cublaslt", 0)];
-    for (k, n, ep) in [
-        (768, 2304, "wt_bias"),
-        (768, 768, "wt_bias_res"),
-        (768, 3072, "wt_bias_gelu"),
-        (3072, 768, "wt_bias_res"),
-        (768, 3072, "bias_gelu"),
-        (3072, 768, "bias_res"),
-    ] {
+    for (k, n, ep) in [(768, 2304, "wt_bias"), (768, 768, "wt_bias_res"), (768, 3072, "wt_bias_gelu"), (3072, 768, "wt_bias_res"), (768, 3072, "bias_gelu"), (3072, 768, "bias_res")] {
         let name = format!("gpt2_gemm_k{k}_n{n}_{ep}");
         let g = gemm_graph(&name, DType::BF16, 32, k, n, ep);
         let inputs = scaled_weights(&g, 3);
         let reference = interp::run(&g, &inputs)?;
         for (mode, max_m) in modes {
-            let art = with_skinny_gemm(max_m, || {
-                codegen::gpu::compile_graph(&g, &Default::default())
-            })?;
+            let art = with_skinny_gemm(max_m, || codegen::gpu::compile_graph(&g, &Default::default()))?;
             device::run_and_compare(&format!("{name} {mode}"), &art, &inputs, &reference)?;
             let mut ex = CudaExecutor::new(art.clone(), 0)?;
             let ins: Vec<_> = inputs
@@ -335,11 +279,7 @@ fn bench_skinny_gemms() -> R<()> {
     let inputs = traced.random_inputs(7);
     let mut outs = Vec::new();
     // Every GEMM it can take on the skinny kernel, none, and the default policy.
-    for (mode, max_m) in [
-        ("skinny", Some(64)),
-        ("cublaslt", Some(0)),
-        ("default", None),
-    ] {
+    for (mode, max_m) in [("skinny", Some(64)), ("cublaslt", Some(0)), ("default", None)] {
         let compile = || codegen::gpu::compile(&kg, &Default::default());
         let art = match max_m {
             Some(m) => with_skinny_gemm(m, compile)?,
@@ -361,25 +301,14 @@ fn bench_skinny_gemms() -> R<()> {
         unsafe { ex.run_graph(&ptrs, &[o.ptr], None)? };
         ex.synchronize()?;
         let v = device::from_bytes(on.dtype, on.shape.dims(), &o.download()?);
-        assert!(
-            v.data.iter().all(|x| x.is_finite()),
-            "gpt2 {mode}: non-finite output"
-        );
+        assert!(v.data.iter().all(|x| x.is_finite()), "gpt2 {mode}: non-finite output");
         let ms = median(ex.time_runs(&ptrs, &[o.ptr], 100, true)?);
         let per = ex.time_steps(&ptrs, &[o.ptr], 10)?;
         let mut groups: std::collections::BTreeMap<String, (usize, f64)> = Default::default();
         for (st, t) in art.steps.iter().zip(&per) {
             let key = match st {
                 GpuStep::Gemm(g) => format!("cublaslt m{} n{} k{}", g.m, g.n, g.k),
-                GpuStep::Launch(l) if l.symbol.contains("_skinny_") => format!(
-                    "skinny grid {:?} {}",
-                    l.grid,
-                    if l.symbol.ends_with("_sum") {
-                        "sum"
-                    } else {
-                        ""
-                    }
-                ),
+                GpuStep::Launch(l) if l.symbol.contains("_skinny_") => format!("skinny grid {:?} {}", l.grid, if l.symbol.ends_with("_sum") { "sum" } else { "" }),
                 GpuStep::Launch(_) => "other kernels".into(),
                 GpuStep::Copy { .. } => "copy".into(),
             };
@@ -388,19 +317,13 @@ fn bench_skinny_gemms() -> R<()> {
             e.1 += t;
         }
         for (k, (n, t)) in &groups {
-            println!(
-                "SKINNY gpt2 {mode}: {k:<40} x{n:<3} {:.2} us each",
-                1e3 * t / *n as f64
-            );
+            println!("SKINNY gpt2 {mode}: {k:<40} x{n:<3} {:.2} us each", 1e3 * t / *n as f64);
         }
         println!("SKINNY gpt2_small_b1_t32 {mode}: {:.4} ms per graph replay, {} steps (steps alone {:.1} us)", ms, art.steps.len(), 1e3 * per.iter().sum::<f64>());
         outs.push(v);
     }
     for (i, mode) in [(0, "skinny"), (2, "default")] {
-        println!(
-            "SKINNY gpt2 {mode} vs cuBLASLt output: max rel diff {:e}",
-            outs[i].max_rel_diff(&outs[1])
-        );
+        println!("SKINNY gpt2 {mode} vs cuBLASLt output: max rel diff {:e}", outs[i].max_rel_diff(&outs[1]));
     }
     Ok(())
 }

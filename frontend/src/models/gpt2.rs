@@ -89,14 +89,7 @@ impl Gpt2Config {
 
     /// A tiny GPT-2 for interpreter tests: 2 layers, 4 heads, d = 64, context 16.
     pub fn tiny() -> Gpt2Config {
-        Gpt2Config {
-            n_layer: 2,
-            n_head: 4,
-            n_embd: 64,
-            block_size: 16,
-            vocab_size: 97,
-            ..Gpt2Config::small()
-        }
+        Gpt2Config { n_layer: 2, n_head: 4, n_embd: 64, block_size: 16, vocab_size: 97, ..Gpt2Config::small() }
     }
 
     pub fn with_attention(self, attention: AttentionSpelling) -> Gpt2Config {
@@ -114,13 +107,7 @@ impl Gpt2Config {
 
     fn validate(&self) -> Result<()> {
         if self.n_head == 0 || self.n_embd == 0 || !self.n_embd.is_multiple_of(self.n_head) {
-            return Err(invalid(
-                "gpt2",
-                format!(
-                    "n_embd {} must be a positive multiple of n_head {}",
-                    self.n_embd, self.n_head
-                ),
-            ));
+            return Err(invalid("gpt2", format!("n_embd {} must be a positive multiple of n_head {}", self.n_embd, self.n_head)));
         }
         Ok(())
     }
@@ -131,11 +118,7 @@ impl Gpt2Config {
     }
 
     fn layer_norm(&self) -> LayerNorm {
-        LayerNorm {
-            dim: self.n_embd,
-            eps: self.ln_eps,
-            bias: self.bias,
-        }
+        LayerNorm { dim: self.n_embd, eps: self.ln_eps, bias: self.bias }
     }
 }
 
@@ -143,28 +126,14 @@ impl Gpt2Config {
 fn check_input(cfg: &Gpt2Config, op: &'static str, x: &Tensor) -> Result<(usize, usize)> {
     cfg.validate()?;
     if x.rank() != 3 {
-        return Err(FrontendError::Rank {
-            op,
-            expected: "an input [batch, seq, n_embd] of rank 3",
-            shape: x.shape().clone().into(),
-        });
+        return Err(FrontendError::Rank { op, expected: "an input [batch, seq, n_embd] of rank 3", shape: x.shape().clone().into() });
     }
     let (b, t, c) = (x.dims()[0], x.dims()[1], x.dims()[2]);
     if c != cfg.n_embd {
-        return Err(FrontendError::Features {
-            op,
-            input: c,
-            expected: cfg.n_embd,
-        });
+        return Err(FrontendError::Features { op, input: c, expected: cfg.n_embd });
     }
     if t > cfg.block_size {
-        return Err(invalid(
-            op,
-            format!(
-                "sequence length {t} is longer than block_size {}",
-                cfg.block_size
-            ),
-        ));
+        return Err(invalid(op, format!("sequence length {t} is longer than block_size {}", cfg.block_size)));
     }
     Ok((b, t))
 }
@@ -195,36 +164,17 @@ impl CausalSelfAttention {
 /// Causal attention over `q, k, v [.., T, hs]` written out in one spelling:
 /// `softmax(q @ k^T / sqrt(hs) + causal mask) @ v`. `block_size` sizes nanoGPT's mask buffer
 /// (`T <= block_size`). This is the part the optimizer must recognise as flash attention.
-pub fn causal_attention(
-    q: &Tensor,
-    k: &Tensor,
-    v: &Tensor,
-    spelling: AttentionSpelling,
-    block_size: usize,
-) -> Result<Tensor> {
+pub fn causal_attention(q: &Tensor, k: &Tensor, v: &Tensor, spelling: AttentionSpelling, block_size: usize) -> Result<Tensor> {
     const OP: &str = "causal_attention";
     if q.rank() < 2 || k.rank() != q.rank() || v.rank() != q.rank() {
-        return Err(FrontendError::Rank {
-            op: OP,
-            expected: "q, k, v of one rank >= 2",
-            shape: q.shape().clone().into(),
-        });
+        return Err(FrontendError::Rank { op: OP, expected: "q, k, v of one rank >= 2", shape: q.shape().clone().into() });
     }
     let t = q.size(-2)?;
     if k.size(-2)? != t {
-        return Err(invalid(
-            OP,
-            format!(
-                "q has {t} positions but k has {} (causal attention here is self-attention)",
-                k.size(-2)?
-            ),
-        ));
+        return Err(invalid(OP, format!("q has {t} positions but k has {} (causal attention here is self-attention)", k.size(-2)?)));
     }
     if t > block_size {
-        return Err(invalid(
-            OP,
-            format!("sequence length {t} is longer than block_size {block_size}"),
-        ));
+        return Err(invalid(OP, format!("sequence length {t} is longer than block_size {block_size}")));
     }
     let hs = q.size(-1)?;
     let mut q = q.clone();
@@ -237,9 +187,7 @@ pub fn causal_attention(
         scores = scores.float()?;
     }
     let att = match spelling {
-        MaskedFillTril | WhereMask | AddNegInfTriangle | Fp32Softmax => {
-            scores.mul(1.0 / (k.size(-1)? as f64).sqrt())?
-        }
+        MaskedFillTril | WhereMask | AddNegInfTriangle | Fp32Softmax => scores.mul(1.0 / (k.size(-1)? as f64).sqrt())?,
         DivSqrtD => scores.div((hs as f64).sqrt())?,
         ScaleQ => scores,
     };
@@ -250,10 +198,7 @@ pub fn causal_attention(
             let mut view = vec![1; q.rank() - 2];
             view.extend([bs, bs]);
             let bias = q.tracer().ones(DType::F32, [bs, bs])?.tril(0)?.view(view)?;
-            let mask = bias
-                .slice(-2, 0, t as isize, 1)?
-                .slice(-1, 0, t as isize, 1)?
-                .eq(0)?;
+            let mask = bias.slice(-2, 0, t as isize, 1)?.slice(-1, 0, t as isize, 1)?.eq(0)?;
             att.masked_fill(&mask, f64::NEG_INFINITY)?
         }
         WhereMask => {
@@ -261,10 +206,7 @@ pub fn causal_attention(
             mask.where_(&att, f64::NEG_INFINITY)?
         }
         AddNegInfTriangle => {
-            let tri = q
-                .tracer()
-                .full(f64::NEG_INFINITY, att.dtype(), [t, t])?
-                .triu(1)?;
+            let tri = q.tracer().full(f64::NEG_INFINITY, att.dtype(), [t, t])?.triu(1)?;
             att.add(&tri)?
         }
     };
@@ -286,17 +228,8 @@ pub struct AttentionCore {
 
 impl AttentionCore {
     /// Input specs `q`, `k`, `v` of shape `[batch, n_head, seq, head_size]`.
-    pub fn input_specs(
-        &self,
-        batch: usize,
-        n_head: usize,
-        seq: usize,
-        head_size: usize,
-    ) -> Vec<InputSpec> {
-        ["q", "k", "v"]
-            .iter()
-            .map(|n| InputSpec::new(*n, self.dtype, [batch, n_head, seq, head_size]))
-            .collect()
+    pub fn input_specs(&self, batch: usize, n_head: usize, seq: usize, head_size: usize) -> Vec<InputSpec> {
+        ["q", "k", "v"].iter().map(|n| InputSpec::new(*n, self.dtype, [batch, n_head, seq, head_size])).collect()
     }
 }
 
@@ -306,13 +239,7 @@ impl Module for AttentionCore {
     }
     fn forward(&self, _vars: &Vars, inputs: &[Tensor]) -> Result<Vec<Tensor>> {
         expect_inputs("attention", inputs, 3)?;
-        Ok(vec![causal_attention(
-            &inputs[0],
-            &inputs[1],
-            &inputs[2],
-            self.spelling,
-            self.block_size,
-        )?])
+        Ok(vec![causal_attention(&inputs[0], &inputs[1], &inputs[2], self.spelling, self.block_size)?])
     }
     fn param_dtype(&self) -> DType {
         self.dtype
@@ -330,11 +257,7 @@ impl Gpt2Mlp {
         let c = self.cfg.n_embd;
         let features = x.size(-1)?;
         if features != c {
-            return Err(FrontendError::Features {
-                op: "gpt2 mlp",
-                input: features,
-                expected: c,
-            });
+            return Err(FrontendError::Features { op: "gpt2 mlp", input: features, expected: c });
         }
         let h = Linear::new(c, 4 * c, self.cfg.bias).forward(&vars.pp("c_fc"), x)?;
         let h = h.gelu_with(self.cfg.gelu)?;

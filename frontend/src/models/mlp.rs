@@ -20,14 +20,7 @@ pub struct MlpConfig {
 impl Default for MlpConfig {
     /// GPT-2 small's MLP sizes: 768 -> 3072 -> 768, exact GELU, f32.
     fn default() -> MlpConfig {
-        MlpConfig {
-            in_features: 768,
-            hidden: 3072,
-            out_features: 768,
-            bias: true,
-            gelu: GeluApproximate::None,
-            dtype: DType::F32,
-        }
+        MlpConfig { in_features: 768, hidden: 3072, out_features: 768, bias: true, gelu: GeluApproximate::None, dtype: DType::F32 }
     }
 }
 

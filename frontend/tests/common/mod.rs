@@ -20,23 +20,15 @@ pub fn value(seed: u64, dtype: DType, shape: &[usize]) -> Value {
 
 /// Traces `f` over inputs of the given values' types, runs it, returns the single output.
 pub fn run(inputs: &[Value], f: impl Fn(&Tracer, &[Tensor]) -> Result<Tensor>) -> Value {
-    run_many(inputs, |tr, xs| Ok(vec![f(tr, xs)?]))
-        .pop()
-        .unwrap()
+    run_many(inputs, |tr, xs| Ok(vec![f(tr, xs)?])).pop().unwrap()
 }
 
-pub fn run_many(
-    inputs: &[Value],
-    f: impl Fn(&Tracer, &[Tensor]) -> Result<Vec<Tensor>>,
-) -> Vec<Value> {
+pub fn run_many(inputs: &[Value], f: impl Fn(&Tracer, &[Tensor]) -> Result<Vec<Tensor>>) -> Vec<Value> {
     let tr = Tracer::new("test");
     let xs: Vec<Tensor> = inputs
         .iter()
         .enumerate()
-        .map(|(i, v)| {
-            tr.input(format!("in{i}"), v.dtype, v.shape.clone())
-                .unwrap()
-        })
+        .map(|(i, v)| tr.input(format!("in{i}"), v.dtype, v.shape.clone()).unwrap())
         .collect();
     let outs = f(&tr, &xs).unwrap();
     let g = tr.finish(&outs.iter().collect::<Vec<_>>()).unwrap();
@@ -71,12 +63,7 @@ pub fn strides(shape: &[usize]) -> Vec<usize> {
 }
 
 /// Applies `f` to every 1-D line along `axis` (in place).
-pub fn along_axis(
-    shape: &[usize],
-    axis: usize,
-    data: &[f64],
-    mut f: impl FnMut(&mut [f64]),
-) -> Vec<f64> {
+pub fn along_axis(shape: &[usize], axis: usize, data: &[f64], mut f: impl FnMut(&mut [f64])) -> Vec<f64> {
     let n = shape[axis];
     let inner: usize = shape[axis + 1..].iter().product();
     let outer: usize = shape[..axis].iter().product();
@@ -97,12 +84,7 @@ pub fn along_axis(
 }
 
 /// Reduces along `axis` with `f(line) -> value`; result shape has `axis` removed (or kept as 1).
-pub fn reduce_axis(
-    shape: &[usize],
-    axis: usize,
-    data: &[f64],
-    f: impl Fn(&[f64]) -> f64,
-) -> (Vec<usize>, Vec<f64>) {
+pub fn reduce_axis(shape: &[usize], axis: usize, data: &[f64], f: impl Fn(&[f64]) -> f64) -> (Vec<usize>, Vec<f64>) {
     let n = shape[axis];
     let inner: usize = shape[axis + 1..].iter().product();
     let outer: usize = shape[..axis].iter().product();
@@ -154,25 +136,14 @@ pub fn erf(x: f64) -> f64 {
 }
 
 /// Plain batched matmul reference: a [.., m, k] @ b [.., k, n] with batch broadcasting.
-pub fn matmul_ref(
-    a_shape: &[usize],
-    a: &[f64],
-    b_shape: &[usize],
-    b: &[f64],
-) -> (Vec<usize>, Vec<f64>) {
+pub fn matmul_ref(a_shape: &[usize], a: &[f64], b_shape: &[usize], b: &[f64]) -> (Vec<usize>, Vec<f64>) {
     let (ra, rb) = (a_shape.len(), b_shape.len());
     let (m, k, n) = (a_shape[ra - 2], a_shape[ra - 1], b_shape[rb - 1]);
     assert_eq!(k, b_shape[rb - 2]);
     let ab = &a_shape[..ra - 2];
     let bb = &b_shape[..rb - 2];
     let r = ab.len().max(bb.len());
-    let dim = |s: &[usize], i: usize| {
-        if i + s.len() >= r {
-            s[i + s.len() - r]
-        } else {
-            1
-        }
-    };
+    let dim = |s: &[usize], i: usize| if i + s.len() >= r { s[i + s.len() - r] } else { 1 };
     let batch: Vec<usize> = (0..r).map(|i| dim(ab, i).max(dim(bb, i))).collect();
     let nb: usize = batch.iter().product();
     let mut out = vec![0.0; nb * m * n];
@@ -218,13 +189,7 @@ pub fn permute_ref(shape: &[usize], data: &[f64], perm: &[usize]) -> (Vec<usize>
     let mut out = Vec::with_capacity(n);
     let mut idx = vec![0; shape.len()];
     for _ in 0..n {
-        out.push(
-            data[idx
-                .iter()
-                .zip(perm)
-                .map(|(&i, &p)| i * st[p])
-                .sum::<usize>()],
-        );
+        out.push(data[idx.iter().zip(perm).map(|(&i, &p)| i * st[p]).sum::<usize>()]);
         for d in (0..idx.len()).rev() {
             idx[d] += 1;
             if idx[d] < out_shape[d] {

@@ -37,30 +37,10 @@ const E: &str = "(exp (sub ?s (max_reduce ?ax true ?s)))";
 
 pub fn rules() -> Vec<Rewrite> {
     vec![
-        rw(
-            "softmax-last-axis",
-            &format!("(div {E} (sum ?ax true {E}))"),
-            "(softmax ?s)",
-            Some(softmax_axis_is_last()),
-        ),
-        rw(
-            "softmax-recip-last-axis",
-            &format!("(mul {E} (recip (sum ?ax true {E})))"),
-            "(softmax ?s)",
-            Some(softmax_axis_is_last()),
-        ),
-        Rewrite::new(
-            "attention",
-            pat("(matmul (softmax ?s) ?v)"),
-            DiscoverAttention::default(),
-        )
-        .expect("rule"),
-        Rewrite::new(
-            "attention-upcast",
-            pat("(matmul (cast ?d (softmax ?s)) ?v)"),
-            DiscoverAttention::default(),
-        )
-        .expect("rule"),
+        rw("softmax-last-axis", &format!("(div {E} (sum ?ax true {E}))"), "(softmax ?s)", Some(softmax_axis_is_last())),
+        rw("softmax-recip-last-axis", &format!("(mul {E} (recip (sum ?ax true {E})))"), "(softmax ?s)", Some(softmax_axis_is_last())),
+        Rewrite::new("attention", pat("(matmul (softmax ?s) ?v)"), DiscoverAttention::default()).expect("rule"),
+        Rewrite::new("attention-upcast", pat("(matmul (cast ?d (softmax ?s)) ?v)"), DiscoverAttention::default()).expect("rule"),
     ]
 }
 
@@ -97,34 +77,17 @@ pub struct DiscoverAttention {
 }
 
 impl egg::Applier<Kiln, TypeAnalysis> for DiscoverAttention {
-    fn apply_one(
-        &self,
-        eg: &mut EGraph,
-        id: Id,
-        s: &Subst,
-        _: Option<&egg::PatternAst<Kiln>>,
-        _: egg::Symbol,
-    ) -> Vec<Id> {
+    fn apply_one(&self, eg: &mut EGraph, id: Id, s: &Subst, _: Option<&egg::PatternAst<Kiln>>, _: egg::Symbol) -> Vec<Id> {
         let (sv, v) = (s[var("?s")], s[var("?v")]);
         let out = eg[id].data.tensor().clone();
-        let Some(sc) = self.walk(eg, sv, 0) else {
-            return vec![];
-        };
+        let Some(sc) = self.walk(eg, sv, 0) else { return vec![] };
         let q = sc.q;
-        let (qt, ktt, vt) = (
-            eg[q].data.tensor().clone(),
-            eg[sc.kt].data.tensor().clone(),
-            eg[v].data.tensor().clone(),
-        );
+        let (qt, ktt, vt) = (eg[q].data.tensor().clone(), eg[sc.kt].data.tensor().clone(), eg[v].data.tensor().clone());
         let r = qt.shape.rank();
         if r < 2 || ktt.shape.rank() != r || vt.shape.rank() != r {
             return vec![];
         }
-        if !(qt.dtype.is_float()
-            && qt.dtype == ktt.dtype
-            && qt.dtype == vt.dtype
-            && qt.dtype == out.dtype)
-        {
+        if !(qt.dtype.is_float() && qt.dtype == ktt.dtype && qt.dtype == vt.dtype && qt.dtype == out.dtype) {
             return vec![];
         }
         // k = the operand under a last-two-axes transpose, or a new transpose of kᵀ.
@@ -134,9 +97,7 @@ impl egg::Applier<Kiln, TypeAnalysis> for DiscoverAttention {
             .nodes
             .iter()
             .find_map(|n| match n {
-                Kiln::Permute([p, x]) if eg[*p].data.attr().as_list() == Some(&swap[..]) => {
-                    Some(*x)
-                }
+                Kiln::Permute([p, x]) if eg[*p].data.attr().as_list() == Some(&swap[..]) => Some(*x),
                 _ => None,
             })
             .unwrap_or_else(|| {
@@ -144,15 +105,8 @@ impl egg::Applier<Kiln, TypeAnalysis> for DiscoverAttention {
                 eg.add(Kiln::Permute([p, sc.kt]))
             });
         let kt = eg[k].data.tensor().clone();
-        let types = [
-            (qt.dtype, &qt.shape),
-            (kt.dtype, &kt.shape),
-            (vt.dtype, &vt.shape),
-        ];
-        let op = Op::FlashAttention {
-            causal: sc.causal,
-            scale: ir::Scalar(sc.scale),
-        };
+        let types = [(qt.dtype, &qt.shape), (kt.dtype, &kt.shape), (vt.dtype, &vt.shape)];
+        let op = Op::FlashAttention { causal: sc.causal, scale: ir::Scalar(sc.scale) };
         match ir::infer::infer(&op, &types) {
             Ok((d, sh)) if d == out.dtype && sh == out.shape => {}
             _ => return vec![],
@@ -170,11 +124,7 @@ impl egg::Applier<Kiln, TypeAnalysis> for DiscoverAttention {
         let c = eg.add(Kiln::Attr(Attr::Bool(sc.causal)));
         let scale = eg.add(Kiln::Attr(Attr::float(sc.scale)));
         let f = eg.add(Kiln::Flash([c, scale, q, k, v]));
-        if eg.union(id, f) {
-            vec![id]
-        } else {
-            vec![]
-        }
+        if eg.union(id, f) { vec![id] } else { vec![] }
     }
 }
 
@@ -197,51 +147,29 @@ impl DiscoverAttention {
                 Kiln::MatMul([a, b]) => {
                     let (q, sa) = peel_scale(eg, *a, 0);
                     let (kt, sb) = peel_scale(eg, *b, 0);
-                    Some(Scores {
-                        q,
-                        kt,
-                        scale: sa * sb,
-                        causal: false,
-                    })
+                    Some(Scores { q, kt, scale: sa * sb, causal: false })
                 }
                 Kiln::Mul([x, c]) | Kiln::Mul([c, x]) if konst(*c).is_some() && same_shape(*x) => {
                     let k = konst(*c)?;
-                    self.walk(eg, *x, depth + 1).map(|r| Scores {
-                        scale: r.scale * k,
-                        ..r
-                    })
+                    self.walk(eg, *x, depth + 1).map(|r| Scores { scale: r.scale * k, ..r })
                 }
                 Kiln::Div([x, c]) if konst(*c).is_some() && same_shape(*x) => {
                     let k = konst(*c)?;
-                    self.walk(eg, *x, depth + 1).map(|r| Scores {
-                        scale: r.scale / k,
-                        ..r
-                    })
+                    self.walk(eg, *x, depth + 1).map(|r| Scores { scale: r.scale / k, ..r })
                 }
                 Kiln::Where([m, x, fill]) if is_neg_inf(konst(*fill), sq, sk) && same_shape(*x) => {
                     (self.mask(eg, *m, sq, sk, false) == Some(MaskKind::Keep))
-                        .then(|| {
-                            self.walk(eg, *x, depth + 1)
-                                .map(|r| Scores { causal: true, ..r })
-                        })
+                        .then(|| self.walk(eg, *x, depth + 1).map(|r| Scores { causal: true, ..r }))
                         .flatten()
                 }
                 Kiln::Where([m, fill, x]) if is_neg_inf(konst(*fill), sq, sk) && same_shape(*x) => {
                     (self.mask(eg, *m, sq, sk, false) == Some(MaskKind::Drop))
-                        .then(|| {
-                            self.walk(eg, *x, depth + 1)
-                                .map(|r| Scores { causal: true, ..r })
-                        })
+                        .then(|| self.walk(eg, *x, depth + 1).map(|r| Scores { causal: true, ..r }))
                         .flatten()
                 }
-                Kiln::Add([x, t]) | Kiln::Add([t, x])
-                    if same_shape(*x) && eg[*t].data.tensor().pure =>
-                {
+                Kiln::Add([x, t]) | Kiln::Add([t, x]) if same_shape(*x) && eg[*t].data.tensor().pure => {
                     (self.mask(eg, *t, sq, sk, true) == Some(MaskKind::Keep))
-                        .then(|| {
-                            self.walk(eg, *x, depth + 1)
-                                .map(|r| Scores { causal: true, ..r })
-                        })
+                        .then(|| self.walk(eg, *x, depth + 1).map(|r| Scores { causal: true, ..r }))
                         .flatten()
                 }
                 Kiln::Cast([d, x]) => {
@@ -312,11 +240,7 @@ fn peel_scale(eg: &EGraph, a: Id, depth: usize) -> (Id, f64) {
 
 fn classify_mask(eg: &EGraph, m: Id, sq: usize, sk: usize, additive: bool) -> Option<MaskKind> {
     let t = eg[m].data.tensor();
-    if !t.pure
-        || t.shape.numel() > MAX_MASK_ELEMENTS
-        || (additive != t.dtype.is_float())
-        || (!additive && t.dtype != DType::Bool)
-    {
+    if !t.pure || t.shape.numel() > MAX_MASK_ELEMENTS || (additive != t.dtype.is_float()) || (!additive && t.dtype != DType::Bool) {
         return None;
     }
     let g = extract_pure(eg, m)?;
@@ -350,11 +274,7 @@ fn classify_by_evaluation(g: &Graph, sq: usize, sk: usize, additive: bool) -> Op
             for j in js {
                 let k = keep(i, j);
                 if additive {
-                    let ok = if k {
-                        x == 0.0
-                    } else {
-                        is_neg_inf(Some(x), sq, sk)
-                    };
+                    let ok = if k { x == 0.0 } else { is_neg_inf(Some(x), sq, sk) };
                     kinds[0] &= ok;
                 } else {
                     let b = x != 0.0;
@@ -387,13 +307,7 @@ fn extract_pure(eg: &EGraph, root: Id) -> Option<Graph> {
     Some(g)
 }
 
-fn build_pure(
-    eg: &EGraph,
-    c: Id,
-    g: &mut Graph,
-    memo: &mut HashMap<Id, NodeId>,
-    stack: &mut Vec<Id>,
-) -> Option<NodeId> {
+fn build_pure(eg: &EGraph, c: Id, g: &mut Graph, memo: &mut HashMap<Id, NodeId>, stack: &mut Vec<Id>) -> Option<NodeId> {
     if let Some(&n) = memo.get(&c) {
         return Some(n);
     }
@@ -407,13 +321,8 @@ fn build_pure(
         if matches!(n, Kiln::Input(_) | Kiln::Softmax(_) | Kiln::Flash(_)) {
             continue;
         }
-        let Ok(l) = crate::lang::lower(n, &attr) else {
-            continue;
-        };
-        if l.tensor_children
-            .iter()
-            .any(|&ch| !eg[ch].data.tensor().pure)
-        {
+        let Ok(l) = crate::lang::lower(n, &attr) else { continue };
+        if l.tensor_children.iter().any(|&ch| !eg[ch].data.tensor().pure) {
             continue;
         }
         let mut ins: SmallVec<[NodeId; 3]> = SmallVec::new();
@@ -433,18 +342,8 @@ fn build_pure(
         let t = eg[c].data.tensor();
         let op = l.op.expect("not softmax");
         result = Some(match l.source_type {
-            Some((d, s)) => g.push(Node {
-                op,
-                dtype: d,
-                shape: s,
-                inputs: ins,
-            }),
-            None => g.push(Node {
-                op,
-                dtype: t.dtype,
-                shape: t.shape.clone(),
-                inputs: ins,
-            }),
+            Some((d, s)) => g.push(Node { op, dtype: d, shape: s, inputs: ins }),
+            None => g.push(Node { op, dtype: t.dtype, shape: t.shape.clone(), inputs: ins }),
         });
         break;
     }
@@ -516,15 +415,7 @@ mod symbolic {
     }
 
     fn lin(a: &Affine, b: &Affine, sb: f64) -> Affine {
-        Affine {
-            c: a.c + sb * b.c,
-            coef: a
-                .coef
-                .iter()
-                .zip(&b.coef)
-                .map(|(x, y)| x + sb * y)
-                .collect(),
-        }
+        Affine { c: a.c + sb * b.c, coef: a.coef.iter().zip(&b.coef).map(|(x, y)| x + sb * y).collect() }
     }
 
     fn is_const(a: &Affine) -> bool {
@@ -552,44 +443,26 @@ mod symbolic {
                 map_sym(&s, |a| Some(align(a, &from, dims.len())))
             };
             let v = match &n.op {
-                Op::Full { value } => Some(Sym::Num(Affine {
-                    c: value.0,
-                    coef: vec![0.0; dims.len()],
-                })),
+                Op::Full { value } => Some(Sym::Num(Affine { c: value.0, coef: vec![0.0; dims.len()] })),
                 Op::Iota { axis } => {
                     let mut coef = vec![0.0; dims.len()];
                     coef[*axis] = 1.0;
                     Some(Sym::Num(Affine { c: 0.0, coef }))
                 }
-                Op::Binary(b @ (BinaryOp::Add | BinaryOp::Sub | BinaryOp::Mul)) => {
-                    match (bcast(0), bcast(1)) {
-                        (Some(Sym::Num(x)), Some(Sym::Num(y))) => match b {
-                            BinaryOp::Add => Some(Sym::Num(lin(&x, &y, 1.0))),
-                            BinaryOp::Sub => Some(Sym::Num(lin(&x, &y, -1.0))),
-                            _ if is_const(&y) => Some(Sym::Num(Affine {
-                                c: x.c * y.c,
-                                coef: x.coef.iter().map(|v| v * y.c).collect(),
-                            })),
-                            _ if is_const(&x) => Some(Sym::Num(Affine {
-                                c: y.c * x.c,
-                                coef: y.coef.iter().map(|v| v * x.c).collect(),
-                            })),
-                            _ => None,
-                        },
+                Op::Binary(b @ (BinaryOp::Add | BinaryOp::Sub | BinaryOp::Mul)) => match (bcast(0), bcast(1)) {
+                    (Some(Sym::Num(x)), Some(Sym::Num(y))) => match b {
+                        BinaryOp::Add => Some(Sym::Num(lin(&x, &y, 1.0))),
+                        BinaryOp::Sub => Some(Sym::Num(lin(&x, &y, -1.0))),
+                        _ if is_const(&y) => Some(Sym::Num(Affine { c: x.c * y.c, coef: x.coef.iter().map(|v| v * y.c).collect() })),
+                        _ if is_const(&x) => Some(Sym::Num(Affine { c: y.c * x.c, coef: y.coef.iter().map(|v| v * x.c).collect() })),
                         _ => None,
-                    }
-                }
+                    },
+                    _ => None,
+                },
                 Op::Compare(c) => match (bcast(0), bcast(1)) {
-                    (Some(Sym::Num(x)), Some(Sym::Num(y))) => {
-                        Some(Sym::Pred(lin(&x, &y, -1.0), *c))
-                    }
-                    (Some(Sym::Select(e, pc, a, b)), Some(Sym::Num(k)))
-                        if is_const(&k) && matches!(c, CmpOp::Eq | CmpOp::Ne) =>
-                    {
-                        let (ta, tb) = (
-                            (a == k.c) == (*c == CmpOp::Eq),
-                            (b == k.c) == (*c == CmpOp::Eq),
-                        );
+                    (Some(Sym::Num(x)), Some(Sym::Num(y))) => Some(Sym::Pred(lin(&x, &y, -1.0), *c)),
+                    (Some(Sym::Select(e, pc, a, b)), Some(Sym::Num(k))) if is_const(&k) && matches!(c, CmpOp::Eq | CmpOp::Ne) => {
+                        let (ta, tb) = ((a == k.c) == (*c == CmpOp::Eq), (b == k.c) == (*c == CmpOp::Eq));
                         match (ta, tb) {
                             (true, false) => Some(Sym::Pred(e, pc)),
                             (false, true) => Some(Sym::Pred(e, negate(pc))),
@@ -603,38 +476,19 @@ mod symbolic {
                     _ => None,
                 },
                 Op::Where => match (bcast(0), bcast(1), bcast(2)) {
-                    (Some(Sym::Pred(e, c)), Some(Sym::Num(a)), Some(Sym::Num(b)))
-                        if is_const(&a) && is_const(&b) =>
-                    {
+                    (Some(Sym::Pred(e, c)), Some(Sym::Num(a)), Some(Sym::Num(b))) if is_const(&a) && is_const(&b) => {
                         Some(Sym::Select(e, c, a.c, b.c))
                     }
                     _ => None,
                 },
                 Op::Cast { to } => match arg(0) {
-                    Some((Sym::Pred(e, c), _)) => Some(if *to == ir::DType::Bool {
-                        Sym::Pred(e, c)
-                    } else {
-                        Sym::Select(e, c, 1.0, 0.0)
-                    }),
-                    Some((Sym::Num(a), _))
-                        if g.node(n.inputs[0]).dtype.is_int() && to.is_float() =>
-                    {
-                        Some(Sym::Num(a))
-                    }
+                    Some((Sym::Pred(e, c), _)) => Some(if *to == ir::DType::Bool { Sym::Pred(e, c) } else { Sym::Select(e, c, 1.0, 0.0) }),
+                    Some((Sym::Num(a), _)) if g.node(n.inputs[0]).dtype.is_int() && to.is_float() => Some(Sym::Num(a)),
                     _ => None,
                 },
                 Op::Expand { .. } => bcast(0),
-                Op::Permute { perm } => arg(0).and_then(|(s, _)| {
-                    map_sym(&s, |a| {
-                        Some(Affine {
-                            c: a.c,
-                            coef: perm.iter().map(|&p| a.coef[p]).collect(),
-                        })
-                    })
-                }),
-                Op::Slice {
-                    axis, start, step, ..
-                } => arg(0).and_then(|(s, _)| {
+                Op::Permute { perm } => arg(0).and_then(|(s, _)| map_sym(&s, |a| Some(Affine { c: a.c, coef: perm.iter().map(|&p| a.coef[p]).collect() }))),
+                Op::Slice { axis, start, step, .. } => arg(0).and_then(|(s, _)| {
                     map_sym(&s, |a| {
                         let mut b = a.clone();
                         b.c += a.coef[*axis] * *start as f64;
@@ -644,13 +498,7 @@ mod symbolic {
                 }),
                 Op::Reshape { .. } => arg(0).and_then(|(s, from)| {
                     // Only adding or removing unit dims: the non-unit dims keep their order.
-                    let nz = |d: &[usize]| {
-                        d.iter()
-                            .enumerate()
-                            .filter(|(_, &x)| x != 1)
-                            .map(|(k, &x)| (k, x))
-                            .collect::<Vec<_>>()
-                    };
+                    let nz = |d: &[usize]| d.iter().enumerate().filter(|(_, &x)| x != 1).map(|(k, &x)| (k, x)).collect::<Vec<_>>();
                     let (a, b) = (nz(&from), nz(dims));
                     if a.len() != b.len() || a.iter().zip(&b).any(|(x, y)| x.1 != y.1) {
                         return None;
@@ -671,12 +519,7 @@ mod symbolic {
     }
 
     /// `Some(verdict)` when decided symbolically; `None` to fall back to evaluation.
-    pub(super) fn verdict(
-        g: &Graph,
-        sq: usize,
-        sk: usize,
-        additive: bool,
-    ) -> Option<Option<MaskKind>> {
+    pub(super) fn verdict(g: &Graph, sq: usize, sk: usize, additive: bool) -> Option<Option<MaskKind>> {
         let shape = g.node(g.outputs()[0]).shape.clone();
         let r = shape.rank();
         if r < 2 || sq < 2 || sk < 2 || shape.dims()[r - 2] != sq || shape.dims()[r - 1] != sk {
@@ -696,12 +539,7 @@ mod symbolic {
             }
             _ => return None,
         };
-        if matches!(cmp, CmpOp::Eq | CmpOp::Ne)
-            || e.coef[..r - 2]
-                .iter()
-                .zip(shape.dims())
-                .any(|(&c, &d)| c != 0.0 && d != 1)
-        {
+        if matches!(cmp, CmpOp::Eq | CmpOp::Ne) || e.coef[..r - 2].iter().zip(shape.dims()).any(|(&c, &d)| c != 0.0 && d != 1) {
             return None;
         }
         let (ai, bj) = (e.coef[r - 2], e.coef[r - 1]);
@@ -752,14 +590,7 @@ mod tests {
             let n = g.full(f64::NEG_INFINITY, DType::F32, []);
             m = g.add(Op::Where, &[m, z, n]).unwrap();
         }
-        let m = g
-            .add(
-                Op::Reshape {
-                    shape: ir::Shape::new([1, sq, sk]),
-                },
-                &[m],
-            )
-            .unwrap();
+        let m = g.add(Op::Reshape { shape: ir::Shape::new([1, sq, sk]) }, &[m]).unwrap();
         g.set_outputs(vec![m]);
         g
     }
@@ -775,10 +606,7 @@ mod tests {
                             let g = mask(sq, sk, shift, cmp, not, additive);
                             let want = classify_by_evaluation(&g, sq, sk, additive);
                             if let Some(got) = symbolic::verdict(&g, sq, sk, additive) {
-                                assert_eq!(
-                                    got, want,
-                                    "{sq}x{sk} shift {shift} {cmp:?} not={not} additive={additive}"
-                                );
+                                assert_eq!(got, want, "{sq}x{sk} shift {shift} {cmp:?} not={not} additive={additive}");
                                 decided += 1;
                             }
                         }
@@ -786,9 +614,6 @@ mod tests {
                 }
             }
         }
-        assert!(
-            decided > 200,
-            "the symbolic path decided only {decided} masks"
-        );
+        assert!(decided > 200, "the symbolic path decided only {decided} masks");
     }
 }

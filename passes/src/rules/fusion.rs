@@ -46,22 +46,8 @@ pub struct FusionRule {
 
 /// The domain with `axes` kept as size 1, and with them dropped.
 pub fn reduced_shapes(domain: &Shape, axes: &[usize]) -> (Shape, Shape) {
-    let keep =
-        Shape::new(
-            domain
-                .dims()
-                .iter()
-                .enumerate()
-                .map(|(i, &d)| if axes.contains(&i) { 1 } else { d }),
-        );
-    let drop = Shape::new(
-        domain
-            .dims()
-            .iter()
-            .enumerate()
-            .filter(|(i, _)| !axes.contains(i))
-            .map(|(_, &d)| d),
-    );
+    let keep = Shape::new(domain.dims().iter().enumerate().map(|(i, &d)| if axes.contains(&i) { 1 } else { d }));
+    let drop = Shape::new(domain.dims().iter().enumerate().filter(|(i, _)| !axes.contains(i)).map(|(_, &d)| d));
     (keep, drop)
 }
 
@@ -80,10 +66,7 @@ fn blowup(c: &Candidate) -> String {
             c.kernel, c.node.shape, c.domain, c.kernel
         )
     } else {
-        format!(
-            "not fused into {}: its shape {} differs from the kernel's domain {}",
-            c.kernel, c.node.shape, c.domain
-        )
+        format!("not fused into {}: its shape {} differs from the kernel's domain {}", c.kernel, c.node.shape, c.domain)
     }
 }
 
@@ -114,8 +97,7 @@ fn loop_elementwise(c: &Candidate) -> Verdict {
     if c.kind != GroupKind::Loop || c.node.op.class() != OpClass::Elementwise {
         return Verdict::NotApplicable;
     }
-    if c.node.shape == *c.domain || (c.reduced.is_none() && same_elements(&c.node.shape, c.domain))
-    {
+    if c.node.shape == *c.domain || (c.reduced.is_none() && same_elements(&c.node.shape, c.domain)) {
         return Verdict::Fuse;
     }
     if let Some(axes) = c.reduced {
@@ -127,10 +109,7 @@ fn loop_elementwise(c: &Candidate) -> Verdict {
         // reduced last axis keeps every row's elements together and in order.
         let rank = c.domain.rank();
         let last = |s: &Shape| s.dims().last().copied();
-        if axes == [rank - 1]
-            && same_elements(&c.node.shape, c.domain)
-            && last(&c.node.shape) == last(c.domain)
-        {
+        if axes == [rank - 1] && same_elements(&c.node.shape, c.domain) && last(&c.node.shape) == last(c.domain) {
             return Verdict::Fuse;
         }
     }
@@ -138,31 +117,22 @@ fn loop_elementwise(c: &Candidate) -> Verdict {
 }
 
 fn row_reduction(c: &Candidate) -> Verdict {
-    let Op::Reduce { axes, .. } = &c.node.op else {
-        return Verdict::NotApplicable;
-    };
+    let Op::Reduce { axes, .. } = &c.node.op else { return Verdict::NotApplicable };
     if c.kind != GroupKind::Loop {
         return Verdict::NotApplicable;
     }
     let rank = c.domain.rank();
-    let trailing = axes
-        .iter()
-        .enumerate()
-        .all(|(i, &a)| a == rank - axes.len() + i);
+    let trailing = axes.iter().enumerate().all(|(i, &a)| a == rank - axes.len() + i);
     if !trailing {
-        return Verdict::Reject(format!(
-            "not fused into {}: it reduces {axes:?}, not trailing axes (not a row reduction)",
-            c.kernel
-        ));
+        return Verdict::Reject(format!("not fused into {}: it reduces {axes:?}, not trailing axes (not a row reduction)", c.kernel));
     }
     if c.operand_shapes.first() != Some(c.domain) {
         return Verdict::Reject(blowup(c));
     }
     match c.reduced {
-        Some(r) if r != axes.as_slice() => Verdict::Reject(format!(
-            "not fused into {}: it reduces {axes:?} but the kernel already reduces {r:?}",
-            c.kernel
-        )),
+        Some(r) if r != axes.as_slice() => {
+            Verdict::Reject(format!("not fused into {}: it reduces {axes:?} but the kernel already reduces {r:?}", c.kernel))
+        }
         _ => Verdict::Fuse,
     }
 }

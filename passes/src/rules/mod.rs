@@ -54,11 +54,7 @@ pub(crate) type Cond = Box<dyn Fn(&mut EGraph, Id, &Subst) -> bool + Send + Sync
 
 /// `v` is a constant equal to `value` everywhere.
 pub(crate) fn is_const(v: &'static str, value: f64) -> Cond {
-    Box::new(move |eg, _, s| {
-        tensor(eg, s, v)
-            .konst
-            .is_some_and(|k| k.to_bits() == value.to_bits() || (k == value && value != 0.0))
-    })
+    Box::new(move |eg, _, s| tensor(eg, s, v).konst.is_some_and(|k| k.to_bits() == value.to_bits() || (k == value && value != 0.0)))
 }
 
 /// The matched class has exactly the type of `v` (so replacing it by `v` changes no shape:
@@ -77,22 +73,11 @@ pub(crate) fn both(a: Cond, b: Cond) -> Cond {
 
 /// A conditional rewrite from two pattern strings.
 pub(crate) fn rw(name: &str, lhs: &str, rhs: &str, cond: Option<Cond>) -> Rewrite {
-    let l: egg::Pattern<crate::lang::Kiln> = lhs
-        .parse()
-        .unwrap_or_else(|e| panic!("rule {name}: bad lhs: {e}"));
-    let r: egg::Pattern<crate::lang::Kiln> = rhs
-        .parse()
-        .unwrap_or_else(|e| panic!("rule {name}: bad rhs: {e}"));
+    let l: egg::Pattern<crate::lang::Kiln> = lhs.parse().unwrap_or_else(|e| panic!("rule {name}: bad lhs: {e}"));
+    let r: egg::Pattern<crate::lang::Kiln> = rhs.parse().unwrap_or_else(|e| panic!("rule {name}: bad rhs: {e}"));
     match cond {
         None => Rewrite::new(name, l, r),
-        Some(c) => Rewrite::new(
-            name,
-            l,
-            egg::ConditionalApplier {
-                condition: c,
-                applier: r,
-            },
-        ),
+        Some(c) => Rewrite::new(name, l, egg::ConditionalApplier { condition: c, applier: r }),
     }
     .unwrap_or_else(|e| panic!("rule {name}: {e}"))
 }

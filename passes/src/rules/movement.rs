@@ -8,10 +8,7 @@ use egg::{Id, Subst};
 use ir::Shape;
 
 fn list(eg: &EGraph, s: &Subst, v: &str) -> Vec<usize> {
-    attr(eg, s, v)
-        .as_list()
-        .map(|l| l.to_vec())
-        .unwrap_or_default()
+    attr(eg, s, v).as_list().map(|l| l.to_vec()).unwrap_or_default()
 }
 
 /// The shape attribute `?s` equals the shape of `?x`.
@@ -26,11 +23,7 @@ fn perm_is_identity() -> Cond {
 
 /// `?x` broadcasts directly to the shape `?s`.
 fn expands_directly() -> Cond {
-    Box::new(|eg, _, s| {
-        tensor(eg, s, "?x")
-            .shape
-            .expands_to(&Shape::new(list(eg, s, "?s")))
-    })
+    Box::new(|eg, _, s| tensor(eg, s, "?x").shape.expands_to(&Shape::new(list(eg, s, "?s"))))
 }
 
 /// `?r` = `[axis, 0, n, 1]` where `n` is the whole axis of `?x`.
@@ -60,14 +53,7 @@ fn expand_is_implied(others: &'static [&'static str]) -> Cond {
 /// `(permute ?p1 (permute ?p2 ?x))` -> `(permute p2∘p1 ?x)`: `out[i] = x[p2[p1[i]]]`.
 struct ComposePermutes;
 impl egg::Applier<Kiln, crate::lang::TypeAnalysis> for ComposePermutes {
-    fn apply_one(
-        &self,
-        eg: &mut EGraph,
-        id: Id,
-        s: &Subst,
-        _: Option<&egg::PatternAst<Kiln>>,
-        _: egg::Symbol,
-    ) -> Vec<Id> {
+    fn apply_one(&self, eg: &mut EGraph, id: Id, s: &Subst, _: Option<&egg::PatternAst<Kiln>>, _: egg::Symbol) -> Vec<Id> {
         let (p1, p2) = (list(eg, s, "?p1"), list(eg, s, "?p2"));
         if p1.len() != p2.len() {
             return vec![];
@@ -75,127 +61,36 @@ impl egg::Applier<Kiln, crate::lang::TypeAnalysis> for ComposePermutes {
         let composed: Vec<usize> = p1.iter().map(|&i| p2[i]).collect();
         let p = eg.add(Kiln::Attr(Attr::List(composed)));
         let n = eg.add(Kiln::Permute([p, s[var("?x")]]));
-        if eg.union(id, n) {
-            vec![id]
-        } else {
-            vec![]
-        }
+        if eg.union(id, n) { vec![id] } else { vec![] }
     }
 }
 
-const BINARY: &[&str] = &[
-    "add", "sub", "mul", "div", "max", "min", "pow", "and", "or", "eq", "ne", "lt", "le", "gt",
-    "ge",
-];
-const UNARY: &[&str] = &[
-    "neg", "abs", "exp", "log", "sqrt", "rsqrt", "recip", "tanh", "erf", "sin", "cos", "floor",
-    "not",
-];
+const BINARY: &[&str] = &["add", "sub", "mul", "div", "max", "min", "pow", "and", "or", "eq", "ne", "lt", "le", "gt", "ge"];
+const UNARY: &[&str] = &["neg", "abs", "exp", "log", "sqrt", "rsqrt", "recip", "tanh", "erf", "sin", "cos", "floor", "not"];
 
 pub fn rules() -> Vec<Rewrite> {
     let mut r = vec![
-        rw(
-            "reshape-reshape",
-            "(reshape ?s (reshape ?t ?x))",
-            "(reshape ?s ?x)",
-            None,
-        ),
-        rw(
-            "reshape-noop",
-            "(reshape ?s ?x)",
-            "?x",
-            Some(shape_is_input_shape()),
-        ),
-        Rewrite::new(
-            "permute-permute",
-            "(permute ?p1 (permute ?p2 ?x))"
-                .parse::<egg::Pattern<Kiln>>()
-                .expect("pattern"),
-            ComposePermutes,
-        )
-        .expect("rule"),
-        rw(
-            "permute-identity",
-            "(permute ?p ?x)",
-            "?x",
-            Some(perm_is_identity()),
-        ),
-        rw(
-            "expand-noop",
-            "(expand ?s ?x)",
-            "?x",
-            Some(shape_is_input_shape()),
-        ),
-        rw(
-            "expand-expand",
-            "(expand ?s (expand ?t ?x))",
-            "(expand ?s ?x)",
-            Some(expands_directly()),
-        ),
-        rw(
-            "slice-whole",
-            "(slice ?r ?x)",
-            "?x",
-            Some(slice_is_whole_axis()),
-        ),
+        rw("reshape-reshape", "(reshape ?s (reshape ?t ?x))", "(reshape ?s ?x)", None),
+        rw("reshape-noop", "(reshape ?s ?x)", "?x", Some(shape_is_input_shape())),
+        Rewrite::new("permute-permute", "(permute ?p1 (permute ?p2 ?x))".parse::<egg::Pattern<Kiln>>().expect("pattern"), ComposePermutes)
+            .expect("rule"),
+        rw("permute-identity", "(permute ?p ?x)", "?x", Some(perm_is_identity())),
+        rw("expand-noop", "(expand ?s ?x)", "?x", Some(shape_is_input_shape())),
+        rw("expand-expand", "(expand ?s (expand ?t ?x))", "(expand ?s ?x)", Some(expands_directly())),
+        rw("slice-whole", "(slice ?r ?x)", "?x", Some(slice_is_whole_axis())),
     ];
     for op in BINARY {
-        r.push(rw(
-            &format!("elide-expand-{op}-rhs"),
-            &format!("({op} ?a (expand ?s ?b))"),
-            &format!("({op} ?a ?b)"),
-            Some(expand_is_implied(&["?a"])),
-        ));
-        r.push(rw(
-            &format!("elide-expand-{op}-lhs"),
-            &format!("({op} (expand ?s ?b) ?a)"),
-            &format!("({op} ?b ?a)"),
-            Some(expand_is_implied(&["?a"])),
-        ));
+        r.push(rw(&format!("elide-expand-{op}-rhs"), &format!("({op} ?a (expand ?s ?b))"), &format!("({op} ?a ?b)"), Some(expand_is_implied(&["?a"]))));
+        r.push(rw(&format!("elide-expand-{op}-lhs"), &format!("({op} (expand ?s ?b) ?a)"), &format!("({op} ?b ?a)"), Some(expand_is_implied(&["?a"]))));
     }
-    r.push(rw(
-        "elide-expand-where-cond",
-        "(where (expand ?s ?b) ?x ?y)",
-        "(where ?b ?x ?y)",
-        Some(expand_is_implied(&["?x", "?y"])),
-    ));
-    r.push(rw(
-        "elide-expand-where-then",
-        "(where ?c (expand ?s ?b) ?y)",
-        "(where ?c ?b ?y)",
-        Some(expand_is_implied(&["?c", "?y"])),
-    ));
-    r.push(rw(
-        "elide-expand-where-else",
-        "(where ?c ?x (expand ?s ?b))",
-        "(where ?c ?x ?b)",
-        Some(expand_is_implied(&["?c", "?x"])),
-    ));
+    r.push(rw("elide-expand-where-cond", "(where (expand ?s ?b) ?x ?y)", "(where ?b ?x ?y)", Some(expand_is_implied(&["?x", "?y"]))));
+    r.push(rw("elide-expand-where-then", "(where ?c (expand ?s ?b) ?y)", "(where ?c ?b ?y)", Some(expand_is_implied(&["?c", "?y"]))));
+    r.push(rw("elide-expand-where-else", "(where ?c ?x (expand ?s ?b))", "(where ?c ?x ?b)", Some(expand_is_implied(&["?c", "?x"]))));
     for op in UNARY {
-        r.push(rw(
-            &format!("permute-below-{op}"),
-            &format!("(permute ?p ({op} ?x))"),
-            &format!("({op} (permute ?p ?x))"),
-            None,
-        ));
-        r.push(rw(
-            &format!("reshape-below-{op}"),
-            &format!("(reshape ?s ({op} ?x))"),
-            &format!("({op} (reshape ?s ?x))"),
-            None,
-        ));
+        r.push(rw(&format!("permute-below-{op}"), &format!("(permute ?p ({op} ?x))"), &format!("({op} (permute ?p ?x))"), None));
+        r.push(rw(&format!("reshape-below-{op}"), &format!("(reshape ?s ({op} ?x))"), &format!("({op} (reshape ?s ?x))"), None));
     }
-    r.push(rw(
-        "permute-below-cast",
-        "(permute ?p (cast ?d ?x))",
-        "(cast ?d (permute ?p ?x))",
-        None,
-    ));
-    r.push(rw(
-        "reshape-below-cast",
-        "(reshape ?s (cast ?d ?x))",
-        "(cast ?d (reshape ?s ?x))",
-        None,
-    ));
+    r.push(rw("permute-below-cast", "(permute ?p (cast ?d ?x))", "(cast ?d (permute ?p ?x))", None));
+    r.push(rw("reshape-below-cast", "(reshape ?s (cast ?d ?x))", "(cast ?d (reshape ?s ?x))", None));
     r
 }

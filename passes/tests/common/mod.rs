@@ -29,17 +29,9 @@ pub fn random_inputs(g: &Graph, seed: u64) -> Vec<Value> {
 pub fn assert_close(what: &str, got: &[Value], want: &[Value]) {
     assert_eq!(got.len(), want.len(), "{what}: output count");
     for (i, (g, w)) in got.iter().zip(want).enumerate() {
-        assert_eq!(
-            (g.dtype, &g.shape),
-            (w.dtype, &w.shape),
-            "{what}: output {i} type"
-        );
+        assert_eq!((g.dtype, &g.shape), (w.dtype, &w.shape), "{what}: output {i} type");
         let d = g.max_rel_diff(w);
-        assert!(
-            d <= w.dtype.tolerance().max(1e-9),
-            "{what}: output {i} differs by {d} (tolerance {})",
-            w.dtype.tolerance()
-        );
+        assert!(d <= w.dtype.tolerance().max(1e-9), "{what}: output {i} differs by {d} (tolerance {})", w.dtype.tolerance());
     }
 }
 

@@ -16,9 +16,7 @@
 use super::gemm::{Blas, Plan};
 use super::{CudaArtifact, CudaError, GpuLocation, GpuStep};
 use cudarc::driver::result;
-use cudarc::driver::sys::{
-    self, CUdeviceptr, CUfunction, CUgraph, CUgraphExec, CUgraphNode, CUmodule, CUstream,
-};
+use cudarc::driver::sys::{self, CUdeviceptr, CUfunction, CUgraph, CUgraphExec, CUgraphNode, CUmodule, CUstream};
 use cudarc::driver::{CudaContext, CudaStream, DriverError};
 use std::collections::HashMap;
 use std::ffi::{c_void, CString};
@@ -30,10 +28,7 @@ pub fn driver_present() -> bool {
 }
 
 fn driver(what: &str) -> impl Fn(DriverError) -> CudaError + '_ {
-    move |e| CudaError::Driver {
-        what: what.to_string(),
-        message: format!("{e:?}"),
-    }
+    move |e| CudaError::Driver { what: what.to_string(), message: format!("{e:?}") }
 }
 
 fn is_oom(e: &DriverError) -> bool {
@@ -82,36 +77,23 @@ impl DeviceTensor {
     /// are plain copies of an input still holding their poison, the memset landing after the
     /// copy).
     pub fn upload(&self, data: &[u8]) -> Result<(), CudaError> {
-        assert!(
-            data.len() <= self.bytes,
-            "upload of {} bytes into a {}-byte tensor",
-            data.len(),
-            self.bytes
-        );
-        self.ctx
-            .bind_to_thread()
-            .map_err(driver("binding the context"))?;
-        unsafe { result::memcpy_htod_sync(self.ptr, data) }
-            .map_err(driver("host-to-device copy"))?;
+        assert!(data.len() <= self.bytes, "upload of {} bytes into a {}-byte tensor", data.len(), self.bytes);
+        self.ctx.bind_to_thread().map_err(driver("binding the context"))?;
+        unsafe { result::memcpy_htod_sync(self.ptr, data) }.map_err(driver("host-to-device copy"))?;
         result::ctx::synchronize().map_err(driver("waiting for a host-to-device copy"))
     }
 
     pub fn download(&self) -> Result<Vec<u8>, CudaError> {
-        self.ctx
-            .bind_to_thread()
-            .map_err(driver("binding the context"))?;
+        self.ctx.bind_to_thread().map_err(driver("binding the context"))?;
         let mut out = vec![0u8; self.bytes];
-        unsafe { result::memcpy_dtoh_sync(&mut out, self.ptr) }
-            .map_err(driver("device-to-host copy"))?;
+        unsafe { result::memcpy_dtoh_sync(&mut out, self.ptr) }.map_err(driver("device-to-host copy"))?;
         Ok(out)
     }
 
     /// Fills every byte with `byte` (0xFF makes every float element a NaN: poisoning); done
     /// when this returns (see [`DeviceTensor::upload`]).
     pub fn fill(&self, byte: u8) -> Result<(), CudaError> {
-        self.ctx
-            .bind_to_thread()
-            .map_err(driver("binding the context"))?;
+        self.ctx.bind_to_thread().map_err(driver("binding the context"))?;
         unsafe { result::memset_d8_sync(self.ptr, byte, self.bytes) }.map_err(driver("memset"))?;
         result::ctx::synchronize().map_err(driver("waiting for a memset"))
     }
@@ -219,27 +201,21 @@ impl CudaExecutor {
         if !driver_present() {
             return Err(CudaError::NoDriver);
         }
-        let ctx = CudaContext::new(ordinal).map_err(|e| CudaError::NoDevice {
-            ordinal,
-            message: format!("{e:?}"),
-        })?;
+        let ctx = CudaContext::new(ordinal).map_err(|e| CudaError::NoDevice { ordinal, message: format!("{e:?}") })?;
         let stream = ctx.new_stream().map_err(driver("creating a stream"))?;
         let module = load_module(&artifact, ordinal, &ctx)?;
         let mut funcs = Vec::with_capacity(artifact.steps.len());
         for step in &artifact.steps {
             funcs.push(match step {
                 GpuStep::Launch(l) => {
-                    let name =
-                        CString::new(l.symbol.clone()).map_err(|_| CudaError::BadArtifact {
-                            artifact: artifact.name.clone(),
-                            reason: format!("kernel symbol {:?} holds a NUL byte", l.symbol),
-                        })?;
-                    let f = unsafe { result::module::get_function(module, name) }.map_err(|e| {
-                        CudaError::MissingKernel {
-                            kernel: l.kernel.clone(),
-                            symbol: l.symbol.clone(),
-                            message: format!("{e:?}"),
-                        }
+                    let name = CString::new(l.symbol.clone()).map_err(|_| CudaError::BadArtifact {
+                        artifact: artifact.name.clone(),
+                        reason: format!("kernel symbol {:?} holds a NUL byte", l.symbol),
+                    })?;
+                    let f = unsafe { result::module::get_function(module, name) }.map_err(|e| CudaError::MissingKernel {
+                        kernel: l.kernel.clone(),
+                        symbol: l.symbol.clone(),
+                        message: format!("{e:?}"),
                     })?;
                     Some(f)
                 }
@@ -249,20 +225,13 @@ impl CudaExecutor {
         let alloc = |bytes: usize, what: &str| -> Result<CUdeviceptr, CudaError> {
             unsafe { result::malloc_sync(bytes.max(256)) }.map_err(|e| {
                 if is_oom(&e) {
-                    CudaError::OutOfMemory {
-                        what: what.into(),
-                        bytes,
-                        message: format!("{e:?}"),
-                    }
+                    CudaError::OutOfMemory { what: what.into(), bytes, message: format!("{e:?}") }
                 } else {
                     driver("cuMemAlloc")(e)
                 }
             })
         };
-        let arena = alloc(
-            artifact.arena_bytes,
-            &format!("the arena of @{}", artifact.name),
-        )?;
+        let arena = alloc(artifact.arena_bytes, &format!("the arena of @{}", artifact.name))?;
         let has_gemm = artifact.steps.iter().any(|s| matches!(s, GpuStep::Gemm(_)));
         let (workspace, blas) = if has_gemm {
             let bytes = 32 << 20;
@@ -281,24 +250,7 @@ impl CudaExecutor {
         if let Some(b) = &blas {
             tune_gemms(&artifact, &mut plans, b, stream.cu_stream(), &alloc)?;
         }
-        Ok(CudaExecutor {
-            artifact,
-            ctx,
-            stream,
-            funcs,
-            plans,
-            blas,
-            arena,
-            workspace,
-            graph: None,
-            captures: 0,
-            updates: 0,
-            rebind_refused: None,
-            mode: GraphMode::from_env(),
-            gemm_waits: Vec::new(),
-            programmatic_edges: 0,
-            inlined_gemms: 0,
-        })
+        Ok(CudaExecutor { artifact, ctx, stream, funcs, plans, blas, arena, workspace, graph: None, captures: 0, updates: 0, rebind_refused: None, mode: GraphMode::from_env(), gemm_waits: Vec::new(), programmatic_edges: 0, inlined_gemms: 0 })
     }
 
     pub fn artifact(&self) -> &CudaArtifact {
@@ -316,54 +268,34 @@ impl CudaExecutor {
 
     /// Free and total bytes of device memory on the executor's device (`cuMemGetInfo`).
     pub fn device_memory(&self) -> Result<(usize, usize), CudaError> {
-        self.ctx
-            .bind_to_thread()
-            .map_err(driver("binding the context"))?;
+        self.ctx.bind_to_thread().map_err(driver("binding the context"))?;
         result::mem_get_info().map_err(driver("reading device memory"))
     }
 
     /// Allocates device memory on the executor's device.
     pub fn alloc(&self, bytes: usize) -> Result<DeviceTensor, CudaError> {
-        self.ctx
-            .bind_to_thread()
-            .map_err(driver("binding the context"))?;
+        self.ctx.bind_to_thread().map_err(driver("binding the context"))?;
         let ptr = unsafe { result::malloc_sync(bytes.max(1)) }.map_err(|e| {
             if is_oom(&e) {
-                CudaError::OutOfMemory {
-                    what: "a device tensor".into(),
-                    bytes,
-                    message: format!("{e:?}"),
-                }
+                CudaError::OutOfMemory { what: "a device tensor".into(), bytes, message: format!("{e:?}") }
             } else {
                 driver("cuMemAlloc")(e)
             }
         })?;
-        Ok(DeviceTensor {
-            ctx: self.ctx.clone(),
-            ptr,
-            bytes,
-        })
+        Ok(DeviceTensor { ctx: self.ctx.clone(), ptr, bytes })
     }
 
     pub fn synchronize(&self) -> Result<(), CudaError> {
-        self.stream
-            .synchronize()
-            .map_err(driver("stream synchronize"))
+        self.stream.synchronize().map_err(driver("stream synchronize"))
     }
 
     fn check(&self, inputs: &[CUdeviceptr], outputs: &[CUdeviceptr]) -> Result<(), CudaError> {
         let a = &self.artifact;
         if inputs.len() != a.inputs.len() {
-            return Err(CudaError::InputCount {
-                expected: a.inputs.len(),
-                got: inputs.len(),
-            });
+            return Err(CudaError::InputCount { expected: a.inputs.len(), got: inputs.len() });
         }
         if outputs.len() != a.outputs.len() {
-            return Err(CudaError::OutputCount {
-                expected: a.outputs.len(),
-                got: outputs.len(),
-            });
+            return Err(CudaError::OutputCount { expected: a.outputs.len(), got: outputs.len() });
         }
         Ok(())
     }
@@ -377,12 +309,7 @@ impl CudaExecutor {
     }
 
     /// Enqueues every step on `stream`.
-    unsafe fn enqueue(
-        &self,
-        inputs: &[CUdeviceptr],
-        outputs: &[CUdeviceptr],
-        stream: CUstream,
-    ) -> Result<(), CudaError> {
+    unsafe fn enqueue(&self, inputs: &[CUdeviceptr], outputs: &[CUdeviceptr], stream: CUstream) -> Result<(), CudaError> {
         for i in 0..self.artifact.steps.len() {
             unsafe { self.enqueue_step(i, inputs, outputs, stream)? };
         }
@@ -390,69 +317,30 @@ impl CudaExecutor {
     }
 
     /// Enqueues step `i` on `stream`.
-    unsafe fn enqueue_step(
-        &self,
-        i: usize,
-        inputs: &[CUdeviceptr],
-        outputs: &[CUdeviceptr],
-        stream: CUstream,
-    ) -> Result<(), CudaError> {
+    unsafe fn enqueue_step(&self, i: usize, inputs: &[CUdeviceptr], outputs: &[CUdeviceptr], stream: CUstream) -> Result<(), CudaError> {
         {
             match &self.artifact.steps[i] {
                 GpuStep::Launch(l) => {
-                    let mut addrs: Vec<CUdeviceptr> = l
-                        .args
-                        .iter()
-                        .map(|&b| self.address(b, inputs, outputs))
-                        .collect();
-                    let mut params: Vec<*mut c_void> = addrs
-                        .iter_mut()
-                        .map(|a| a as *mut CUdeviceptr as *mut c_void)
-                        .collect();
+                    let mut addrs: Vec<CUdeviceptr> = l.args.iter().map(|&b| self.address(b, inputs, outputs)).collect();
+                    let mut params: Vec<*mut c_void> = addrs.iter_mut().map(|a| a as *mut CUdeviceptr as *mut c_void).collect();
                     let f = self.funcs[i].expect("launch steps have a function");
                     let (g, b) = (l.grid, l.block);
-                    unsafe {
-                        result::launch_kernel(
-                            f,
-                            (g[0], g[1], g[2]),
-                            (b[0], b[1], b[2]),
-                            0,
-                            stream,
-                            &mut params,
-                        )
-                    }
-                    .map_err(|e| CudaError::Launch {
-                        kernel: l.kernel.clone(),
-                        message: format!("{e:?}"),
-                    })?;
+                    unsafe { result::launch_kernel(f, (g[0], g[1], g[2]), (b[0], b[1], b[2]), 0, stream, &mut params) }
+                        .map_err(|e| CudaError::Launch { kernel: l.kernel.clone(), message: format!("{e:?}") })?;
                 }
                 GpuStep::Gemm(g) => {
                     let plan = self.plans[i].as_ref().expect("gemm steps have a plan");
-                    let blas = self
-                        .blas
-                        .as_ref()
-                        .expect("an executor with gemms has a cuBLASLt handle");
-                    let (a, b, c) = (
-                        self.address(g.a.buffer, inputs, outputs),
-                        self.address(g.b.buffer, inputs, outputs),
-                        self.address(g.c, inputs, outputs),
-                    );
+                    let blas = self.blas.as_ref().expect("an executor with gemms has a cuBLASLt handle");
+                    let (a, b, c) = (self.address(g.a.buffer, inputs, outputs), self.address(g.b.buffer, inputs, outputs), self.address(g.c, inputs, outputs));
                     let bias = g.bias.map(|x| self.address(x, inputs, outputs));
                     let residual = g.residual.map(|x| self.address(x, inputs, outputs));
                     unsafe { plan.enqueue(blas, a, b, c, bias, residual, stream)? };
                 }
                 GpuStep::Copy { from, to } => {
                     let bytes = self.artifact.buffers[*from as usize].bytes();
-                    let (src, dst) = (
-                        self.address(*from, inputs, outputs),
-                        self.address(*to, inputs, outputs),
-                    );
-                    unsafe { result::memcpy_dtod_async(dst, src, bytes, stream) }.map_err(|e| {
-                        CudaError::Launch {
-                            kernel: format!("copy b{from} -> b{to}"),
-                            message: format!("{e:?}"),
-                        }
-                    })?;
+                    let (src, dst) = (self.address(*from, inputs, outputs), self.address(*to, inputs, outputs));
+                    unsafe { result::memcpy_dtod_async(dst, src, bytes, stream) }
+                        .map_err(|e| CudaError::Launch { kernel: format!("copy b{from} -> b{to}"), message: format!("{e:?}") })?;
                 }
             }
         }
@@ -465,16 +353,9 @@ impl CudaExecutor {
     /// # Safety
     /// `inputs` and `outputs` must be device addresses on this executor's device holding the
     /// artifact's input and output types, and stay valid until the work completes.
-    pub unsafe fn run(
-        &mut self,
-        inputs: &[CUdeviceptr],
-        outputs: &[CUdeviceptr],
-        stream: Option<CUstream>,
-    ) -> Result<(), CudaError> {
+    pub unsafe fn run(&mut self, inputs: &[CUdeviceptr], outputs: &[CUdeviceptr], stream: Option<CUstream>) -> Result<(), CudaError> {
         self.check(inputs, outputs)?;
-        self.ctx
-            .bind_to_thread()
-            .map_err(driver("binding the context"))?;
+        self.ctx.bind_to_thread().map_err(driver("binding the context"))?;
         unsafe { self.enqueue(inputs, outputs, stream.unwrap_or(self.stream.cu_stream())) }
     }
 
@@ -484,16 +365,9 @@ impl CudaExecutor {
     ///
     /// # Safety
     /// As [`CudaExecutor::run`].
-    pub unsafe fn run_graph(
-        &mut self,
-        inputs: &[CUdeviceptr],
-        outputs: &[CUdeviceptr],
-        stream: Option<CUstream>,
-    ) -> Result<(), CudaError> {
+    pub unsafe fn run_graph(&mut self, inputs: &[CUdeviceptr], outputs: &[CUdeviceptr], stream: Option<CUstream>) -> Result<(), CudaError> {
         self.check(inputs, outputs)?;
-        self.ctx
-            .bind_to_thread()
-            .map_err(driver("binding the context"))?;
+        self.ctx.bind_to_thread().map_err(driver("binding the context"))?;
         let addresses: Vec<CUdeviceptr> = inputs.iter().chain(outputs).copied().collect();
         let rebuilt = match &self.graph {
             Some(g) if g.addresses == addresses => false,
@@ -516,33 +390,17 @@ impl CudaExecutor {
         let s = stream.unwrap_or(self.stream.cu_stream());
         unsafe { sys::cuGraphLaunch(exec, s) }
             .result()
-            .map_err(|e| CudaError::Launch {
-                kernel: format!("graph of @{}", self.artifact.name),
-                message: format!("{e:?}"),
-            })
+            .map_err(|e| CudaError::Launch { kernel: format!("graph of @{}", self.artifact.name), message: format!("{e:?}") })
     }
 
     /// The kernel parameters of launch step `l` at these addresses: the addresses, and the
     /// pointer array the driver reads them through (it copies both when the call returns).
-    fn kernel_params(
-        &self,
-        i: usize,
-        inputs: &[CUdeviceptr],
-        outputs: &[CUdeviceptr],
-        addrs: &mut Vec<CUdeviceptr>,
-        params: &mut Vec<*mut c_void>,
-    ) -> sys::CUDA_KERNEL_NODE_PARAMS {
-        let GpuStep::Launch(l) = &self.artifact.steps[i] else {
-            unreachable!("kernel nodes are launch steps")
-        };
+    fn kernel_params(&self, i: usize, inputs: &[CUdeviceptr], outputs: &[CUdeviceptr], addrs: &mut Vec<CUdeviceptr>, params: &mut Vec<*mut c_void>) -> sys::CUDA_KERNEL_NODE_PARAMS {
+        let GpuStep::Launch(l) = &self.artifact.steps[i] else { unreachable!("kernel nodes are launch steps") };
         addrs.clear();
         addrs.extend(l.args.iter().map(|&b| self.address(b, inputs, outputs)));
         params.clear();
-        params.extend(
-            addrs
-                .iter_mut()
-                .map(|a| a as *mut CUdeviceptr as *mut c_void),
-        );
+        params.extend(addrs.iter_mut().map(|a| a as *mut CUdeviceptr as *mut c_void));
         sys::CUDA_KERNEL_NODE_PARAMS {
             func: self.funcs[i].expect("launch steps have a function"),
             gridDimX: l.grid[0],
@@ -560,19 +418,11 @@ impl CudaExecutor {
     }
 
     /// Step `i` alone (a GEMM or a copy) captured into a graph of its own.
-    unsafe fn capture_step(
-        &self,
-        i: usize,
-        inputs: &[CUdeviceptr],
-        outputs: &[CUdeviceptr],
-    ) -> Result<CUgraph, CudaError> {
+    unsafe fn capture_step(&self, i: usize, inputs: &[CUdeviceptr], outputs: &[CUdeviceptr]) -> Result<CUgraph, CudaError> {
         let s = self.stream.cu_stream();
         unsafe {
-            result::stream::begin_capture(
-                s,
-                sys::CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_THREAD_LOCAL,
-            )
-            .map_err(driver("beginning a stream capture"))?;
+            result::stream::begin_capture(s, sys::CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_THREAD_LOCAL)
+                .map_err(driver("beginning a stream capture"))?;
             let enq = self.enqueue_step(i, inputs, outputs, s);
             let graph = result::stream::end_capture(s).map_err(driver("ending a stream capture"));
             enq?;
@@ -598,30 +448,13 @@ impl CudaExecutor {
     /// Whether cuBLASLt launches GEMM step `i`'s kernel with programmatic stream serialization
     /// (then the kernel waits for its predecessor itself): a capture of some Kiln kernel
     /// followed by the GEMM, read back for a programmatic edge. Nothing runs.
-    unsafe fn probe_gemm_waits(
-        &self,
-        i: usize,
-        inputs: &[CUdeviceptr],
-        outputs: &[CUdeviceptr],
-    ) -> Result<bool, CudaError> {
-        let Some(j) = self
-            .artifact
-            .steps
-            .iter()
-            .position(|s| matches!(s, GpuStep::Launch(_)))
-        else {
-            return Ok(false);
-        };
+    unsafe fn probe_gemm_waits(&self, i: usize, inputs: &[CUdeviceptr], outputs: &[CUdeviceptr]) -> Result<bool, CudaError> {
+        let Some(j) = self.artifact.steps.iter().position(|s| matches!(s, GpuStep::Launch(_))) else { return Ok(false) };
         let s = self.stream.cu_stream();
         let graph = unsafe {
-            result::stream::begin_capture(
-                s,
-                sys::CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_THREAD_LOCAL,
-            )
-            .map_err(driver("beginning a stream capture"))?;
-            let enq = self
-                .enqueue_step(j, inputs, outputs, s)
-                .and_then(|_| self.enqueue_step(i, inputs, outputs, s));
+            result::stream::begin_capture(s, sys::CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_THREAD_LOCAL)
+                .map_err(driver("beginning a stream capture"))?;
+            let enq = self.enqueue_step(j, inputs, outputs, s).and_then(|_| self.enqueue_step(i, inputs, outputs, s));
             let graph = result::stream::end_capture(s).map_err(driver("ending a stream capture"));
             enq?;
             graph?
@@ -629,35 +462,11 @@ impl CudaExecutor {
         let mut n = 0usize;
         let mut waits = false;
         unsafe {
-            if sys::cuGraphGetEdges_v2(
-                graph,
-                std::ptr::null_mut(),
-                std::ptr::null_mut(),
-                std::ptr::null_mut(),
-                &mut n,
-            )
-            .result()
-            .is_ok()
-                && n > 0
-            {
-                let (mut from, mut to) =
-                    (vec![std::ptr::null_mut(); n], vec![std::ptr::null_mut(); n]);
+            if sys::cuGraphGetEdges_v2(graph, std::ptr::null_mut(), std::ptr::null_mut(), std::ptr::null_mut(), &mut n).result().is_ok() && n > 0 {
+                let (mut from, mut to) = (vec![std::ptr::null_mut(); n], vec![std::ptr::null_mut(); n]);
                 let mut data = vec![std::mem::zeroed::<sys::CUgraphEdgeData>(); n];
-                if sys::cuGraphGetEdges_v2(
-                    graph,
-                    from.as_mut_ptr(),
-                    to.as_mut_ptr(),
-                    data.as_mut_ptr(),
-                    &mut n,
-                )
-                .result()
-                .is_ok()
-                {
-                    waits = data[..n].iter().any(|d| {
-                        d.type_
-                            == sys::CUgraphDependencyType::CU_GRAPH_DEPENDENCY_TYPE_PROGRAMMATIC
-                                as u8
-                    });
+                if sys::cuGraphGetEdges_v2(graph, from.as_mut_ptr(), to.as_mut_ptr(), data.as_mut_ptr(), &mut n).result().is_ok() {
+                    waits = data[..n].iter().any(|d| d.type_ == sys::CUgraphDependencyType::CU_GRAPH_DEPENDENCY_TYPE_PROGRAMMATIC as u8);
                 }
             }
             let _ = result::graph::destroy(graph);
@@ -668,29 +477,19 @@ impl CudaExecutor {
     /// The only node of `child` when it is a kernel node.
     unsafe fn single_kernel(child: CUgraph) -> Option<CUgraphNode> {
         let mut n = 0usize;
-        unsafe { sys::cuGraphGetNodes(child, std::ptr::null_mut(), &mut n) }
-            .result()
-            .ok()?;
+        unsafe { sys::cuGraphGetNodes(child, std::ptr::null_mut(), &mut n) }.result().ok()?;
         if n != 1 {
             return None;
         }
         let mut node: CUgraphNode = std::ptr::null_mut();
-        unsafe { sys::cuGraphGetNodes(child, &mut node, &mut n) }
-            .result()
-            .ok()?;
+        unsafe { sys::cuGraphGetNodes(child, &mut node, &mut n) }.result().ok()?;
         let mut ty = sys::CUgraphNodeType::CU_GRAPH_NODE_TYPE_EMPTY;
-        unsafe { sys::cuGraphNodeGetType(node, &mut ty) }
-            .result()
-            .ok()?;
+        unsafe { sys::cuGraphNodeGetType(node, &mut ty) }.result().ok()?;
         (ty == sys::CUgraphNodeType::CU_GRAPH_NODE_TYPE_KERNEL).then_some(node)
     }
 
     /// Builds and instantiates the graph of every step at these addresses.
-    unsafe fn build(
-        &mut self,
-        inputs: &[CUdeviceptr],
-        outputs: &[CUdeviceptr],
-    ) -> Result<(), CudaError> {
+    unsafe fn build(&mut self, inputs: &[CUdeviceptr], outputs: &[CUdeviceptr]) -> Result<(), CudaError> {
         if let Some(old) = self.graph.take() {
             unsafe { destroy(old) };
         }
@@ -715,25 +514,12 @@ impl CudaExecutor {
 
     /// Builds and instantiates a graph of the steps in `order` (a step may repeat), each node
     /// depending on the one before. Returns it and its count of programmatic edges.
-    unsafe fn build_graph(
-        &self,
-        order: &[usize],
-        inputs: &[CUdeviceptr],
-        outputs: &[CUdeviceptr],
-    ) -> Result<(Captured, usize), CudaError> {
-        let what =
-            |step: &str| format!("adding {step} to the CUDA graph of @{}", self.artifact.name);
+    unsafe fn build_graph(&self, order: &[usize], inputs: &[CUdeviceptr], outputs: &[CUdeviceptr]) -> Result<(Captured, usize), CudaError> {
+        let what = |step: &str| format!("adding {step} to the CUDA graph of @{}", self.artifact.name);
         let mut graph: CUgraph = std::ptr::null_mut();
-        unsafe { sys::cuGraphCreate(&mut graph, 0) }
-            .result()
-            .map_err(driver("creating a CUDA graph"))?;
-        let mut captured = Captured {
-            exec: std::ptr::null_mut(),
-            nodes: Vec::with_capacity(order.len()),
-            flat: Vec::with_capacity(order.len()),
-            graph,
-            addresses: Vec::new(),
-        };
+        unsafe { sys::cuGraphCreate(&mut graph, 0) }.result().map_err(driver("creating a CUDA graph"))?;
+        let mut captured =
+            Captured { exec: std::ptr::null_mut(), nodes: Vec::with_capacity(order.len()), flat: Vec::with_capacity(order.len()), graph, addresses: Vec::new() };
         // Kiln's kernels wait for their predecessor when the PTX says so (sm_90 targets).
         let kiln_waits = self.artifact.ptx.contains("griddepcontrol.wait");
         let (mut addrs, mut params) = (Vec::new(), Vec::new());
@@ -750,10 +536,7 @@ impl CudaExecutor {
                 GpuStep::Launch(_) => {
                     let p = self.kernel_params(i, inputs, outputs, &mut addrs, &mut params);
                     (is_kernel, waits) = (true, kiln_waits);
-                    unsafe {
-                        sys::cuGraphAddKernelNode_v2(&mut node, graph, std::ptr::null(), 0, &p)
-                    }
-                    .result()
+                    unsafe { sys::cuGraphAddKernelNode_v2(&mut node, graph, std::ptr::null(), 0, &p) }.result()
                 }
                 _ => {
                     let child = match unsafe { self.capture_step(i, inputs, outputs) } {
@@ -763,40 +546,16 @@ impl CudaExecutor {
                             return Err(e);
                         }
                     };
-                    let inner = if self.mode == GraphMode::Child {
-                        None
-                    } else {
-                        unsafe { Self::single_kernel(child) }
-                    };
+                    let inner = if self.mode == GraphMode::Child { None } else { unsafe { Self::single_kernel(child) } };
                     let r = match inner {
                         Some(k) => unsafe {
                             let mut p: sys::CUDA_KERNEL_NODE_PARAMS = std::mem::zeroed();
                             sys::cuGraphKernelNodeGetParams_v2(k, &mut p)
                                 .result()
-                                .and_then(|_| {
-                                    sys::cuGraphAddKernelNode_v2(
-                                        &mut node,
-                                        graph,
-                                        std::ptr::null(),
-                                        0,
-                                        &p,
-                                    )
-                                    .result()
-                                })
-                                .and_then(|_| {
-                                    sys::cuGraphKernelNodeCopyAttributes(node, k).result()
-                                })
+                                .and_then(|_| sys::cuGraphAddKernelNode_v2(&mut node, graph, std::ptr::null(), 0, &p).result())
+                                .and_then(|_| sys::cuGraphKernelNodeCopyAttributes(node, k).result())
                         },
-                        None => unsafe {
-                            sys::cuGraphAddChildGraphNode(
-                                &mut node,
-                                graph,
-                                std::ptr::null(),
-                                0,
-                                child,
-                            )
-                        }
-                        .result(),
+                        None => unsafe { sys::cuGraphAddChildGraphNode(&mut node, graph, std::ptr::null(), 0, child) }.result(),
                     };
                     if inner.is_some() {
                         (is_kernel, flat) = (true, true);
@@ -811,8 +570,7 @@ impl CudaExecutor {
                 let programmatic = self.mode.programmatic() && prev_kernel && is_kernel && waits;
                 let mut data: sys::CUgraphEdgeData = unsafe { std::mem::zeroed() };
                 if programmatic {
-                    data.type_ =
-                        sys::CUgraphDependencyType::CU_GRAPH_DEPENDENCY_TYPE_PROGRAMMATIC as u8;
+                    data.type_ = sys::CUgraphDependencyType::CU_GRAPH_DEPENDENCY_TYPE_PROGRAMMATIC as u8;
                     // Every block of a triggering kernel triggers right after its wait: waiting
                     // for that (rather than for every block to start) keeps a chain of Kiln
                     // kernels from launching far ahead and filling the SMs with waiting blocks
@@ -835,9 +593,7 @@ impl CudaExecutor {
             captured.nodes.push(node);
             captured.flat.push(flat);
         }
-        if let Err(e) =
-            unsafe { sys::cuGraphInstantiateWithFlags(&mut captured.exec, graph, 0) }.result()
-        {
+        if let Err(e) = unsafe { sys::cuGraphInstantiateWithFlags(&mut captured.exec, graph, 0) }.result() {
             captured.exec = std::ptr::null_mut();
             unsafe { destroy(captured) };
             return Err(driver("instantiating a CUDA graph")(e));
@@ -850,44 +606,26 @@ impl CudaExecutor {
     /// executor's graph mode; medians of `reps` replays, L2 flushed before each), in
     /// milliseconds per launch: what the step costs inside the whole graph, its share of the
     /// kernel-boundary gaps included.
-    pub fn time_step_in_graph(
-        &mut self,
-        i: usize,
-        inputs: &[CUdeviceptr],
-        outputs: &[CUdeviceptr],
-        copies: usize,
-        reps: usize,
-    ) -> Result<f64, CudaError> {
+    pub fn time_step_in_graph(&mut self, i: usize, inputs: &[CUdeviceptr], outputs: &[CUdeviceptr], copies: usize, reps: usize) -> Result<f64, CudaError> {
         self.check(inputs, outputs)?;
-        self.ctx
-            .bind_to_thread()
-            .map_err(driver("binding the context"))?;
+        self.ctx.bind_to_thread().map_err(driver("binding the context"))?;
         let order = vec![i; copies.max(1)];
         let (g, _) = unsafe { self.build_graph(&order, inputs, outputs)? };
         let flush = self.alloc(256 << 20)?;
         let s = self.stream.cu_stream();
-        let ev = || {
-            result::event::create(sys::CUevent_flags::CU_EVENT_DEFAULT)
-                .map_err(driver("creating an event"))
-        };
+        let ev = || result::event::create(sys::CUevent_flags::CU_EVENT_DEFAULT).map_err(driver("creating an event"));
         let (start, end) = (ev()?, ev()?);
         let mut times = Vec::with_capacity(reps);
         let r = (|| -> Result<(), CudaError> {
             for rep in 0..reps + 2 {
                 unsafe {
-                    result::memset_d8_async(flush.ptr, 0x5a, flush.bytes, s)
-                        .map_err(driver("memset"))?;
+                    result::memset_d8_async(flush.ptr, 0x5a, flush.bytes, s).map_err(driver("memset"))?;
                     result::event::record(start, s).map_err(driver("event record"))?;
-                    sys::cuGraphLaunch(g.exec, s)
-                        .result()
-                        .map_err(driver("launching a graph"))?;
+                    sys::cuGraphLaunch(g.exec, s).result().map_err(driver("launching a graph"))?;
                     result::event::record(end, s).map_err(driver("event record"))?;
                     result::event::synchronize(end).map_err(driver("event synchronize"))?;
                     if rep >= 2 {
-                        times.push(
-                            result::event::elapsed(start, end).map_err(driver("event elapsed"))?
-                                as f64,
-                        );
+                        times.push(result::event::elapsed(start, end).map_err(driver("event elapsed"))? as f64);
                     }
                 }
             }
@@ -906,11 +644,7 @@ impl CudaExecutor {
     /// Points the nodes of every step that touches a moved input or output at the new
     /// addresses, in the executable graph. Returns false when the driver refuses an update
     /// (the caller then rebuilds the graph).
-    unsafe fn rebind(
-        &mut self,
-        inputs: &[CUdeviceptr],
-        outputs: &[CUdeviceptr],
-    ) -> Result<bool, CudaError> {
+    unsafe fn rebind(&mut self, inputs: &[CUdeviceptr], outputs: &[CUdeviceptr]) -> Result<bool, CudaError> {
         let g = self.graph.as_ref().expect("rebind needs a graph");
         let moved = |b: u32| match self.artifact.buffers[b as usize].location {
             GpuLocation::Input(i) => g.addresses[i] != inputs[i],
@@ -926,8 +660,7 @@ impl CudaExecutor {
             let r = match step {
                 GpuStep::Launch(_) => {
                     let p = self.kernel_params(i, inputs, outputs, &mut addrs, &mut params);
-                    unsafe { sys::cuGraphExecKernelNodeSetParams_v2(g.exec, g.nodes[i], &p) }
-                        .result()
+                    unsafe { sys::cuGraphExecKernelNodeSetParams_v2(g.exec, g.nodes[i], &p) }.result()
                 }
                 _ => {
                     let child = unsafe { self.capture_step(i, inputs, outputs)? };
@@ -939,20 +672,12 @@ impl CudaExecutor {
                                 let mut p: sys::CUDA_KERNEL_NODE_PARAMS = std::mem::zeroed();
                                 sys::cuGraphKernelNodeGetParams_v2(k, &mut p)
                                     .result()
-                                    .and_then(|_| {
-                                        sys::cuGraphExecKernelNodeSetParams_v2(
-                                            g.exec, g.nodes[i], &p,
-                                        )
-                                        .result()
-                                    })
+                                    .and_then(|_| sys::cuGraphExecKernelNodeSetParams_v2(g.exec, g.nodes[i], &p).result())
                             },
                             None => Err(DriverError(sys::CUresult::CUDA_ERROR_NOT_SUPPORTED)),
                         }
                     } else {
-                        unsafe {
-                            sys::cuGraphExecChildGraphNodeSetParams(g.exec, g.nodes[i], child)
-                        }
-                        .result()
+                        unsafe { sys::cuGraphExecChildGraphNodeSetParams(g.exec, g.nodes[i], child) }.result()
                     };
                     let _ = unsafe { result::graph::destroy(child) };
                     r
@@ -973,25 +698,15 @@ impl CudaExecutor {
 
     /// Times `reps` runs with CUDA events (milliseconds each), flushing L2 before each by
     /// writing a 256 MiB scratch buffer. `graph`: replay the CUDA graph instead of launching.
-    pub fn time_runs(
-        &mut self,
-        inputs: &[CUdeviceptr],
-        outputs: &[CUdeviceptr],
-        reps: usize,
-        graph: bool,
-    ) -> Result<Vec<f64>, CudaError> {
+    pub fn time_runs(&mut self, inputs: &[CUdeviceptr], outputs: &[CUdeviceptr], reps: usize, graph: bool) -> Result<Vec<f64>, CudaError> {
         let flush = self.alloc(256 << 20)?;
         let s = self.stream.cu_stream();
-        let ev = |_: ()| {
-            result::event::create(sys::CUevent_flags::CU_EVENT_DEFAULT)
-                .map_err(driver("creating an event"))
-        };
+        let ev = |_: ()| result::event::create(sys::CUevent_flags::CU_EVENT_DEFAULT).map_err(driver("creating an event"));
         let (start, end) = (ev(())?, ev(())?);
         let mut times = Vec::with_capacity(reps);
         for _ in 0..reps + 3 {
             unsafe {
-                result::memset_d8_async(flush.ptr, 0x5a, flush.bytes, s)
-                    .map_err(driver("memset"))?;
+                result::memset_d8_async(flush.ptr, 0x5a, flush.bytes, s).map_err(driver("memset"))?;
                 result::event::record(start, s).map_err(driver("event record"))?;
                 if graph {
                     self.run_graph(inputs, outputs, None)?;
@@ -1000,9 +715,7 @@ impl CudaExecutor {
                 }
                 result::event::record(end, s).map_err(driver("event record"))?;
                 result::event::synchronize(end).map_err(driver("event synchronize"))?;
-                times.push(
-                    result::event::elapsed(start, end).map_err(driver("event elapsed"))? as f64,
-                );
+                times.push(result::event::elapsed(start, end).map_err(driver("event elapsed"))? as f64);
             }
         }
         unsafe {
@@ -1015,39 +728,25 @@ impl CudaExecutor {
     /// Times each step alone (CUDA events around it, L2 flushed before it, launched, not in a
     /// graph): the median of `reps` runs per step, in milliseconds. A profile of where a call's
     /// time goes; the sum exceeds a graph replay's time by the launch gaps.
-    pub fn time_steps(
-        &mut self,
-        inputs: &[CUdeviceptr],
-        outputs: &[CUdeviceptr],
-        reps: usize,
-    ) -> Result<Vec<f64>, CudaError> {
+    pub fn time_steps(&mut self, inputs: &[CUdeviceptr], outputs: &[CUdeviceptr], reps: usize) -> Result<Vec<f64>, CudaError> {
         self.check(inputs, outputs)?;
-        self.ctx
-            .bind_to_thread()
-            .map_err(driver("binding the context"))?;
+        self.ctx.bind_to_thread().map_err(driver("binding the context"))?;
         let flush = self.alloc(256 << 20)?;
         let s = self.stream.cu_stream();
-        let ev = || {
-            result::event::create(sys::CUevent_flags::CU_EVENT_DEFAULT)
-                .map_err(driver("creating an event"))
-        };
+        let ev = || result::event::create(sys::CUevent_flags::CU_EVENT_DEFAULT).map_err(driver("creating an event"));
         let (start, end) = (ev()?, ev()?);
         let mut out = Vec::with_capacity(self.artifact.steps.len());
         for i in 0..self.artifact.steps.len() {
             let mut times = Vec::with_capacity(reps);
             for rep in 0..reps + 1 {
                 unsafe {
-                    result::memset_d8_async(flush.ptr, 0x5a, flush.bytes, s)
-                        .map_err(driver("memset"))?;
+                    result::memset_d8_async(flush.ptr, 0x5a, flush.bytes, s).map_err(driver("memset"))?;
                     result::event::record(start, s).map_err(driver("event record"))?;
                     self.enqueue_step(i, inputs, outputs, s)?;
                     result::event::record(end, s).map_err(driver("event record"))?;
                     result::event::synchronize(end).map_err(driver("event synchronize"))?;
                     if rep > 0 {
-                        times.push(
-                            result::event::elapsed(start, end).map_err(driver("event elapsed"))?
-                                as f64,
-                        );
+                        times.push(result::event::elapsed(start, end).map_err(driver("event elapsed"))? as f64);
                     }
                 }
             }
@@ -1068,23 +767,17 @@ impl CudaExecutor {
         a.fill(1)?;
         let flush = self.alloc(256 << 20)?;
         let s = self.stream.cu_stream();
-        let ev = || {
-            result::event::create(sys::CUevent_flags::CU_EVENT_DEFAULT)
-                .map_err(driver("creating an event"))
-        };
+        let ev = || result::event::create(sys::CUevent_flags::CU_EVENT_DEFAULT).map_err(driver("creating an event"));
         let (start, end) = (ev()?, ev()?);
         let mut times = Vec::new();
         for _ in 0..reps + 2 {
             unsafe {
-                result::memset_d8_async(flush.ptr, 0x5a, flush.bytes, s)
-                    .map_err(driver("memset"))?;
+                result::memset_d8_async(flush.ptr, 0x5a, flush.bytes, s).map_err(driver("memset"))?;
                 result::event::record(start, s).map_err(driver("event record"))?;
                 result::memcpy_dtod_async(b.ptr, a.ptr, bytes, s).map_err(driver("copy"))?;
                 result::event::record(end, s).map_err(driver("event record"))?;
                 result::event::synchronize(end).map_err(driver("event synchronize"))?;
-                times.push(
-                    result::event::elapsed(start, end).map_err(driver("event elapsed"))? as f64,
-                );
+                times.push(result::event::elapsed(start, end).map_err(driver("event elapsed"))? as f64);
             }
         }
         let mut t = times.split_off(2);
@@ -1117,31 +810,15 @@ fn tune_gemms(
     if std::env::var("KILN_GEMM_TUNE").is_ok_and(|v| v == "0") {
         return Ok(());
     }
-    let gemms: Vec<(usize, &super::GemmStep)> = artifact
-        .steps
-        .iter()
-        .enumerate()
-        .filter_map(|(i, s)| {
-            if let GpuStep::Gemm(g) = s {
-                Some((i, g))
-            } else {
-                None
-            }
-        })
-        .collect();
+    let gemms: Vec<(usize, &super::GemmStep)> =
+        artifact.steps.iter().enumerate().filter_map(|(i, s)| if let GpuStep::Gemm(g) = s { Some((i, g)) } else { None }).collect();
     if gemms.is_empty() {
         return Ok(());
     }
     let bytes = |b: u32| artifact.buffers[b as usize].bytes();
     let mut need = [0usize; 5];
     for (_, g) in &gemms {
-        let sizes = [
-            bytes(g.a.buffer),
-            bytes(g.b.buffer),
-            bytes(g.c),
-            g.bias.map_or(0, bytes),
-            g.residual.map_or(0, bytes),
-        ];
+        let sizes = [bytes(g.a.buffer), bytes(g.b.buffer), bytes(g.c), g.bias.map_or(0, bytes), g.residual.map_or(0, bytes)];
         for (n, s) in need.iter_mut().zip(sizes) {
             *n = (*n).max(s);
         }
@@ -1153,8 +830,7 @@ fn tune_gemms(
             let p = alloc(*n, "GEMM tuning scratch")?;
             scratch.push(p);
             // 0x3C bytes: 0.0115 in bf16 and f32, 1.06 in f16; never zero.
-            unsafe { result::memset_d8_async(p, 0x3C, (*n).max(256), stream) }
-                .map_err(driver("memset"))?;
+            unsafe { result::memset_d8_async(p, 0x3C, (*n).max(256), stream) }.map_err(driver("memset"))?;
         }
         let mut chosen: HashMap<String, usize> = HashMap::new();
         for (i, g) in gemms {
@@ -1172,18 +848,7 @@ fn tune_gemms(
                 continue;
             }
             let (bias, residual) = (g.bias.map(|_| scratch[3]), g.residual.map(|_| scratch[4]));
-            let c = unsafe {
-                plan.tune(
-                    blas,
-                    scratch[0],
-                    scratch[1],
-                    scratch[2],
-                    bias,
-                    residual,
-                    stream,
-                    (scratch[5], flush_bytes),
-                )?
-            };
+            let c = unsafe { plan.tune(blas, scratch[0], scratch[1], scratch[2], bias, residual, stream, (scratch[5], flush_bytes))? };
             chosen.insert(key, c);
         }
         Ok(())
@@ -1197,11 +862,7 @@ fn tune_gemms(
     result
 }
 
-fn load_module(
-    artifact: &CudaArtifact,
-    ordinal: usize,
-    ctx: &Arc<CudaContext>,
-) -> Result<CUmodule, CudaError> {
+fn load_module(artifact: &CudaArtifact, ordinal: usize, ctx: &Arc<CudaContext>) -> Result<CUmodule, CudaError> {
     if artifact.ptx.is_empty() {
         return Ok(std::ptr::null_mut());
     }
@@ -1210,16 +871,10 @@ fn load_module(
     if let Some((m, _)) = cache.get(&key) {
         return Ok(*m as CUmodule);
     }
-    let src = CString::new(artifact.ptx.clone()).map_err(|_| CudaError::ModuleLoad {
-        artifact: artifact.name.clone(),
-        message: "the PTX holds a NUL byte".into(),
-    })?;
-    let m = unsafe { result::module::load_data(src.as_ptr() as *const c_void) }.map_err(|e| {
-        CudaError::ModuleLoad {
-            artifact: artifact.name.clone(),
-            message: format!("{e:?}"),
-        }
-    })?;
+    let src = CString::new(artifact.ptx.clone())
+        .map_err(|_| CudaError::ModuleLoad { artifact: artifact.name.clone(), message: "the PTX holds a NUL byte".into() })?;
+    let m = unsafe { result::module::load_data(src.as_ptr() as *const c_void) }
+        .map_err(|e| CudaError::ModuleLoad { artifact: artifact.name.clone(), message: format!("{e:?}") })?;
     cache.insert(key, (m as usize, ctx.clone()));
     Ok(m)
 }

@@ -22,20 +22,10 @@ pub(crate) struct Blas {
 impl Blas {
     pub(crate) fn new(workspace: CUdeviceptr, workspace_bytes: usize) -> Result<Blas, CudaError> {
         if !unsafe { sys::is_culib_present() } {
-            return Err(CudaError::Gemm {
-                kernel: "-".into(),
-                message: "libcublasLt could not be loaded".into(),
-            });
+            return Err(CudaError::Gemm { kernel: "-".into(), message: "libcublasLt could not be loaded".into() });
         }
-        let handle = result::create_handle().map_err(|e| CudaError::Gemm {
-            kernel: "-".into(),
-            message: format!("{e:?}"),
-        })?;
-        Ok(Blas {
-            handle,
-            workspace,
-            workspace_bytes,
-        })
+        let handle = result::create_handle().map_err(|e| CudaError::Gemm { kernel: "-".into(), message: format!("{e:?}") })?;
+        Ok(Blas { handle, workspace, workspace_bytes })
     }
 }
 
@@ -69,26 +59,15 @@ fn data_type(d: DType) -> Option<sys::cudaDataType> {
 
 impl Plan {
     pub(crate) fn new(blas: &Blas, step: &GemmStep) -> Result<Plan, CudaError> {
-        let err = |e: result::CublasError| CudaError::Gemm {
-            kernel: step.kernel.clone(),
-            message: format!("{e:?}"),
-        };
+        let err = |e: result::CublasError| CudaError::Gemm { kernel: step.kernel.clone(), message: format!("{e:?}") };
         let ty = data_type(step.dtype).ok_or_else(|| CudaError::Gemm {
             kernel: step.kernel.clone(),
             message: format!("cuBLASLt has no {} GEMM", step.dtype),
         })?;
         let (m, n, k) = (step.m as u64, step.n as u64, step.k as u64);
         // cuBLASLt A := Kiln b (n x k column-major when not transposed).
-        let (a_rows, a_cols, lda) = if step.b.transposed {
-            (k, n, k as i64)
-        } else {
-            (n, k, n as i64)
-        };
-        let (b_rows, b_cols, ldb) = if step.a.transposed {
-            (m, k, m as i64)
-        } else {
-            (k, m, k as i64)
-        };
+        let (a_rows, a_cols, lda) = if step.b.transposed { (k, n, k as i64) } else { (n, k, n as i64) };
+        let (b_rows, b_cols, ldb) = if step.a.transposed { (m, k, m as i64) } else { (k, m, k as i64) };
         unsafe {
             let la = result::create_matrix_layout(ty, a_rows, a_cols, lda).map_err(err)?;
             let lb = result::create_matrix_layout(ty, b_rows, b_cols, ldb).map_err(err)?;
@@ -113,28 +92,17 @@ impl Plan {
                     .map_err(err)?;
                 }
             }
-            let desc = result::create_matmul_desc(
-                sys::cublasComputeType_t::CUBLAS_COMPUTE_32F,
-                sys::cudaDataType::CUDA_R_32F,
-            )
-            .map_err(err)?;
+            let desc = result::create_matmul_desc(sys::cublasComputeType_t::CUBLAS_COMPUTE_32F, sys::cudaDataType::CUDA_R_32F)
+                .map_err(err)?;
             let set = |attr: sys::cublasLtMatmulDescAttributes_t, v: *const c_void, size: usize| {
                 result::set_matmul_desc_attribute(desc, attr, v, size)
             };
             let ta = step.b.transposed as i32;
             let tb = step.a.transposed as i32;
-            set(
-                sys::cublasLtMatmulDescAttributes_t::CUBLASLT_MATMUL_DESC_TRANSA,
-                &ta as *const i32 as _,
-                size_of::<i32>(),
-            )
-            .map_err(err)?;
-            set(
-                sys::cublasLtMatmulDescAttributes_t::CUBLASLT_MATMUL_DESC_TRANSB,
-                &tb as *const i32 as _,
-                size_of::<i32>(),
-            )
-            .map_err(err)?;
+            set(sys::cublasLtMatmulDescAttributes_t::CUBLASLT_MATMUL_DESC_TRANSA, &ta as *const i32 as _, size_of::<i32>())
+                .map_err(err)?;
+            set(sys::cublasLtMatmulDescAttributes_t::CUBLASLT_MATMUL_DESC_TRANSB, &tb as *const i32 as _, size_of::<i32>())
+                .map_err(err)?;
             use sys::cublasLtEpilogue_t::*;
             let epilogue = match (step.bias.is_some(), step.activation) {
                 (false, None) => CUBLASLT_EPILOGUE_DEFAULT,
@@ -153,12 +121,8 @@ impl Plan {
             if step.bias.is_some() {
                 // A placeholder address for the heuristic; the real one is set per call.
                 let p: CUdeviceptr = blas.workspace;
-                set(
-                    sys::cublasLtMatmulDescAttributes_t::CUBLASLT_MATMUL_DESC_BIAS_POINTER,
-                    &p as *const _ as _,
-                    size_of::<CUdeviceptr>(),
-                )
-                .map_err(err)?;
+                set(sys::cublasLtMatmulDescAttributes_t::CUBLASLT_MATMUL_DESC_BIAS_POINTER, &p as *const _ as _, size_of::<CUdeviceptr>())
+                    .map_err(err)?;
             }
             let pref = result::create_matmul_pref().map_err(err)?;
             result::set_matmul_pref_attribute(
@@ -168,8 +132,7 @@ impl Plan {
                 size_of::<usize>(),
             )
             .map_err(err)?;
-            let mut found: Vec<sys::cublasLtMatmulHeuristicResult_t> =
-                vec![std::mem::zeroed(); CANDIDATES];
+            let mut found: Vec<sys::cublasLtMatmulHeuristicResult_t> = vec![std::mem::zeroed(); CANDIDATES];
             let mut count = 0i32;
             let status = sys::cublasLtMatmulAlgoGetHeuristic(
                 blas.handle,
@@ -185,16 +148,10 @@ impl Plan {
             );
             let _ = result::destroy_matmul_pref(pref);
             status.result().map_err(err)?;
-            let candidates: Vec<sys::cublasLtMatmulAlgo_t> = found
-                .iter()
-                .take(count.max(0) as usize)
-                .filter(|h| h.state == sys::cublasStatus_t::CUBLAS_STATUS_SUCCESS)
-                .map(|h| h.algo)
-                .collect();
+            let candidates: Vec<sys::cublasLtMatmulAlgo_t> =
+                found.iter().take(count.max(0) as usize).filter(|h| h.state == sys::cublasStatus_t::CUBLAS_STATUS_SUCCESS).map(|h| h.algo).collect();
             let Some(&algo) = candidates.first() else {
-                return Err(err(result::CublasError(
-                    sys::cublasStatus_t::CUBLAS_STATUS_NOT_SUPPORTED,
-                )));
+                return Err(err(result::CublasError(sys::cublasStatus_t::CUBLAS_STATUS_NOT_SUPPORTED)));
             };
             // Skinny GEMMs (few output tiles, long k) fill the chip only when k is split: the
             // heuristic's first algorithm with k split 2..16 ways joins the candidates where
@@ -209,9 +166,7 @@ impl Plan {
                         break;
                     }
                     let mut a = algo;
-                    let scheme =
-                        sys::cublasLtReductionScheme_t::CUBLASLT_REDUCTION_SCHEME_COMPUTE_TYPE
-                            as u32;
+                    let scheme = sys::cublasLtReductionScheme_t::CUBLASLT_REDUCTION_SCHEME_COMPUTE_TYPE as u32;
                     let ok = sys::cublasLtMatmulAlgoConfigSetAttribute(
                         &mut a,
                         sys::cublasLtMatmulAlgoConfigAttributes_t::CUBLASLT_ALGO_CONFIG_SPLITK_NUM,
@@ -230,31 +185,14 @@ impl Plan {
                         .is_ok();
                     let mut check: sys::cublasLtMatmulHeuristicResult_t = std::mem::zeroed();
                     if ok
-                        && sys::cublasLtMatmulAlgoCheck(
-                            blas.handle,
-                            desc,
-                            la,
-                            lb,
-                            lc,
-                            lc,
-                            &a,
-                            &mut check,
-                        )
-                        .result()
-                        .is_ok()
+                        && sys::cublasLtMatmulAlgoCheck(blas.handle, desc, la, lb, lc, lc, &a, &mut check).result().is_ok()
                         && check.workspaceSize <= blas.workspace_bytes
                     {
                         candidates.push(a);
                     }
                 }
             }
-            Ok(Plan {
-                kernel: step.kernel.clone(),
-                desc,
-                layouts: [la, lb, lc],
-                algo,
-                candidates,
-            })
+            Ok(Plan { kernel: step.kernel.clone(), desc, layouts: [la, lb, lc], algo, candidates })
         }
     }
 
@@ -280,10 +218,7 @@ impl Plan {
         if self.candidates.len() < 2 {
             return Ok(0);
         }
-        let derr = |e: cudarc::driver::DriverError| CudaError::Gemm {
-            kernel: self.kernel.clone(),
-            message: format!("timing: {e:?}"),
-        };
+        let derr = |e: cudarc::driver::DriverError| CudaError::Gemm { kernel: self.kernel.clone(), message: format!("timing: {e:?}") };
         let ev = || drv::event::create(cudarc::driver::sys::CUevent_flags::CU_EVENT_DEFAULT);
         let (start, end) = (ev().map_err(derr)?, ev().map_err(derr)?);
         let mut best = (f32::INFINITY, 0);
@@ -340,10 +275,7 @@ impl Plan {
         residual: Option<CUdeviceptr>,
         stream: CUstream,
     ) -> Result<(), CudaError> {
-        let err = |e: result::CublasError| CudaError::Gemm {
-            kernel: self.kernel.clone(),
-            message: format!("{e:?}"),
-        };
+        let err = |e: result::CublasError| CudaError::Gemm { kernel: self.kernel.clone(), message: format!("{e:?}") };
         // The residual is cuBLASLt's C operand (same layout as D), added with beta = 1.
         let (alpha, beta) = (1.0f32, if residual.is_some() { 1.0f32 } else { 0.0f32 });
         let cin = residual.unwrap_or(c);

@@ -102,10 +102,7 @@ pub enum GpuStep {
     Launch(LaunchStep),
     Gemm(GemmStep),
     /// Copy a whole buffer (an output that is an input, or one value returned twice).
-    Copy {
-        from: u32,
-        to: u32,
-    },
+    Copy { from: u32, to: u32 },
 }
 
 impl GpuStep {
@@ -122,31 +119,10 @@ impl GpuStep {
     /// (the patterns are exhaustive on purpose: adding a field fails to compile until it is).
     pub fn buffers(&self) -> Vec<u32> {
         match self {
-            GpuStep::Launch(LaunchStep {
-                kernel: _,
-                symbol: _,
-                grid: _,
-                block: _,
-                args,
-            }) => args.clone(),
-            GpuStep::Gemm(GemmStep {
-                kernel: _,
-                dtype: _,
-                batch: _,
-                m: _,
-                n: _,
-                k: _,
-                a,
-                b,
-                c,
-                bias,
-                activation: _,
-                residual,
-            }) => [a.buffer, b.buffer, *c]
-                .into_iter()
-                .chain(*bias)
-                .chain(*residual)
-                .collect(),
+            GpuStep::Launch(LaunchStep { kernel: _, symbol: _, grid: _, block: _, args }) => args.clone(),
+            GpuStep::Gemm(GemmStep { kernel: _, dtype: _, batch: _, m: _, n: _, k: _, a, b, c, bias, activation: _, residual }) => {
+                [a.buffer, b.buffer, *c].into_iter().chain(*bias).chain(*residual).collect()
+            }
             GpuStep::Copy { from, to } => vec![*from, *to],
         }
     }
@@ -206,10 +182,7 @@ pub const ARENA_ALIGN: usize = 256;
 pub fn plan_arena(reqs: &[(usize, usize, usize)]) -> (Vec<usize>, usize) {
     let reqs: Vec<crate::plan::Request> = reqs
         .iter()
-        .map(|&(bytes, first, last)| crate::plan::Request {
-            bytes: bytes.div_ceil(ARENA_ALIGN).max(1) * ARENA_ALIGN,
-            live: (first, last),
-        })
+        .map(|&(bytes, first, last)| crate::plan::Request { bytes: bytes.div_ceil(ARENA_ALIGN).max(1) * ARENA_ALIGN, live: (first, last) })
         .collect();
     crate::plan::plan(&reqs)
 }
@@ -217,26 +190,16 @@ pub fn plan_arena(reqs: &[(usize, usize, usize)]) -> (Vec<usize>, usize) {
 /// Everything that can go wrong on the GPU side, naming the kernel where there is one.
 #[derive(Debug, Error)]
 pub enum CudaError {
-    #[error(
-        "no CUDA driver found (libcuda could not be loaded); GPU execution needs an NVIDIA driver"
-    )]
+    #[error("no CUDA driver found (libcuda could not be loaded); GPU execution needs an NVIDIA driver")]
     NoDriver,
     #[error("CUDA device {ordinal} is not available: {message}")]
     NoDevice { ordinal: usize, message: String },
     #[error("out of GPU memory allocating {bytes} bytes for {what}: {message}")]
-    OutOfMemory {
-        what: String,
-        bytes: usize,
-        message: String,
-    },
+    OutOfMemory { what: String, bytes: usize, message: String },
     #[error("the PTX module of artifact {artifact:?} failed to load: {message}")]
     ModuleLoad { artifact: String, message: String },
     #[error("kernel {kernel} (symbol {symbol:?}) is missing from the loaded module: {message}")]
-    MissingKernel {
-        kernel: String,
-        symbol: String,
-        message: String,
-    },
+    MissingKernel { kernel: String, symbol: String, message: String },
     #[error("launching kernel {kernel} failed: {message}")]
     Launch { kernel: String, message: String },
     #[error("cuBLASLt GEMM of kernel {kernel} failed: {message}")]
@@ -248,14 +211,7 @@ pub enum CudaError {
     #[error("the graph returns {expected} output(s), {got} given")]
     OutputCount { expected: usize, got: usize },
     #[error("{what} {index} must hold {expected} bytes ({dtype}{shape:?}), got {got}")]
-    TensorSize {
-        what: &'static str,
-        index: usize,
-        dtype: DType,
-        shape: Vec<usize>,
-        expected: usize,
-        got: usize,
-    },
+    TensorSize { what: &'static str, index: usize, dtype: DType, shape: Vec<usize>, expected: usize, got: usize },
     #[error("artifact {artifact:?} is malformed: {reason}")]
     BadArtifact { artifact: String, reason: String },
 }
@@ -275,13 +231,8 @@ mod tests {
 
     #[test]
     fn errors_name_the_kernel() {
-        let e = CudaError::Launch {
-            kernel: "k3_softmax".into(),
-            message: "CUDA_ERROR_INVALID_VALUE".into(),
-        };
+        let e = CudaError::Launch { kernel: "k3_softmax".into(), message: "CUDA_ERROR_INVALID_VALUE".into() };
         assert!(e.to_string().contains("k3_softmax"));
-        assert!(CudaError::NoDriver
-            .to_string()
-            .contains("no CUDA driver found"));
+        assert!(CudaError::NoDriver.to_string().contains("no CUDA driver found"));
     }
 }

@@ -25,13 +25,7 @@ struct Tiles {
 /// # Safety
 /// The views must lie inside their buffers, and `o` must not overlap `q`, `k` or `v`.
 pub unsafe fn run(step: &AttentionStep, base: &dyn Fn(u32) -> *mut f32) {
-    let ptrs = [
-        base(step.q.buffer),
-        base(step.k.buffer),
-        base(step.v.buffer),
-        base(step.o.buffer),
-    ]
-    .map(SendPtr);
+    let ptrs = [base(step.q.buffer), base(step.k.buffer), base(step.v.buffer), base(step.o.buffer)].map(SendPtr);
     let views = [&step.q, &step.k, &step.v, &step.o];
     let offs = batch_offsets(&step.batch, &views.map(|v| v.batch_strides.as_slice()));
     let count = offs[0].len();
@@ -51,12 +45,7 @@ pub unsafe fn run(step: &AttentionStep, base: &dyn Fn(u32) -> *mut f32) {
         for r in 0..rows {
             for c in 0..s.d {
                 // SAFETY: in bounds as above.
-                t.q[r * s.d + c] = unsafe {
-                    *at(
-                        0,
-                        (r0 + r) as isize * q.row_stride + c as isize * q.col_stride,
-                    )
-                } * s.scale as f32;
+                t.q[r * s.d + c] = unsafe { *at(0, (r0 + r) as isize * q.row_stride + c as isize * q.col_stride) } * s.scale as f32;
             }
         }
         let mut m = [f32::NEG_INFINITY; ROWS];
@@ -64,11 +53,7 @@ pub unsafe fn run(step: &AttentionStep, base: &dyn Fn(u32) -> *mut f32) {
         t.acc[..rows * s.dv].fill(0.0);
         let shift = s.sk as isize - s.sq as isize;
         // One past the last key any row of this block may see.
-        let kend = if s.causal {
-            ((r0 + rows) as isize + shift).clamp(0, s.sk as isize) as usize
-        } else {
-            s.sk
-        };
+        let kend = if s.causal { ((r0 + rows) as isize + shift).clamp(0, s.sk as isize) as usize } else { s.sk };
         let mut kb = 0;
         while kb < kend {
             let keys = KEYS.min(kend - kb);
@@ -102,16 +87,7 @@ pub unsafe fn run(step: &AttentionStep, base: &dyn Fn(u32) -> *mut f32) {
                 }
                 ((r0 + r) as isize + shift - kb as isize + 1).clamp(0, keys as isize) as usize
             });
-            let update = UpdateArgs {
-                scores: &mut t.scores,
-                acc: &mut t.acc,
-                m: &mut m,
-                l: &mut l,
-                rows,
-                keys,
-                dv: s.dv,
-                limits: &limits,
-            };
+            let update = UpdateArgs { scores: &mut t.scores, acc: &mut t.acc, m: &mut m, l: &mut l, rows, keys, dv: s.dv, limits: &limits };
             if avx2 {
                 // SAFETY: the host has AVX2 and FMA (checked above).
                 unsafe { update_avx2(update) }
@@ -148,33 +124,18 @@ pub unsafe fn run(step: &AttentionStep, base: &dyn Fn(u32) -> *mut f32) {
             // A row that sees no key gives NaN (0/0), as PyTorch does.
             let inv = 1.0 / l[r];
             for c in 0..s.dv {
-                let val = if l[r] == 0.0 {
-                    f32::NAN
-                } else {
-                    t.acc[r * s.dv + c] * inv
-                };
+                let val = if l[r] == 0.0 { f32::NAN } else { t.acc[r * s.dv + c] * inv };
                 // SAFETY: each task writes only its own rows of o.
-                unsafe {
-                    *at(
-                        3,
-                        (r0 + r) as isize * o.row_stride + c as isize * o.col_stride,
-                    ) = val
-                };
+                unsafe { *at(3, (r0 + r) as isize * o.row_stride + c as isize * o.col_stride) = val };
             }
         }
     };
-    let init = || Tiles {
-        scores: vec![0f32; ROWS * KEYS],
-        acc: vec![0f32; ROWS * s.dv],
-        q: vec![0f32; ROWS * s.d],
-    };
+    let init = || Tiles { scores: vec![0f32; ROWS * KEYS], acc: vec![0f32; ROWS * s.dv], q: vec![0f32; ROWS * s.d] };
     if count * blocks == 1 || rayon::current_num_threads() == 1 {
         let mut t = init();
         (0..count * blocks).for_each(|i| task(&mut t, i));
     } else {
-        (0..count * blocks)
-            .into_par_iter()
-            .for_each_init(init, task);
+        (0..count * blocks).into_par_iter().for_each_init(init, task);
     }
 }
 
@@ -259,9 +220,7 @@ fn max_of(xs: &[f32]) -> f32 {
     if nan {
         return f32::NAN;
     }
-    lanes
-        .iter()
-        .fold(f32::NEG_INFINITY, |a, &b| if b > a { b } else { a })
+    lanes.iter().fold(f32::NEG_INFINITY, |a, &b| if b > a { b } else { a })
 }
 
 /// `x = exp(x - m)` in place; returns the sum (eight lanes, so it vectorizes).
@@ -298,13 +257,7 @@ pub(crate) fn exp(x: f32) -> f32 {
     let r = n * -0.693359375 + xc;
     let r = n * 2.12194440e-4 + r;
     let mut p = 1.9875691500E-4f32;
-    for c in [
-        1.3981999507E-3,
-        8.3334519073E-3,
-        4.1665795894E-2,
-        1.6666665459E-1,
-        5.0000001201E-1,
-    ] {
+    for c in [1.3981999507E-3, 8.3334519073E-3, 4.1665795894E-2, 1.6666665459E-1, 5.0000001201E-1] {
         p = p * r + c;
     }
     let p = p * (r * r) + r + 1.0;
@@ -327,15 +280,9 @@ mod tests {
             let want = (x as f64).exp();
             let got = exp(x) as f64;
             if (want as f32).is_normal() {
-                assert!(
-                    ((got - want) / want).abs() < 1e-6,
-                    "exp({x}) = {got}, want {want}"
-                );
+                assert!(((got - want) / want).abs() < 1e-6, "exp({x}) = {got}, want {want}");
             } else {
-                assert!(
-                    (got - want).abs() < 3e-45 || (want as f32).is_infinite() && got.is_infinite(),
-                    "exp({x}) = {got}, want {want}"
-                );
+                assert!((got - want).abs() < 3e-45 || (want as f32).is_infinite() && got.is_infinite(), "exp({x}) = {got}, want {want}");
             }
         }
         assert_eq!(exp(f32::NEG_INFINITY), 0.0);

@@ -33,26 +33,10 @@ pub unsafe fn run(step: &GemmStep, base: &dyn Fn(u32) -> *mut f32) {
 
 /// # Safety
 /// As [`run`], with buffers of `T`.
-unsafe fn run_typed<T: Copy + Send + Sync + 'static>(
-    step: &GemmStep,
-    base: &dyn Fn(u32) -> *mut f32,
-    zero: T,
-    unit: T,
-) {
+unsafe fn run_typed<T: Copy + Send + Sync + 'static>(step: &GemmStep, base: &dyn Fn(u32) -> *mut f32, zero: T, unit: T) {
     let ptr = |b: u32| base(b) as *mut T;
-    let (a0, b0, c0) = (
-        Typed(ptr(step.a.buffer)),
-        Typed(ptr(step.b.buffer)),
-        Typed(ptr(step.c.buffer)),
-    );
-    let offs = batch_offsets(
-        &step.batch,
-        &[
-            &step.a.batch_strides,
-            &step.b.batch_strides,
-            &step.c.batch_strides,
-        ],
-    );
+    let (a0, b0, c0) = (Typed(ptr(step.a.buffer)), Typed(ptr(step.b.buffer)), Typed(ptr(step.c.buffer)));
+    let offs = batch_offsets(&step.batch, &[&step.a.batch_strides, &step.b.batch_strides, &step.c.batch_strides]);
     let count = offs[0].len();
     let threads = rayon::current_num_threads();
     let flops = step.m * step.n * step.k;
@@ -83,15 +67,9 @@ unsafe fn run_typed<T: Copy + Send + Sync + 'static>(
         }
     };
     if count >= threads && flops < (1 << 22) && threads > 1 {
-        (0..count)
-            .into_par_iter()
-            .for_each(|bi| one(bi, Parallelism::None));
+        (0..count).into_par_iter().for_each(|bi| one(bi, Parallelism::None));
     } else {
-        let par = if flops >= (1 << 15) && threads > 1 {
-            Parallelism::Rayon(threads)
-        } else {
-            Parallelism::None
-        };
+        let par = if flops >= (1 << 15) && threads > 1 { Parallelism::Rayon(threads) } else { Parallelism::None };
         for bi in 0..count {
             one(bi, par);
         }

@@ -22,12 +22,7 @@ pub(crate) fn batch_offsets(batch: &[usize], strides: &[&[isize]]) -> Vec<Vec<is
     let mut idx = vec![0usize; batch.len()];
     for _ in 0..count {
         for (o, s) in out.iter_mut().zip(strides) {
-            o.push(
-                idx.iter()
-                    .zip(s.iter())
-                    .map(|(&i, &st)| i as isize * st)
-                    .sum(),
-            );
+            o.push(idx.iter().zip(s.iter()).map(|(&i, &st)| i as isize * st).sum());
         }
         for d in (0..idx.len()).rev() {
             idx[d] += 1;

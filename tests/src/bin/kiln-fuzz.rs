@@ -14,10 +14,7 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 #[derive(Parser, Debug)]
-#[command(
-    name = "kiln-fuzz",
-    about = "Differential fuzzing: random graphs through kiln::compile vs the reference interpreter"
-)]
+#[command(name = "kiln-fuzz", about = "Differential fuzzing: random graphs through kiln::compile vs the reference interpreter")]
 struct Args {
     /// Random graphs to check.
     #[arg(long, default_value_t = 1000)]
@@ -64,10 +61,7 @@ fn main() {
     let backend = match Backend::parse(&a.backend) {
         Some(b @ (Backend::Cpu | Backend::Cuda)) => b,
         _ => {
-            eprintln!(
-                "kiln-fuzz: --backend must be cpu or cuda, got {:?}",
-                a.backend
-            );
+            eprintln!("kiln-fuzz: --backend must be cpu or cuda, got {:?}", a.backend);
             std::process::exit(2);
         }
     };
@@ -76,16 +70,7 @@ fn main() {
         std::process::exit(2);
     }
     if a.dump {
-        println!(
-            "{}",
-            kiln_tests::gen::generate(
-                a.seed,
-                &GenConfig {
-                    max_ops: a.max_ops,
-                    ..GenConfig::default()
-                }
-            )
-        );
+        println!("{}", kiln_tests::gen::generate(a.seed, &GenConfig { max_ops: a.max_ops, ..GenConfig::default() }));
         return;
     }
     if let Some(path) = &a.check {
@@ -112,69 +97,35 @@ fn main() {
         graphs: a.graphs,
         seed: a.seed,
         batch: a.batch,
-        target: Target {
-            backend,
-            optimize: !a.no_optimize,
-        },
-        gen: GenConfig {
-            max_ops: a.max_ops,
-            ..GenConfig::default()
-        },
+        target: Target { backend, optimize: !a.no_optimize },
+        gen: GenConfig { max_ops: a.max_ops, ..GenConfig::default() },
         out: a.out.clone(),
         shrink_budget: a.shrink_budget,
         shrink_per_signature: a.shrink_per_signature,
     };
     println!(
         "kiln-fuzz: {} graphs from seed {} on {} ({}), optimize {}, batch {}",
-        a.graphs,
-        a.seed,
-        a.backend,
-        kiln::device_name(backend),
-        cfg.target.optimize,
-        a.batch
+        a.graphs, a.seed, a.backend, kiln::device_name(backend), cfg.target.optimize, a.batch
     );
     let t = Instant::now();
     let mut reported = 0usize;
     let mut last = 0u64;
     let s = fuzz(&cfg, &mut |s: &Summary| {
         for f in &s.failures[reported..] {
-            println!(
-                "FAIL seed {}: {} ({} nodes shrunk to {}){}",
-                f.seed,
-                f.verdict,
-                f.original_nodes,
-                f.shrunk.len(),
-                f.saved
-                    .as_ref()
-                    .map(|p| format!(" -> {}", p.display()))
-                    .unwrap_or_default()
-            );
+            println!("FAIL seed {}: {} ({} nodes shrunk to {}){}", f.seed, f.verdict, f.original_nodes, f.shrunk.len(),
+                f.saved.as_ref().map(|p| format!(" -> {}", p.display())).unwrap_or_default());
         }
         reported = s.failures.len();
         if s.graphs / a.every.max(1) != last / a.every.max(1) || s.graphs == a.graphs {
             let el = t.elapsed().as_secs_f64();
-            println!(
-                "[{:>8.1}s] {} graphs, {} compiles, {} failures, {:.1} graphs/s",
-                el,
-                s.graphs,
-                s.compiles,
-                s.failures.len(),
-                s.graphs as f64 / el
-            );
+            println!("[{:>8.1}s] {} graphs, {} compiles, {} failures, {:.1} graphs/s", el, s.graphs, s.compiles, s.failures.len(), s.graphs as f64 / el);
             let _ = std::io::stdout().flush();
         }
         last = s.graphs;
     });
     let el = t.elapsed().as_secs_f64();
     println!("== summary ==");
-    println!(
-        "graphs: {} (seeds {}..{}), compiles: {}, time {:.1}s",
-        s.graphs,
-        a.seed,
-        a.seed.wrapping_add(s.graphs),
-        s.compiles,
-        el
-    );
+    println!("graphs: {} (seeds {}..{}), compiles: {}, time {:.1}s", s.graphs, a.seed, a.seed.wrapping_add(s.graphs), s.compiles, el);
     let ops: Vec<String> = s.ops.iter().map(|(k, v)| format!("{k}:{v}")).collect();
     println!("ops covered ({}): {}", s.ops.len(), ops.join(" "));
     let missing = s.ops_missing();
@@ -188,12 +139,7 @@ fn main() {
     }
     for (sig, seeds) in &sigs {
         let shown: Vec<String> = seeds.iter().take(20).map(|s| s.to_string()).collect();
-        println!(
-            "  {} x {sig}: seeds {}{}",
-            seeds.len(),
-            shown.join(" "),
-            if seeds.len() > 20 { " ..." } else { "" }
-        );
+        println!("  {} x {sig}: seeds {}{}", seeds.len(), shown.join(" "), if seeds.len() > 20 { " ..." } else { "" });
     }
     std::process::exit(if s.failures.is_empty() { 0 } else { 1 });
 }

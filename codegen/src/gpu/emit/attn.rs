@@ -29,44 +29,14 @@ const SMEM_BYTES: usize = 40 * 1024;
 
 /// Emits the fused attention kernel for `body`, whose single output is `attn` (a
 /// `FlashAttention` node) or a `Permute` of it.
-pub(crate) fn attention(
-    symbol: &str,
-    body: &Graph,
-    args: &[(DType, usize)],
-) -> Result<super::EmittedKernel, GpuError> {
-    let unsupported = |reason: String| GpuError::Unsupported {
-        kernel: symbol.into(),
-        reason,
-    };
-    let AttnBody {
-        an,
-        perm,
-        causal,
-        scale,
-        q,
-        k,
-        v,
-        qs,
-        ks,
-        vs,
-        r,
-        sq,
-        sk,
-        d,
-        dv,
-        batch_shape,
-    } = attention_body(symbol, body)?;
+pub(crate) fn attention(symbol: &str, body: &Graph, args: &[(DType, usize)]) -> Result<super::EmittedKernel, GpuError> {
+    let unsupported = |reason: String| GpuError::Unsupported { kernel: symbol.into(), reason };
+    let AttnBody { an, perm, causal, scale, q, k, v, qs, ks, vs, r, sq, sk, d, dv, batch_shape } = attention_body(symbol, body)?;
     let batch = batch_shape.numel().max(1);
     if sq == 0 || sk == 0 || d == 0 || dv == 0 {
         return Err(unsupported("an empty attention".into()));
     }
-    let widest = body
-        .inputs()
-        .iter()
-        .map(|&i| body.node(i).dtype.size_bytes())
-        .chain([an.dtype.size_bytes()])
-        .max()
-        .unwrap_or(4);
+    let widest = body.inputs().iter().map(|&i| body.node(i).dtype.size_bytes()).chain([an.dtype.size_bytes()]).max().unwrap_or(4);
     let mut vec = (16 / widest).max(1);
     while d % vec != 0 || dv % vec != 0 {
         vec /= 2;
@@ -76,10 +46,7 @@ pub(crate) fn attention(
     let chunks = width.div_ceil(vec * g);
     let rows = THREADS / g;
     let mut e = Emitter::new(body, args, vec);
-    let uni = |x: &str, vec: usize| Ix {
-        lanes: vec![x.to_string(); vec],
-        form: Form::Uniform { mult: false },
-    };
+    let uni = |x: &str, vec: usize| Ix { lanes: vec![x.to_string(); vec], form: Form::Uniform { mult: false } };
 
     let tid = e.op("gpu.thread_id x");
     let bx = e.op("gpu.block_id x");
@@ -111,28 +78,16 @@ pub(crate) fn attention(
             let lanes = (0..vec)
                 .map(|j| {
                     let cj = e.c_index(j as i64);
-                    if j == 0 {
-                        base.clone()
-                    } else {
-                        e.op(&format!("arith.addi {base}, {cj} : index"))
-                    }
+                    if j == 0 { base.clone() } else { e.op(&format!("arith.addi {base}, {cj} : index")) }
                 })
                 .collect();
-            let form = if vec > 1 {
-                Form::Contig { aligned: true }
-            } else {
-                Form::Uniform { mult: true }
-            };
+            let form = if vec > 1 { Form::Contig { aligned: true } } else { Form::Uniform { mult: true } };
             list.push((Ix { lanes, form }, ok));
         }
     }
     let at = |e: &mut Emitter, pos: &Ix, inner: &Ix, shape: &Shape| -> Vec<Ix> {
         // Batch index broadcast into an operand's batch dims, then [pos, inner].
-        let mut idx = e.broadcast_index(
-            &bidx,
-            &batch_shape,
-            &Shape::new(shape.dims()[..r - 2].iter().copied()),
-        );
+        let mut idx = e.broadcast_index(&bidx, &batch_shape, &Shape::new(shape.dims()[..r - 2].iter().copied()));
         idx.push(pos.clone());
         idx.push(inner.clone());
         idx
@@ -177,52 +132,29 @@ pub(crate) fn attention(
     // Loop-carried state: m, l, then the accumulator (chunk-major).
     let nacc = chunks * vec;
     let types = vec!["f32"; 2 + nacc].join(", ");
-    let inits: Vec<String> = std::iter::once(ninf.clone())
-        .chain(std::iter::repeat_n(zero.clone(), 1 + nacc))
-        .collect();
+    let inits: Vec<String> = std::iter::once(ninf.clone()).chain(std::iter::repeat_n(zero.clone(), 1 + nacc)).collect();
     let last_k = e.c_index(sk as i64 - 1);
     let width32 = e.c_i32(32);
     // Keys per shared-memory tile (k and v rows in f32); below UNROLL, k and v are read from
     // global memory inside the loop instead.
-    let tile = (SMEM_BYTES / ((d + dv) * 4))
-        .min(TILE_KEYS)
-        .min(sk.next_multiple_of(UNROLL))
-        / UNROLL
-        * UNROLL;
+    let tile = (SMEM_BYTES / ((d + dv) * 4)).min(TILE_KEYS).min(sk.next_multiple_of(UNROLL)) / UNROLL * UNROLL;
     // KILN_GPU_ATTN_TILE=0 (a debugging knob): no shared-memory tiles.
     let tiles_off = std::env::var("KILN_GPU_ATTN_TILE").is_ok_and(|v| v == "0");
     let smem = if tile >= UNROLL && !tiles_off {
         let wg = |n: usize| format!("memref<{n}xf32, #gpu.address_space<workgroup>>");
-        let (ksm, vsm) = (
-            format!("%s{}", e.smem.len()),
-            format!("%s{}", e.smem.len() + 1),
-        );
+        let (ksm, vsm) = (format!("%s{}", e.smem.len()), format!("%s{}", e.smem.len() + 1));
         // 16-byte aligned: the tiles are read and written with 16-byte vector accesses.
-        e.smem.push(format!(
-            "{ksm} : {} {{llvm.align = 16 : i64}}",
-            wg(tile * d)
-        ));
-        e.smem.push(format!(
-            "{vsm} : {} {{llvm.align = 16 : i64}}",
-            wg(tile * dv)
-        ));
+        e.smem.push(format!("{ksm} : {} {{llvm.align = 16 : i64}}", wg(tile * d)));
+        e.smem.push(format!("{vsm} : {} {{llvm.align = 16 : i64}}", wg(tile * dv)));
         Some((ksm, vsm, wg(tile * d), wg(tile * dv)))
     } else {
         None
     };
-    let ex2 = |e: &mut Emitter, x: &str| {
-        e.op(&format!(
-            "llvm.inline_asm \"ex2.approx.ftz.f32 $0, $1;\", \"=f,f\" {x} : (f32) -> f32"
-        ))
-    };
+    let ex2 = |e: &mut Emitter, x: &str| e.op(&format!("llvm.inline_asm \"ex2.approx.ftz.f32 $0, $1;\", \"=f,f\" {x} : (f32) -> f32"));
     let vt = format!("vector<{vec}xf32>");
     // One step of the online softmax over keys jbase .. jbase + UNROLL (`local`: their first
     // row in the shared-memory tile).
-    let update = |e: &mut Emitter,
-                  carried: &[String],
-                  jbase: &str,
-                  local: Option<&str>|
-     -> Result<Vec<String>, GpuError> {
+    let update = |e: &mut Emitter, carried: &[String], jbase: &str, local: Option<&str>| -> Result<Vec<String>, GpuError> {
         let (m, l) = (carried[0].clone(), carried[1].clone());
         let mut scores = Vec::new();
         let mut keys = Vec::new();
@@ -246,9 +178,7 @@ pub(crate) fn attention(
                         let r0 = e.op(&format!("arith.muli {key}, {cd} : index"));
                         let off = e.op(&format!("arith.addi {r0}, {} : index", ix.lanes[0]));
                         let x = e.op(&format!("vector.load {ksm}[{off}] : {kt}, {vt}"));
-                        (0..vec)
-                            .map(|l| e.op(&format!("vector.extract {x}[{l}] : f32 from {vt}")))
-                            .collect::<Vec<_>>()
+                        (0..vec).map(|l| e.op(&format!("vector.extract {x}[{l}] : f32 from {vt}"))).collect::<Vec<_>>()
                     }
                     _ => {
                         let idx = at(e, &uni(&key, vec), ix, &ks);
@@ -270,9 +200,7 @@ pub(crate) fn attention(
             while off > 0 {
                 let o = e.c_i32(off as i64);
                 let (x, p) = (e.fresh(), e.fresh());
-                e.line(&format!(
-                    "{x}, {p} = gpu.shuffle xor {s}, {o}, {width32} : f32"
-                ));
+                e.line(&format!("{x}, {p} = gpu.shuffle xor {s}, {o}, {width32} : f32"));
                 s = e.op(&format!("arith.addf {s}, {x} : f32"));
                 off /= 2;
             }
@@ -298,14 +226,7 @@ pub(crate) fn attention(
         }
         let mut next = vec![mt, lsum];
         for (c, (ix, _)) in dvv.iter().enumerate() {
-            let mut acc: Vec<String> = (0..vec)
-                .map(|j| {
-                    e.op(&format!(
-                        "arith.mulf {}, {corr} : f32",
-                        carried[2 + c * vec + j]
-                    ))
-                })
-                .collect();
+            let mut acc: Vec<String> = (0..vec).map(|j| e.op(&format!("arith.mulf {}, {corr} : f32", carried[2 + c * vec + j]))).collect();
             for (u, p) in ps.iter().enumerate() {
                 let vv = match (&smem, local) {
                     (Some((_, vsm, _, vtt)), Some(_)) => {
@@ -313,9 +234,7 @@ pub(crate) fn attention(
                         let r0 = e.op(&format!("arith.muli {}, {cd} : index", keys[u]));
                         let off = e.op(&format!("arith.addi {r0}, {} : index", ix.lanes[0]));
                         let x = e.op(&format!("vector.load {vsm}[{off}] : {vtt}, {vt}"));
-                        (0..vec)
-                            .map(|l| e.op(&format!("vector.extract {x}[{l}] : f32 from {vt}")))
-                            .collect::<Vec<_>>()
+                        (0..vec).map(|l| e.op(&format!("vector.extract {x}[{l}] : f32 from {vt}"))).collect::<Vec<_>>()
                     }
                     _ => {
                         let idx = at(e, &uni(&keys[u], vec), ix, &vs);
@@ -323,14 +242,8 @@ pub(crate) fn attention(
                     }
                 };
                 for j in 0..vec {
-                    let x = e.op(&format!(
-                        "arith.mulf {p}, {} fastmath<contract> : f32",
-                        vv[j]
-                    ));
-                    acc[j] = e.op(&format!(
-                        "arith.addf {}, {x} fastmath<contract> : f32",
-                        acc[j]
-                    ));
+                    let x = e.op(&format!("arith.mulf {p}, {} fastmath<contract> : f32", vv[j]));
+                    acc[j] = e.op(&format!("arith.addf {}, {x} fastmath<contract> : f32", acc[j]));
                 }
             }
             next.extend(acc);
@@ -338,24 +251,11 @@ pub(crate) fn attention(
         Ok(next)
     };
     // `res:N = scf.for iv = lo to hi step st iter_args(state = init)`; returns (res, iv, state).
-    let open_loop = |e: &mut Emitter,
-                     lo: &str,
-                     hi: &str,
-                     st: &str,
-                     init: &[String]|
-     -> (String, String, Vec<String>) {
+    let open_loop = |e: &mut Emitter, lo: &str, hi: &str, st: &str, init: &[String]| -> (String, String, Vec<String>) {
         let (res, iv) = (e.fresh(), e.fresh());
         let state: Vec<String> = (0..init.len()).map(|_| e.fresh()).collect();
-        let args: Vec<String> = state
-            .iter()
-            .zip(init)
-            .map(|(a, b)| format!("{a} = {b}"))
-            .collect();
-        e.line(&format!(
-            "{res}:{} = scf.for {iv} = {lo} to {hi} step {st} iter_args({}) -> ({types}) {{",
-            init.len(),
-            args.join(", ")
-        ));
+        let args: Vec<String> = state.iter().zip(init).map(|(a, b)| format!("{a} = {b}")).collect();
+        e.line(&format!("{res}:{} = scf.for {iv} = {lo} to {hi} step {st} iter_args({}) -> ({types}) {{", init.len(), args.join(", ")));
         e.indent += 1;
         (res, iv, state)
     };
@@ -386,18 +286,10 @@ pub(crate) fn attention(
                 let lanes = (0..vec)
                     .map(|l| {
                         let cl = e.c_index(l as i64);
-                        if l == 0 {
-                            col.clone()
-                        } else {
-                            e.op(&format!("arith.addi {col}, {cl} : index"))
-                        }
+                        if l == 0 { col.clone() } else { e.op(&format!("arith.addi {col}, {cl} : index")) }
                     })
                     .collect();
-                let form = if vec > 1 {
-                    Form::Contig { aligned: true }
-                } else {
-                    Form::Uniform { mult: true }
-                };
+                let form = if vec > 1 { Form::Contig { aligned: true } } else { Form::Uniform { mult: true } };
                 let idx = at(&mut e, &uni(&jc, vec), &Ix { lanes, form }, shape);
                 let vals = e.value(node, &idx)?;
                 let cw = e.c_index(width as i64);
@@ -432,14 +324,7 @@ pub(crate) fn attention(
     let out_arg = body.inputs().len();
     let out_shape = body.node(body.outputs()[0]).shape.clone();
     for (c, (ix, ok)) in dvv.into_iter().enumerate() {
-        let vals: Vec<String> = (0..vec)
-            .map(|j| {
-                e.op(&format!(
-                    "arith.mulf {}, {inv} : f32",
-                    carried[2 + c * vec + j]
-                ))
-            })
-            .collect();
+        let vals: Vec<String> = (0..vec).map(|j| e.op(&format!("arith.mulf {}, {inv} : f32", carried[2 + c * vec + j]))).collect();
         let idx = at(&mut e, &uni(&row, vec), &ix, &an.shape);
         let oidx = match &perm {
             None => idx,
@@ -466,14 +351,7 @@ pub(crate) fn attention(
 /// Whether `id`'s value is a movement (or cast) chain over `body`'s nodes that the attention
 /// kernel can read through index maps.
 pub(crate) fn is_index_map(body: &Graph, id: NodeId) -> bool {
-    matches!(
-        body.node(id).op,
-        Op::Reshape { .. }
-            | Op::Permute { .. }
-            | Op::Slice { .. }
-            | Op::Expand { .. }
-            | Op::Cast { .. }
-    )
+    matches!(body.node(id).op, Op::Reshape { .. } | Op::Permute { .. } | Op::Slice { .. } | Op::Expand { .. } | Op::Cast { .. })
 }
 
 /// An attention kernel's body taken apart: what both attention emitters (this SIMT kernel and
@@ -503,61 +381,25 @@ pub(crate) struct AttnBody {
 
 /// Takes apart `body`, whose single output is a `FlashAttention` node or a `Permute` of it.
 pub(crate) fn attention_body(symbol: &str, body: &Graph) -> Result<AttnBody, GpuError> {
-    let unsupported = |reason: String| GpuError::Unsupported {
-        kernel: symbol.into(),
-        reason,
-    };
+    let unsupported = |reason: String| GpuError::Unsupported { kernel: symbol.into(), reason };
     let root = body.outputs()[0];
     let (attn, perm) = match &body.node(root).op {
         Op::FlashAttention { .. } => (root, None),
         Op::Permute { perm } => (body.node(root).inputs[0], Some(perm.clone())),
-        op => {
-            return Err(unsupported(format!(
-                "an attention kernel rooted at `{}`",
-                op.name()
-            )))
-        }
+        op => return Err(unsupported(format!("an attention kernel rooted at `{}`", op.name()))),
     };
     let an = body.node(attn).clone();
     let Op::FlashAttention { causal, scale } = an.op else {
-        return Err(unsupported(
-            "an attention kernel without a flash_attention node".into(),
-        ));
+        return Err(unsupported("an attention kernel without a flash_attention node".into()));
     };
     let (q, k, v) = (an.inputs[0], an.inputs[1], an.inputs[2]);
-    let (qs, ks, vs) = (
-        body.node(q).shape.clone(),
-        body.node(k).shape.clone(),
-        body.node(v).shape.clone(),
-    );
+    let (qs, ks, vs) = (body.node(q).shape.clone(), body.node(k).shape.clone(), body.node(v).shape.clone());
     let r = an.shape.rank();
     if r < 2 || qs.rank() != r || ks.rank() != r || vs.rank() != r {
-        return Err(unsupported(format!(
-            "attention over operands of ranks {}, {}, {}",
-            qs.rank(),
-            ks.rank(),
-            vs.rank()
-        )));
+        return Err(unsupported(format!("attention over operands of ranks {}, {}, {}", qs.rank(), ks.rank(), vs.rank())));
     }
     let (sq, d) = (qs.dims()[r - 2], qs.dims()[r - 1]);
     let (sk, dv) = (ks.dims()[r - 2], vs.dims()[r - 1]);
     let batch_shape = Shape::new(an.shape.dims()[..r - 2].iter().copied());
-    Ok(AttnBody {
-        an,
-        perm,
-        causal,
-        scale,
-        q,
-        k,
-        v,
-        qs,
-        ks,
-        vs,
-        r,
-        sq,
-        sk,
-        d,
-        dv,
-        batch_shape,
-    })
+    Ok(AttnBody { an, perm, causal, scale, q, k, v, qs, ks, vs, r, sq, sk, d, dv, batch_shape })
 }

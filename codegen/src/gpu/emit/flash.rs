@@ -56,46 +56,16 @@ pub(crate) const MAX_HEAD_DIM: usize = 128;
 /// multiples of 16 up to `MAX_HEAD_DIM`. `KILN_GPU_FLASH=0` turns it off.
 pub(crate) fn flash_fits(dtype: DType, d: usize, dv: usize) -> bool {
     let on = std::env::var("KILN_GPU_FLASH").map_or(true, |v| v != "0");
-    on && matches!(dtype, DType::BF16 | DType::F16)
-        && [d, dv]
-            .iter()
-            .all(|&x| x > 0 && x % 16 == 0 && x <= MAX_HEAD_DIM)
+    on && matches!(dtype, DType::BF16 | DType::F16) && [d, dv].iter().all(|&x| x > 0 && x % 16 == 0 && x <= MAX_HEAD_DIM)
 }
 
 /// Emits the tensor-core attention kernel for `body`, whose single output is a
 /// `FlashAttention` node or a `Permute` of it.
-pub(crate) fn flash_attention(
-    symbol: &str,
-    body: &Graph,
-    args: &[(DType, usize)],
-) -> Result<EmittedKernel, GpuError> {
-    let unsupported = |reason: String| GpuError::Unsupported {
-        kernel: symbol.into(),
-        reason,
-    };
-    let AttnBody {
-        an,
-        perm,
-        causal,
-        scale,
-        q,
-        k,
-        v,
-        qs,
-        ks,
-        vs,
-        r,
-        sq,
-        sk,
-        d,
-        dv,
-        batch_shape,
-    } = attention_body(symbol, body)?;
+pub(crate) fn flash_attention(symbol: &str, body: &Graph, args: &[(DType, usize)]) -> Result<EmittedKernel, GpuError> {
+    let unsupported = |reason: String| GpuError::Unsupported { kernel: symbol.into(), reason };
+    let AttnBody { an, perm, causal, scale, q, k, v, qs, ks, vs, r, sq, sk, d, dv, batch_shape } = attention_body(symbol, body)?;
     if sq == 0 || sk == 0 || !flash_fits(an.dtype, d, dv) {
-        return Err(unsupported(format!(
-            "tensor-core attention of {} with head dims {d}, {dv} over {sq} x {sk}",
-            an.dtype
-        )));
+        return Err(unsupported(format!("tensor-core attention of {} with head dims {d}, {dv} over {sq} x {sk}", an.dtype)));
     }
     let dt = an.dtype;
     let st = storage_type(dt);
@@ -103,13 +73,7 @@ pub(crate) fn flash_attention(
     let threads = 32 * WARPS;
     // Keys per tile: 64 for head dims up to 64, else 32 (the S and P fragments of a 64-key tile
     // on top of a 128-wide accumulator exhaust the registers); KILN_GPU_FLASH_BLOCK_N (16 .. 64).
-    let block_n = super::knob(
-        "KILN_GPU_FLASH_BLOCK_N",
-        if d.max(dv) <= 64 { 64 } else { 32 },
-    )
-    .clamp(16, MAX_BLOCK_N)
-        / 16
-        * 16;
+    let block_n = super::knob("KILN_GPU_FLASH_BLOCK_N", if d.max(dv) <= 64 { 64 } else { 32 }).clamp(16, MAX_BLOCK_N) / 16 * 16;
     let mut e = Emitter::new(body, args, 8);
 
     // ---- small text helpers ----
@@ -130,20 +94,10 @@ pub(crate) fn flash_attention(
     // `w` lanes `x, x + 1, ..` (contiguous, aligned) or `w` copies of `x`.
     fn run(e: &mut Emitter, x: &str, w: usize) -> Ix {
         let lanes = (0..w).map(|j| addc(e, x, j)).collect();
-        Ix {
-            lanes,
-            form: if w > 1 {
-                Form::Contig { aligned: true }
-            } else {
-                Form::Uniform { mult: true }
-            },
-        }
+        Ix { lanes, form: if w > 1 { Form::Contig { aligned: true } } else { Form::Uniform { mult: true } } }
     }
     fn uni(x: &str, w: usize) -> Ix {
-        Ix {
-            lanes: vec![x.to_string(); w],
-            form: Form::Uniform { mult: false },
-        }
+        Ix { lanes: vec![x.to_string(); w], form: Form::Uniform { mult: false } }
     }
 
     let tid = e.op("gpu.thread_id x");
@@ -160,18 +114,12 @@ pub(crate) fn flash_attention(
     let w16 = mulc(&mut e, &warp, 16);
     let wrow = e.op(&format!("arith.addi {row0}, {w16} : index"));
     // The lane's two rows (g, g + 8), their clamped copies and validity.
-    let rows: Vec<String> = [0, 8]
-        .iter()
-        .map(|&o| {
-            let x = e.op(&format!("arith.addi {wrow}, {g} : index"));
-            addc(&mut e, &x, o)
-        })
-        .collect();
+    let rows: Vec<String> = [0, 8].iter().map(|&o| {
+        let x = e.op(&format!("arith.addi {wrow}, {g} : index"));
+        addc(&mut e, &x, o)
+    }).collect();
     let last_q = ci(&mut e, sq - 1);
-    let rows_c: Vec<String> = rows
-        .iter()
-        .map(|x| e.op(&format!("arith.minui {x}, {last_q} : index")))
-        .collect();
+    let rows_c: Vec<String> = rows.iter().map(|x| e.op(&format!("arith.minui {x}, {last_q} : index"))).collect();
     // Batch indices, per lane width (index maps take one Ix per lane of the emitter's width).
     let mut bidx = std::collections::HashMap::new();
     for w in [1usize, 2, 8] {
@@ -181,11 +129,7 @@ pub(crate) fn flash_attention(
     }
     let at = |e: &mut Emitter, w: usize, pos: &Ix, inner: &Ix, shape: &Shape| -> Vec<Ix> {
         e.vec = w;
-        let mut idx = e.broadcast_index(
-            &bidx[&w],
-            &batch_shape,
-            &Shape::new(shape.dims()[..r - 2].iter().copied()),
-        );
+        let mut idx = e.broadcast_index(&bidx[&w], &batch_shape, &Shape::new(shape.dims()[..r - 2].iter().copied()));
         idx.push(pos.clone());
         idx.push(inner.clone());
         idx
@@ -197,21 +141,13 @@ pub(crate) fn flash_attention(
         let v = e.op(&format!("vector.from_elements {x}, {y} : vector<2x{st}>"));
         e.op(&format!("llvm.bitcast {v} : vector<2x{st}> to i32"))
     };
-    let mma = |e: &mut Emitter, a: &[String], b: &[String], c: &[String]| -> Vec<String> {
-        mma_m16n8k16(e, dt, a, b, c).to_vec()
-    };
-    let ex2 = |e: &mut Emitter, x: &str| {
-        e.op(&format!(
-            "llvm.inline_asm \"ex2.approx.ftz.f32 $0, $1;\", \"=f,f\" {x} : (f32) -> f32"
-        ))
-    };
+    let mma = |e: &mut Emitter, a: &[String], b: &[String], c: &[String]| -> Vec<String> { mma_m16n8k16(e, dt, a, b, c).to_vec() };
+    let ex2 = |e: &mut Emitter, x: &str| e.op(&format!("llvm.inline_asm \"ex2.approx.ftz.f32 $0, $1;\", \"=f,f\" {x} : (f32) -> f32"));
     let width32 = e.c_i32(32);
     let shfl = |e: &mut Emitter, x: &str, off: i64| -> String {
         let o = e.c_i32(off);
         let (y, p) = (e.fresh(), e.fresh());
-        e.line(&format!(
-            "{y}, {p} = gpu.shuffle xor {x}, {o}, {width32} : f32"
-        ));
+        e.line(&format!("{y}, {p} = gpu.shuffle xor {x}, {o}, {width32} : f32"));
         y
     };
 
@@ -232,23 +168,16 @@ pub(crate) fn flash_attention(
     // ---- shared tiles ----
     let (kstride, vstride) = (d + PAD, dv + PAD);
     let wg = |n: usize| format!("memref<{n}x{st}, #gpu.address_space<workgroup>>");
-    let (ksm, vsm) = (
-        format!("%s{}", e.smem.len()),
-        format!("%s{}", e.smem.len() + 1),
-    );
+    let (ksm, vsm) = (format!("%s{}", e.smem.len()), format!("%s{}", e.smem.len() + 1));
     let (kty, vty) = (wg(block_n * kstride), wg(block_n * vstride));
-    e.smem
-        .push(format!("{ksm} : {kty} {{llvm.align = 16 : i64}}"));
-    e.smem
-        .push(format!("{vsm} : {vty} {{llvm.align = 16 : i64}}"));
+    e.smem.push(format!("{ksm} : {kty} {{llvm.align = 16 : i64}}"));
+    e.smem.push(format!("{vsm} : {vty} {{llvm.align = 16 : i64}}"));
 
     // Shared byte addresses (32-bit) of the tiles and each lane's ldmatrix row address within a
     // tile: k (no transpose) row 8n + lane % 8, column 8 (lane / 8); v (transposed) row
     // lane % 8 + 8 ((lane / 8) % 2), column 8 (lane / 16).
     let smem_addr = |e: &mut Emitter, sm: &str, ty: &str| -> String {
-        let p = e.op(&format!(
-            "memref.extract_aligned_pointer_as_index {sm} : {ty} -> index"
-        ));
+        let p = e.op(&format!("memref.extract_aligned_pointer_as_index {sm} : {ty} -> index"));
         e.op(&format!("arith.index_cast {p} : index to i32"))
     };
     let ksm_addr = smem_addr(&mut e, &ksm, &kty);
@@ -271,13 +200,7 @@ pub(crate) fn flash_attention(
     let vrow = e.op(&format!("arith.addi {vrow}, {l8} : index"));
     let vbase_lane = lane_base(&mut e, &vrow, &mhigh, vstride);
     // `ldmatrix` (x4, or x2 when not `four`) at tile + lane offset + `bytes`: the i32 registers.
-    let ldmatrix = |e: &mut Emitter,
-                    tile: &str,
-                    lane_off: &str,
-                    bytes: usize,
-                    four: bool,
-                    trans: bool|
-     -> Vec<String> {
+    let ldmatrix = |e: &mut Emitter, tile: &str, lane_off: &str, bytes: usize, four: bool, trans: bool| -> Vec<String> {
         let c = e.c_i32(bytes as i64);
         let a = e.op(&format!("arith.addi {tile}, {lane_off} : i32"));
         let a = e.op(&format!("arith.addi {a}, {c} : i32"));
@@ -289,13 +212,7 @@ pub(crate) fn flash_attention(
             "llvm.inline_asm has_side_effects \"ldmatrix.sync.aligned.m8n8.x{n}{tr}.shared.b16 {{{}}}, [${n}];\", \"{cons},r\" {a} : (i32) -> !llvm.struct<({ty})>",
             outs.join(",")
         ));
-        (0..n)
-            .map(|i| {
-                e.op(&format!(
-                    "llvm.extractvalue {r}[{i}] : !llvm.struct<({ty})>"
-                ))
-            })
-            .collect()
+        (0..n).map(|i| e.op(&format!("llvm.extractvalue {r}[{i}] : !llvm.struct<({ty})>"))).collect()
     };
 
     // ---- loop bounds and carried state: m (2 rows), l (2 rows, per-lane partial), O ----
@@ -326,23 +243,13 @@ pub(crate) fn flash_attention(
     let n_o = dv / 8 * 4;
     let n_state = 4 + n_o;
     let types = vec!["f32"; n_state].join(", ");
-    let inits: Vec<String> = [ninf.clone(), ninf.clone()]
-        .into_iter()
-        .chain(std::iter::repeat_n(zero.clone(), 2 + n_o))
-        .collect();
+    let inits: Vec<String> = [ninf.clone(), ninf.clone()].into_iter().chain(std::iter::repeat_n(zero.clone(), 2 + n_o)).collect();
     let (res, ts) = (e.fresh(), e.fresh());
     let state: Vec<String> = (0..n_state).map(|_| e.fresh()).collect();
     let c0 = ci(&mut e, 0);
     let cbn = ci(&mut e, block_n);
-    let iter: Vec<String> = state
-        .iter()
-        .zip(&inits)
-        .map(|(a, b)| format!("{a} = {b}"))
-        .collect();
-    e.line(&format!(
-        "{res}:{n_state} = scf.for {ts} = {c0} to {ub} step {cbn} iter_args({}) -> ({types}) {{",
-        iter.join(", ")
-    ));
+    let iter: Vec<String> = state.iter().zip(&inits).map(|(a, b)| format!("{a} = {b}")).collect();
+    e.line(&format!("{res}:{n_state} = scf.for {ts} = {c0} to {ub} step {cbn} iter_args({}) -> ({types}) {{", iter.join(", ")));
     e.indent += 1;
     let last_k = ci(&mut e, sk - 1);
 
@@ -350,10 +257,7 @@ pub(crate) fn flash_attention(
     // along a row.
     e.line("gpu.barrier");
     let vt8 = format!("vector<8x{st}>");
-    for (node, shape, width, sm, ty, stride) in [
-        (k, &ks, d, &ksm, &kty, kstride),
-        (v, &vs, dv, &vsm, &vty, vstride),
-    ] {
+    for (node, shape, width, sm, ty, stride) in [(k, &ks, d, &ksm, &kty, kstride), (v, &vs, dv, &vsm, &vty, vstride)] {
         let groups = width / 8;
         for it in 0..(block_n * groups).div_ceil(threads) {
             let gi = addc(&mut e, &tid, it * threads);
@@ -368,10 +272,7 @@ pub(crate) fn flash_attention(
             let inner = run(&mut e, &col, 8);
             let idx = at(&mut e, 8, &uni(&j, 8), &inner, shape);
             let vals = e.value(node, &idx)?;
-            let raw: Vec<String> = vals
-                .iter()
-                .map(|x| e.op(&format!("arith.truncf {x} : f32 to {st}")))
-                .collect();
+            let raw: Vec<String> = vals.iter().map(|x| e.op(&format!("arith.truncf {x} : f32 to {st}"))).collect();
             let x = e.op(&format!("vector.from_elements {} : {vt8}", raw.join(", ")));
             let rs = mulc(&mut e, &jj, stride);
             let off = e.op(&format!("arith.addi {rs}, {col} : index"));
@@ -391,25 +292,14 @@ pub(crate) fn flash_attention(
         while kk < d / 16 {
             let two = kk + 1 < d / 16;
             let off = kbase_lane.clone();
-            let b = ldmatrix(
-                &mut e,
-                &ksm_addr,
-                &off,
-                (8 * n * kstride + 16 * kk) * dt.size_bytes(),
-                two,
-                false,
-            );
+            let b = ldmatrix(&mut e, &ksm_addr, &off, (8 * n * kstride + 16 * kk) * dt.size_bytes(), two, false);
             acc = mma(&mut e, &qf[kk], &b[0..2], &acc);
             if two {
                 acc = mma(&mut e, &qf[kk + 1], &b[2..4], &acc);
             }
             kk += 2;
         }
-        s_frags.push(
-            acc.iter()
-                .map(|x| e.op(&format!("arith.mulf {x}, {scale_l2} : f32")))
-                .collect(),
-        );
+        s_frags.push(acc.iter().map(|x| e.op(&format!("arith.mulf {x}, {scale_l2} : f32"))).collect());
     }
     // Mask: only tiles that reach past `sk` or (causal) past the block's first row's diagonal
     // (a uniform branch); element i of fragment n is row (i < 2 ? g : g + 8), key ts + 8n + 2t
@@ -448,9 +338,7 @@ pub(crate) fn flash_attention(
     let all: Vec<String> = s_frags.iter().flatten().cloned().collect();
     e.line(&format!("  scf.yield {} : {stypes}", all.join(", ")));
     e.line("}");
-    let s_frags: Vec<Vec<String>> = (0..s_frags.len())
-        .map(|n| (0..4).map(|i| format!("{masked}#{}", 4 * n + i)).collect())
-        .collect();
+    let s_frags: Vec<Vec<String>> = (0..s_frags.len()).map(|n| (0..4).map(|i| format!("{masked}#{}", 4 * n + i)).collect()).collect();
     // Online softmax per row h (0: g, 1: g + 8).
     let mut next = Vec::new();
     let mut corr = Vec::new();
@@ -474,9 +362,7 @@ pub(crate) fn flash_attention(
         next.push(mt);
     }
     let mut p_frags: Vec<Vec<String>> = Vec::new();
-    let mut lsum: Vec<String> = (0..2)
-        .map(|h| e.op(&format!("arith.mulf {}, {} : f32", state[2 + h], corr[h])))
-        .collect();
+    let mut lsum: Vec<String> = (0..2).map(|h| e.op(&format!("arith.mulf {}, {} : f32", state[2 + h], corr[h]))).collect();
     for f in &s_frags {
         let mut p = Vec::new();
         for (i, x) in f.iter().enumerate() {
@@ -490,38 +376,16 @@ pub(crate) fn flash_attention(
     next.extend(lsum);
     // O = O * corr + P V: k-step kk over keys 16kk..; A from S fragments 2kk and 2kk + 1.
     let mut o: Vec<Vec<String>> = (0..dv / 8)
-        .map(|n| {
-            (0..4)
-                .map(|i| {
-                    e.op(&format!(
-                        "arith.mulf {}, {} : f32",
-                        state[4 + 4 * n + i],
-                        corr[i / 2]
-                    ))
-                })
-                .collect()
-        })
+        .map(|n| (0..4).map(|i| e.op(&format!("arith.mulf {}, {} : f32", state[4 + 4 * n + i], corr[i / 2]))).collect())
         .collect();
     for kk in 0..block_n / 16 {
         let (p0, p1) = (&p_frags[2 * kk], &p_frags[2 * kk + 1]);
-        let a = [
-            pack(&mut e, &p0[0], &p0[1]),
-            pack(&mut e, &p0[2], &p0[3]),
-            pack(&mut e, &p1[0], &p1[1]),
-            pack(&mut e, &p1[2], &p1[3]),
-        ];
+        let a = [pack(&mut e, &p0[0], &p0[1]), pack(&mut e, &p0[2], &p0[3]), pack(&mut e, &p1[0], &p1[1]), pack(&mut e, &p1[2], &p1[3])];
         // B of fragments n, n + 1: one `ldmatrix.x4.trans` of the v tile, matrix m = keys
         // 16kk + 8 (m % 2) .., columns 8 (n + m / 2) .. (transposed: lane (g, t) gets keys 2t,
         // 2t + 1 of column g).
         for n in (0..dv / 8).step_by(2) {
-            let b = ldmatrix(
-                &mut e,
-                &vsm_addr,
-                &vbase_lane,
-                (16 * kk * vstride + 8 * n) * dt.size_bytes(),
-                true,
-                true,
-            );
+            let b = ldmatrix(&mut e, &vsm_addr, &vbase_lane, (16 * kk * vstride + 8 * n) * dt.size_bytes(), true, true);
             o[n] = mma(&mut e, &a, &b[0..2], &o[n]);
             o[n + 1] = mma(&mut e, &a, &b[2..4], &o[n + 1]);
         }
@@ -554,15 +418,7 @@ pub(crate) fn flash_attention(
         e.line(&format!("scf.if {ok} {{"));
         e.indent += 1;
         for n in 0..dv / 8 {
-            let vals: Vec<String> = (0..2)
-                .map(|i| {
-                    e.op(&format!(
-                        "arith.mulf {}, {} : f32",
-                        fin[4 + 4 * n + 2 * h + i],
-                        inv[h]
-                    ))
-                })
-                .collect();
+            let vals: Vec<String> = (0..2).map(|i| e.op(&format!("arith.mulf {}, {} : f32", fin[4 + 4 * n + 2 * h + i], inv[h]))).collect();
             let c = addc(&mut e, &t2, 8 * n);
             let inner = run(&mut e, &c, 2);
             let idx = at(&mut e, 2, &uni(&rows[h], 2), &inner, &an.shape);

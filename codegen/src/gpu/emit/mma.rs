@@ -25,31 +25,18 @@ pub(crate) fn operand_type(d: DType) -> &'static str {
 
 /// `D = A B + C` for one m16n8k16 tile: `a` 4 and `b` 2 `i32` registers (two 16-bit values of
 /// `dtype` each), `c` 4 f32; returns D's 4 f32.
-pub(crate) fn mma_m16n8k16(
-    e: &mut Emitter,
-    dtype: DType,
-    a: &[String],
-    b: &[String],
-    c: &[String],
-) -> [String; 4] {
+pub(crate) fn mma_m16n8k16(e: &mut Emitter, dtype: DType, a: &[String], b: &[String], c: &[String]) -> [String; 4] {
     let ty = operand_type(dtype);
     let r = e.op(&format!(
         "llvm.inline_asm \"mma.sync.aligned.m16n8k16.row.col.f32.{ty}.{ty}.f32 {{$0,$1,$2,$3}}, {{$4,$5,$6,$7}}, {{$8,$9}}, {{$10,$11,$12,$13}};\", \"=f,=f,=f,=f,r,r,r,r,r,r,f,f,f,f\" {}, {}, {}, {}, {}, {}, {}, {}, {}, {} : (i32, i32, i32, i32, i32, i32, f32, f32, f32, f32) -> !llvm.struct<(f32, f32, f32, f32)>",
         a[0], a[1], a[2], a[3], b[0], b[1], c[0], c[1], c[2], c[3]
     ));
-    [0, 1, 2, 3].map(|q| {
-        e.op(&format!(
-            "llvm.extractvalue {r}[{q}] : !llvm.struct<(f32, f32, f32, f32)>"
-        ))
-    })
+    [0, 1, 2, 3].map(|q| e.op(&format!("llvm.extractvalue {r}[{q}] : !llvm.struct<(f32, f32, f32, f32)>")))
 }
 
 /// Elements `i` of `lo` and `hi` (two `vector<8 x st>`) packed into one `i32` register, `lo`'s
 /// in the low half (a B fragment from two rows of a row-major `[k, n]` matrix).
 pub(crate) fn pack_pair(e: &mut Emitter, lo: &str, hi: &str, i: usize, st: &str) -> String {
-    let p = e.op(&format!(
-        "vector.shuffle {lo}, {hi} [{i}, {}] : vector<8x{st}>, vector<8x{st}>",
-        i + 8
-    ));
+    let p = e.op(&format!("vector.shuffle {lo}, {hi} [{i}, {}] : vector<8x{st}>, vector<8x{st}>", i + 8));
     e.op(&format!("llvm.bitcast {p} : vector<2x{st}> to i32"))
 }
