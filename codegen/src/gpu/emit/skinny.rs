@@ -120,6 +120,13 @@ pub(crate) struct Norm {
 /// The most `A` registers (32-bit) a lane may hold at once for a fused norm (all of its steps).
 const MAX_NORM_A_REGS: usize = 96;
 
+/// Whether a fused norm takes its statistics in one pass (`KILN_GPU_NORM_ONE_PASS=1`: sums
+/// of `x - c` and its square, `c` the row's first value; one barrier and one load of `A`
+/// fewer) rather than two (the mean, then squared deviations, as the norm kernel).
+fn one_pass_norm() -> bool {
+    std::env::var("KILN_GPU_NORM_ONE_PASS").is_ok_and(|v| v == "1")
+}
+
 /// Operands of a GEMM that no step of its graph writes (graph inputs: weights). The kernel
 /// loads them before it waits for its predecessor, so that under programmatic dependent launch
 /// (docs/gpu.md) its weight stream overlaps the previous kernel's run.
@@ -930,64 +937,61 @@ fn unpack8(k: &mut K, regs: &[String], d: DType) -> Vec<String> {
         .collect()
 }
 
-/// Sums `part` (one value per row of the lane) over the 4 lanes of a row (`t`), then over the
-/// block's warps through shared memory `%s2` at `[slot][warp][row]`, in warp order; every
-/// lane gets its rows' block-wide sums.
+/// Sums each of `parts` (one value per row of the lane; part `i` in slot `first + i`) over
+/// the 4 lanes of a row (`t`), then over the block's warps through shared memory `%s2` at
+/// `[slot][warp][row]`, in warp order, behind one barrier; every lane gets its rows'
+/// block-wide sums.
 #[allow(clippy::too_many_arguments)]
-fn block_row_sums(
-    k: &mut K,
-    part: Vec<String>,
-    slot: usize,
-    warps: usize,
-    mp: usize,
-    warp: &str,
-    g: &str,
-    t: &str,
-) -> Vec<String> {
+fn block_row_sums(k: &mut K, parts: Vec<Vec<String>>, first: usize, warps: usize, mp: usize, warp: &str, g: &str, t: &str) -> Vec<Vec<String>> {
     let width = k.e.c_i32(32);
-    let smem_ty = format!(
-        "memref<{}xf32, #gpu.address_space<workgroup>>",
-        2 * warps * mp
-    );
-    let part: Vec<String> = part
+    let smem_ty = format!("memref<{}xf32, #gpu.address_space<workgroup>>", 2 * warps * mp);
+    let parts: Vec<Vec<String>> = parts
         .into_iter()
-        .map(|mut acc| {
-            for off in [1, 2] {
-                let o = k.e.c_i32(off);
-                let (x, p) = (k.e.fresh(), k.e.fresh());
-                k.line(&format!(
-                    "{x}, {p} = gpu.shuffle xor {acc}, {o}, {width} : f32"
-                ));
-                acc = k.op(&format!("arith.addf {acc}, {x} : f32"));
-            }
-            acc
+        .map(|part| {
+            part.into_iter()
+                .map(|mut acc| {
+                    for off in [1, 2] {
+                        let o = k.e.c_i32(off);
+                        let (x, p) = (k.e.fresh(), k.e.fresh());
+                        k.line(&format!("{x}, {p} = gpu.shuffle xor {acc}, {o}, {width} : f32"));
+                        acc = k.op(&format!("arith.addf {acc}, {x} : f32"));
+                    }
+                    acc
+                })
+                .collect()
         })
         .collect();
     let z = k.ci(0);
     let lead = k.op(&format!("arith.cmpi eq, {t}, {z} : index"));
-    let base = k.mul(warp, mp);
-    let base = k.addc(&base, slot * warps * mp);
+    let wbase = k.mul(warp, mp);
     k.line(&format!("scf.if {lead} {{"));
-    for (r, v) in part.iter().enumerate() {
-        let row = k.addc(g, 8 * r);
-        let at = k.add(&base, &row);
-        k.line(&format!("  memref.store {v}, %s2[{at}] : {smem_ty}"));
+    for (i, part) in parts.iter().enumerate() {
+        let base = k.addc(&wbase, (first + i) * warps * mp);
+        for (r, v) in part.iter().enumerate() {
+            let row = k.addc(g, 8 * r);
+            let at = k.add(&base, &row);
+            k.line(&format!("  memref.store {v}, %s2[{at}] : {smem_ty}"));
+        }
     }
     k.line("}");
     k.line("gpu.barrier");
-    (0..part.len())
-        .map(|r| {
-            let row = k.addc(g, 8 * r);
-            let mut sum: Option<String> = None;
-            for w in 0..warps {
-                let at = k.addc(&row, (slot * warps + w) * mp);
-                let x = k.op(&format!("memref.load %s2[{at}] : {smem_ty}"));
-                sum = Some(match sum {
-                    None => x,
-                    Some(p) => k.op(&format!("arith.addf {p}, {x} : f32")),
-                });
-            }
-            sum.expect("at least one warp")
+    (0..parts.len())
+        .map(|i| {
+            (0..parts[i].len())
+                .map(|r| {
+                    let row = k.addc(g, 8 * r);
+                    let mut sum: Option<String> = None;
+                    for w in 0..warps {
+                        let at = k.addc(&row, ((first + i) * warps + w) * mp);
+                        let x = k.op(&format!("memref.load %s2[{at}] : {smem_ty}"));
+                        sum = Some(match sum {
+                            None => x,
+                            Some(p) => k.op(&format!("arith.addf {p}, {x} : f32")),
+                        });
+                    }
+                    sum.expect("at least one warp")
+                })
+                .collect()
         })
         .collect()
 }
@@ -1040,50 +1044,66 @@ fn normalize(
         let first = it.next().expect("values");
         it.fold(first, |p, v| k.op(&format!("arith.addf {p}, {v} : f32")))
     };
-    // Pass 1: row sums (values past `k` and `m` were loaded as zeros).
-    let x: Vec<Vec<Vec<String>>> = steps
-        .iter()
-        .map(|b| {
-            a_regs(k, s, a_rows, &b.j_ok, &b.kt, 8)
-                .iter()
-                .map(|r| unpack8(k, r, d))
-                .collect()
-        })
-        .collect();
-    let sums: Vec<String> = (0..rows)
-        .map(|r| add_all(k, x.iter().flat_map(|st| st[r].clone()).collect()))
-        .collect();
-    let sums = block_row_sums(k, sums, 0, warps, mp, warp, g, t);
-    let mean: Vec<String> = sums
-        .iter()
-        .map(|v| k.op(&format!("arith.divf {v}, {kf} : f32")))
-        .collect();
-    // Pass 2: squared deviations over the `k` that exist.
-    let kok: Vec<Vec<String>> = steps
-        .iter()
-        .map(|b| k_oks(k, &b.j_ok, &b.j_ok, &b.kt, 8, s.k, s.k.is_multiple_of(8)))
-        .collect();
-    let x = reload_a(k, s, a_rows, steps);
+    let kok: Vec<Vec<String>> = steps.iter().map(|b| k_oks(k, &b.j_ok, &b.j_ok, &b.kt, 8, s.k, s.k.is_multiple_of(8))).collect();
     let zero = k.e.c_f32(0.0);
-    let sq: Vec<String> = (0..rows)
-        .map(|r| {
-            let vals: Vec<String> = (0..x.len())
+    let x: Vec<Vec<Vec<String>>> = steps.iter().map(|b| a_regs(k, s, a_rows, &b.j_ok, &b.kt, 8).iter().map(|r| unpack8(k, r, d)).collect()).collect();
+    let (mean, var) = if one_pass_norm() {
+        // One pass, shifted by each row's first value `c` (sums of `x - c` and its square
+        // over the `k` that exist): one barrier and one load of `A` fewer.
+        let c: Vec<String> = a_rows.iter().map(|(row, ok)| k.load_run(0, d, row, 1, std::slice::from_ref(ok), false).remove(0)).collect();
+        let mut s1 = Vec::new();
+        let mut s2 = Vec::new();
+        for r in 0..rows {
+            let dvs: Vec<String> = (0..x.len())
                 .flat_map(|st| (0..8).map(move |j| (st, j)))
                 .map(|(st, j)| {
-                    let dv = k.op(&format!("arith.subf {}, {} : f32", x[st][r][j], mean[r]));
-                    let q = k.op(&format!("arith.mulf {dv}, {dv} : f32"));
-                    k.op(&format!("arith.select {}, {q}, {zero} : f32", kok[st][j]))
+                    let dv = k.op(&format!("arith.subf {}, {} : f32", x[st][r][j], c[r]));
+                    k.op(&format!("arith.select {}, {dv}, {zero} : f32", kok[st][j]))
                 })
                 .collect();
-            add_all(k, vals)
-        })
-        .collect();
-    let sq = block_row_sums(k, sq, 1, warps, mp, warp, g, t);
+            let sq: Vec<String> = dvs.iter().map(|v| k.op(&format!("arith.mulf {v}, {v} : f32"))).collect();
+            s1.push(add_all(k, dvs));
+            s2.push(add_all(k, sq));
+        }
+        let sums = block_row_sums(k, vec![s1, s2], 0, warps, mp, warp, g, t);
+        let (mut mean, mut var) = (Vec::new(), Vec::new());
+        for r in 0..rows {
+            let m1 = k.op(&format!("arith.divf {}, {kf} : f32", sums[0][r]));
+            let m2 = k.op(&format!("arith.divf {}, {kf} : f32", sums[1][r]));
+            mean.push(k.op(&format!("arith.addf {}, {m1} : f32", c[r])));
+            let mm = k.op(&format!("arith.mulf {m1}, {m1} : f32"));
+            let v = k.op(&format!("arith.subf {m2}, {mm} : f32"));
+            var.push(k.op(&format!("arith.maximumf {v}, {zero} : f32")));
+        }
+        (mean, var)
+    } else {
+        // Two passes, as the norm kernel: the mean, then the mean of squared deviations from
+        // `A` loaded again (values past `k` and `m` were loaded as zeros).
+        let sums: Vec<String> = (0..rows).map(|r| add_all(k, x.iter().flat_map(|st| st[r].clone()).collect())).collect();
+        let sums = block_row_sums(k, vec![sums], 0, warps, mp, warp, g, t).remove(0);
+        let mean: Vec<String> = sums.iter().map(|v| k.op(&format!("arith.divf {v}, {kf} : f32"))).collect();
+        let x = reload_a(k, s, a_rows, steps);
+        let sq: Vec<String> = (0..rows)
+            .map(|r| {
+                let vals: Vec<String> = (0..x.len())
+                    .flat_map(|st| (0..8).map(move |j| (st, j)))
+                    .map(|(st, j)| {
+                        let dv = k.op(&format!("arith.subf {}, {} : f32", x[st][r][j], mean[r]));
+                        let q = k.op(&format!("arith.mulf {dv}, {dv} : f32"));
+                        k.op(&format!("arith.select {}, {q}, {zero} : f32", kok[st][j]))
+                    })
+                    .collect();
+                add_all(k, vals)
+            })
+            .collect();
+        let sq = block_row_sums(k, vec![sq], 1, warps, mp, warp, g, t).remove(0);
+        let var = sq.iter().map(|v| k.op(&format!("arith.divf {v}, {kf} : f32"))).collect();
+        (mean, var)
+    };
     let eps = k.e.c_f32(norm.eps);
-    let rstd: Vec<String> = sq
+    let rstd: Vec<String> = var
         .iter()
-        .map(|v| {
-            let var = k.op(&format!("arith.divf {v}, {kf} : f32"));
+        .map(|var| {
             let ve = k.op(&format!("arith.addf {var}, {eps} : f32"));
             crate::gpu::math::unary(&mut k.e, UnaryOp::Rsqrt, DType::F32, &ve)
         })
@@ -1095,7 +1115,9 @@ fn normalize(
     let st_ty = storage_type(d);
     (0..x.len())
         .map(|st| {
-            let kt = &steps[st].kt;
+            // A step past the split (its `A` and weights were loaded as zeros) reads gamma
+            // and beta at 0: its `k` lie past the staged `[kpad]`.
+            let kt = &k.clamp(&steps[st].j_ok, &steps[st].kt);
             let kb = k.addc(kt, kpad);
             let gv = k.op(&format!(
                 "vector.load %s3[{kt}] {{alignment = 32 : i64}} : {smem_ty}, vector<8xf32>"
