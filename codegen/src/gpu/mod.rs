@@ -19,6 +19,7 @@ mod prologue;
 mod ptx;
 
 pub use emit::{with_skinny_gemm, EmittedKernel};
+pub use prologue::with_fused_norms;
 pub use lower::single_kernel;
 
 use ir::{Graph, IrError, KernelGraph};

@@ -9,6 +9,8 @@
 //! - [`layer_norm`] recognizes the norm in a body, so that the GEMM's lowering
 //!   (`lower.rs`) can emit the fused kernel; when the skinny GEMM does not take the GEMM, the
 //!   norm is lowered on its own as before (one loop kernel), so the rewrite never loses a case.
+//!
+//! Off by default ([`enabled`]): measured, the fused GEMM costs what the norm kernel did.
 
 use ir::{BinaryOp, DType, Graph, KernelGraph, NodeId, Op, ReduceOp, UnaryOp};
 use std::collections::HashMap;
@@ -206,10 +208,25 @@ fn gemm_reading(b: &Graph, a: NodeId) -> Option<NodeId> {
     .then_some(mm)
 }
 
-/// Whether norms are fused into GEMMs: `KILN_GPU_FUSE_NORM=0` keeps every norm kernel (for
-/// measuring what the fusion buys).
+thread_local! {
+    static FUSE: std::cell::Cell<Option<bool>> = const { std::cell::Cell::new(None) };
+}
+
+/// Whether norms are fused into GEMMs: [`with_fused_norms`]' setting on this thread, else
+/// `KILN_GPU_FUSE_NORM=1`. Off by default: on an H100 the fused GEMM costs what the norm
+/// kernel it replaces did (GPT-2 small b1 t32: 0.336 ms fused against 0.335 without, one
+/// call; docs/gpu-gemm.md).
 pub(crate) fn enabled() -> bool {
-    std::env::var("KILN_GPU_FUSE_NORM").map_or(true, |v| v != "0")
+    FUSE.with(|c| c.get()).unwrap_or_else(|| std::env::var("KILN_GPU_FUSE_NORM").is_ok_and(|v| v == "1"))
+}
+
+/// Runs `f` (which compiles graphs) with layer norms fused into the skinny GEMMs that read
+/// them (`on`) or not, on this thread, whatever the environment says.
+pub fn with_fused_norms<T>(on: bool, f: impl FnOnce() -> T) -> T {
+    let old = FUSE.with(|c| c.replace(Some(on)));
+    let out = f();
+    FUSE.with(|c| c.set(old));
+    out
 }
 
 /// Moves each layer-norm kernel whose output only one GEMM kernel reads, as a small-`m`

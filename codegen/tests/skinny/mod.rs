@@ -2,12 +2,12 @@
 //! bf16 and f16, odd shapes (`m` = 1, 7, 32, 63; `k` and `n` off the tiles), one split and
 //! split-K, against the interpreter with poisoned outputs; the PTX goes to `target/kiln-ptx/`.
 //! An ignored benchmark times each GPT-2 small GEMM shape and the whole b1 t32 graph with the
-//! skinny kernel and with cuBLASLt. By default the kernel takes every GEMM of `m <= 64` it can,
-//! a layer norm before it included (`docs/gpu-gemm.md`); `with_skinny_gemm` sets the bound on
-//! `m` on a thread.
+//! skinny kernel and with cuBLASLt. By default the kernel takes every GEMM of `m <= 64` it can
+//! (`docs/gpu-gemm.md`); `with_skinny_gemm` sets the bound on `m` on a thread, and
+//! `with_fused_norms` lets it take the layer norm before it.
 
 use super::{scaled_weights, trace, R};
-use codegen::gpu::with_skinny_gemm;
+use codegen::gpu::{with_fused_norms, with_skinny_gemm};
 #[cfg(feature = "cuda")]
 use super::device;
 use frontend::Tensor;
@@ -154,7 +154,8 @@ fn norm_gemm_graph(
     })
 }
 
-/// A layer norm before a GEMM runs inside the skinny GEMM (one launch, no norm kernel), as one
+/// With fused norms on (`with_fused_norms`; off by default, docs/gpu-gemm.md), a layer norm
+/// before a GEMM runs inside the skinny GEMM (one launch, no norm kernel), as one
 /// kernel body and through the optimizer's kernel graph (where the norm is a kernel of its
 /// own until the lowering moves it into the GEMM): GPT-2's shapes and odd ones (`k % 8 != 0`,
 /// a partial column block, one row, fewer steps than warps), with and without gamma and beta.
@@ -178,11 +179,11 @@ fn skinny_gemm_fused_layer_norm() -> R<()> {
             u8::from(affine.1)
         );
         let g = norm_gemm_graph(&name, d, (m, k, n), affine, ep);
-        let art = check_with(&name, &g, scaled_weights(&g, 120 + i as u64))?;
+        let art = with_fused_norms(true, || check_with(&name, &g, scaled_weights(&g, 120 + i as u64)))?;
         assert_eq!(art.steps.len(), launches, "{name}: {}", art.summary());
         assert_eq!(skinny_launches(&art), 1, "{name}: {}", art.summary());
         let kg = passes::optimize(&g, &passes::DeviceProfile::h200())?.kernels;
-        let opt = with_skinny_gemm(64, || codegen::gpu::compile(&kg, &Default::default()))?;
+        let opt = with_fused_norms(true, || with_skinny_gemm(64, || codegen::gpu::compile(&kg, &Default::default())))?;
         assert_eq!(
             opt.steps.len(),
             launches,
