@@ -444,16 +444,25 @@ def _freeze_causal_masks(gm: torch.fx.GraphModule, state: List[torch.Tensor], is
     if frozen:
         gm.graph.lint()
         gm.recompile()
-    return tuple(frozen)
+    return _FrozenBuffers(frozen)
+
+
+class _FrozenBuffers(tuple):
+    """``((input index, version, data pointer), ...)`` with its native checker (one call per
+    Kiln call instead of a Python loop over the buffers)."""
+
+    def __new__(cls, items):
+        self = super().__new__(cls, items)
+        self.checker = _native.Frozen(list(items))
+        return self
 
 
 def _frozen_ok(entry, all_tensors: List[torch.Tensor]) -> bool:
     """Whether the buffers ``entry`` compiled as constants are unchanged (see above)."""
-    for i, version, ptr in entry[3]:
-        t = all_tensors[i]
-        if t._version != version or t.data_ptr() != ptr:
-            return False
-    return True
+    frozen = entry[3]
+    if not frozen:
+        return True
+    return frozen.checker.ok(all_tensors if isinstance(all_tensors, list) else list(all_tensors))
 
 
 class _TensorMarker:

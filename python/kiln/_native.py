@@ -1,8 +1,8 @@
 """The compiled extension (``kiln._kiln``), re-exported."""
 
-from ._kiln import Addresses, CompileError, Region, UnsupportedNode, import_graph, set_tensor_access, supported_targets
+from ._kiln import Addresses, CompileError, Frozen, Region, UnsupportedNode, import_graph, set_tensor_access, supported_targets
 
-__all__ = ["Addresses", "CompileError", "Region", "UnsupportedNode", "import_graph", "set_tensor_access", "supported_targets", "FAST_TENSOR_ACCESS"]
+__all__ = ["Addresses", "CompileError", "Frozen", "Region", "UnsupportedNode", "import_graph", "set_tensor_access", "supported_targets", "FAST_TENSOR_ACCESS"]
 
 
 def _register_tensor_access() -> bool:

@@ -216,6 +216,7 @@ fn _kiln(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(import_graph, m)?)?;
     m.add_function(wrap_pyfunction!(tensor_ptr::set_tensor_access, m)?)?;
     m.add_class::<tensor_ptr::Addresses>()?;
+    m.add_class::<tensor_ptr::Frozen>()?;
     m.add_class::<Region>()?;
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     Ok(())
