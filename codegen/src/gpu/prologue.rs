@@ -322,25 +322,19 @@ fn merged(
         );
         inputs.push(r_inputs[i]);
     }
-    for (id, n) in r.nodes() {
-        if !rmap.contains_key(&id) {
-            let new = out.push(ir::Node {
-                inputs: n.inputs.iter().map(|i| rmap[i]).collect(),
-                ..n.clone()
-            });
-            rmap.insert(id, new);
-        }
-    }
+    copy_nodes(&mut out, r, &mut rmap);
     gmap.insert(g.inputs()[pos], rmap[&r.outputs()[0]]);
-    for (id, n) in g.nodes() {
-        if !gmap.contains_key(&id) {
-            let new = out.push(ir::Node {
-                inputs: n.inputs.iter().map(|i| gmap[i]).collect(),
-                ..n.clone()
-            });
-            gmap.insert(id, new);
-        }
-    }
+    copy_nodes(&mut out, g, &mut gmap);
     out.set_outputs(g.outputs().iter().map(|o| gmap[o]).collect());
     Ok((out, inputs))
+}
+
+/// Appends `src`'s nodes not yet in `map` to `out`, their inputs through `map`.
+fn copy_nodes(out: &mut Graph, src: &Graph, map: &mut HashMap<NodeId, NodeId>) {
+    for (id, n) in src.nodes() {
+        if !map.contains_key(&id) {
+            let new = out.push(ir::Node { inputs: n.inputs.iter().map(|i| map[i]).collect(), ..n.clone() });
+            map.insert(id, new);
+        }
+    }
 }

@@ -321,6 +321,15 @@ impl<'g> K<'g> {
         self.op(&format!("gpu.block_id {dim}"))
     }
 
+    /// A scalar of `d`'s storage type as f32.
+    fn widen(&mut self, x: &str, d: DType) -> String {
+        if d == DType::F32 {
+            x.to_string()
+        } else {
+            self.op(&format!("arith.extf {x} : {} to f32", storage_type(d)))
+        }
+    }
+
     /// `len` consecutive elements of `arg` from `idx`, f32 values or zeros where `ok[j]` is
     /// false; one vector load when `vector` (then all `ok[j]` are `ok[0]`).
     fn load_run(
@@ -345,11 +354,7 @@ impl<'g> K<'g> {
             (0..len)
                 .map(|j| {
                     let x = self.op(&format!("vector.extract {v}[{j}] : {st} from {vt}"));
-                    let x = if d == DType::F32 {
-                        x
-                    } else {
-                        self.op(&format!("arith.extf {x} : {st} to f32"))
-                    };
+                    let x = self.widen(&x, d);
                     self.op(&format!("arith.select {}, {x}, {zero} : f32", ok[0]))
                 })
                 .collect()
@@ -359,11 +364,7 @@ impl<'g> K<'g> {
                     let i = self.addc(idx, j);
                     let at = self.clamp(&ok[j], &i);
                     let x = self.op(&format!("memref.load %a{arg}[{at}] : {mem}"));
-                    let x = if d == DType::F32 {
-                        x
-                    } else {
-                        self.op(&format!("arith.extf {x} : {st} to f32"))
-                    };
+                    let x = self.widen(&x, d);
                     self.op(&format!("arith.select {}, {x}, {zero} : f32", ok[j]))
                 })
                 .collect()
