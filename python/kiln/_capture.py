@@ -460,9 +460,7 @@ class _FrozenBuffers(tuple):
 def _frozen_ok(entry, all_tensors: List[torch.Tensor]) -> bool:
     """Whether the buffers ``entry`` compiled as constants are unchanged (see above)."""
     frozen = entry[3]
-    if not frozen:
-        return True
-    return frozen.checker.ok(all_tensors if isinstance(all_tensors, list) else list(all_tensors))
+    return not frozen or frozen.checker.ok(all_tensors)
 
 
 class _TensorMarker:

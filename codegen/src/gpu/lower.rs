@@ -88,6 +88,11 @@ impl Lowering {
         Ok(())
     }
 
+    /// Whether the buffer, if any, holds `dtype`.
+    fn holds(&self, buf: Option<u32>, dtype: DType) -> bool {
+        buf.is_none_or(|b| self.buffers[b as usize].dtype == dtype)
+    }
+
     fn arg_types(&self, ins: &[u32], outs: &[u32]) -> Vec<(DType, usize)> {
         ins.iter()
             .chain(outs)
@@ -547,14 +552,12 @@ impl<'a> BodyLowering<'a> {
         let gamma = ln.gamma.map(|g| self.materialize(lw, g)).transpose()?;
         let beta = ln.beta.map(|g| self.materialize(lw, g)).transpose()?;
         let params: Vec<u32> = gamma.into_iter().chain(beta).collect();
-        let dtype_ok =
-            |buf: Option<u32>| buf.is_none_or(|x| lw.buffers[x as usize].dtype == node.dtype);
         let param_ok = params.iter().all(|&p| {
             lw.buffers[p as usize].dtype.is_float() && lw.buffers[p as usize].shape.numel() == k
         });
-        if !dtype_ok(Some(x))
-            || !dtype_ok(bias)
-            || !dtype_ok(residual)
+        if !lw.holds(Some(x), node.dtype)
+            || !lw.holds(bias, node.dtype)
+            || !lw.holds(residual, node.dtype)
             || !param_ok
             || lw.buffers[x as usize].shape.numel() != m * k
         {
@@ -657,8 +660,7 @@ impl<'a> BodyLowering<'a> {
                 invariant,
                 norm: None,
             };
-            let same = |b: Option<u32>| b.is_none_or(|b| lw.buffers[b as usize].dtype == *dtype);
-            if spec.fits() && same(bias) && same(residual) {
+            if spec.fits() && lw.holds(bias, *dtype) && lw.holds(residual, *dtype) {
                 return self.skinny_gemm(lw, &spec, (ga.buffer, &[]), gb.buffer, target, bias, residual);
             }
         }
