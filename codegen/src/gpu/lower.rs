@@ -9,7 +9,7 @@
 
 use super::emit::{self, EmittedKernel};
 use super::prologue;
-use super::{ptx, GpuError, GpuOptions};
+use super::{ptx, GpuError, GpuOptions, SmVersion};
 use ir::{BinaryOp, Buffer, DType, Graph, Kernel, KernelGraph, KernelKind, Node, NodeId, Op, ReduceOp, Shape, UnaryOp};
 use runtime::cuda::{
     plan_arena, CudaArtifact, GemmActivation, GemmOperand, GemmStep, GpuBuffer, GpuLocation, GpuStep, LaunchStep,
@@ -51,6 +51,8 @@ struct Lowering {
     counters: Option<(u32, usize, usize)>,
     /// The graph's input buffers: no step writes them (an output that is an input is copied).
     inputs: Vec<u32>,
+    /// The target runs thread-block clusters (sm_90).
+    clusters: bool,
 }
 
 impl Lowering {
@@ -578,6 +580,7 @@ impl<'a> BodyLowering<'a> {
                 bias: bias.is_some_and(|x| lw.inputs.contains(&x)),
                 norm: params.iter().all(|p| lw.inputs.contains(p)),
             },
+            clusters: lw.clusters,
             norm: Some(emit::Norm {
                 gamma: gamma.is_some(),
                 beta: beta.is_some(),
@@ -659,6 +662,7 @@ impl<'a> BodyLowering<'a> {
                 counter_base: 0,
                 invariant,
                 norm: None,
+                clusters: lw.clusters,
             };
             if spec.fits() && lw.holds(bias, *dtype) && lw.holds(residual, *dtype) {
                 return self.skinny_gemm(lw, &spec, (ga.buffer, &[]), gb.buffer, target, bias, residual);
@@ -699,7 +703,8 @@ impl<'a> BodyLowering<'a> {
         let kernel = format!("{}_gemm", self.name);
         let symbol = format!("kiln_{}_skinny_{}", sanitize(&self.name), lw.next_symbol);
         lw.next_symbol += 1;
-        if splits == 1 {
+        if splits == 1 || spec.clustered() {
+            // One split, or splits summed in their cluster's shared memory: no workspace.
             let ins: Vec<u32> = [a, b].into_iter().chain(norm.iter().copied()).chain(epilogue).collect();
             let emitted = emit::skinny_gemm(&symbol, spec, &lw.arg_types(&ins, &[target]))?;
             lw.push_launch(&kernel, emitted, &ins, &[target]);
@@ -940,13 +945,13 @@ fn rebuild(
     Ok(g)
 }
 
-fn lower_steps(kg: &KernelGraph) -> Result<Lowering, GpuError> {
+fn lower_steps(kg: &KernelGraph, sm: SmVersion) -> Result<Lowering, GpuError> {
     let mut kg = prepare(kg)?;
     prologue::fuse_into_gemms(&mut kg)?;
     let kg = &kg;
     kg.verify()?;
     let inputs = kg.inputs.iter().map(|b| b.0).collect();
-    let mut lw = Lowering { buffers: kg.buffers.clone(), steps: Vec::new(), next_symbol: 0, counters: None, inputs };
+    let mut lw = Lowering { buffers: kg.buffers.clone(), steps: Vec::new(), next_symbol: 0, counters: None, inputs, clusters: sm == SmVersion::Sm90 };
     for k in &kg.kernels {
         let body = &k.body;
         let mut bl = BodyLowering { name: k.name.clone(), body, mat: HashMap::new(), out_target: HashMap::new() };
@@ -987,12 +992,12 @@ fn module_text(lw: &Lowering) -> String {
     format!("module attributes {{gpu.container_module}} {{\n gpu.module @kiln {{\n{funcs} }}\n}}\n")
 }
 
-pub(crate) fn lower_to_mlir(kg: &KernelGraph) -> Result<String, GpuError> {
-    Ok(module_text(&lower_steps(kg)?))
+pub(crate) fn lower_to_mlir(kg: &KernelGraph, sm: SmVersion) -> Result<String, GpuError> {
+    Ok(module_text(&lower_steps(kg, sm)?))
 }
 
 pub(crate) fn lower(kg: &KernelGraph, opts: &GpuOptions) -> Result<CudaArtifact, GpuError> {
-    let mut lw = lower_steps(kg)?;
+    let mut lw = lower_steps(kg, opts.sm)?;
     // Caller buffers: an output that is also an input (or returned twice) gets its own buffer
     // and a copy.
     let mut location: Vec<Option<GpuLocation>> = vec![None; lw.buffers.len()];

@@ -125,7 +125,7 @@ pub fn compile_graph(g: &Graph, opts: &GpuOptions) -> Result<CudaArtifact, GpuEr
     compile(&single_kernel(g)?, opts)
 }
 
-/// The MLIR module text of a kernel graph (for inspection and golden tests).
+/// The MLIR module text of a kernel graph for sm_90 (for inspection and golden tests).
 pub fn mlir_text(kg: &KernelGraph) -> Result<String, GpuError> {
-    lower::lower_to_mlir(kg)
+    lower::lower_to_mlir(kg, SmVersion::Sm90)
 }

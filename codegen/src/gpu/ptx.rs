@@ -1,7 +1,7 @@
 //! MLIR text -> PTX through melior: parse, run the NVVM pipeline of `TOOLCHAIN.md`, and read
 //! the PTX out of the `gpu.binary` op's object attribute.
 
-use super::emit::WAIT_MARK;
+use super::emit::{CLUSTER_MARK, WAIT_MARK};
 use super::{GpuError, SmVersion};
 use melior::{
     dialect::DialectRegistry,
@@ -56,7 +56,7 @@ pub(crate) fn to_ptx(mlir: &str, sm: SmVersion, index_bits: u32) -> Result<Strin
     let ptx = unsafe { read_ptx(&module) }.ok_or_else(|| messages("reading the gpu.binary object"))?;
     context.detach_diagnostic_handler(handler);
     Ok(match sm {
-        SmVersion::Sm90 => with_grid_dependency_control(&ptx),
+        SmVersion::Sm90 => with_cluster_dims(&with_grid_dependency_control(&ptx)),
         SmVersion::Sm80 => ptx,
     })
 }
@@ -109,6 +109,48 @@ pub(crate) fn with_grid_dependency_control(ptx: &str) -> String {
     out
 }
 
+/// Thread-block clusters (sm_90): an entry that carries [`CLUSTER_MARK`]` x y z` in its body
+/// declares `.reqnctapercluster x, y, z` in its header, so that every launch of it, plain or
+/// in a CUDA graph, runs its blocks as clusters of that shape (the grid is a multiple of it).
+/// The mark itself is dropped.
+pub(crate) fn with_cluster_dims(ptx: &str) -> String {
+    let is_entry = |t: &str| t.starts_with(".visible .entry") || t.starts_with(".entry");
+    // Each entry's cluster shape, if it has one.
+    let mut dims: Vec<Option<String>> = Vec::new();
+    for t in ptx.lines().map(str::trim_start) {
+        if is_entry(t) {
+            dims.push(None);
+        } else if let Some(shape) = t.strip_prefix(CLUSTER_MARK) {
+            if let Some(d) = dims.last_mut() {
+                *d = Some(shape.split_whitespace().collect::<Vec<_>>().join(", "));
+            }
+        }
+    }
+    if dims.iter().all(Option::is_none) {
+        return ptx.to_string();
+    }
+    let mut out = String::with_capacity(ptx.len() + 64 * dims.len());
+    let (mut in_header, mut entry) = (false, 0);
+    for line in ptx.lines() {
+        let t = line.trim_start();
+        if t.starts_with(CLUSTER_MARK) {
+            continue;
+        }
+        if is_entry(t) {
+            in_header = true;
+            entry += 1;
+        } else if in_header && t == "{" {
+            in_header = false;
+            if let Some(d) = &dims[entry - 1] {
+                out.push_str(&format!(".reqnctapercluster {d}\n"));
+            }
+        }
+        out.push_str(line);
+        out.push('\n');
+    }
+    out
+}
+
 /// The first object of the first `gpu.binary` op in the module's body.
 unsafe fn read_ptx(module: &Module) -> Option<String> {
     use mlir_sys::*;
@@ -146,6 +188,18 @@ mod tests {
         let wait = out.find("griddepcontrol.wait").unwrap();
         assert!(wait > out.find(".shared").unwrap() && wait < out.find("ld.param").unwrap());
         assert!(out.find("griddepcontrol.wait").unwrap() < out.find("ld.param").unwrap());
+    }
+
+    #[test]
+    fn a_marked_entry_declares_its_cluster_shape_in_its_header() {
+        let mark = super::CLUSTER_MARK;
+        let ptx = format!(".visible .entry k0(\n\t.param .u64 p0\n)\n.reqntid 128, 1, 1\n{{\n\t// begin inline asm\n\t{mark} 1 6 1\n\t// end inline asm\n\tret;\n}}\n.visible .entry k1(\n)\n{{\n\tret;\n}}\n");
+        let out = super::with_cluster_dims(&ptx);
+        assert!(!out.contains(mark));
+        let (k0, k1) = out.split_at(out.find(".entry k1").unwrap());
+        let decl = k0.find(".reqnctapercluster 1, 6, 1\n{").expect("declared before the body");
+        assert!(decl > k0.find(".reqntid").unwrap());
+        assert!(!k1.contains(".reqnctapercluster"));
     }
 
     #[test]

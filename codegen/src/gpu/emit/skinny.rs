@@ -43,6 +43,9 @@ const BLOCK_N: usize = 64;
 /// their mmas: 3 steps of a 64-column transposed block (32 each), 12 of a 16-column one.
 const MAX_WEIGHT_REGS: usize = 96;
 
+/// The largest portable thread-block cluster (CTAs), sm_90.
+const MAX_CLUSTER: usize = 8;
+
 /// The largest `m` by default.
 const DEFAULT_MAX_M: usize = 64;
 /// The fewest K splits a GEMM must take to run here by default (`KILN_GPU_SKINNY_MIN_SPLITS`):
@@ -103,6 +106,9 @@ pub(crate) struct Skinny {
     pub invariant: Invariant,
     /// A layer norm of `a`'s rows that the kernel applies itself before its mmas.
     pub norm: Option<Norm>,
+    /// The target has thread-block clusters (sm_90): K splits may be summed through
+    /// distributed shared memory ([`Skinny::clustered`]).
+    pub clusters: bool,
 }
 
 /// `a`'s rows layer-normed inside the GEMM, `(x - mean) * rsqrt(var + eps) [* gamma] [+ beta]`
@@ -241,6 +247,17 @@ impl Skinny {
             .1
             .div_ceil(self.warps())
             .clamp(1, (MAX_WEIGHT_REGS / regs_per_step).max(1))
+    }
+
+    /// Whether the K splits of a column block run as one thread-block cluster and are summed
+    /// through distributed shared memory (`KILN_GPU_SKINNY_CLUSTER`, default on): 2 to
+    /// [`MAX_CLUSTER`] splits on a target with clusters. Else they go through the f32
+    /// workspace and an arrival counter in global memory.
+    pub(crate) fn clustered(&self) -> bool {
+        let splits = self.splits().0;
+        self.clusters
+            && (2..=MAX_CLUSTER).contains(&splits)
+            && super::knob("KILN_GPU_SKINNY_CLUSTER", 1) != 0
     }
 
     /// `(splits, steps per split)`.
@@ -1219,6 +1236,17 @@ pub(crate) fn main_kernel(
             2 * s.norm_kpad()
         ));
     }
+    // Clustered split-K: this block's `[mp, bn]` partial, read by the cluster's other blocks.
+    let clustered = s.clustered();
+    let part = clustered.then(|| {
+        let name = format!("%s{}", k.e.smem.len());
+        let ty = format!("memref<{}xf32, #gpu.address_space<workgroup>>", mp * bn);
+        k.e.smem.push(format!("{name} : {ty} {{llvm.align = 16 : i64}}"));
+        (name, ty)
+    });
+    if clustered {
+        k.line(&cluster_mark_op(splits));
+    }
     let tid = k.tid("x");
     let bx = k.bid("x");
     let by = k.bid("y");
@@ -1262,7 +1290,7 @@ pub(crate) fn main_kernel(
     let n_norm = s
         .norm
         .map_or(0, |nm| usize::from(nm.gamma) + usize::from(nm.beta));
-    let ea = epilogue_args(s, if splits == 1 { 2 + n_norm } else { 4 });
+    let ea = epilogue_args(s, if splits == 1 || clustered { 2 + n_norm } else { 4 });
     let places: Vec<(String, String, String, String)> = (0..reps)
         .map(|rep| {
             let item = k.addc(&tid, rep * threads);
@@ -1442,6 +1470,14 @@ pub(crate) fn main_kernel(
         }
         if splits == 1 {
             k.epilogue_store(s, ea, m, n, vals, m_ok, pre);
+        } else if let Some((part, ty)) = &part {
+            // Rows past the tiles (`m >= mp`) have nothing to store.
+            k.line(&format!("scf.if {m_in} {{"));
+            for (j, v) in vals.iter().enumerate() {
+                let a = k.addc(&sm_at, j);
+                k.line(&format!("  memref.store {v}, {part}[{a}] : {ty}"));
+            }
+            k.line("}");
         } else {
             // Partial: ws[(by * m + row) * n_total + n ..].
             let bm = k.mul(&by, s.m);
@@ -1452,7 +1488,9 @@ pub(crate) fn main_kernel(
             k.store_run(2, DType::F32, &at, vals, &ok, s.n.is_multiple_of(8));
         }
     }
-    if splits > 1 {
+    if let Some(part) = &part {
+        cluster_sums(&mut k, s, (&tid, threads, &by), &items, part);
+    } else if splits > 1 {
         last_block_sums(&mut k, s, &tid, &bx, &items);
     }
     let attrs = format!("known_block_size = array<i32: {threads}, 1, 1>");
@@ -1463,6 +1501,98 @@ pub(crate) fn main_kernel(
         block: [threads as u32, 1, 1],
         max_elements: args.iter().map(|a| a.1).max().unwrap_or(0),
     })
+}
+
+/// The PTX comment that marks a kernel launched as clusters of `(1, splits, 1)` blocks
+/// ([`CLUSTER_MARK`]).
+fn cluster_mark_op(splits: usize) -> String {
+    format!("llvm.inline_asm has_side_effects \"{CLUSTER_MARK} 1 {splits} 1\", \"\" : () -> ()")
+}
+
+/// Marks a kernel whose blocks run as clusters: the marker is followed by the cluster's shape
+/// (`x y z`), which `ptx::with_cluster_dims` declares as the entry's `.reqnctapercluster`, so
+/// that every launch (plain or in a CUDA graph) forms the clusters.
+pub(crate) const CLUSTER_MARK: &str = "// kiln: cluster";
+
+/// Both halves of a cluster-wide barrier: every block's shared-memory stores before it are
+/// visible to every block of the cluster after it.
+const CLUSTER_SYNC: [&str; 2] = [
+    "llvm.inline_asm has_side_effects \"barrier.cluster.arrive.release.aligned;\", \"~{memory}\" : () -> ()",
+    "llvm.inline_asm has_side_effects \"barrier.cluster.wait.acquire.aligned;\", \"~{memory}\" : () -> ()",
+];
+
+/// Split-K through a thread-block cluster: the `splits` blocks of a column block are one
+/// cluster (`by` is a block's rank in it) and each has stored its `[mp, bn]` partial in shared
+/// memory. After a cluster barrier, item `i` (row `m`, 8 columns) belongs to block `i % splits`,
+/// which reads the item from every block's shared memory (`mapa` + `ld.shared::cluster`), sums
+/// the splits in split order (deterministic), and applies the epilogue. A second barrier keeps
+/// every block's shared memory alive until the others have read it. No global workspace, no
+/// counters, no fences: the blocks wait on one another in the cluster barrier instead.
+fn cluster_sums(
+    k: &mut K,
+    s: &Skinny,
+    (tid, threads, by): (&str, usize, &str),
+    items: &[(String, String, String, String, Prefetched)],
+    (part, part_ty): &(String, String),
+) {
+    let (splits, _) = s.splits();
+    let (bn, mp) = (s.block_n(), s.m_tiles() * 16);
+    for op in CLUSTER_SYNC {
+        k.line(op);
+    }
+    let p = k.op(&format!(
+        "memref.extract_aligned_pointer_as_index {part} : {part_ty} -> index"
+    ));
+    let base = k.op(&format!("arith.index_cast {p} : index to i32"));
+    let ea = epilogue_args(s, 2);
+    let splits_c = k.ci(splits);
+    let sixteen = k.e.c_i32(16);
+    let v4 = "!llvm.struct<(f32, f32, f32, f32)>";
+    for (rep, (m, lc, n, m_ok, pre)) in items.iter().enumerate() {
+        let item = k.addc(tid, rep * threads);
+        let owner = k.op(&format!("arith.remui {item}, {splits_c} : index"));
+        let mine = k.op(&format!("arith.cmpi eq, {owner}, {by} : index"));
+        let m_in = k.lt(m, mp);
+        let go = k.and(&mine, &m_in);
+        k.line(&format!("scf.if {go} {{"));
+        k.e.indent += 1;
+        let row = k.mul(m, bn);
+        let at = k.add(&row, lc);
+        let bytes = k.mul(&at, 4);
+        let bytes = k.op(&format!("arith.index_cast {bytes} : index to i32"));
+        let local = k.op(&format!("arith.addi {base}, {bytes} : i32"));
+        let mut sum: Option<Vec<String>> = None;
+        for sp in 0..splits {
+            let rank = k.e.c_i32(sp as i64);
+            let remote = k.op(&format!(
+                "llvm.inline_asm \"mapa.shared::cluster.u32 $0, $1, $2;\", \"=r,r,r\" {local}, {rank} : (i32, i32) -> i32"
+            ));
+            let hi = k.op(&format!("arith.addi {remote}, {sixteen} : i32"));
+            let mut v = Vec::with_capacity(8);
+            for addr in [remote, hi] {
+                let r = k.op(&format!(
+                    "llvm.inline_asm has_side_effects \"ld.shared::cluster.v4.f32 {{$0, $1, $2, $3}}, [$4];\", \"=f,=f,=f,=f,r\" {addr} : (i32) -> {v4}"
+                ));
+                for i in 0..4 {
+                    v.push(k.op(&format!("llvm.extractvalue {r}[{i}] : {v4}")));
+                }
+            }
+            sum = Some(match sum {
+                None => v,
+                Some(p) => p
+                    .iter()
+                    .zip(&v)
+                    .map(|(x, y)| k.op(&format!("arith.addf {x}, {y} : f32")))
+                    .collect(),
+            });
+        }
+        k.epilogue_store(s, ea, m, n, sum.expect("at least one split"), m_ok, pre);
+        k.e.indent -= 1;
+        k.line("}");
+    }
+    for op in CLUSTER_SYNC {
+        k.line(op);
+    }
 }
 
 /// Split-K, the block that finishes a column block last: every block has stored its partial
