@@ -1070,19 +1070,22 @@ fn gpt2_small_b1_t32_compiles() -> R<()> {
     let kg = passes::optimize(&traced.graph, &passes::DeviceProfile::h200())?.kernels;
     let opt = codegen::gpu::compile(&kg, &GpuOptions::default())?;
     println!("gpt2 small b1 t32 via passes: {} kernels -> {}", kg.kernels.len(), opt.summary());
-    // By default every GEMM (m = 32) runs as Kiln's skinny GEMM, its K splits (the attention
-    // and MLP down projections) summed in a thread-block cluster: 7 steps per layer and the
-    // final layer norm. On sm_80 (no clusters) one more step zeroes the split-K counters.
-    // With cuBLASLt everywhere: 7 per layer + the final layer norm. With fused norms, the
-    // layer norm before qkv and before the MLP runs inside the GEMM: 5 per layer.
-    assert_eq!(opt.steps.len(), 7 * 12 + 1, "{}", opt.summary());
-    let sm80 = codegen::gpu::compile(&kg, &GpuOptions { sm: codegen::gpu::SmVersion::Sm80 })?;
-    assert_eq!(sm80.steps.len(), 7 * 12 + 2, "{}", sm80.summary());
-    assert!(!sm80.ptx.contains("cluster") && opt.ptx.contains(".reqnctapercluster"));
+    // By default every GEMM (m = 32) runs as Kiln's skinny GEMM, whose split-K counters one
+    // more step zeroes (the attention and MLP down projections): 7 steps per layer, the final
+    // layer norm and that step. With the splits summed in thread-block clusters (sm_90, opt-in)
+    // there is no such step. With cuBLASLt everywhere: 7 per layer + the final layer norm.
+    // With fused norms, the layer norm before qkv and before the MLP runs inside the GEMM: 5
+    // per layer.
+    assert_eq!(opt.steps.len(), 7 * 12 + 2, "{}", opt.summary());
+    let clustered = codegen::gpu::with_skinny_clusters(true, || codegen::gpu::compile(&kg, &GpuOptions::default()))?;
+    assert_eq!(clustered.steps.len(), 7 * 12 + 1, "{}", clustered.summary());
+    assert!(!opt.ptx.contains("cluster") && clustered.ptx.contains(".reqnctapercluster 1, 6, 1"));
+    std::fs::create_dir_all(ptx_dir())?;
+    std::fs::write(ptx_dir().join("gpt2_small_b1_t32_clusters.ptx"), &clustered.ptx)?;
     let cublas = codegen::gpu::with_skinny_gemm(0, || codegen::gpu::compile(&kg, &GpuOptions::default()))?;
     assert_eq!(cublas.steps.len(), 7 * 12 + 1, "{}", cublas.summary());
     let skinny = codegen::gpu::with_fused_norms(true, || codegen::gpu::compile(&kg, &GpuOptions::default()))?;
-    assert_eq!(skinny.steps.len(), 5 * 12 + 1, "{}", skinny.summary());
+    assert_eq!(skinny.steps.len(), 5 * 12 + 2, "{}", skinny.summary());
     std::fs::create_dir_all(ptx_dir())?;
     std::fs::write(ptx_dir().join("gpt2_small_b1_t32_skinny.ptx"), &skinny.ptx)?;
     std::fs::write(ptx_dir().join("gpt2_small_b1_t32.ptx"), &art.ptx)?;

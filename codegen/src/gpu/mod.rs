@@ -18,7 +18,7 @@ mod math;
 mod prologue;
 mod ptx;
 
-pub use emit::{with_skinny_gemm, EmittedKernel};
+pub use emit::{with_skinny_clusters, with_skinny_gemm, EmittedKernel};
 pub use prologue::with_fused_norms;
 pub use lower::single_kernel;
 

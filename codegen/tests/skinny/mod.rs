@@ -7,7 +7,7 @@
 //! `with_fused_norms` lets it take the layer norm before it.
 
 use super::{scaled_weights, trace, R};
-use codegen::gpu::{with_fused_norms, with_skinny_gemm};
+use codegen::gpu::{with_fused_norms, with_skinny_clusters, with_skinny_gemm};
 #[cfg(feature = "cuda")]
 use super::device;
 use frontend::Tensor;
@@ -159,8 +159,8 @@ fn norm_gemm_graph(
 /// kernel body and through the optimizer's kernel graph (where the norm is a kernel of its
 /// own until the lowering moves it into the GEMM): GPT-2's shapes and odd ones (`k % 8 != 0`,
 /// a partial column block, one row, fewer steps than warps), with and without gamma and beta.
-/// A GEMM whose `A` would not fit in registers keeps its norm kernel (its K splits summed in
-/// their cluster: no counter reset), and both stay right.
+/// A GEMM whose `A` would not fit in registers keeps its norm kernel (and, split over K, the
+/// counter reset), and both stay right.
 #[test]
 fn skinny_gemm_fused_layer_norm() -> R<()> {
     let cases = [
@@ -170,7 +170,7 @@ fn skinny_gemm_fused_layer_norm() -> R<()> {
         (DType::BF16, (1, 64, 100), (false, false), "plain", 1),
         (DType::BF16, (18, 64, 192), (true, true), "bias", 1),
         (DType::F16, (13, 200, 72), (true, false), "res", 1),
-        (DType::BF16, (64, 768, 256), (true, true), "bias", 2),
+        (DType::BF16, (64, 768, 256), (true, true), "bias", 3),
     ];
     for (i, (d, (m, k, n), affine, ep, launches)) in cases.into_iter().enumerate() {
         let name = format!(
@@ -227,6 +227,39 @@ fn skinny_gemm_splits_batches_and_fallbacks() -> R<()> {
     let art = check_with("skinny_batched", &g, scaled_weights(&g, 7))?;
     assert!(skinny_launches(&art) >= 1, "{}", art.summary());
     assert_eq!(art.steps.iter().filter(|s| matches!(s, GpuStep::Gemm(_))).count(), 1, "{}", art.summary());
+    Ok(())
+}
+
+/// Split-K summed through thread-block clusters (`with_skinny_clusters`, sm_90; off by
+/// default): GPT-2's two deep GEMMs (6 splits), 8 splits (the largest cluster), a row-major
+/// weight (3 splits), `k % 8 != 0` with a partial m-tile, each one launch (no workspace, no
+/// counter reset) whose entry declares its cluster shape, against the interpreter. A GEMM of
+/// more splits than a cluster holds keeps the counters (two launches); on sm_80 every split-K
+/// GEMM does.
+#[test]
+fn skinny_gemm_split_k_in_clusters() -> R<()> {
+    let cases = [
+        ((32, 768, 768), "wt_bias_res", 1),
+        ((32, 3072, 768), "wt_bias_res", 1),
+        ((5, 1000, 300), "wt_bias_gelu", 1),
+        ((7, 200, 500), "bias_relu", 1),
+        ((63, 770, 100), "wt_res", 1),
+        ((17, 3000, 40), "bias_res", 2),
+    ];
+    for (i, ((m, k, n), ep, launches)) in cases.into_iter().enumerate() {
+        let name = format!("skinny_cluster_bf16_m{m}_k{k}_n{n}_{ep}");
+        let g = gemm_graph(&name, DType::BF16, m, k, n, ep);
+        let art = with_skinny_clusters(true, || check_with(&name, &g, scaled_weights(&g, 200 + i as u64)))?;
+        assert_eq!(skinny_launches(&art), 1, "{name}: {}", art.summary());
+        assert_eq!(art.steps.len(), launches, "{name}: {}", art.summary());
+        assert_eq!(art.ptx.contains(".reqnctapercluster"), launches == 1, "{name}");
+        let sm80 = codegen::gpu::SmVersion::Sm80;
+        let old = with_skinny_clusters(true, || {
+            with_skinny_gemm(64, || codegen::gpu::compile_graph(&g, &codegen::gpu::GpuOptions { sm: sm80 }))
+        })?;
+        assert_eq!(old.steps.len(), 2, "{name} on sm_80: {}", old.summary());
+        assert!(!old.ptx.contains("cluster"), "{name} on sm_80");
+    }
     Ok(())
 }
 

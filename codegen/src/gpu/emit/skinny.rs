@@ -21,6 +21,11 @@
 //!   fences, and counts itself in its column block's counter; the last block to arrive sums all
 //!   splits' partials in split order and applies the epilogue. The counters (one i32 buffer per
 //!   graph) are zeroed by [`zero_counters`] before the first split-K GEMM.
+//! - **Split-K in a cluster** (sm_90, opt-in: [`with_skinny_clusters`],
+//!   `KILN_GPU_SKINNY_CLUSTER=1`). The 2 to 8 splits of a column block run as one thread-block
+//!   cluster; each keeps its partial in shared memory, and after a cluster barrier each block
+//!   sums its share of the items from all blocks' shared memory (`mapa`, `ld.shared::cluster`)
+//!   in split order. No workspace, counters or global fences ([`cluster_sums`]).
 //! - **Weights before the wait.** A weight that no step of the graph writes ([`Invariant`]) is
 //!   loaded, all of a warp's steps at once when they fit in registers, before the kernel's
 //!   `griddepcontrol.wait` ([`WAIT_MARK`]); under programmatic dependent launch the weight
@@ -85,6 +90,30 @@ pub fn with_skinny_gemm<T>(max_m: usize, f: impl FnOnce() -> T) -> T {
     let old = POLICY.with(|c| c.replace(Some(max_m)));
     let out = f();
     POLICY.with(|c| c.set(old));
+    out
+}
+
+thread_local! {
+    static CLUSTERS: std::cell::Cell<Option<bool>> = const { std::cell::Cell::new(None) };
+}
+
+/// Whether split-K GEMMs sum their splits in a thread-block cluster: [`with_skinny_clusters`]'
+/// setting on this thread, else `KILN_GPU_SKINNY_CLUSTER=1`. Off by default until it is
+/// measured on a GPU: it is checked by ptxas and, on a GPU, by the skinny tests, but no device
+/// time was left to time it (docs/gpu-gemm.md).
+fn clusters_enabled() -> bool {
+    CLUSTERS
+        .with(|c| c.get())
+        .unwrap_or_else(|| std::env::var("KILN_GPU_SKINNY_CLUSTER").is_ok_and(|v| v == "1"))
+}
+
+/// Runs `f` (which compiles graphs) with split-K skinny GEMMs summed through thread-block
+/// clusters (`on`, sm_90 targets) or through global memory, on this thread, whatever the
+/// environment says.
+pub fn with_skinny_clusters<T>(on: bool, f: impl FnOnce() -> T) -> T {
+    let old = CLUSTERS.with(|c| c.replace(Some(on)));
+    let out = f();
+    CLUSTERS.with(|c| c.set(old));
     out
 }
 
@@ -250,14 +279,12 @@ impl Skinny {
     }
 
     /// Whether the K splits of a column block run as one thread-block cluster and are summed
-    /// through distributed shared memory (`KILN_GPU_SKINNY_CLUSTER`, default on): 2 to
-    /// [`MAX_CLUSTER`] splits on a target with clusters. Else they go through the f32
-    /// workspace and an arrival counter in global memory.
+    /// through distributed shared memory ([`clusters_enabled`]): 2 to [`MAX_CLUSTER`] splits
+    /// on a target with clusters. Else they go through the f32 workspace and an arrival
+    /// counter in global memory.
     pub(crate) fn clustered(&self) -> bool {
         let splits = self.splits().0;
-        self.clusters
-            && (2..=MAX_CLUSTER).contains(&splits)
-            && super::knob("KILN_GPU_SKINNY_CLUSTER", 1) != 0
+        self.clusters && (2..=MAX_CLUSTER).contains(&splits) && clusters_enabled()
     }
 
     /// `(splits, steps per split)`.
