@@ -168,6 +168,31 @@ pub fn lower(name: &str, g: &Graph) -> Result<Lowered, CodegenError> {
         };
     }
 
+    // What is materialized, in topological order. A value read twice is stored unless it is
+    // cheap, or a light binary op (add, sub, mul) of a stored value and otherwise cheap or
+    // per-row values (fewer elements, broadcast): that one is recomputed at each use, one more
+    // load from cache per use instead of a pass that stores it (layer norm's `x - mean`, read
+    // by the variance and by the output, no longer takes a row of its own).
+    let mut stored = vec![false; g.len()];
+    for (id, n) in g.nodes() {
+        if !live[id.index()] || matches!(n.op, Op::Input { .. }) {
+            continue;
+        }
+        let narrower = |i: NodeId| {
+            let mut src = i;
+            while g.node(src).op.class() == ir::OpClass::Movement && g.node(src).inputs.len() == 1 {
+                src = g.node(src).inputs[0];
+            }
+            g.node(src).shape.numel() < n.shape.numel()
+        };
+        let recompute = matches!(n.op, Op::Binary(ir::BinaryOp::Add | ir::BinaryOp::Sub | ir::BinaryOp::Mul))
+            && n.inputs.iter().any(|i| stored[i.index()])
+            && n.inputs.iter().all(|&i| stored[i.index()] || cheap[i.index()] || narrower(i));
+        stored[id.index()] = matches!(n.op, Op::Reduce { .. } | Op::MatMul | Op::FlashAttention { .. })
+            || out_of[id.index()].is_some()
+            || (uses[id.index()] >= 2 && !cheap[id.index()] && !recompute);
+    }
+
     // 1. Items in topological order.
     let mut items: Vec<Item> = Vec::new();
     for (id, n) in g.nodes() {
@@ -177,10 +202,7 @@ pub fn lower(name: &str, g: &Graph) -> Result<Lowered, CodegenError> {
         if matches!(n.op, Op::Fused(_)) {
             return Err(unsupported(name, "a fused node inside a kernel body (bodies are primitive graphs)"));
         }
-        let mat = matches!(n.op, Op::Reduce { .. } | Op::MatMul | Op::FlashAttention { .. })
-            || out_of[id.index()].is_some()
-            || (uses[id.index()] >= 2 && !cheap[id.index()]);
-        if !mat {
+        if !stored[id.index()] {
             continue;
         }
         let dims = n.shape.dims().to_vec();
