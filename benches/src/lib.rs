@@ -171,7 +171,7 @@ pub fn check_against_reference(w: &Workload, opts: &SuiteOptions) -> Result<f64,
 }
 
 /// Runs one workload: check, compile cold and cached, cross-check, time both ways.
-pub fn run_workload(w: &Workload, opts: &SuiteOptions, ceilings: &Ceilings) -> Result<WorkloadResult, BenchError> {
+pub fn run_workload(w: &Workload, opts: &SuiteOptions, ceilings: &Ceilings, copy: &CopyBench) -> Result<WorkloadResult, BenchError> {
     let check_rel_diff = check_against_reference(w, opts)?;
     let built = (w.build)(opts.size, opts.dtype).map_err(|e| BenchError::Build { workload: w.name.into(), source: e })?;
     let g = &built.graph;
@@ -204,7 +204,7 @@ pub fn run_workload(w: &Workload, opts: &SuiteOptions, ceilings: &Ceilings) -> R
     }
     let (compiled_s, paired_copy_bytes_per_s) = match w.bound {
         Bound::Memory => {
-            let (t, copy) = paired_copy(&mut fast, opts)?;
+            let (t, copy) = paired_copy(&mut fast, copy, opts)?;
             (t, Some(copy))
         }
         Bound::Compute | Bound::Launch => (time_median(&mut fast, opts.repeat, opts.budget)?, None),
@@ -251,16 +251,32 @@ fn copy_graph(size: Size) -> Result<(Graph, usize), BenchError> {
     Ok((g, n))
 }
 
+/// The copy graph compiled and its random input drawn once per suite: the ceiling
+/// ([`measure_ceilings`]) and every memory-bound workload's paired copy ([`paired_copy`]) run
+/// it (at `--full` sizes the input is 2^28 values).
+pub struct CopyBench {
+    compiled: Compiled,
+    input: Vec<HostTensor>,
+    n: usize,
+}
+
+impl CopyBench {
+    pub fn new(backend: Backend, size: Size) -> Result<CopyBench, BenchError> {
+        let (g, n) = copy_graph(size)?;
+        let compiled = kiln::compile(&g, &config(backend, true, None))?;
+        Ok(CopyBench { compiled, input: to_host(&random_inputs(&g, 1)), n })
+    }
+}
+
 /// A memory-bound workload's time and the copy bandwidth, measured side by side: rounds that
 /// time the workload, then the copy (each the median of its runs in the round); each is the
 /// median over the rounds. On a shared machine whose memory bandwidth moves by tens of percent
 /// from one second to the next (the CPU hosts of BENCHMARKS.md), a ceiling measured once at
 /// the start of the suite made the fraction of copy swing with it; alternating keeps both
 /// under the same conditions.
-pub fn paired_copy(fast: &mut kiln::Bound<'_>, opts: &SuiteOptions) -> Result<(f64, f64), BenchError> {
-    let (g, n) = copy_graph(opts.size)?;
-    let c = kiln::compile(&g, &config(opts.backend, true, None))?;
-    let mut copy = c.bind(&to_host(&random_inputs(&g, 1)))?;
+pub fn paired_copy(fast: &mut kiln::Bound<'_>, copy: &CopyBench, opts: &SuiteOptions) -> Result<(f64, f64), BenchError> {
+    let n = copy.n;
+    let mut copy = copy.compiled.bind(&copy.input)?;
     let reps = opts.repeat.div_ceil(PAIRED_ROUNDS).max(3);
     let budget = opts.budget / PAIRED_ROUNDS as u32;
     let (mut ws, mut cs) = (Vec::new(), Vec::new());
@@ -277,14 +293,12 @@ pub fn paired_copy(fast: &mut kiln::Bound<'_>, opts: &SuiteOptions) -> Result<(f
 
 /// Measures the ceilings through Kiln itself: a large copy graph, a large matmul graph, and a
 /// chain of tiny elementwise kernels (eager-style, so one launch each).
-pub fn measure_ceilings(backend: Backend, size: Size, dtype: DType) -> Result<Ceilings, BenchError> {
+pub fn measure_ceilings(backend: Backend, size: Size, dtype: DType, copy: &CopyBench) -> Result<Ceilings, BenchError> {
     let cfg = |optimize| config(backend, optimize, None);
     // Copy: y = -x through one kernel reads and writes every byte once.
-    let (g, n) = copy_graph(size)?;
-    let c = kiln::compile(&g, &cfg(true))?;
-    let mut s = c.bind(&to_host(&random_inputs(&g, 1)))?;
+    let mut s = copy.compiled.bind(&copy.input)?;
     let t = time_median(&mut s, 20, Duration::from_secs(3))?;
-    let copy_bytes_per_s = (2 * 4 * n) as f64 / t;
+    let copy_bytes_per_s = (2 * 4 * copy.n) as f64 / t;
     // Matmul.
     let m = match size {
         Size::Full => 8192,

@@ -103,13 +103,14 @@ fn run(cli: Cli) -> Result<(), BenchError> {
             let bar = ProgressBar::new(chosen.len() as u64 + 1);
             bar.set_style(ProgressStyle::with_template("{bar:30} {pos}/{len} {msg}").expect("valid template"));
             bar.set_message("measuring ceilings");
-            let ceilings = kiln_bench::measure_ceilings(backend, size, dtype)?;
+            let copy = kiln_bench::CopyBench::new(backend, size)?;
+            let ceilings = kiln_bench::measure_ceilings(backend, size, dtype, &copy)?;
             bar.inc(1);
             let mut results = Vec::new();
             let mut failures = Vec::new();
             for w in chosen {
                 bar.set_message(w.name);
-                match kiln_bench::run_workload(w, &opts, &ceilings) {
+                match kiln_bench::run_workload(w, &opts, &ceilings, &copy) {
                     Ok(r) => results.push(r),
                     Err(e) => {
                         bar.println(format!("{}: FAILED: {e}", w.name));
