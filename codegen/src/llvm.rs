@@ -203,6 +203,41 @@ fn plan_prefetch<'ctx>(k: &LoopKernel) -> Option<Prefetch<'ctx>> {
     Some(Prefetch { stage, params, next: None })
 }
 
+/// Whether stage `s + 1` reduces, over the one inner dim of stage `s`, nothing of what stage
+/// `s` stores but the element it stores at the same position (softmax's sum of the exps it
+/// stores, layer norm's sum of `x + r`): then both run as one loop that stores and
+/// accumulates, and the row is read once fewer.
+fn fuses_with_next(k: &LoopKernel, s: usize) -> bool {
+    let kk = k.outer.len();
+    let (Some(st), Some(rd)) = (k.stages.get(s), k.stages.get(s + 1)) else { return false };
+    let BufId::Local(_) = st.target else { return false };
+    let Some((_, red)) = &rd.reduce else { return false };
+    st.reduce.is_none()
+        && st.dims.len() == kk + 1
+        && red.len() == 1
+        && red[0] == st.dims[kk]
+        && rd.dims.len() >= kk
+        && rd.dims[kk..].iter().all(|&d| d == 1)
+        && rd.target != st.target
+        && reads_at_reduction_index(k, rd.value, st.target, kk)
+}
+
+/// Whether every load of `buf` in `e`'s tree indexes `buf`'s inner dim (`kk`) by the first
+/// reduction variable alone.
+fn reads_at_reduction_index(k: &LoopKernel, e: crate::kir::ExprId, buf: BufId, kk: usize) -> bool {
+    let rec = |x: &crate::kir::ExprId| reads_at_reduction_index(k, *x, buf, kk);
+    match &k.exprs[e as usize].0 {
+        Expr::Load(b, idx) => {
+            idx.iter().all(rec)
+                && (*b != buf || (idx.len() == kk + 1 && matches!(k.exprs[idx[kk] as usize].0, Expr::Var(v) if v == crate::kir::RED)))
+        }
+        Expr::Var(_) | Expr::Int(_) | Expr::Const(..) => true,
+        Expr::Unary(_, a) | Expr::Cast(_, a) => rec(a),
+        Expr::Binary(_, a, b) | Expr::Rem(a, b) | Expr::Compare(_, a, b) => rec(a) && rec(b),
+        Expr::Select(a, b, c) => rec(a) && rec(b) && rec(c),
+    }
+}
+
 fn emit_kernel<'ctx>(ctx: &'ctx Context, module: &Module<'ctx>, target: &HostTarget, sym: &str, k: &LoopKernel) -> R<()> {
     let ptr = ctx.ptr_type(AddressSpace::default());
     let i64t = ctx.i64_type();
@@ -281,9 +316,7 @@ fn emit_kernel<'ctx>(ctx: &'ctx Context, module: &Module<'ctx>, target: &HostTar
             let zero = g.i64c(0);
             g.vars.insert(d as u32, zero);
         }
-        for s in 0..k.stages.len() {
-            g.stage(s)?;
-        }
+        g.stages()?;
         g.b.build_unconditional_branch(done)?;
         g.b.position_at_end(done);
         g.b.build_return(None)?;
@@ -311,9 +344,7 @@ fn emit_kernel<'ctx>(ctx: &'ctx Context, module: &Module<'ctx>, target: &HostTar
                 p.next = Some(next);
             }
         }
-        for s in 0..k.stages.len() {
-            g.stage(s)?;
-        }
+        g.stages()?;
         Ok(())
     })?;
     g.b.build_return(None)?;
@@ -384,7 +415,23 @@ impl<'ctx, 'a> Gen<'ctx, 'a> {
         })
     }
 
-    fn stage(&mut self, s: usize) -> R<()> {
+    /// Every stage of one outer iteration, in order; a stage that [`fuses_with_next`] runs
+    /// together with that reduction, unless it is the prefetching stage: its loop runs in
+    /// chunks of [`CHUNK`], and a reduction across the chunks costs a horizontal sum per
+    /// chunk, which measured no faster than the separate pass (softmax, 1 thread).
+    fn stages(&mut self) -> R<()> {
+        let k = self.k;
+        let mut s = 0;
+        while s < k.stages.len() {
+            let fused = fuses_with_next(k, s) && self.prefetch.as_ref().is_none_or(|p| p.stage != s);
+            self.stage(s, fused)?;
+            s += 1 + usize::from(fused);
+        }
+        Ok(())
+    }
+
+    /// Stage `s`; with `fused`, stage `s + 1` (a reduction of what `s` stores) in the same loop.
+    fn stage(&mut self, s: usize, fused: bool) -> R<()> {
         let k = self.k;
         let st = &k.stages[s];
         let kk = k.outer.len();
@@ -392,6 +439,17 @@ impl<'ctx, 'a> Gen<'ctx, 'a> {
         let rank = st.dims.len();
         if st.reduce.is_none() && self.prefetch.as_ref().is_some_and(|p| p.stage == s) {
             return self.prefetching_stage(s);
+        }
+        if fused {
+            let acc = self.fused_init(s + 1)?;
+            self.nest(&loops, &mut |g: &mut Gen<'ctx, 'a>| {
+                g.memo.clear();
+                let v = g.expr(st.value)?;
+                let idx: Vec<IntValue> = (0..rank as u32).map(|d| g.vars[&d]).collect();
+                g.store(st.target, &idx, v)?;
+                g.fused_step(s + 1, acc)
+            })?;
+            return self.fused_finish(s + 1, acc);
         }
         match &st.reduce {
             None => self.nest(&loops, &mut |g: &mut Gen<'ctx, 'a>| {
@@ -422,6 +480,42 @@ impl<'ctx, 'a> Gen<'ctx, 'a> {
                 })
             }
         }
+    }
+
+    /// The accumulator of reduction stage `r` run inside the previous stage's loop, initialized.
+    fn fused_init(&mut self, r: usize) -> R<PointerValue<'ctx>> {
+        let rd = &self.k.stages[r];
+        let (op, _) = rd.reduce.as_ref().expect("a reduction stage");
+        let ty = self.k.ty(rd.value);
+        let acc = self.entry_allocas.build_alloca(self.reg_type(ty), "acc")?;
+        let init = self.reduce_init(*op, ty);
+        self.b.build_store(acc, init)?;
+        Ok(acc)
+    }
+
+    /// One step of fused reduction `r` at the current inner index (its reduction variable).
+    fn fused_step(&mut self, r: usize, acc: PointerValue<'ctx>) -> R<()> {
+        let k = self.k;
+        let rd = &k.stages[r];
+        let (op, _) = rd.reduce.as_ref().expect("a reduction stage");
+        let ty = k.ty(rd.value);
+        let i = self.vars[&(k.outer.len() as u32)];
+        self.vars.insert(crate::kir::RED, i);
+        let v = self.expr(rd.value)?;
+        let a = self.b.build_load(self.reg_type(ty), acc, "acc")?;
+        let next = self.reduce_step(*op, ty, a, v)?;
+        self.b.build_store(acc, next)?;
+        Ok(())
+    }
+
+    /// Stores fused reduction `r`'s result (its inner dims are all 1).
+    fn fused_finish(&mut self, r: usize, acc: PointerValue<'ctx>) -> R<()> {
+        let k = self.k;
+        let rd = &k.stages[r];
+        let kk = k.outer.len();
+        let a = self.b.build_load(self.reg_type(k.ty(rd.value)), acc, "acc")?;
+        let idx: Vec<IntValue> = (0..rd.dims.len()).map(|d| if d < kk { self.vars[&(d as u32)] } else { self.i64c(0) }).collect();
+        self.store(rd.target, &idx, a)
     }
 
     /// An elementwise stage over one inner dim, strip-mined into chunks of [`CHUNK`]
