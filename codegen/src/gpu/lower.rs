@@ -56,6 +56,39 @@ struct Lowering {
 }
 
 impl Lowering {
+    /// The skinny GEMM `(m, n, k)` of weight buffer `b` (`[n, k]` when transposed) with an
+    /// epilogue `(bias, act, residual)` and maybe a fused norm with its gamma / beta buffers;
+    /// operands that are graph inputs are marked invariant (loaded before the kernel waits).
+    #[allow(clippy::type_complexity)]
+    fn skinny_spec(
+        &self,
+        dtype: DType,
+        (m, n, k): (usize, usize, usize),
+        (b, b_transposed): (u32, bool),
+        (bias, act, residual): (Option<u32>, Option<GemmActivation>, Option<u32>),
+        norm: Option<(emit::Norm, &[u32])>,
+    ) -> emit::Skinny {
+        let input = |x: u32| self.inputs.contains(&x);
+        emit::Skinny {
+            dtype,
+            m,
+            n,
+            k,
+            bias: bias.is_some(),
+            act,
+            residual: residual.is_some(),
+            b_transposed,
+            counter_base: 0,
+            invariant: emit::Invariant {
+                b: input(b),
+                bias: bias.is_some_and(input),
+                norm: norm.is_some_and(|(_, params)| params.iter().all(|&p| input(p))),
+            },
+            norm: norm.map(|(nm, _)| nm),
+            clusters: self.clusters,
+        }
+    }
+
     fn temp(&mut self, dtype: DType, shape: Shape) -> u32 {
         self.buffers.push(Buffer { dtype, shape });
         self.buffers.len() as u32 - 1
@@ -565,28 +598,8 @@ impl<'a> BodyLowering<'a> {
         {
             return Ok(false);
         }
-        let spec = emit::Skinny {
-            dtype: node.dtype,
-            m,
-            n,
-            k,
-            bias: bias.is_some(),
-            act,
-            residual: residual.is_some(),
-            b_transposed: bt,
-            counter_base: 0,
-            invariant: emit::Invariant {
-                b: lw.inputs.contains(&wb),
-                bias: bias.is_some_and(|x| lw.inputs.contains(&x)),
-                norm: params.iter().all(|p| lw.inputs.contains(p)),
-            },
-            clusters: lw.clusters,
-            norm: Some(emit::Norm {
-                gamma: gamma.is_some(),
-                beta: beta.is_some(),
-                eps: ln.eps,
-            }),
-        };
+        let norm = emit::Norm { gamma: gamma.is_some(), beta: beta.is_some(), eps: ln.eps };
+        let spec = lw.skinny_spec(node.dtype, (m, n, k), (wb, bt), (bias, act, residual), Some((norm, &params)));
         if !spec.fits() {
             return Ok(false);
         }
@@ -649,21 +662,7 @@ impl<'a> BodyLowering<'a> {
             ga.batch_stride = 0;
         }
         if batch == 1 && !ga.transposed {
-            let invariant = emit::Invariant { b: lw.inputs.contains(&gb.buffer), bias: bias.is_some_and(|b| lw.inputs.contains(&b)), norm: false };
-            let spec = emit::Skinny {
-                dtype: *dtype,
-                m,
-                n,
-                k,
-                bias: bias.is_some(),
-                act,
-                residual: residual.is_some(),
-                b_transposed: gb.transposed,
-                counter_base: 0,
-                invariant,
-                norm: None,
-                clusters: lw.clusters,
-            };
+            let spec = lw.skinny_spec(*dtype, (m, n, k), (gb.buffer, gb.transposed), (bias, act, residual), None);
             if spec.fits() && lw.holds(bias, *dtype) && lw.holds(residual, *dtype) {
                 return self.skinny_gemm(lw, &spec, (ga.buffer, &[]), gb.buffer, target, bias, residual);
             }
