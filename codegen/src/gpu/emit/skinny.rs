@@ -1604,14 +1604,7 @@ fn cluster_sums(
                     v.push(k.op(&format!("llvm.extractvalue {r}[{i}] : {v4}")));
                 }
             }
-            sum = Some(match sum {
-                None => v,
-                Some(p) => p
-                    .iter()
-                    .zip(&v)
-                    .map(|(x, y)| k.op(&format!("arith.addf {x}, {y} : f32")))
-                    .collect(),
-            });
+            sum = Some(add_split(k, sum, v));
         }
         k.epilogue_store(s, ea, m, n, sum.expect("at least one split"), m_ok, pre);
         k.e.indent -= 1;
@@ -1619,6 +1612,19 @@ fn cluster_sums(
     }
     for op in CLUSTER_SYNC {
         k.line(op);
+    }
+}
+
+/// The running sum of the splits read so far plus the next split's values (`None`: the
+/// first), in split order.
+fn add_split(k: &mut K, sum: Option<Vec<String>>, v: Vec<String>) -> Vec<String> {
+    match sum {
+        None => v,
+        Some(p) => p
+            .iter()
+            .zip(&v)
+            .map(|(x, y)| k.op(&format!("arith.addf {x}, {y} : f32")))
+            .collect(),
     }
 }
 
@@ -1678,14 +1684,7 @@ fn last_block_sums(
                 ok.clone()
             };
             let v = k.load_run(2, DType::F32, &idx, 8, &oks, vector);
-            sum = Some(match sum {
-                None => v,
-                Some(p) => p
-                    .iter()
-                    .zip(&v)
-                    .map(|(x, y)| k.op(&format!("arith.addf {x}, {y} : f32")))
-                    .collect(),
-            });
+            sum = Some(add_split(k, sum, v));
         }
         let ea = epilogue_args(s, 4);
         k.epilogue_store(s, ea, m, n, sum.expect("at least one split"), m_ok, pre);
