@@ -222,8 +222,11 @@ fn fuses_with_next(k: &LoopKernel, s: usize) -> bool {
         && reads_at_reduction_index(k, rd.value, st.target, kk)
 }
 
-/// Whether every load of `buf` in `e`'s tree indexes `buf`'s inner dim (`kk`) by the first
-/// reduction variable alone.
+/// Whether reduction value `e` can be computed inside the loop of the stage that stores `buf`:
+/// every load of `buf` indexes its inner dim (`kk`) by the reduction variable alone, and no
+/// variable but the outer ones and that one appears (the reduction's own inner dims have
+/// extent 1, so its value may name their variable as the index 0; in the fused loop that
+/// variable is the stage's inner index).
 fn reads_at_reduction_index(k: &LoopKernel, e: crate::kir::ExprId, buf: BufId, kk: usize) -> bool {
     let rec = |x: &crate::kir::ExprId| reads_at_reduction_index(k, *x, buf, kk);
     match &k.exprs[e as usize].0 {
@@ -231,7 +234,8 @@ fn reads_at_reduction_index(k: &LoopKernel, e: crate::kir::ExprId, buf: BufId, k
             idx.iter().all(rec)
                 && (*b != buf || (idx.len() == kk + 1 && matches!(k.exprs[idx[kk] as usize].0, Expr::Var(v) if v == crate::kir::RED)))
         }
-        Expr::Var(_) | Expr::Int(_) | Expr::Const(..) => true,
+        Expr::Var(v) => (*v as usize) < kk || *v == crate::kir::RED,
+        Expr::Int(_) | Expr::Const(..) => true,
         Expr::Unary(_, a) | Expr::Cast(_, a) => rec(a),
         Expr::Binary(_, a, b) | Expr::Rem(a, b) | Expr::Compare(_, a, b) => rec(a) && rec(b),
         Expr::Select(a, b, c) => rec(a) && rec(b) && rec(c),
