@@ -101,6 +101,31 @@ fn layer_norm_fused() {
     }
 }
 
+/// `layer_norm(x + r)`, the residual form: the sum `x + r` is stored per row and summed in
+/// the same loop (`llvm.rs`, `fuses_with_next`), and `h - mean` is recomputed where it is read
+/// rather than stored (`lower.rs`); odd row lengths and every float dtype.
+#[test]
+fn residual_layer_norm_fused() {
+    for (dt, shape) in [(DType::F32, vec![37, 129]), (DType::F16, vec![5, 3, 770]), (DType::BF16, vec![9, 4097]), (DType::F32, vec![2, 1])] {
+        let d = *shape.last().unwrap();
+        let mut g = Graph::new("residual_layer_norm");
+        let x = g.input("x", dt, shape.clone()).unwrap();
+        let r = g.input("r", dt, shape).unwrap();
+        let w = g.input("w", dt, [d]).unwrap();
+        let b = g.input("b", dt, [d]).unwrap();
+        let h = bin(&mut g, BinaryOp::Add, x, r);
+        let y = layer_norm(&mut g, h, w, b);
+        g.set_outputs(vec![y]);
+        check_fused(&g, 29, false);
+        let text = codegen::cpu::kernel_ir(&fused(&g)).unwrap();
+        assert_eq!(text.matches("loop_kernel").count(), 1, "{text}");
+        if d > 1 {
+            // h is a local of the row; h - mean is not (it is recomputed where it is read).
+            assert_eq!(text.matches("  local ").count(), 3, "{text}");
+        }
+    }
+}
+
 #[test]
 fn elementwise_chains_fused() {
     let mut g = Graph::new("gelu_chain");
