@@ -389,13 +389,26 @@ fn heavy_elementwise_rows_prefetch_and_match() {
 
 /// f32 max reductions propagate NaN (as `llvm.maximum` and PyTorch's `amax`) whatever the
 /// NaN's position in the row (vector body or remainder) and with infinities around; a
-/// softmax row with a NaN is all NaN, a row of -inf all NaN, and the other rows match.
+/// softmax row with a NaN is all NaN, a row of -inf all NaN, and the other rows match. Short
+/// rows (37), and rows long enough (512, 1024) for the softmax kernel to prefetch its next row,
+/// where the max tracks NaNs beside a `maxnum` (`llvm.rs`, `Gen::acc_step`).
 #[test]
 fn max_reductions_propagate_nan_at_every_position() {
-    let (rows, cols) = (70, 37);
+    for cols in [37, 512, 1024] {
+        max_nan_rows(70, cols);
+    }
+}
+
+fn max_nan_rows(rows: usize, cols: usize) {
     let mut xs: Vec<f32> = (0..rows * cols).map(|i| ((i * 7919 % 1000) as f32 - 500.0) / 37.0).collect();
-    for r in 0..cols {
-        xs[r * cols + r] = f32::NAN; // rows 0..37: one NaN at column r
+    for r in 0..37 {
+        // rows 0..37: one NaN, in the vector body, its remainder, the first or last column
+        let c = match r {
+            0 => 0,
+            1 => cols - 1,
+            _ => (r * 131) % cols,
+        };
+        xs[r * cols + c] = f32::NAN;
     }
     xs[40 * cols..41 * cols].fill(f32::NEG_INFINITY);
     xs[41 * cols + 5] = f32::INFINITY;
@@ -403,6 +416,7 @@ fn max_reductions_propagate_nan_at_every_position() {
     xs[43 * cols + 3] = f32::NEG_INFINITY;
     xs[44 * cols + 36] = f32::INFINITY;
     xs[44 * cols + 2] = f32::NAN;
+    xs[45 * cols + cols - 1] = f32::INFINITY; // +inf last: the max is inf, the softmax NaN
     let want_max = |r: usize| {
         let row = &xs[r * cols..(r + 1) * cols];
         if row.iter().any(|v| v.is_nan()) {
@@ -425,13 +439,13 @@ fn max_reductions_propagate_nan_at_every_position() {
         let (mx, sm) = (got[0].as_f32().unwrap(), got[1].as_f32().unwrap());
         for r in 0..rows {
             let want = want_max(r);
-            assert!(mx[r] == want || (want.is_nan() && mx[r].is_nan()), "{what}: max of row {r} = {}, want {want}", mx[r]);
+            assert!(mx[r] == want || (want.is_nan() && mx[r].is_nan()), "{what}, {cols} columns: max of row {r} = {}, want {want}", mx[r]);
             let row = &sm[r * cols..(r + 1) * cols];
             if want.is_nan() || want == f32::NEG_INFINITY || want == f32::INFINITY {
-                assert!(row.iter().all(|v| v.is_nan()), "{what}: softmax row {r} should be all NaN: {row:?}");
+                assert!(row.iter().all(|v| v.is_nan()), "{what}, {cols} columns: softmax row {r} should be all NaN: {row:?}");
             } else {
                 let total: f32 = row.iter().sum();
-                assert!((total - 1.0).abs() < 1e-5 && row.iter().all(|v| v.is_finite()), "{what}: softmax row {r}: {row:?}");
+                assert!((total - 1.0).abs() < 1e-5 && row.iter().all(|v| v.is_finite()), "{what}, {cols} columns: softmax row {r}: {row:?}");
             }
         }
     }
