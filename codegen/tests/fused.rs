@@ -125,6 +125,22 @@ fn residual_layer_norm_fused() {
             assert_eq!(text.matches("  local ").count(), 3, "{text}");
         }
     }
+    // The kernel IR of a small case, as a golden file.
+    let mut g = Graph::new("residual_layer_norm");
+    let x = g.input("x", DType::F32, [4, 8]).unwrap();
+    let r = g.input("r", DType::F32, [4, 8]).unwrap();
+    let w = g.input("w", DType::F32, [8]).unwrap();
+    let b = g.input("b", DType::F32, [8]).unwrap();
+    let h = bin(&mut g, BinaryOp::Add, x, r);
+    let y = layer_norm(&mut g, h, w, b);
+    g.set_outputs(vec![y]);
+    let text = codegen::cpu::kernel_ir(&fused(&g)).unwrap();
+    let expected = include_str!("golden/residual_layer_norm.kir");
+    if std::env::var_os("KILN_BLESS").is_some() {
+        std::fs::write(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/golden/residual_layer_norm.kir"), &text).unwrap();
+    } else {
+        assert_eq!(text, expected, "kernel IR changed (KILN_BLESS=1 to accept)");
+    }
 }
 
 #[test]
