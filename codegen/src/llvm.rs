@@ -459,32 +459,19 @@ impl<'ctx, 'a> Gen<'ctx, 'a> {
         let kk = k.outer.len();
         let loops: Vec<(u32, usize)> = (kk..st.dims.len()).map(|d| (d as u32, st.dims[d])).collect();
         let rank = st.dims.len();
-        if st.reduce.is_none() && self.prefetch.as_ref().is_some_and(|p| p.stage == s) {
-            if !fused {
-                return self.prefetching_stage(s, None);
-            }
-            let acc = self.fused_init(s + 1)?;
-            self.prefetching_stage(s, Some((s + 1, acc)))?;
-            return self.fused_finish(s + 1, acc);
-        }
-        if fused {
-            let acc = self.fused_init(s + 1)?;
-            self.nest(&loops, &mut |g: &mut Gen<'ctx, 'a>| {
-                g.memo.clear();
-                let v = g.expr(st.value)?;
-                let idx: Vec<IntValue> = (0..rank as u32).map(|d| g.vars[&d]).collect();
-                g.store(st.target, &idx, v)?;
-                g.fused_step(s + 1, acc)
-            })?;
-            return self.fused_finish(s + 1, acc);
-        }
         match &st.reduce {
-            None => self.nest(&loops, &mut |g: &mut Gen<'ctx, 'a>| {
-                g.memo.clear();
-                let v = g.expr(st.value)?;
-                let idx: Vec<IntValue> = (0..rank as u32).map(|d| g.vars[&d]).collect();
-                g.store(st.target, &idx, v)
-            }),
+            None => {
+                let fused = if fused { Some((s + 1, self.fused_init(s + 1)?)) } else { None };
+                if self.prefetch.as_ref().is_some_and(|p| p.stage == s) {
+                    self.prefetching_stage(s, fused)?;
+                } else {
+                    self.nest(&loops, &mut |g: &mut Gen<'ctx, 'a>| g.store_step(s, fused))?;
+                }
+                match fused {
+                    Some((r, acc)) => self.fused_finish(r, acc),
+                    None => Ok(()),
+                }
+            }
             Some((op, red)) => {
                 let ty = k.ty(st.value);
                 let acc = self.acc_alloca(*op, ty)?;
@@ -501,6 +488,20 @@ impl<'ctx, 'a> Gen<'ctx, 'a> {
                     g.store(st.target, &idx, a)
                 })
             }
+        }
+    }
+
+    /// One iteration of store stage `s` at the current loop variables, and with `fused` one
+    /// step of the reduction that runs in its loop.
+    fn store_step(&mut self, s: usize, fused: Option<(usize, Acc<'ctx>)>) -> R<()> {
+        let st = &self.k.stages[s];
+        self.memo.clear();
+        let v = self.expr(st.value)?;
+        let idx: Vec<IntValue> = (0..st.dims.len() as u32).map(|d| self.vars[&d]).collect();
+        self.store(st.target, &idx, v)?;
+        match fused {
+            Some((r, acc)) => self.fused_step(r, acc),
+            None => Ok(()),
         }
     }
 
@@ -574,14 +575,7 @@ impl<'ctx, 'a> Gen<'ctx, 'a> {
             g.for_range(lo, hi, &mut |g: &mut Gen<'ctx, 'a>, j: IntValue<'ctx>| {
                 let i = g.b.build_int_add(base, j, "i")?;
                 g.vars.insert(kk as u32, i);
-                g.memo.clear();
-                let v = g.expr(st.value)?;
-                let idx: Vec<IntValue> = (0..=kk as u32).map(|d| g.vars[&d]).collect();
-                g.store(st.target, &idx, v)?;
-                match fused {
-                    Some((r, acc)) => g.fused_step(r, acc),
-                    None => Ok(()),
-                }
+                g.store_step(s, fused)
             })
         })
     }
