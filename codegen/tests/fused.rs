@@ -77,12 +77,7 @@ fn softmax_is_one_row_fused_loop_kernel() {
     let y = softmax(&mut g, x, 1);
     g.set_outputs(vec![y]);
     let text = codegen::cpu::kernel_ir(&fused(&g)).unwrap();
-    let expected = include_str!("golden/softmax.kir");
-    if std::env::var_os("KILN_BLESS").is_some() {
-        std::fs::write(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/golden/softmax.kir"), &text).unwrap();
-    } else {
-        assert_eq!(text, expected, "kernel IR changed (KILN_BLESS=1 to accept)");
-    }
+    assert_golden(&text, "softmax.kir", include_str!("golden/softmax.kir"));
     assert_eq!(text.matches("loop_kernel").count(), 1, "{text}");
 }
 
@@ -135,9 +130,14 @@ fn residual_layer_norm_fused() {
     let y = layer_norm(&mut g, h, w, b);
     g.set_outputs(vec![y]);
     let text = codegen::cpu::kernel_ir(&fused(&g)).unwrap();
-    let expected = include_str!("golden/residual_layer_norm.kir");
+    assert_golden(&text, "residual_layer_norm.kir", include_str!("golden/residual_layer_norm.kir"));
+}
+
+/// `text` equals the golden file `tests/golden/<file>` (`expected`, its contents); with
+/// `KILN_BLESS` set, `text` replaces the file instead.
+fn assert_golden(text: &str, file: &str, expected: &str) {
     if std::env::var_os("KILN_BLESS").is_some() {
-        std::fs::write(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/golden/residual_layer_norm.kir"), &text).unwrap();
+        std::fs::write(std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/golden").join(file), text).unwrap();
     } else {
         assert_eq!(text, expected, "kernel IR changed (KILN_BLESS=1 to accept)");
     }
