@@ -134,7 +134,9 @@ class Compiled:
                  static_weights: bool = False):
         self._fn = fn
         self._static_weights = static_weights
-        # static_weights: (registration count, Addresses of the state) as of the last full check
+        # (registration count, Addresses of the state) as of the last full check of the fast
+        # path's entry: a call whose full guards pass with the state still there binds only
+        # its arguments; with static_weights (grad off) the addresses alone guard the state
         self._weights_seen: Optional[Tuple[int, Any]] = None
         self._module = fn if isinstance(fn, nn.Module) else None
         self._strict = strict
@@ -225,7 +227,8 @@ class Compiled:
             state = self._state()[1]
             seen = self._weights_seen
             try:
-                if seen is not None and seen[0] == _registrations[0] and seen[1].same(state) and fast[4].check(*args):
+                if (fast[4] is not None and not fast[1] and seen is not None and seen[0] == _registrations[0]
+                        and seen[1].same(state) and fast[4].check(*args)):
                     # static_weights, grad off: the state at the addresses (and the frozen
                     # buffers at the versions) the last full check saw; only the arguments
                     # are guarded property by property
@@ -234,10 +237,14 @@ class Compiled:
                 hit = fast[2].check(*all_tensors)
             except TypeError:  # a non-tensor argument
                 hit = False
-            if hit and _frozen_ok(fast[3], all_tensors):
-                if self._static_weights and not fast[1] and fast[4] is not None:
+            if hit:
+                # every property of every tensor guarded; the state where the last call had
+                # it (and the frozen buffers at their versions): bind only the arguments
+                if seen is not None and seen[1].same(state):
+                    return self._run_static(fast[3], seen[1], state, args)
+                if _frozen_ok(fast[3], all_tensors):
                     self._weights_seen = (_registrations[0], _native.Addresses(state, [i for i, _, _ in fast[3][3]]))
-                return self._run(fast[3], all_tensors)
+                    return self._run(fast[3], all_tensors)
         state_names, state = self._state()
         if not kwargs and all(isinstance(a, torch.Tensor) for a in args):
             # the common case: positional tensors only (no pytree work on the hot path)

@@ -143,6 +143,9 @@ def test_host_overhead_per_call():
             def run_env(self, env, outs, stream=None):
                 pass
 
+            def run_static(self, state, args, outs, stream=None):
+                pass
+
         regions[0].native = Stub()
         n = 300
         for _ in range(20):
