@@ -221,11 +221,34 @@ def test_static_weights_checks_addresses_and_still_sees_every_new_weight(monkeyp
     assert c.cache_size == 3
 
 
-def test_static_weights_off_by_default():
+def test_default_guards_every_property_and_binds_only_the_arguments(monkeypatch):
+    """Without static_weights every call checks every property of every parameter; once that
+    passes with the parameters where the last call had them, only the arguments are bound
+    (`run_static`). A parameter whose strides change at the same address is seen."""
+    from kiln._plan import Region
+
+    static_runs = []
+    run_static = Region.run_static
+    monkeypatch.setattr(Region, "run_static", lambda self, *a: static_runs.append(1) or run_static(self, *a))
     m = MLP(6, 8, 3).eval()
-    c = kiln.compile(m, strict=True)
+    c = kiln.compile(m)
     x = torch.randn(2, 6)
-    with torch.no_grad():
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore", kiln.KilnWarning)
+        for _ in range(4):
+            assert_same(c(x), m(x))
+        assert len(static_runs) == 2, "calls 3 and 4 bind only the argument"
+        w = m.fc2.weight  # square: its transpose keeps the shape
+        w.mul_(0.5)  # in place: same address, new values (read by pointer)
+        assert_same(c(x), m(x))
+        assert len(static_runs) == 3
+        ptr, version = w.data_ptr(), w._version
+        w.data = w.data.t()  # same address and version, new strides
+        assert (w.data_ptr(), w._version) == (ptr, version)
+        for _ in range(2):
+            assert_same(c(x), m(x))
+        assert c.cache_size == 2, "the new strides are a new signature"
+        w.data = torch.randn(8, 8)  # contiguous again, at a new address
         for _ in range(3):
             assert_same(c(x), m(x))
-    assert c._weights_seen is None
+    assert c.cache_size == 2
