@@ -15,7 +15,7 @@ use inkwell::module::{Linkage, Module};
 use inkwell::passes::PassBuilderOptions;
 use inkwell::targets::{CodeModel, FileType, InitializationConfig, RelocMode, Target, TargetMachine};
 use inkwell::types::{BasicMetadataTypeEnum, BasicTypeEnum};
-use inkwell::values::{BasicValueEnum, FloatValue, FunctionValue, IntValue, PointerValue};
+use inkwell::values::{BasicValue, BasicValueEnum, FloatValue, FunctionValue, IntValue, PointerValue};
 use inkwell::{AddressSpace, FloatPredicate, IntPredicate, OptimizationLevel};
 use ir::{BinaryOp, CmpOp, DType, ReduceOp, UnaryOp};
 use std::collections::HashMap;
@@ -27,6 +27,10 @@ impl From<BuilderError> for CodegenError {
 }
 
 type R<T> = Result<T, CodegenError>;
+
+fn llvm_err(e: impl std::fmt::Display) -> CodegenError {
+    CodegenError::Llvm { stage: "building IR", message: e.to_string() }
+}
 
 /// The host CPU as LLVM sees it.
 #[derive(Debug)]
@@ -53,10 +57,21 @@ impl HostTarget {
     /// `triple/cpu/features` (and `/v{bits}` where [`HostTarget::vector_bits`] picks a width):
     /// part of the cache key and checked by the executor.
     pub fn id(&self) -> String {
+        let nt = match self.streaming_store_bytes() {
+            0 => String::new(),
+            b => format!("/nt{b}"),
+        };
         match self.vector_bits() {
-            Some(v) => format!("{}/{}/{}/v{v}", self.triple, self.cpu, self.features),
-            None => format!("{}/{}/{}", self.triple, self.cpu, self.features),
+            Some(v) => format!("{}/{}/{}/v{v}{nt}", self.triple, self.cpu, self.features),
+            None => format!("{}/{}/{}{nt}", self.triple, self.cpu, self.features),
         }
+    }
+
+    /// Outputs of at least this many bytes are written with non-temporal (streaming) stores
+    /// (see [`Gen::streaming_stage`]); `0`: never. `$KILN_CPU_NT_BYTES`, else
+    /// [`STREAMING_STORE_BYTES`].
+    pub fn streaming_store_bytes(&self) -> u64 {
+        std::env::var("KILN_CPU_NT_BYTES").ok().and_then(|v| v.trim().parse::<u64>().ok()).unwrap_or(STREAMING_STORE_BYTES)
     }
 
     /// Whether the host has AVX-512 (foundation).
@@ -79,6 +94,14 @@ impl HostTarget {
         }
     }
 }
+
+/// The default of [`HostTarget::streaming_store_bytes`]: an output this large does not stay in
+/// the last-level cache of the machines Kiln runs on anyway (32 MiB on the development
+/// EPYC), so writing it around the caches costs its reader nothing.
+pub const STREAMING_STORE_BYTES: u64 = 16 << 20;
+
+/// Elements a streaming stage computes into its scratch chunk before copying them out.
+const STREAM_CHUNK: usize = 256;
 
 /// Compiles kernels to object files: the kernels are split into up to `threads` modules
 /// compiled in parallel (each with its own LLVM context), every module optimized at O3.
@@ -143,6 +166,10 @@ struct Gen<'ctx, 'a> {
     /// The host has AVX-512: `exp` scales by `llvm.ldexp`, which LLVM vectorizes to
     /// `vscalefps` there (elsewhere it would be a libm call per element).
     scalef: bool,
+    /// [`HostTarget::streaming_store_bytes`].
+    nt_bytes: u64,
+    /// A stage wrote with non-temporal stores: the body ends with a fence.
+    nt_used: bool,
 }
 
 /// Multi-pass row kernels (softmax, layer_norm) read their row from memory in the first pass
@@ -309,7 +336,7 @@ fn emit_kernel<'ctx>(ctx: &'ctx Context, module: &Module<'ctx>, target: &HostTar
     let b = ctx.create_builder();
     b.position_at_end(start_bb);
     let params = (0..k.params.len()).map(|i| body.get_nth_param(i as u32).unwrap().into_pointer_value()).collect();
-    let mut g = Gen { ctx, module, b, k, func: body, params, locals: Vec::new(), vars: HashMap::new(), memo: HashMap::new(), entry_allocas: eb, prefetch: plan_prefetch(k), scalef: target.has_avx512() };
+    let mut g = Gen { ctx, module, b, k, func: body, params, locals: Vec::new(), vars: HashMap::new(), memo: HashMap::new(), entry_allocas: eb, prefetch: plan_prefetch(k), scalef: target.has_avx512(), nt_bytes: target.streaming_store_bytes(), nt_used: false };
     let kk = k.outer.len();
     for l in &k.locals {
         let n: usize = l.dims[kk.min(l.dims.len())..].iter().product::<usize>().max(1);
@@ -334,6 +361,7 @@ fn emit_kernel<'ctx>(ctx: &'ctx Context, module: &Module<'ctx>, target: &HostTar
         g.stages()?;
         g.b.build_unconditional_branch(done)?;
         g.b.position_at_end(done);
+        g.fence_streams()?;
         g.b.build_return(None)?;
         g.entry_allocas.build_unconditional_branch(start_bb)?;
         return Ok(());
@@ -362,6 +390,7 @@ fn emit_kernel<'ctx>(ctx: &'ctx Context, module: &Module<'ctx>, target: &HostTar
         g.stages()?;
         Ok(())
     })?;
+    g.fence_streams()?;
     g.b.build_return(None)?;
     g.entry_allocas.build_unconditional_branch(start_bb)?;
     Ok(())
@@ -461,8 +490,12 @@ impl<'ctx, 'a> Gen<'ctx, 'a> {
         let rank = st.dims.len();
         match &st.reduce {
             None => {
+                let prefetching = self.prefetch.as_ref().is_some_and(|p| p.stage == s);
+                if !fused && !prefetching && self.streams_out(s) {
+                    return self.streaming_stage(s);
+                }
                 let fused = if fused { Some((s + 1, self.fused_init(s + 1)?)) } else { None };
-                if self.prefetch.as_ref().is_some_and(|p| p.stage == s) {
+                if prefetching {
                     self.prefetching_stage(s, fused)?;
                 } else {
                     self.nest(&loops, &mut |g: &mut Gen<'ctx, 'a>| g.store_step(s, fused))?;
@@ -503,6 +536,155 @@ impl<'ctx, 'a> Gen<'ctx, 'a> {
             Some((r, acc)) => self.fused_step(r, acc),
             None => Ok(()),
         }
+    }
+
+    /// Whether store stage `s` writes its output with streaming stores: its target is an
+    /// output parameter of at least [`HostTarget::streaming_store_bytes`] that no stage reads
+    /// and no other stage writes, laid out as the stage's index space (so its one inner loop
+    /// walks memory contiguously), and the stored type is 2, 4 or 8 bytes.
+    fn streams_out(&self, s: usize) -> bool {
+        let k = self.k;
+        let st = &k.stages[s];
+        let BufId::Param(p) = st.target else { return false };
+        let param = &k.params[p as usize];
+        let bytes = param.dtype.size_bytes() as u64 * param.dims.iter().map(|&d| d as u64).product::<u64>();
+        let read = k.exprs.iter().any(|(e, _)| matches!(e, Expr::Load(BufId::Param(q), _) if *q == p));
+        let other_writer = k.stages.iter().enumerate().any(|(j, o)| j != s && o.target == st.target);
+        self.nt_bytes > 0
+            && bytes >= self.nt_bytes
+            && param.written
+            && !read
+            && !other_writer
+            && st.dims.len() == k.outer.len() + 1
+            && param.dims == st.dims
+            && matches!(param.dtype.size_bytes(), 2 | 4 | 8)
+    }
+
+    /// Store stage `s` ([`Gen::streams_out`]) in chunks of [`STREAM_CHUNK`]: each chunk is
+    /// computed into a scratch buffer (L1-resident), then copied to the output with
+    /// non-temporal stores. A plain store first reads the line it writes (read for
+    /// ownership): for an output past the caches that is a third of the kernel's memory
+    /// traffic, which the streaming store does not have.
+    fn streaming_stage(&mut self, s: usize) -> R<()> {
+        let k = self.k;
+        let st = &k.stages[s];
+        let kk = k.outer.len();
+        let n = st.dims[kk];
+        let chunk = STREAM_CHUNK.min(n);
+        let scratch = self.stream_scratch(s, chunk)?;
+        let full = n / chunk;
+        let (lo, hi) = (self.i64c(0), self.i64c(full as i64));
+        self.for_range(lo, hi, &mut |g: &mut Gen<'ctx, 'a>, c: IntValue<'ctx>| {
+            let base = g.b.build_int_mul(c, g.i64c(chunk as i64), "base")?;
+            g.stream_chunk(s, base, chunk, scratch)
+        })?;
+        if n % chunk != 0 {
+            let base = self.i64c((full * chunk) as i64);
+            self.stream_chunk(s, base, n % chunk, scratch)?;
+        }
+        self.nt_used = true;
+        Ok(())
+    }
+
+    /// A 64-byte aligned scratch buffer of `len` elements of stage `s`'s output type.
+    fn stream_scratch(&mut self, s: usize, len: usize) -> R<PointerValue<'ctx>> {
+        let BufId::Param(p) = self.k.stages[s].target else { unreachable!("streams_out checked the target") };
+        let ety = self.storage_type(self.k.params[p as usize].dtype);
+        let scratch = self.entry_allocas.build_array_alloca(ety, self.i64c(len as i64), "stream")?;
+        scratch.as_instruction().expect("an alloca").set_alignment(64).map_err(llvm_err)?;
+        Ok(scratch)
+    }
+
+    /// Iterations `base .. base + len` of streaming stage `s`: computed into `scratch`, then
+    /// copied out by [`Gen::copy_streaming`].
+    fn stream_chunk(&mut self, s: usize, base: IntValue<'ctx>, len: usize, scratch: PointerValue<'ctx>) -> R<()> {
+        let k = self.k;
+        let st = &k.stages[s];
+        let kk = k.outer.len();
+        let BufId::Param(p) = st.target else { unreachable!("streams_out checked the target") };
+        let dtype = k.params[p as usize].dtype;
+        let ety = self.storage_type(dtype);
+        let (lo, hi) = (self.i64c(0), self.i64c(len as i64));
+        self.for_range(lo, hi, &mut |g: &mut Gen<'ctx, 'a>, j: IntValue<'ctx>| {
+            let i = g.b.build_int_add(base, j, "i")?;
+            g.vars.insert(kk as u32, i);
+            g.memo.clear();
+            let v = g.expr(st.value)?;
+            let v = g.to_storage(dtype, v)?;
+            // SAFETY: j < len <= the scratch's length.
+            let at = unsafe { g.b.build_in_bounds_gep(ety, scratch, &[j], "scratch")? };
+            g.b.build_store(at, v)?;
+            Ok(())
+        })?;
+        let mut idx: Vec<IntValue> = (0..kk as u32).map(|d| self.vars[&d]).collect();
+        idx.push(base);
+        let (dst, _, _) = self.address(st.target, &idx)?;
+        self.copy_streaming(dst, scratch, ety, dtype.size_bytes(), len)
+    }
+
+    /// `dst[..len] = src[..len]` (elements of `es` bytes): elements up to `dst`'s first
+    /// 64-byte boundary and past its last one with plain stores, the 64-byte lines between
+    /// with aligned non-temporal vector stores (`vmovntps` and kin on x86). `src` is the
+    /// scratch chunk (any alignment: plain vector loads).
+    fn copy_streaming(&mut self, dst: PointerValue<'ctx>, src: PointerValue<'ctx>, ety: BasicTypeEnum<'ctx>, es: usize, len: usize) -> R<()> {
+        let i64t = self.ctx.i64_type();
+        let lanes = (64 / es) as u32;
+        let len_v = self.i64c(len as i64);
+        let addr = self.b.build_ptr_to_int(dst, i64t, "addr")?;
+        let mis = self.b.build_and(addr, self.i64c(63), "mis")?;
+        let to_line = self.b.build_int_sub(self.i64c(64), mis, "to_line")?;
+        let to_line = self.b.build_and(to_line, self.i64c(63), "to_line")?;
+        let head = self.b.build_int_unsigned_div(to_line, self.i64c(es as i64), "head")?;
+        let head = self.call("llvm.umin", &[i64t.into()], &[head.into(), len_v.into()])?.into_int_value();
+        let rest = self.b.build_int_sub(len_v, head, "rest")?;
+        let vecs = self.b.build_int_unsigned_div(rest, self.i64c(lanes as i64), "vecs")?;
+        // An address that is not a multiple of the element size never reaches a 64-byte
+        // boundary by whole elements: everything takes plain stores then.
+        let odd = self.b.build_and(addr, self.i64c(es as i64 - 1), "odd")?;
+        let whole = self.b.build_int_compare(IntPredicate::EQ, odd, self.i64c(0), "whole")?;
+        let vecs = self.b.build_select(whole, vecs, self.i64c(0), "vecs")?.into_int_value();
+        let body_end = self.b.build_int_mul(vecs, self.i64c(lanes as i64), "body")?;
+        let body_end = self.b.build_int_add(head, body_end, "body_end")?;
+        let plain = |g: &mut Gen<'ctx, 'a>, lo: IntValue<'ctx>, hi: IntValue<'ctx>| -> R<()> {
+            g.for_range(lo, hi, &mut |g: &mut Gen<'ctx, 'a>, j: IntValue<'ctx>| {
+                // SAFETY: j < len: inside both buffers.
+                let (from, to) = unsafe { (g.b.build_in_bounds_gep(ety, src, &[j], "from")?, g.b.build_in_bounds_gep(ety, dst, &[j], "to")?) };
+                let v = g.b.build_load(ety, from, "v")?;
+                g.b.build_store(to, v)?;
+                Ok(())
+            })
+        };
+        let zero = self.i64c(0);
+        plain(self, zero, head)?;
+        let vty = match ety {
+            BasicTypeEnum::FloatType(t) => BasicTypeEnum::from(t.vec_type(lanes)),
+            BasicTypeEnum::IntType(t) => BasicTypeEnum::from(t.vec_type(lanes)),
+            other => unreachable!("a scalar storage type, not {other:?}"),
+        };
+        let nontemporal = self.ctx.get_kind_id("nontemporal");
+        let one = self.ctx.metadata_node(&[self.ctx.i32_type().const_int(1, false).into()]);
+        self.for_range(zero, vecs, &mut |g: &mut Gen<'ctx, 'a>, v: IntValue<'ctx>| {
+            let j = g.b.build_int_mul(v, g.i64c(lanes as i64), "j")?;
+            let j = g.b.build_int_add(head, j, "j")?;
+            // SAFETY: j + lanes <= body_end <= len.
+            let (from, to) = unsafe { (g.b.build_in_bounds_gep(ety, src, &[j], "from")?, g.b.build_in_bounds_gep(ety, dst, &[j], "to")?) };
+            let x = g.b.build_load(vty, from, "x")?;
+            x.as_instruction_value().expect("a load").set_alignment(es as u32).map_err(llvm_err)?;
+            let st = g.b.build_store(to, x)?;
+            st.set_alignment(64).map_err(llvm_err)?;
+            st.set_metadata(one, nontemporal).map_err(llvm_err)?;
+            Ok(())
+        })?;
+        plain(self, body_end, len_v)
+    }
+
+    /// After streaming stores, a fence: they are weakly ordered, and the caller's threads
+    /// read the output once the kernel returns.
+    fn fence_streams(&mut self) -> R<()> {
+        if self.nt_used {
+            self.b.build_fence(inkwell::AtomicOrdering::SequentiallyConsistent, false, "")?;
+        }
+        Ok(())
     }
 
     /// The accumulator of reduction stage `r` run inside the previous stage's loop, initialized.
@@ -551,6 +733,9 @@ impl<'ctx, 'a> Gen<'ctx, 'a> {
         let prefetch = Intrinsic::find("llvm.prefetch").ok_or_else(|| CodegenError::Llvm { stage: "intrinsics", message: "LLVM has no llvm.prefetch".into() })?;
         let ptr_ty = self.ctx.ptr_type(AddressSpace::default());
         let pf_fn = prefetch.get_declaration(self.module, &[ptr_ty.into()]).ok_or_else(|| CodegenError::Llvm { stage: "intrinsics", message: "cannot declare llvm.prefetch".into() })?;
+        // Its output streamed ([`Gen::streams_out`]): each chunk goes through a scratch chunk.
+        let scratch = if fused.is_none() && self.streams_out(s) { Some(self.stream_scratch(s, chunk)?) } else { None };
+        self.nt_used |= scratch.is_some();
         let (lo, hi) = (self.i64c(0), self.i64c(chunks as i64));
         self.for_range(lo, hi, &mut |g: &mut Gen<'ctx, 'a>, c: IntValue<'ctx>| {
             for &(p, row_bytes) in &plan {
@@ -571,6 +756,9 @@ impl<'ctx, 'a> Gen<'ctx, 'a> {
                 }
             }
             let base = g.b.build_int_mul(c, g.i64c(chunk as i64), "base")?;
+            if let Some(scratch) = scratch {
+                return g.stream_chunk(s, base, chunk, scratch);
+            }
             let (lo, hi) = (g.i64c(0), g.i64c(chunk as i64));
             g.for_range(lo, hi, &mut |g: &mut Gen<'ctx, 'a>, j: IntValue<'ctx>| {
                 let i = g.b.build_int_add(base, j, "i")?;
@@ -707,14 +895,19 @@ impl<'ctx, 'a> Gen<'ctx, 'a> {
 
     fn store(&mut self, buf: BufId, idx: &[IntValue<'ctx>], v: BasicValueEnum<'ctx>) -> R<()> {
         let (ptr, _, dtype) = self.address(buf, idx)?;
-        let s: BasicValueEnum = match dtype {
+        let s = self.to_storage(dtype, v)?;
+        self.b.build_store(ptr, s)?;
+        Ok(())
+    }
+
+    /// A register value as `dtype` stores it.
+    fn to_storage(&mut self, dtype: DType, v: BasicValueEnum<'ctx>) -> R<BasicValueEnum<'ctx>> {
+        Ok(match dtype {
             DType::F32 | DType::I32 | DType::I64 => v,
             DType::F16 => self.b.build_float_trunc(v.into_float_value(), self.ctx.f16_type(), "h")?.into(),
             DType::BF16 => self.to_bf16_bits(v.into_float_value())?.into(),
             DType::Bool => self.b.build_int_z_extend(v.into_int_value(), self.ctx.i8_type(), "b")?.into(),
-        };
-        self.b.build_store(ptr, s)?;
-        Ok(())
+        })
     }
 
     /// f32 -> bf16 bits, round to nearest even, NaN kept quiet.
