@@ -202,7 +202,8 @@ fn chunk_for(n: usize) -> usize {
 }
 
 /// Plans prefetching for a kernel (see [`Prefetch`]); `None` where it does not apply.
-fn plan_prefetch<'ctx>(k: &LoopKernel) -> Option<Prefetch<'ctx>> {
+/// `nt_bytes`: [`HostTarget::streaming_store_bytes`].
+fn plan_prefetch<'ctx>(k: &LoopKernel, nt_bytes: u64) -> Option<Prefetch<'ctx>> {
     let kk = k.outer.len();
     // Where the first pass is a reduction (softmax's max, rms_norm's sum of squares), and in
     // a one-pass elementwise kernel heavy in math (a sigmoid chain: exp and a divide per
@@ -213,7 +214,11 @@ fn plan_prefetch<'ctx>(k: &LoopKernel) -> Option<Prefetch<'ctx>> {
     let heavy = k.exprs.iter().any(|(e, t)| *t == Ty::F32 && matches!(e, Expr::Unary(UnaryOp::Exp | UnaryOp::Tanh | UnaryOp::Erf | UnaryOp::Log, _) | Expr::Binary(BinaryOp::Div | BinaryOp::Pow, _, _)));
     let one_pass = k.stages.len() == 1 && k.stages[0].reduce.is_none() && heavy;
     let row_first = k.stages.len() >= 2 && k.stages[0].reduce.is_some();
-    if kk == 0 || k.outer_count() < 2 || !(one_pass || row_first) {
+    // A multi-pass row kernel whose last stage streams its output (layer norm): with no
+    // read for ownership in that stage, the next row's lines are fetched under it.
+    let last = k.stages.len() - 1;
+    let streamed_last = !one_pass && !row_first && k.stages.len() >= 2 && streams_out(k, last, nt_bytes);
+    if kk == 0 || k.outer_count() < 2 || !(one_pass || row_first || streamed_last) {
         return None;
     }
     let mut loaded = vec![false; k.params.len()];
@@ -233,12 +238,35 @@ fn plan_prefetch<'ctx>(k: &LoopKernel) -> Option<Prefetch<'ctx>> {
     if params.is_empty() {
         return None;
     }
-    let stage = (usize::from(!one_pass)..k.stages.len()).find(|&s| {
+    let first = if streamed_last { last } else { usize::from(!one_pass) };
+    let stage = (first..k.stages.len()).find(|&s| {
         let st = &k.stages[s];
         st.reduce.is_none() && st.dims.len() == kk + 1 && st.dims[kk] >= 4 * CHUNK && st.dims[kk] % CHUNK == 0
     })?;
     let chunk = chunk_for(k.stages[stage].dims[kk]);
     Some(Prefetch { stage, chunk, params, next: None })
+}
+
+/// Whether store stage `s` of `k` writes its output with streaming stores: its target is an
+/// output parameter of at least `nt_bytes` ([`HostTarget::streaming_store_bytes`], `0`:
+/// never) that no stage reads and no other stage writes, laid out as the stage's index space
+/// (so its one inner loop walks memory contiguously), and the stored type is 2, 4 or 8 bytes.
+fn streams_out(k: &LoopKernel, s: usize, nt_bytes: u64) -> bool {
+    let st = &k.stages[s];
+    let BufId::Param(p) = st.target else { return false };
+    let param = &k.params[p as usize];
+    let bytes = param.dtype.size_bytes() as u64 * param.dims.iter().map(|&d| d as u64).product::<u64>();
+    let read = k.exprs.iter().any(|(e, _)| matches!(e, Expr::Load(BufId::Param(q), _) if *q == p));
+    let other_writer = k.stages.iter().enumerate().any(|(j, o)| j != s && o.target == st.target);
+    nt_bytes > 0
+        && bytes >= nt_bytes
+        && st.reduce.is_none()
+        && param.written
+        && !read
+        && !other_writer
+        && st.dims.len() == k.outer.len() + 1
+        && param.dims == st.dims
+        && matches!(param.dtype.size_bytes(), 2 | 4 | 8)
 }
 
 /// Whether stage `s + 1` reduces, over the one inner dim of stage `s`, nothing of what stage
@@ -336,7 +364,7 @@ fn emit_kernel<'ctx>(ctx: &'ctx Context, module: &Module<'ctx>, target: &HostTar
     let b = ctx.create_builder();
     b.position_at_end(start_bb);
     let params = (0..k.params.len()).map(|i| body.get_nth_param(i as u32).unwrap().into_pointer_value()).collect();
-    let mut g = Gen { ctx, module, b, k, func: body, params, locals: Vec::new(), vars: HashMap::new(), memo: HashMap::new(), entry_allocas: eb, prefetch: plan_prefetch(k), scalef: target.has_avx512(), nt_bytes: target.streaming_store_bytes(), nt_used: false };
+    let mut g = Gen { ctx, module, b, k, func: body, params, locals: Vec::new(), vars: HashMap::new(), memo: HashMap::new(), entry_allocas: eb, prefetch: plan_prefetch(k, target.streaming_store_bytes()), scalef: target.has_avx512(), nt_bytes: target.streaming_store_bytes(), nt_used: false };
     let kk = k.outer.len();
     for l in &k.locals {
         let n: usize = l.dims[kk.min(l.dims.len())..].iter().product::<usize>().max(1);
@@ -538,26 +566,9 @@ impl<'ctx, 'a> Gen<'ctx, 'a> {
         }
     }
 
-    /// Whether store stage `s` writes its output with streaming stores: its target is an
-    /// output parameter of at least [`HostTarget::streaming_store_bytes`] that no stage reads
-    /// and no other stage writes, laid out as the stage's index space (so its one inner loop
-    /// walks memory contiguously), and the stored type is 2, 4 or 8 bytes.
+    /// [`streams_out`] for this kernel and target.
     fn streams_out(&self, s: usize) -> bool {
-        let k = self.k;
-        let st = &k.stages[s];
-        let BufId::Param(p) = st.target else { return false };
-        let param = &k.params[p as usize];
-        let bytes = param.dtype.size_bytes() as u64 * param.dims.iter().map(|&d| d as u64).product::<u64>();
-        let read = k.exprs.iter().any(|(e, _)| matches!(e, Expr::Load(BufId::Param(q), _) if *q == p));
-        let other_writer = k.stages.iter().enumerate().any(|(j, o)| j != s && o.target == st.target);
-        self.nt_bytes > 0
-            && bytes >= self.nt_bytes
-            && param.written
-            && !read
-            && !other_writer
-            && st.dims.len() == k.outer.len() + 1
-            && param.dims == st.dims
-            && matches!(param.dtype.size_bytes(), 2 | 4 | 8)
+        streams_out(self.k, s, self.nt_bytes)
     }
 
     /// Store stage `s` ([`Gen::streams_out`]) in chunks of [`STREAM_CHUNK`]: each chunk is

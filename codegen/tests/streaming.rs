@@ -7,7 +7,7 @@
 
 mod common;
 use common::{check_fused, fused};
-use ir::{BinaryOp, DType, Graph, NodeId, Op, ReduceOp, UnaryOp};
+use ir::{BinaryOp, DType, Graph, NodeId, Op, ReduceOp, Shape, UnaryOp};
 
 fn softmax(g: &mut Graph, x: NodeId, axis: usize) -> NodeId {
     let m = g.add(Op::Reduce { op: ReduceOp::Max, axes: vec![axis], keepdim: true }, &[x]).unwrap();
@@ -15,6 +15,26 @@ fn softmax(g: &mut Graph, x: NodeId, axis: usize) -> NodeId {
     let e = g.add(Op::Unary(UnaryOp::Exp), &[d]).unwrap();
     let s = g.add(Op::Reduce { op: ReduceOp::Sum, axes: vec![axis], keepdim: true }, &[e]).unwrap();
     g.add(Op::Binary(BinaryOp::Div), &[e, s]).unwrap()
+}
+
+fn layer_norm(g: &mut Graph, x: NodeId, w: NodeId, b: NodeId) -> NodeId {
+    let r = g.node(x).shape.rank();
+    let n = g.node(x).shape.dims()[r - 1] as f64;
+    let dt = g.node(x).dtype;
+    let bin = |g: &mut Graph, op, a, b| g.add(Op::Binary(op), &[a, b]).unwrap();
+    let inv_n = g.full(1.0 / n, dt, Shape::scalar());
+    let s = g.add(Op::Reduce { op: ReduceOp::Sum, axes: vec![r - 1], keepdim: true }, &[x]).unwrap();
+    let mean = bin(g, BinaryOp::Mul, s, inv_n);
+    let xc = bin(g, BinaryOp::Sub, x, mean);
+    let sq = bin(g, BinaryOp::Mul, xc, xc);
+    let vs = g.add(Op::Reduce { op: ReduceOp::Sum, axes: vec![r - 1], keepdim: true }, &[sq]).unwrap();
+    let var = bin(g, BinaryOp::Mul, vs, inv_n);
+    let eps = g.full(1e-5, dt, Shape::scalar());
+    let ve = bin(g, BinaryOp::Add, var, eps);
+    let rs = g.add(Op::Unary(UnaryOp::Rsqrt), &[ve]).unwrap();
+    let y = bin(g, BinaryOp::Mul, xc, rs);
+    let y = bin(g, BinaryOp::Mul, y, w);
+    bin(g, BinaryOp::Add, y, b)
 }
 
 fn streaming_on() {
@@ -65,6 +85,25 @@ fn prefetching_stage_streams_its_chunks() {
         let y = g.add(Op::Binary(BinaryOp::Div), &[a, e]).unwrap();
         g.set_outputs(vec![y]);
         check_fused(&g, 43, false);
+    }
+}
+
+/// Residual layer norm: the output stage streams and prefetches the next rows of `x` and
+/// `r` (`plan_prefetch`'s streamed last stage); odd rows take the plain path.
+#[test]
+fn layer_norm_streams_and_prefetches() {
+    streaming_on();
+    for (dt, shape) in [(DType::F32, vec![6, 1024]), (DType::BF16, vec![4, 2048]), (DType::F32, vec![37, 129]), (DType::F16, vec![3, 2, 768])] {
+        let d = *shape.last().unwrap();
+        let mut g = Graph::new("residual_layer_norm");
+        let x = g.input("x", dt, shape.clone()).unwrap();
+        let r = g.input("r", dt, shape.clone()).unwrap();
+        let w = g.input("w", dt, [d]).unwrap();
+        let b = g.input("b", dt, [d]).unwrap();
+        let h = g.add(Op::Binary(BinaryOp::Add), &[x, r]).unwrap();
+        let y = layer_norm(&mut g, h, w, b);
+        g.set_outputs(vec![y]);
+        check_fused(&g, 44, false);
     }
 }
 
