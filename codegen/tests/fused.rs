@@ -2,41 +2,14 @@
 //! kernel IR for softmax.
 
 mod common;
-use common::{check_fused, fused};
-use ir::{BinaryOp, DType, Graph, NodeId, Op, ReduceOp, Scalar, Shape, UnaryOp};
+use common::{check_fused, fused, layer_norm, softmax};
+use ir::{BinaryOp, DType, Graph, NodeId, Op, Scalar, Shape, UnaryOp};
 
 fn bin(g: &mut Graph, op: BinaryOp, a: NodeId, b: NodeId) -> NodeId {
     g.add(Op::Binary(op), &[a, b]).unwrap()
 }
 fn un(g: &mut Graph, op: UnaryOp, a: NodeId) -> NodeId {
     g.add(Op::Unary(op), &[a]).unwrap()
-}
-
-pub fn softmax(g: &mut Graph, x: NodeId, axis: usize) -> NodeId {
-    let m = g.add(Op::Reduce { op: ReduceOp::Max, axes: vec![axis], keepdim: true }, &[x]).unwrap();
-    let d = bin(g, BinaryOp::Sub, x, m);
-    let e = un(g, UnaryOp::Exp, d);
-    let s = g.add(Op::Reduce { op: ReduceOp::Sum, axes: vec![axis], keepdim: true }, &[e]).unwrap();
-    bin(g, BinaryOp::Div, e, s)
-}
-
-fn layer_norm(g: &mut Graph, x: NodeId, w: NodeId, b: NodeId) -> NodeId {
-    let r = g.node(x).shape.rank();
-    let n = g.node(x).shape.dims()[r - 1] as f64;
-    let dt = g.node(x).dtype;
-    let inv_n = g.full(1.0 / n, dt, Shape::scalar());
-    let s = g.add(Op::Reduce { op: ReduceOp::Sum, axes: vec![r - 1], keepdim: true }, &[x]).unwrap();
-    let mean = bin(g, BinaryOp::Mul, s, inv_n);
-    let xc = bin(g, BinaryOp::Sub, x, mean);
-    let sq = bin(g, BinaryOp::Mul, xc, xc);
-    let vs = g.add(Op::Reduce { op: ReduceOp::Sum, axes: vec![r - 1], keepdim: true }, &[sq]).unwrap();
-    let var = bin(g, BinaryOp::Mul, vs, inv_n);
-    let eps = g.full(1e-5, dt, Shape::scalar());
-    let ve = bin(g, BinaryOp::Add, var, eps);
-    let rs = un(g, UnaryOp::Rsqrt, ve);
-    let y = bin(g, BinaryOp::Mul, xc, rs);
-    let y = bin(g, BinaryOp::Mul, y, w);
-    bin(g, BinaryOp::Add, y, b)
 }
 
 fn gelu(g: &mut Graph, x: NodeId) -> NodeId {

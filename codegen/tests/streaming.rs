@@ -6,36 +6,8 @@
 //! the rows of one output at every alignment.
 
 mod common;
-use common::{check_fused, fused};
-use ir::{BinaryOp, DType, Graph, NodeId, Op, ReduceOp, Shape, UnaryOp};
-
-fn softmax(g: &mut Graph, x: NodeId, axis: usize) -> NodeId {
-    let m = g.add(Op::Reduce { op: ReduceOp::Max, axes: vec![axis], keepdim: true }, &[x]).unwrap();
-    let d = g.add(Op::Binary(BinaryOp::Sub), &[x, m]).unwrap();
-    let e = g.add(Op::Unary(UnaryOp::Exp), &[d]).unwrap();
-    let s = g.add(Op::Reduce { op: ReduceOp::Sum, axes: vec![axis], keepdim: true }, &[e]).unwrap();
-    g.add(Op::Binary(BinaryOp::Div), &[e, s]).unwrap()
-}
-
-fn layer_norm(g: &mut Graph, x: NodeId, w: NodeId, b: NodeId) -> NodeId {
-    let r = g.node(x).shape.rank();
-    let n = g.node(x).shape.dims()[r - 1] as f64;
-    let dt = g.node(x).dtype;
-    let bin = |g: &mut Graph, op, a, b| g.add(Op::Binary(op), &[a, b]).unwrap();
-    let inv_n = g.full(1.0 / n, dt, Shape::scalar());
-    let s = g.add(Op::Reduce { op: ReduceOp::Sum, axes: vec![r - 1], keepdim: true }, &[x]).unwrap();
-    let mean = bin(g, BinaryOp::Mul, s, inv_n);
-    let xc = bin(g, BinaryOp::Sub, x, mean);
-    let sq = bin(g, BinaryOp::Mul, xc, xc);
-    let vs = g.add(Op::Reduce { op: ReduceOp::Sum, axes: vec![r - 1], keepdim: true }, &[sq]).unwrap();
-    let var = bin(g, BinaryOp::Mul, vs, inv_n);
-    let eps = g.full(1e-5, dt, Shape::scalar());
-    let ve = bin(g, BinaryOp::Add, var, eps);
-    let rs = g.add(Op::Unary(UnaryOp::Rsqrt), &[ve]).unwrap();
-    let y = bin(g, BinaryOp::Mul, xc, rs);
-    let y = bin(g, BinaryOp::Mul, y, w);
-    bin(g, BinaryOp::Add, y, b)
-}
+use common::{check_fused, fused, layer_norm, softmax};
+use ir::{BinaryOp, DType, Graph, Op, UnaryOp};
 
 fn streaming_on() {
     // Every test of this binary sets the same value before it compiles anything.

@@ -2,7 +2,7 @@
 #![allow(dead_code)]
 
 use codegen::cpu::{compile, CpuOptions};
-use ir::{interp, DType, Graph, KernelGraph};
+use ir::{interp, BinaryOp, DType, Graph, KernelGraph, NodeId, Op, ReduceOp, Shape, UnaryOp};
 use rand::{Rng, SeedableRng};
 use runtime::{CpuExecutor, HostTensor};
 
@@ -97,3 +97,37 @@ pub fn check_fused(g: &Graph, seed: u64, positive: bool) {
     let inputs = inputs_for(g, seed, positive);
     check_kg(&fused(g), g, &inputs);
 }
+
+fn bin(g: &mut Graph, op: BinaryOp, a: NodeId, b: NodeId) -> NodeId {
+    g.add(Op::Binary(op), &[a, b]).unwrap()
+}
+
+/// `softmax(x)` over `axis` as the frontend decomposes it.
+pub fn softmax(g: &mut Graph, x: NodeId, axis: usize) -> NodeId {
+    let m = g.add(Op::Reduce { op: ReduceOp::Max, axes: vec![axis], keepdim: true }, &[x]).unwrap();
+    let d = bin(g, BinaryOp::Sub, x, m);
+    let e = g.add(Op::Unary(UnaryOp::Exp), &[d]).unwrap();
+    let s = g.add(Op::Reduce { op: ReduceOp::Sum, axes: vec![axis], keepdim: true }, &[e]).unwrap();
+    bin(g, BinaryOp::Div, e, s)
+}
+
+/// `layer_norm(x) * w + b` over the last axis as the frontend decomposes it.
+pub fn layer_norm(g: &mut Graph, x: NodeId, w: NodeId, b: NodeId) -> NodeId {
+    let r = g.node(x).shape.rank();
+    let n = g.node(x).shape.dims()[r - 1] as f64;
+    let dt = g.node(x).dtype;
+    let inv_n = g.full(1.0 / n, dt, Shape::scalar());
+    let s = g.add(Op::Reduce { op: ReduceOp::Sum, axes: vec![r - 1], keepdim: true }, &[x]).unwrap();
+    let mean = bin(g, BinaryOp::Mul, s, inv_n);
+    let xc = bin(g, BinaryOp::Sub, x, mean);
+    let sq = bin(g, BinaryOp::Mul, xc, xc);
+    let vs = g.add(Op::Reduce { op: ReduceOp::Sum, axes: vec![r - 1], keepdim: true }, &[sq]).unwrap();
+    let var = bin(g, BinaryOp::Mul, vs, inv_n);
+    let eps = g.full(1e-5, dt, Shape::scalar());
+    let ve = bin(g, BinaryOp::Add, var, eps);
+    let rs = g.add(Op::Unary(UnaryOp::Rsqrt), &[ve]).unwrap();
+    let y = bin(g, BinaryOp::Mul, xc, rs);
+    let y = bin(g, BinaryOp::Mul, y, w);
+    bin(g, BinaryOp::Add, y, b)
+}
+
