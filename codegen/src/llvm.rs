@@ -54,8 +54,8 @@ impl HostTarget {
         Ok(HostTarget { machine, triple: triple.as_str().to_string_lossy().into_owned(), cpu, features })
     }
 
-    /// `triple/cpu/features` (and `/v{bits}` where [`HostTarget::vector_bits`] picks a width):
-    /// part of the cache key and checked by the executor.
+    /// `triple/cpu/features` (and `/v{bits}` where [`HostTarget::vector_bits`] picks a width,
+    /// `/nt{bytes}` while [`HostTarget::streaming_store_bytes`] is on): part of the cache key.
     pub fn id(&self) -> String {
         let nt = match self.streaming_store_bytes() {
             0 => String::new(),
@@ -96,8 +96,9 @@ impl HostTarget {
 }
 
 /// The default of [`HostTarget::streaming_store_bytes`]: an output this large does not stay in
-/// the last-level cache of the machines Kiln runs on anyway (32 MiB on the development
-/// EPYC), so writing it around the caches costs its reader nothing.
+/// the last-level cache of the machines Kiln runs on for long (32 MiB on the development
+/// EPYC, shared with the kernel's inputs), so writing it around the caches costs its reader
+/// little.
 pub const STREAMING_STORE_BYTES: u64 = 16 << 20;
 
 /// Elements a streaming stage computes into its scratch chunk before copying them out.
@@ -216,7 +217,7 @@ fn plan_prefetch<'ctx>(k: &LoopKernel, nt_bytes: u64) -> Option<Prefetch<'ctx>> 
     let row_first = k.stages.len() >= 2 && k.stages[0].reduce.is_some();
     // A multi-pass row kernel whose last stage streams its output (layer norm): with no
     // read for ownership in that stage, the next row's lines are fetched under it.
-    let last = k.stages.len() - 1;
+    let last = k.stages.len().saturating_sub(1);
     let streamed_last = !one_pass && !row_first && k.stages.len() >= 2 && streams_out(k, last, nt_bytes);
     if kk == 0 || k.outer_count() < 2 || !(one_pass || row_first || streamed_last) {
         return None;
