@@ -365,7 +365,8 @@ fn emit_kernel<'ctx>(ctx: &'ctx Context, module: &Module<'ctx>, target: &HostTar
     let b = ctx.create_builder();
     b.position_at_end(start_bb);
     let params = (0..k.params.len()).map(|i| body.get_nth_param(i as u32).unwrap().into_pointer_value()).collect();
-    let mut g = Gen { ctx, module, b, k, func: body, params, locals: Vec::new(), vars: HashMap::new(), memo: HashMap::new(), entry_allocas: eb, prefetch: plan_prefetch(k, target.streaming_store_bytes()), scalef: target.has_avx512(), nt_bytes: target.streaming_store_bytes(), nt_used: false };
+    let nt_bytes = target.streaming_store_bytes();
+    let mut g = Gen { ctx, module, b, k, func: body, params, locals: Vec::new(), vars: HashMap::new(), memo: HashMap::new(), entry_allocas: eb, prefetch: plan_prefetch(k, nt_bytes), scalef: target.has_avx512(), nt_bytes, nt_used: false };
     let kk = k.outer.len();
     for l in &k.locals {
         let n: usize = l.dims[kk.min(l.dims.len())..].iter().product::<usize>().max(1);

@@ -9,7 +9,6 @@ Usage (a CUDA machine, the kiln package importable):
     python3 python/benches/host_time.py [--profile]
 `--profile` adds a cProfile of 200 default-path calls."""
 
-import statistics
 import sys
 import time
 
@@ -21,17 +20,6 @@ import kiln  # noqa: E402
 from kiln import _native  # noqa: E402
 
 
-def host_us(fn, reps=200) -> float:
-    ts = []
-    for _ in range(reps):
-        torch.cuda.synchronize()
-        t0 = time.perf_counter()
-        fn()
-        ts.append((time.perf_counter() - t0) * 1e6)
-    torch.cuda.synchronize()
-    return statistics.median(ts)
-
-
 def loop_us(fn, reps=2000) -> float:
     """Mean time of `fn()` back to back (for host-only parts)."""
     fn()
@@ -39,6 +27,11 @@ def loop_us(fn, reps=2000) -> float:
     for _ in range(reps):
         fn()
     return (time.perf_counter() - t0) / reps * 1e6
+
+
+def host_us(fn) -> float:
+    """compare_torch's host time (device idle before each call), median of 200 calls."""
+    return ct.host_us(fn, torch.device("cuda"), reps=200)
 
 
 def main() -> None:
