@@ -1071,12 +1071,17 @@ fn gpt2_small_b1_t32_compiles() -> R<()> {
     let opt = codegen::gpu::compile(&kg, &GpuOptions::default())?;
     println!("gpt2 small b1 t32 via passes: {} kernels -> {}", kg.kernels.len(), opt.summary());
     // By default every GEMM (m = 32) runs as Kiln's skinny GEMM, whose split-K counters one
-    // more step zeroes (the attention and MLP down projections): 7 steps per layer, the final
-    // layer norm and that step. With the splits summed in thread-block clusters (sm_90, opt-in)
-    // there is no such step. With cuBLASLt everywhere: 7 per layer + the final layer norm.
-    // With fused norms, the layer norm before qkv and before the MLP runs inside the GEMM: 5
-    // per layer.
-    assert_eq!(opt.steps.len(), 7 * 12 + 2, "{}", opt.summary());
+    // more step zeroes (the attention and MLP down projections), and the layer norms whose
+    // input a residual GEMM writes (all but the first layer's first and the final one) run
+    // inside the GEMM after them on the statistics that GEMM writes: 7 steps per layer less 23
+    // norms, the final layer norm and that step. Without those statistics, 7 per layer + 2.
+    // With the splits summed in thread-block clusters (sm_90, opt-in), no statistics and no
+    // counter step. With cuBLASLt everywhere: 7 per layer + the final layer norm. With norms
+    // fused computing their own statistics (opt-in), the first layer norm goes inside its
+    // GEMM too: 5 per layer.
+    assert_eq!(opt.steps.len(), 7 * 12 + 2 - 23, "{}", opt.summary());
+    let plain = codegen::gpu::with_norm_stats(false, || codegen::gpu::compile(&kg, &GpuOptions::default()))?;
+    assert_eq!(plain.steps.len(), 7 * 12 + 2, "{}", plain.summary());
     let clustered = codegen::gpu::with_skinny_clusters(true, || codegen::gpu::compile(&kg, &GpuOptions::default()))?;
     assert_eq!(clustered.steps.len(), 7 * 12 + 1, "{}", clustered.summary());
     assert!(!opt.ptx.contains("cluster") && clustered.ptx.contains(".reqnctapercluster 1, 6, 1"));

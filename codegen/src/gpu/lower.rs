@@ -53,6 +53,11 @@ struct Lowering {
     inputs: Vec<u32>,
     /// The target runs thread-block clusters (sm_90).
     clusters: bool,
+    /// Buffers whose row statistics a fused norm would read (`prologue::stats_wanted`).
+    wants_stats: std::collections::HashSet<u32>,
+    /// Row statistics written so far: output buffer -> (statistics buffer, rows, columns,
+    /// layout), by the skinny GEMM that wrote it.
+    stats: HashMap<u32, (u32, usize, usize, emit::RowStats)>,
 }
 
 impl Lowering {
@@ -86,6 +91,7 @@ impl Lowering {
             },
             norm: norm.map(|(nm, _)| nm),
             clusters: self.clusters,
+            stats_out: false,
         }
     }
 
@@ -565,7 +571,7 @@ impl<'a> BodyLowering<'a> {
             Op::Reshape { .. } if self.interior(a_id, mm) => (b.node(a_id).inputs[0], a_id),
             _ => (a_id, mm),
         };
-        let Some(ln) = prologue::layer_norm(b, root).filter(|_| prologue::enabled()) else {
+        let Some(ln) = prologue::layer_norm(b, root).filter(|_| prologue::enabled() || prologue::stats_enabled()) else {
             return Ok(false);
         };
         if !prologue::closed(b, &ln, user)
@@ -598,12 +604,19 @@ impl<'a> BodyLowering<'a> {
         {
             return Ok(false);
         }
-        let norm = emit::Norm { gamma: gamma.is_some(), beta: beta.is_some(), eps: ln.eps };
+        // The row statistics of `x` from the GEMM that wrote it, else (opt-in) the kernel's own.
+        let from = lw.stats.get(&x).filter(|st| st.1 == m && st.2 == k).copied().filter(|_| prologue::stats_enabled());
+        if from.is_none() && !prologue::enabled() {
+            return Ok(false);
+        }
+        let norm = emit::Norm { gamma: gamma.is_some(), beta: beta.is_some(), eps: ln.eps, stats: from.map(|st| st.3) };
         let spec = lw.skinny_spec(node.dtype, (m, n, k), (wb, bt), (bias, act, residual), Some((norm, &params)));
         if !spec.fits() {
             return Ok(false);
         }
-        self.skinny_gemm(lw, &spec, (x, &params), wb, target, bias, residual)?;
+        let mut ins = params;
+        ins.extend(from.map(|st| st.0));
+        self.skinny_gemm(lw, &spec, (x, &ins), wb, target, bias, residual)?;
         Ok(true)
     }
 
@@ -685,7 +698,9 @@ impl<'a> BodyLowering<'a> {
     }
 
     /// `target = epilogue(a @ b)` by Kiln's skinny GEMM (`emit/skinny.rs`), one kernel (split-K
-    /// reduced in it); `a` is the `A` buffer and, for a fused norm, its gamma and beta.
+    /// reduced in it); `a` is the `A` buffer and, for a fused norm, its gamma, beta and row
+    /// statistics. When a fused norm will read `target`, the kernel writes its row statistics
+    /// too.
     #[allow(clippy::too_many_arguments)]
     fn skinny_gemm(
         &mut self,
@@ -702,11 +717,21 @@ impl<'a> BodyLowering<'a> {
         let kernel = format!("{}_gemm", self.name);
         let symbol = format!("kiln_{}_skinny_{}", sanitize(&self.name), lw.next_symbol);
         lw.next_symbol += 1;
+        let mut outs = vec![target];
+        let mut spec = spec.clone();
+        if lw.wants_stats.contains(&target) && !spec.clustered() && !lw.stats.contains_key(&target) {
+            let rs = emit::RowStats { blocks: spec.blocks_n(), width: spec.block_n() };
+            let buf = lw.temp(DType::F32, Shape::new([spec.m, rs.blocks, 2]));
+            spec.stats_out = true;
+            outs.push(buf);
+            lw.stats.insert(target, (buf, spec.m, spec.n, rs));
+        }
+        let spec = &spec;
         if splits == 1 || spec.clustered() {
             // One split, or splits summed in their cluster's shared memory: no workspace.
             let ins: Vec<u32> = [a, b].into_iter().chain(norm.iter().copied()).chain(epilogue).collect();
-            let emitted = emit::skinny_gemm(&symbol, spec, &lw.arg_types(&ins, &[target]))?;
-            lw.push_launch(&kernel, emitted, &ins, &[target]);
+            let emitted = emit::skinny_gemm(&symbol, spec, &lw.arg_types(&ins, &outs))?;
+            lw.push_launch(&kernel, emitted, &ins, &outs);
             return Ok(());
         }
         // Split-K: partials in an f32 workspace; the last block of each column block sums them.
@@ -721,11 +746,11 @@ impl<'a> BodyLowering<'a> {
         let at = lw.counters.map_or(lw.steps.len(), |c| c.1);
         lw.counters = Some((counters, at, base + blocks));
         let spec = emit::Skinny { counter_base: base, ..spec.clone() };
-        let ins: Vec<u32> = [a, b, ws, counters].into_iter().chain(epilogue).collect();
-        let mut args = lw.arg_types(&ins, &[target]);
+        let ins: Vec<u32> = [a, b, ws, counters].into_iter().chain(norm.iter().copied()).chain(epilogue).collect();
+        let mut args = lw.arg_types(&ins, &outs);
         args[3].1 = base + blocks;
         let emitted = emit::skinny_gemm(&symbol, &spec, &args)?;
-        lw.push_launch(&kernel, emitted, &ins, &[target]);
+        lw.push_launch(&kernel, emitted, &ins, &outs);
         Ok(())
     }
 
@@ -950,7 +975,17 @@ fn lower_steps(kg: &KernelGraph, sm: SmVersion) -> Result<Lowering, GpuError> {
     let kg = &kg;
     kg.verify()?;
     let inputs = kg.inputs.iter().map(|b| b.0).collect();
-    let mut lw = Lowering { buffers: kg.buffers.clone(), steps: Vec::new(), next_symbol: 0, counters: None, inputs, clusters: sm == SmVersion::Sm90 };
+    let wants_stats = prologue::stats_wanted(kg);
+    let mut lw = Lowering {
+        buffers: kg.buffers.clone(),
+        steps: Vec::new(),
+        next_symbol: 0,
+        counters: None,
+        inputs,
+        clusters: sm == SmVersion::Sm90,
+        wants_stats,
+        stats: HashMap::new(),
+    };
     for k in &kg.kernels {
         let body = &k.body;
         let mut bl = BodyLowering { name: k.name.clone(), body, mat: HashMap::new(), out_target: HashMap::new() };

@@ -10,7 +10,17 @@
 //!   (`lower.rs`) can emit the fused kernel; when the skinny GEMM does not take the GEMM, the
 //!   norm is lowered on its own as before (one loop kernel), so the rewrite never loses a case.
 //!
-//! Off by default ([`enabled`]): measured, the fused GEMM costs what the norm kernel did.
+//! Two ways, chosen per GEMM when it is lowered:
+//! - **Statistics from the producer** (the default, [`stats_enabled`]): when the skinny GEMM
+//!   that writes the norm's input is lowered first, it also writes the row statistics of its
+//!   output per column block (`emit::RowStats`); the GEMM after the norm reads them and
+//!   normalizes `A` as it loads it, in any K split. In a transformer block, the residual
+//!   GEMMs (attention and MLP down projections) feed the next layer norm.
+//! - **Statistics in the consumer** (opt-in, [`enabled`]): the GEMM computes each row's
+//!   statistics itself, which takes whole rows per block (one K split); measured, it costs
+//!   what the norm kernel did.
+//!
+//! Otherwise the norm is lowered as its own kernel, as without the rewrite.
 
 use ir::{BinaryOp, DType, Graph, KernelGraph, NodeId, Op, ReduceOp, UnaryOp};
 use std::collections::HashMap;
@@ -220,8 +230,55 @@ pub(crate) fn enabled() -> bool {
     FUSE.with(|c| c.get()).unwrap_or_else(|| std::env::var("KILN_GPU_FUSE_NORM").is_ok_and(|v| v == "1"))
 }
 
+thread_local! {
+    static STATS: std::cell::Cell<Option<bool>> = const { std::cell::Cell::new(None) };
+}
+
+/// Whether a norm whose input a skinny GEMM writes runs inside the GEMM after it, on row
+/// statistics that the writer stores beside its output: [`with_norm_stats`]' setting on this
+/// thread, else `KILN_GPU_NORM_STATS` (default on; `0` turns it off).
+pub(crate) fn stats_enabled() -> bool {
+    STATS.with(|c| c.get()).unwrap_or_else(|| std::env::var("KILN_GPU_NORM_STATS").map_or(true, |v| v != "0"))
+}
+
+/// Runs `f` (which compiles graphs) with norms fused on their producer's row statistics
+/// (`on`) or not, on this thread, whatever the environment says.
+pub fn with_norm_stats<T>(on: bool, f: impl FnOnce() -> T) -> T {
+    let old = STATS.with(|c| c.replace(Some(on)));
+    let out = f();
+    STATS.with(|c| c.set(old));
+    out
+}
+
+/// The buffers whose row statistics a fused norm would read: the input `x` of each layer
+/// norm that a kernel's GEMM takes as its `A` (after [`fuse_into_gemms`]). A skinny GEMM that
+/// writes one of them writes its statistics too (`lower.rs`).
+pub(crate) fn stats_wanted(kg: &KernelGraph) -> std::collections::HashSet<u32> {
+    let mut want = std::collections::HashSet::new();
+    if !stats_enabled() {
+        return want;
+    }
+    for k in &kg.kernels {
+        let b = &k.body;
+        for (_, n) in b.nodes() {
+            if n.op != Op::MatMul {
+                continue;
+            }
+            let a = n.inputs[0];
+            let root = if matches!(b.node(a).op, Op::Reshape { .. }) { b.node(a).inputs[0] } else { a };
+            if let Some(ln) = layer_norm(b, root) {
+                if let Some(pos) = b.inputs().iter().position(|&i| i == ln.x) {
+                    want.insert(k.inputs[pos].0);
+                }
+            }
+        }
+    }
+    want
+}
+
 /// Runs `f` (which compiles graphs) with layer norms fused into the skinny GEMMs that read
-/// them (`on`) or not, on this thread, whatever the environment says.
+/// them, computing their statistics themselves (`on`) or not, on this thread, whatever the
+/// environment says.
 pub fn with_fused_norms<T>(on: bool, f: impl FnOnce() -> T) -> T {
     let old = FUSE.with(|c| c.replace(Some(on)));
     let out = f();
@@ -232,7 +289,7 @@ pub fn with_fused_norms<T>(on: bool, f: impl FnOnce() -> T) -> T {
 /// Moves each layer-norm kernel whose output only one GEMM kernel reads, as a small-`m`
 /// GEMM's `A` operand, into that kernel (the norm's inputs become the GEMM kernel's).
 pub(crate) fn fuse_into_gemms(kg: &mut KernelGraph) -> Result<(), ir::IrError> {
-    if !enabled() {
+    if !enabled() && !stats_enabled() {
         return Ok(());
     }
     let mut ri = 0;

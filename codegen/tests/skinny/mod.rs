@@ -202,6 +202,78 @@ fn skinny_gemm_fused_layer_norm() -> R<()> {
     Ok(())
 }
 
+/// `h = r + x @ w1^T [+ b1]`, then `layer_norm(h) @ w2^T` under epilogue `ep` (as
+/// [`norm_gemm_graph`]); both `y` and `h` are outputs (a transformer's residual stream).
+fn residual_norm_gemm_graph(
+    name: &str,
+    d: DType,
+    (m, k1, k, n): (usize, usize, usize, usize),
+    affine: (bool, bool),
+    ep: &str,
+) -> Graph {
+    trace(name, |t| {
+        let x = t.input("x", d, [m, k1])?;
+        let h = t.input("r", d, [m, k])?.add(&x.matmul(&t.input("w1", d, [k, k1])?.t()?)?)?;
+        let gamma = if affine.0 { Some(t.input("gamma", d, [k])?) } else { None };
+        let beta = if affine.1 { Some(t.input("beta", d, [k])?) } else { None };
+        let hn = h.layer_norm(&[k], gamma.as_ref(), beta.as_ref(), 1e-5)?;
+        let mut y = hn.matmul(&t.input("w2", d, [n, k])?.t()?)?;
+        if ep.contains("bias") {
+            y = y.add(&t.input("b", d, [n])?)?;
+        }
+        if ep.contains("gelu") {
+            y = y.gelu_tanh()?;
+        }
+        if ep.contains("res") {
+            y = t.input("r2", d, [m, n])?.add(&y)?;
+        }
+        Ok(vec![y, h])
+    })
+}
+
+/// By default (`with_norm_stats`) a layer norm whose input a skinny GEMM writes runs inside
+/// the GEMM after it, on the row statistics the writer stores per column block: no norm
+/// kernel, and the reader keeps its K splits. Through the optimizer's kernel graph, against
+/// the interpreter: GPT-2's shapes (writer and reader split over K or not), odd ones (a
+/// partial last column block, `k % 8 != 0`, one row, 63 rows), f16, without gamma and beta;
+/// with the statistics off the norm is a kernel of its own again, and as right.
+#[test]
+fn skinny_gemm_norm_on_producer_stats() -> R<()> {
+    let cases = [
+        (DType::BF16, (32, 768, 768, 3072), (true, true), "bias_gelu"),
+        (DType::BF16, (32, 3072, 768, 2304), (true, true), "bias"),
+        (DType::BF16, (7, 64, 770, 100), (true, true), "bias_res"),
+        (DType::F16, (1, 200, 136, 48), (false, false), "plain"),
+        (DType::F16, (63, 96, 300, 72), (true, false), "res"),
+        (DType::BF16, (17, 1000, 40, 1500), (false, true), "bias"),
+        (DType::BF16, (17, 64, 48, 1500), (false, true), "bias"),
+    ];
+    for (i, (d, shape, affine, ep)) in cases.into_iter().enumerate() {
+        let (m, k1, k, n) = shape;
+        let name = format!("skinny_stats_{d}_m{m}_k{k1}_k{k}_n{n}_{ep}_{}{}", u8::from(affine.0), u8::from(affine.1));
+        let g = residual_norm_gemm_graph(&name, d, shape, affine, ep);
+        let kg = passes::optimize(&g, &passes::DeviceProfile::h200())?.kernels;
+        let inputs = scaled_weights(&g, 300 + i as u64);
+        let reference = ir::interp::run(&g, &inputs)?;
+        for stats in [true, false] {
+            let art = codegen::gpu::with_norm_stats(stats, || with_skinny_gemm(64, || codegen::gpu::compile(&kg, &Default::default())))?;
+            let tag = format!("{name}_{}", if stats { "stats" } else { "plain" });
+            std::fs::write(super::ptx_dir().join(format!("{tag}.ptx")), &art.ptx)?;
+            // Two GEMMs, the split-K counters' reset when either takes splits, and the norm
+            // kernel only without the statistics.
+            let others = art
+                .steps
+                .iter()
+                .filter(|s| !matches!(s, GpuStep::Launch(l) if l.symbol.contains("_skinny_") || l.symbol.contains("splitk_counters")))
+                .count();
+            assert_eq!(skinny_launches(&art), 2, "{tag}: {}", art.summary());
+            assert_eq!(others, usize::from(!stats), "{tag}: {}", art.summary());
+            super::device::run_and_compare(&tag, &art, &inputs, &reference)?;
+        }
+    }
+    Ok(())
+}
+
 /// One split (enough column blocks to fill the GPU) and split-K (few columns, long `k`) both
 /// run (row-major and transposed weights); a batched `[b, s, k] @ [k, n]` folds into one skinny
 /// GEMM of `b * s` rows; `m > 64` stays on cuBLASLt.

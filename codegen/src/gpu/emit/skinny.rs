@@ -137,7 +137,28 @@ pub(crate) struct Skinny {
     /// The target has thread-block clusters (sm_90): K splits may be summed through
     /// distributed shared memory ([`Skinny::clustered`]).
     pub clusters: bool,
+    /// The kernel also writes its output's row statistics per column block ([`RowStats`]),
+    /// for a layer norm of the output that the GEMM after it applies.
+    pub stats_out: bool,
 }
+
+/// Row statistics of a GEMM's output that the GEMM writes beside it, for the layer norm that
+/// the next GEMM applies to its `A` ([`Norm::stats`]): per row and column block, the sum of the
+/// block's values (as stored, rounded) and their sum of squared deviations from the block's
+/// mean, `f32 [m, blocks, 2]`. The reader combines the blocks in block order (Chan et al.'s
+/// pairwise update, deterministic): the norm then needs no pass over the row of its own, and
+/// the GEMM after it keeps its K splits.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct RowStats {
+    /// Column blocks of the writer (`ceil(k / width)`).
+    pub blocks: usize,
+    /// Columns per block (the last block may hold fewer).
+    pub width: usize,
+}
+
+/// The most column blocks a fused norm combines ([`RowStats`]): each thread of the reader
+/// loads a row's `2 * blocks` values.
+const MAX_STAT_BLOCKS: usize = 128;
 
 /// `a`'s rows layer-normed inside the GEMM, `(x - mean) * rsqrt(var + eps) [* gamma] [+ beta]`
 /// over each row of `k` (f32, rounded to the GEMM's dtype as the norm kernel would store it):
@@ -149,6 +170,10 @@ pub(crate) struct Norm {
     pub gamma: bool,
     pub beta: bool,
     pub eps: f64,
+    /// The row statistics come from the GEMM that wrote `a` (an argument after gamma and
+    /// beta): each `A` value is normalized as it is loaded, in any K split, with no pass of
+    /// its own over the rows. `None`: the kernel computes them (one split, whole rows).
+    pub stats: Option<RowStats>,
 }
 
 /// The most `A` registers (32-bit) a lane may hold at once for a fused norm (all of its steps).
@@ -185,6 +210,28 @@ impl Skinny {
             && !(self.act.is_some() && self.residual)
             && (self.splits().0 >= min_splits || self.norm.is_some())
             && (self.norm.is_none() || self.norm_fits())
+            && !(self.stats_out && self.clustered())
+    }
+
+    /// A fused norm whose row statistics the kernel computes itself (one K split).
+    fn in_kernel_norm(&self) -> bool {
+        self.norm.is_some_and(|n| n.stats.is_none())
+    }
+
+    /// The first argument after `a, b` and, split over K in global memory, the workspace and
+    /// counters: the fused norm's gamma, beta and row statistics, then the epilogue's.
+    fn norm_first(&self) -> usize {
+        if self.splits().0 == 1 || self.clustered() {
+            2
+        } else {
+            4
+        }
+    }
+
+    /// The first epilogue argument (bias, residual, out; [`epilogue_args`]).
+    fn epilogue_first(&self) -> usize {
+        self.norm_first()
+            + self.norm.map_or(0, |n| usize::from(n.gamma) + usize::from(n.beta) + usize::from(n.stats.is_some()))
     }
 
     /// A fused norm's `k` rounded up to whole steps (its gamma and beta in shared memory).
@@ -196,6 +243,14 @@ impl Skinny {
     /// warp's steps in registers at once: [`Self::unroll`] covers them and their `A`
     /// fragments fit in [`MAX_NORM_A_REGS`].
     fn norm_fits(&self) -> bool {
+        if let Some(rs) = self.norm.and_then(|n| n.stats) {
+            // Normalized as loaded: 8 `k` of a row per lane (transposed weights); the
+            // statistics cover exactly `k` columns.
+            return self.b_transposed
+                && rs.width >= 1
+                && (1..=MAX_STAT_BLOCKS).contains(&rs.blocks)
+                && self.k.div_ceil(rs.width) == rs.blocks;
+        }
         let steps = self.k.div_ceil(self.step_k());
         let per_warp = steps.div_ceil(self.warps());
         self.b_transposed
@@ -234,7 +289,7 @@ impl Skinny {
         }
         // A fused norm takes no K split and holds all of a warp's steps: 32 columns when their
         // weights fit in registers (qkv: 72 blocks; 144 of 16 measured slower), else 16.
-        let (knob, default) = if self.norm.is_some() {
+        let (knob, default) = if self.in_kernel_norm() {
             let per_warp = self.k.div_ceil(self.step_k()).div_ceil(self.warps());
             ("KILN_GPU_SKINNY_NORM_BLOCK_N", if per_warp * 4 * (32 / 8) <= MAX_WEIGHT_REGS { 32 } else { 16 })
         } else {
@@ -289,7 +344,7 @@ impl Skinny {
     /// `(splits, steps per split)`.
     pub(crate) fn splits(&self) -> (usize, usize) {
         let steps = self.k.div_ceil(self.step_k());
-        if self.norm.is_some() {
+        if self.in_kernel_norm() {
             return (1, steps);
         }
         let blocks_n = self.blocks_n();
@@ -457,7 +512,8 @@ impl<'g> K<'g> {
         pack_pair(&mut self.e, lo, hi, i, st)
     }
 
-    /// `act(v + bias) + residual`, stored at `out[m * n_total + n ..]` (`vals.len()` columns).
+    /// `act(v + bias) + residual`, stored at `out[m * n_total + n ..]` (`vals.len()` columns);
+    /// returns the values stored (f32, before rounding).
     #[allow(clippy::too_many_arguments)]
     fn epilogue_store(
         &mut self,
@@ -468,7 +524,7 @@ impl<'g> K<'g> {
         vals: Vec<String>,
         ok_m: &str,
         pre: &Prefetched,
-    ) {
+    ) -> Vec<String> {
         let (bias_arg, res_arg, out_arg) = args;
         if pre.bias.is_some() || pre.residual.is_some() {
             let v = self.epilogue_math(s, vals, pre.bias.as_deref(), pre.residual.as_deref());
@@ -476,8 +532,8 @@ impl<'g> K<'g> {
             let row = self.mul(m, s.n);
             let at = self.add(&row, n);
             let vector = s.n.is_multiple_of(v.len());
-            self.store_run(out_arg, s.dtype, &at, v, &col_ok, vector);
-            return;
+            self.store_run(out_arg, s.dtype, &at, v.clone(), &col_ok, vector);
+            return v;
         }
         let len = vals.len();
         let vector = s.n.is_multiple_of(len);
@@ -530,7 +586,8 @@ impl<'g> K<'g> {
                 .map(|(x, y)| self.op(&format!("arith.addf {x}, {y} : f32")))
                 .collect();
         }
-        self.store_run(out_arg, s.dtype, &at, v, &col_ok, vector);
+        self.store_run(out_arg, s.dtype, &at, v.clone(), &col_ok, vector);
+        v
     }
 
     fn col_ok(&mut self, s: &Skinny, n: &str, ok_m: &str, len: usize) -> Vec<String> {
@@ -762,16 +819,22 @@ fn load_step_b(
 }
 
 /// One step's mma operands: (n-tile, A registers per m-tile, B registers), its `A` fragments
-/// loaded now. Row-major `b`: A is 4 values per row (8 bytes), pairs of weight rows packed
-/// with byte permutes. Transposed `b`: A is 8 values per row, two k16 halves.
+/// loaded now (and layer-normed with `norm`'s row statistics). Row-major `b`: A is 4 values
+/// per row (8 bytes), pairs of weight rows packed with byte permutes. Transposed `b`: A is 8
+/// values per row, two k16 halves.
 fn step_mmas(
     k: &mut K,
     s: &Skinny,
     a_rows: &[(String, String)],
     b: &StepB,
+    norm: Option<&NormRows>,
 ) -> Vec<(usize, Vec<[String; 4]>, [String; 2])> {
     if s.b_transposed {
-        let aregs = a_regs(k, s, a_rows, &b.j_ok, &b.kt, 8);
+        let mut aregs = a_regs(k, s, a_rows, &b.j_ok, &b.kt, 8);
+        if let Some(nr) = norm {
+            let x: Vec<Vec<String>> = aregs.iter().map(|r| unpack8(k, r, s.dtype)).collect();
+            aregs = apply_norm(k, s, nr.norm, &x, b, (&nr.mean, &nr.rstd));
+        }
         return transposed_mmas(&aregs, b);
     }
     let st = storage_type(s.dtype);
@@ -826,10 +889,11 @@ fn accumulate(
     a_rows: &[(String, String)],
     steps: &[StepB],
     acc: &mut [String],
+    norm: Option<&NormRows>,
 ) {
     let mmas: Vec<_> = steps
         .iter()
-        .flat_map(|b| step_mmas(k, s, a_rows, b))
+        .flat_map(|b| step_mmas(k, s, a_rows, b, norm))
         .collect();
     mma_all(k, s, mmas, acc);
 }
@@ -1157,69 +1221,210 @@ fn normalize(
         .collect();
     // Pass 3: normalize, scale, shift, round, repack.
     let x = reload_a(k, s, a_rows, steps);
+    (0..x.len()).map(|st| apply_norm(k, s, norm, &x[st], &steps[st], (&mean, &rstd))).collect()
+}
+
+/// A fused norm's row statistics for the lane's rows (`a_rows`' order: `g + 8r`).
+struct NormRows {
+    norm: Norm,
+    mean: Vec<String>,
+    /// `rsqrt(var + eps)`.
+    rstd: Vec<String>,
+}
+
+/// One step's `A` values of the lane (`x`, per row 8 f32 from the step's `kt`) normalized
+/// with each row's mean and `rsqrt(var + eps)`, scaled by gamma, shifted by beta (from `%s3`),
+/// rounded to the GEMM's dtype (as the norm kernel stores them) and repacked (per row 4 i32).
+fn apply_norm(
+    k: &mut K,
+    s: &Skinny,
+    norm: Norm,
+    x: &[Vec<String>],
+    step: &StepB,
+    (mean, rstd): (&[String], &[String]),
+) -> Vec<Vec<String>> {
+    let d = s.dtype;
     let kpad = s.norm_kpad();
     let smem_ty = format!("memref<{}xf32, #gpu.address_space<workgroup>>", 2 * kpad);
     let st_ty = storage_type(d);
-    (0..x.len())
-        .map(|st| {
-            // A step past the split (its `A` and weights were loaded as zeros) reads gamma
-            // and beta at 0: its `k` lie past the staged `[kpad]`.
-            let kt = &k.clamp(&steps[st].j_ok, &steps[st].kt);
-            let kb = k.addc(kt, kpad);
-            let gv = k.op(&format!(
-                "vector.load %s3[{kt}] {{alignment = 32 : i64}} : {smem_ty}, vector<8xf32>"
-            ));
-            let bv = k.op(&format!(
-                "vector.load %s3[{kb}] {{alignment = 32 : i64}} : {smem_ty}, vector<8xf32>"
-            ));
-            let gamma: Vec<String> = (0..8)
-                .map(|j| {
-                    k.op(&format!(
-                        "vector.extract {gv}[{j}] : f32 from vector<8xf32>"
-                    ))
+    // A step past the split (its `A` and weights were loaded as zeros) reads gamma and beta
+    // at 0: its `k` lie past the staged `[kpad]`.
+    let kt = &k.clamp(&step.j_ok, &step.kt);
+    let kb = k.addc(kt, kpad);
+    let gv = k.op(&format!("vector.load %s3[{kt}] {{alignment = 32 : i64}} : {smem_ty}, vector<8xf32>"));
+    let bv = k.op(&format!("vector.load %s3[{kb}] {{alignment = 32 : i64}} : {smem_ty}, vector<8xf32>"));
+    let gamma: Vec<String> = (0..8).map(|j| k.op(&format!("vector.extract {gv}[{j}] : f32 from vector<8xf32>"))).collect();
+    let beta: Vec<String> = (0..8).map(|j| k.op(&format!("vector.extract {bv}[{j}] : f32 from vector<8xf32>"))).collect();
+    x.iter()
+        .enumerate()
+        .map(|(r, row)| {
+            let ys: Vec<String> = row
+                .iter()
+                .enumerate()
+                .map(|(j, xv)| {
+                    let dv = k.op(&format!("arith.subf {xv}, {} : f32", mean[r]));
+                    let y = k.op(&format!("arith.mulf {dv}, {} : f32", rstd[r]));
+                    let y = if norm.gamma { k.op(&format!("arith.mulf {y}, {} : f32", gamma[j])) } else { y };
+                    let y = if norm.beta { k.op(&format!("arith.addf {y}, {} : f32", beta[j])) } else { y };
+                    k.op(&format!("arith.truncf {y} : f32 to {st_ty}"))
                 })
                 .collect();
-            let beta: Vec<String> = (0..8)
-                .map(|j| {
-                    k.op(&format!(
-                        "vector.extract {bv}[{j}] : f32 from vector<8xf32>"
-                    ))
-                })
-                .collect();
-            (0..rows)
-                .map(|r| {
-                    let ys: Vec<String> = (0..8)
-                        .map(|j| {
-                            let dv =
-                                k.op(&format!("arith.subf {}, {} : f32", x[st][r][j], mean[r]));
-                            let y = k.op(&format!("arith.mulf {dv}, {} : f32", rstd[r]));
-                            let y = if norm.gamma {
-                                k.op(&format!("arith.mulf {y}, {} : f32", gamma[j]))
-                            } else {
-                                y
-                            };
-                            let y = if norm.beta {
-                                k.op(&format!("arith.addf {y}, {} : f32", beta[j]))
-                            } else {
-                                y
-                            };
-                            k.op(&format!("arith.truncf {y} : f32 to {st_ty}"))
-                        })
-                        .collect();
-                    let v = k.op(&format!(
-                        "vector.from_elements {} : vector<8x{st_ty}>",
-                        ys.join(", ")
-                    ));
-                    i32_regs(k, &v, 8, d)
-                })
-                .collect()
+            let v = k.op(&format!("vector.from_elements {} : vector<8x{st_ty}>", ys.join(", ")));
+            i32_regs(k, &v, 8, d)
         })
         .collect()
 }
 
-/// The main kernel. Arguments: `a [m, k]`, `b [k, n]`, then with one split `[gamma [k]]`,
-/// `[beta [k]]` (a fused norm), `[bias [n]]`, `[residual [m, n]]`, `out [m, n]`; with several,
-/// the f32 workspace `[splits, m, n]`, the counters, then the epilogue's operands and `out`.
+/// A fused norm's statistics from the GEMM that wrote `a` ([`RowStats`], argument `arg`,
+/// `f32 [m, blocks, 2]`): the block's threads take a row each and combine its column blocks
+/// in block order (Chan et al.: `M2 = sum(M2_b + (sum_b - n_b mean)^2 / n_b)`), then each
+/// row's mean and `rsqrt(M2 / k + eps)` go through shared memory `%s2` (`[mean; mp][rstd;
+/// mp]`) to the lanes that hold the row (`g + 8r`), behind one barrier.
+#[allow(clippy::too_many_arguments)]
+fn stats_rows(
+    k: &mut K,
+    s: &Skinny,
+    norm: Norm,
+    rs: RowStats,
+    arg: usize,
+    (tid, threads): (&str, usize),
+    (g, mp, rows): (&str, usize, usize),
+) -> NormRows {
+    let smem_ty = format!("memref<{}xf32, #gpu.address_space<workgroup>>", 2 * s.warps() * mp);
+    let kf = k.e.c_f32(s.k as f64);
+    let eps = k.e.c_f32(norm.eps);
+    let zero = k.e.c_f32(0.0);
+    for round in 0..mp.div_ceil(threads) {
+        let r = k.addc(tid, round * threads);
+        let ok = k.lt(&r, s.m);
+        let base = k.mul(&r, 2 * rs.blocks);
+        let parts: Vec<(String, String, usize)> = (0..rs.blocks)
+            .map(|b| {
+                let at = k.addc(&base, 2 * b);
+                let v = k.load_run(arg, DType::F32, &at, 2, &[ok.clone(), ok.clone()], true);
+                let n_b = rs.width.min(s.k - b * rs.width);
+                (v[0].clone(), v[1].clone(), n_b)
+            })
+            .collect();
+        let mut total = parts[0].0.clone();
+        for (sum, _, _) in &parts[1..] {
+            total = k.op(&format!("arith.addf {total}, {sum} : f32"));
+        }
+        let mean = k.op(&format!("arith.divf {total}, {kf} : f32"));
+        let mut m2: Option<String> = None;
+        for (sum, m2_b, n_b) in &parts {
+            let nb = k.e.c_f32(*n_b as f64);
+            let shift = k.op(&format!("arith.mulf {nb}, {mean} : f32"));
+            let dv = k.op(&format!("arith.subf {sum}, {shift} : f32"));
+            let sq = k.op(&format!("arith.mulf {dv}, {dv} : f32"));
+            let between = k.op(&format!("arith.divf {sq}, {nb} : f32"));
+            let term = k.op(&format!("arith.addf {m2_b}, {between} : f32"));
+            m2 = Some(match m2 {
+                None => term,
+                Some(p) => k.op(&format!("arith.addf {p}, {term} : f32")),
+            });
+        }
+        let var = k.op(&format!("arith.divf {}, {kf} : f32", m2.expect("at least one block")));
+        let var = k.op(&format!("arith.maximumf {var}, {zero} : f32"));
+        let ve = k.op(&format!("arith.addf {var}, {eps} : f32"));
+        let rstd = crate::gpu::math::unary(&mut k.e, UnaryOp::Rsqrt, DType::F32, &ve);
+        // Rows past `m` (their `A` loads are zeros) get 0, never an infinity.
+        let rstd = k.op(&format!("arith.select {ok}, {rstd}, {zero} : f32"));
+        let in_mp = k.lt(&r, mp);
+        let at = k.addc(&r, mp);
+        k.line(&format!("scf.if {in_mp} {{"));
+        k.line(&format!("  memref.store {mean}, %s2[{r}] : {smem_ty}"));
+        k.line(&format!("  memref.store {rstd}, %s2[{at}] : {smem_ty}"));
+        k.line("}");
+    }
+    k.line("gpu.barrier");
+    let (mut mean, mut rstd) = (Vec::new(), Vec::new());
+    for r in 0..rows {
+        let row = k.addc(g, 8 * r);
+        let at = k.addc(&row, mp);
+        mean.push(k.op(&format!("memref.load %s2[{row}] : {smem_ty}")));
+        rstd.push(k.op(&format!("memref.load %s2[{at}] : {smem_ty}")));
+    }
+    NormRows { norm, mean, rstd }
+}
+
+/// Writes the row statistics of one epilogue item ([`RowStats`]): `vals` (8 columns from `n`
+/// of row `m`, f32 before rounding) as stored, summed over the block's `n_tiles` lanes that
+/// share the row (shuffles: every lane of the warp runs this), first the sum, then the squared
+/// deviations from the block's mean; the row's first lane stores `(sum, M2)` at
+/// `stats[m][bx]` (argument `arg`).
+fn store_row_stats(
+    k: &mut K,
+    s: &Skinny,
+    arg: usize,
+    (m, lc, n, m_ok): (&str, &str, &str, &str),
+    bx: &str,
+    vals: &[String],
+) {
+    let st = storage_type(s.dtype);
+    let zero = k.e.c_f32(0.0);
+    let ok = k.col_ok(s, n, m_ok, vals.len());
+    let x: Vec<String> = vals
+        .iter()
+        .zip(&ok)
+        .map(|(v, ok)| {
+            let v = if s.dtype == DType::F32 {
+                v.clone()
+            } else {
+                let r = k.op(&format!("arith.truncf {v} : f32 to {st}"));
+                k.op(&format!("arith.extf {r} : {st} to f32"))
+            };
+            k.op(&format!("arith.select {ok}, {v}, {zero} : f32"))
+        })
+        .collect();
+    let width = k.e.c_i32(32);
+    let nt = s.n_tiles();
+    let row_sum = |k: &mut K, vals: &[String]| -> String {
+        let mut acc = vals[0].clone();
+        for v in &vals[1..] {
+            acc = k.op(&format!("arith.addf {acc}, {v} : f32"));
+        }
+        let mut off = 1;
+        while off < nt {
+            let o = k.e.c_i32(off as i64);
+            let (y, p) = (k.e.fresh(), k.e.fresh());
+            k.line(&format!("{y}, {p} = gpu.shuffle xor {acc}, {o}, {width} : f32"));
+            acc = k.op(&format!("arith.addf {acc}, {y} : f32"));
+            off *= 2;
+        }
+        acc
+    };
+    let sum = row_sum(k, &x);
+    let (bn, blocks) = (s.block_n(), s.blocks_n());
+    let last = s.n - (blocks - 1) * bn;
+    let last_c = k.ci(blocks - 1);
+    let is_last = k.op(&format!("arith.cmpi eq, {bx}, {last_c} : index"));
+    let (full, part) = (k.e.c_f32(bn as f64), k.e.c_f32(last as f64));
+    let count = k.op(&format!("arith.select {is_last}, {part}, {full} : f32"));
+    let mean = k.op(&format!("arith.divf {sum}, {count} : f32"));
+    let sq: Vec<String> = x
+        .iter()
+        .zip(&ok)
+        .map(|(v, ok)| {
+            let dv = k.op(&format!("arith.subf {v}, {mean} : f32"));
+            let q = k.op(&format!("arith.mulf {dv}, {dv} : f32"));
+            k.op(&format!("arith.select {ok}, {q}, {zero} : f32"))
+        })
+        .collect();
+    let m2 = row_sum(k, &sq);
+    let z = k.ci(0);
+    let lead = k.op(&format!("arith.cmpi eq, {lc}, {z} : index"));
+    let lead = k.and(&lead, m_ok);
+    let row = k.mul(m, blocks);
+    let at = k.add(&row, bx);
+    let at = k.mul(&at, 2);
+    k.store_run(arg, DType::F32, &at, vec![sum, m2], &[lead.clone(), lead], true);
+}
+
+/// The main kernel. Arguments: `a [m, k]`, `b [k, n]`, with several K splits summed in
+/// global memory the f32 workspace `[splits, m, n]` and the counters, then a fused norm's
+/// `[gamma [k]]`, `[beta [k]]` and `[stats [m, blocks, 2]]` ([`Norm`]), `[bias [n]]`,
+/// `[residual [m, n]]`, `out [m, n]` and, with [`Skinny::stats_out`], its row statistics.
 pub(crate) fn main_kernel(
     symbol: &str,
     s: &Skinny,
@@ -1305,18 +1510,21 @@ pub(crate) fn main_kernel(
         .collect();
     // The epilogue's items (row m, 8 columns).
     let reps = (mp * nt).div_ceil(threads);
-    // After `a, b`: a fused norm's gamma and beta (one split), or the split-K workspace and
-    // counters.
+    // After `a, b` (and a global split-K's workspace and counters): a fused norm's gamma,
+    // beta and row statistics, then the epilogue's operands and `out` (and its statistics).
+    let nf = s.norm_first();
     let norm_args = s.norm.map(|nm| {
         [
-            nm.gamma.then_some(2),
-            nm.beta.then_some(2 + usize::from(nm.gamma)),
+            nm.gamma.then_some(nf),
+            nm.beta.then_some(nf + usize::from(nm.gamma)),
         ]
     });
-    let n_norm = s
+    let stats_arg = s
         .norm
-        .map_or(0, |nm| usize::from(nm.gamma) + usize::from(nm.beta));
-    let ea = epilogue_args(s, if splits == 1 || clustered { 2 + n_norm } else { 4 });
+        .filter(|nm| nm.stats.is_some())
+        .map(|nm| nf + usize::from(nm.gamma) + usize::from(nm.beta));
+    let ea = epilogue_args(s, s.epilogue_first());
+    let stats_out = s.stats_out.then_some(ea.2 + 1);
     let places: Vec<(String, String, String, String)> = (0..reps)
         .map(|rep| {
             let item = k.addc(&tid, rep * threads);
@@ -1360,6 +1568,14 @@ pub(crate) fn main_kernel(
     if let Some(na) = norm_args.filter(|_| !s.invariant.norm) {
         stage_norm_params(&mut k, s, na, &tid, threads);
     }
+    // Statistics from the GEMM that wrote `a`: read after the wait.
+    let norm_rows = match (s.norm, stats_arg) {
+        (Some(nm), Some(arg)) => {
+            let rs = nm.stats.expect("stats_arg implies stats");
+            Some(stats_rows(&mut k, s, nm, rs, arg, (&tid, threads), (&g, mp, a_rows.len())))
+        }
+        _ => None,
+    };
     let late_bias = if s.invariant.bias { None } else { bias_arg };
     for ((m, _, n, m_ok), p) in places.iter().zip(&mut pre) {
         let late = k.prefetch(s, (late_bias, res_arg, out_arg), m, n, m_ok);
@@ -1380,7 +1596,7 @@ pub(crate) fn main_kernel(
     let zero = k.e.c_f32(0.0);
     let mut cur = vec![zero.clone(); n_acc];
     match (s.norm, norm_args) {
-        (Some(norm), Some(_)) => {
+        (Some(norm), Some(_)) if norm.stats.is_none() => {
             // One iteration holds all of the warp's steps (`Skinny::norm_fits`).
             let aregs = normalize(
                 &mut k,
@@ -1398,7 +1614,7 @@ pub(crate) fn main_kernel(
                 .collect();
             mma_all(&mut k, s, mmas, &mut cur);
         }
-        _ => accumulate(&mut k, s, &a_rows, &first_b, &mut cur),
+        _ => accumulate(&mut k, s, &a_rows, &first_b, &mut cur, norm_rows.as_ref()),
     }
     if iters > 1 {
         let lo = k.ci(1);
@@ -1418,7 +1634,7 @@ pub(crate) fn main_kernel(
         k.e.indent += 1;
         let steps_b = iteration(&mut k, "%it");
         let mut inner = accs.clone();
-        accumulate(&mut k, s, &a_rows, &steps_b, &mut inner);
+        accumulate(&mut k, s, &a_rows, &steps_b, &mut inner, norm_rows.as_ref());
         k.line(&format!("scf.yield {} : {f32s}", inner.join(", ")));
         k.e.indent -= 1;
         k.line("}");
@@ -1495,7 +1711,10 @@ pub(crate) fn main_kernel(
                 .collect();
         }
         if splits == 1 {
-            k.epilogue_store(s, ea, m, n, vals, m_ok, pre);
+            let stored = k.epilogue_store(s, ea, m, n, vals, m_ok, pre);
+            if let Some(arg) = stats_out {
+                store_row_stats(&mut k, s, arg, (m, lc, n, m_ok), &bx, &stored);
+            }
         } else if let Some((part, ty)) = &part {
             // Rows past the tiles (`m >= mp`) have nothing to store.
             k.line(&format!("scf.if {m_in} {{"));
@@ -1517,9 +1736,12 @@ pub(crate) fn main_kernel(
     if let Some(part) = &part {
         cluster_sums(&mut k, s, (&tid, threads, &by), &items, part);
     } else if splits > 1 {
-        last_block_sums(&mut k, s, &tid, &bx, &items);
+        last_block_sums(&mut k, s, &tid, &bx, &items, stats_out);
     }
-    let attrs = format!("known_block_size = array<i32: {threads}, 1, 1>");
+    // ptxas may hold a kernel to 64 registers (8 blocks per SM) and spill to get there; a
+    // norm applied on `A`'s loads sits near that line (GPT-2's grids are one block per SM).
+    let min_blocks = if norm_rows.is_some() { ", nvvm.minctasm = 1 : i32" } else { "" };
+    let attrs = format!("known_block_size = array<i32: {threads}, 1, 1>{min_blocks}");
     Ok(EmittedKernel {
         symbol: symbol.into(),
         func: k.e.finish(symbol, &attrs),
@@ -1570,7 +1792,7 @@ fn cluster_sums(
         "memref.extract_aligned_pointer_as_index {part} : {part_ty} -> index"
     ));
     let base = k.op(&format!("arith.index_cast {p} : index to i32"));
-    let ea = epilogue_args(s, 2);
+    let ea = epilogue_args(s, s.epilogue_first());
     let splits_c = k.ci(splits);
     let sixteen = k.e.c_i32(16);
     let v4 = "!llvm.struct<(f32, f32, f32, f32)>";
@@ -1605,7 +1827,7 @@ fn cluster_sums(
             }
             sum = Some(add_split(k, sum, v));
         }
-        k.epilogue_store(s, ea, m, n, sum.expect("at least one split"), m_ok, pre);
+        let _ = k.epilogue_store(s, ea, m, n, sum.expect("at least one split"), m_ok, pre);
         k.e.indent -= 1;
         k.line("}");
     }
@@ -1630,13 +1852,15 @@ fn add_split(k: &mut K, sum: Option<Vec<String>>, v: Vec<String>) -> Vec<String>
 /// Split-K, the block that finishes a column block last: every block has stored its partial
 /// and counted itself in `counters[base + bx]` (zeroed at the start of the graph); the last one
 /// sums the partials of all splits in split order (deterministic), applies the epilogue and
-/// stores. Arguments: `a, b, ws, counters, [bias], [residual], out`.
+/// stores (and the row statistics at argument `stats_out`). Arguments: `a, b, ws, counters,
+/// [gamma], [beta], [stats], [bias], [residual], out, [stats_out]`.
 fn last_block_sums(
     k: &mut K,
     s: &Skinny,
     tid: &str,
     bx: &str,
     items: &[(String, String, String, String, Prefetched)],
+    stats_out: Option<usize>,
 ) {
     let (splits, _) = s.splits();
     // As cooperative groups' grid sync: the barrier orders the block's partial stores before
@@ -1669,8 +1893,8 @@ fn last_block_sums(
     k.line(&format!("scf.if {am_last} {{"));
     k.e.indent += 1;
     let vector = s.n.is_multiple_of(8);
-    for (m, _, n, m_ok, pre) in items {
-        let (m, n, m_ok) = (m.as_str(), n.as_str(), m_ok.as_str());
+    for (m, lc, n, m_ok, pre) in items {
+        let (m, lc, n, m_ok) = (m.as_str(), lc.as_str(), n.as_str(), m_ok.as_str());
         let ok = k.col_ok(s, n, m_ok, 8);
         let row = k.mul(m, s.n);
         let at = k.add(&row, n);
@@ -1685,8 +1909,11 @@ fn last_block_sums(
             let v = k.load_run(2, DType::F32, &idx, 8, &oks, vector);
             sum = Some(add_split(k, sum, v));
         }
-        let ea = epilogue_args(s, 4);
-        k.epilogue_store(s, ea, m, n, sum.expect("at least one split"), m_ok, pre);
+        let ea = epilogue_args(s, s.epilogue_first());
+        let stored = k.epilogue_store(s, ea, m, n, sum.expect("at least one split"), m_ok, pre);
+        if let Some(arg) = stats_out {
+            store_row_stats(k, s, arg, (m, lc, n, m_ok), bx, &stored);
+        }
     }
     k.e.indent -= 1;
     k.line("}");
