@@ -179,6 +179,10 @@ pub(crate) struct Norm {
 /// The most `A` registers (32-bit) a lane may hold at once for a fused norm (all of its steps).
 const MAX_NORM_A_REGS: usize = 96;
 
+/// The most `A` registers (32-bit) a lane loads before a norm's statistics from the writer
+/// arrive (iteration 0's steps; GPT-2 b1: 3 steps of 4 rows, 48).
+const MAX_EARLY_A_REGS: usize = 48;
+
 /// Whether a fused norm takes its statistics in one pass (sums of `x - c` and its square, `c`
 /// the row's first value; one barrier and one load of `A` fewer) rather than two (the mean,
 /// then squared deviations, as the norm kernel; `KILN_GPU_NORM_ONE_PASS=0`). H100, GPT-2
@@ -244,9 +248,11 @@ impl Skinny {
     /// fragments fit in [`MAX_NORM_A_REGS`].
     fn norm_fits(&self) -> bool {
         if let Some(rs) = self.norm.and_then(|n| n.stats) {
-            // Normalized as loaded: 8 `k` of a row per lane (transposed weights); the
-            // statistics cover exactly `k` columns.
+            // Normalized as loaded: 8 `k` of a row per lane (transposed weights), at most 2
+            // m-tiles (with 4 the normalization's registers spill); the statistics cover
+            // exactly `k` columns.
             return self.b_transposed
+                && self.m_tiles() <= 2
                 && rs.width >= 1
                 && (1..=MAX_STAT_BLOCKS).contains(&rs.blocks)
                 && self.k.div_ceil(rs.width) == rs.blocks;
@@ -1276,10 +1282,12 @@ fn apply_norm(
 }
 
 /// A fused norm's statistics from the GEMM that wrote `a` ([`RowStats`], argument `arg`,
-/// `f32 [m, blocks, 2]`): the block's threads take a row each and combine its column blocks
-/// in block order (Chan et al.: `M2 = sum(M2_b + (sum_b - n_b mean)^2 / n_b)`), then each
-/// row's mean and `rsqrt(M2 / k + eps)` go through shared memory `%s2` (`[mean; mp][rstd;
-/// mp]`) to the lanes that hold the row (`g + 8r`), behind one barrier.
+/// `f32 [m, blocks, 2]`): `lanes` neighbouring threads take a row, each its blocks `b = lane
+/// (mod lanes)`, and combine them (Chan et al.: `mean = sum(sum_b) / k`, then `M2 =
+/// sum(M2_b + (sum_b - n_b mean)^2 / n_b)`, each sum over the lane's blocks in order and then
+/// across the lanes with shuffles: deterministic); each row's mean and `rsqrt(M2 / k + eps)`
+/// go through shared memory `%s2` (`[mean; mp][rstd; mp]`) to the lanes that hold the row
+/// (`g + 8r`), behind one barrier.
 #[allow(clippy::too_many_arguments)]
 fn stats_rows(
     k: &mut K,
@@ -1291,48 +1299,87 @@ fn stats_rows(
     (g, mp, rows): (&str, usize, usize),
 ) -> NormRows {
     let smem_ty = format!("memref<{}xf32, #gpu.address_space<workgroup>>", 2 * s.warps() * mp);
-    let kf = k.e.c_f32(s.k as f64);
+    let inv_k = k.e.c_f32(1.0 / s.k as f64);
     let eps = k.e.c_f32(norm.eps);
     let zero = k.e.c_f32(0.0);
-    for round in 0..mp.div_ceil(threads) {
-        let r = k.addc(tid, round * threads);
+    let width = k.e.c_i32(32);
+    // Lanes per row: a power of two that divides the warp, at most one per block.
+    let mut lanes = 1;
+    while lanes < 8 && lanes * 2 * mp <= threads && lanes * 2 <= rs.blocks {
+        lanes *= 2;
+    }
+    let per_round = threads / lanes;
+    let lanes_c = k.ci(lanes);
+    let row_of = k.op(&format!("arith.divui {tid}, {lanes_c} : index"));
+    let sub = k.op(&format!("arith.remui {tid}, {lanes_c} : index"));
+    let across = |k: &mut K, mut acc: String| -> String {
+        let mut off = 1;
+        while off < lanes {
+            let o = k.e.c_i32(off as i64);
+            let (y, p) = (k.e.fresh(), k.e.fresh());
+            k.line(&format!("{y}, {p} = gpu.shuffle xor {acc}, {o}, {width} : f32"));
+            acc = k.op(&format!("arith.addf {acc}, {y} : f32"));
+            off *= 2;
+        }
+        acc
+    };
+    for round in 0..mp.div_ceil(per_round) {
+        let r = k.addc(&row_of, round * per_round);
         let ok = k.lt(&r, s.m);
         let base = k.mul(&r, 2 * rs.blocks);
-        let parts: Vec<(String, String, usize)> = (0..rs.blocks)
-            .map(|b| {
-                let at = k.addc(&base, 2 * b);
-                let v = k.load_run(arg, DType::F32, &at, 2, &[ok.clone(), ok.clone()], true);
-                let n_b = rs.width.min(s.k - b * rs.width);
-                (v[0].clone(), v[1].clone(), n_b)
+        // This lane's blocks: lane + lanes * i (the last may lie past `blocks`: zeros).
+        let parts: Vec<(String, String, String, String, String)> = (0..rs.blocks.div_ceil(lanes))
+            .map(|i| {
+                let b = k.addc(&sub, i * lanes);
+                let b_ok = k.lt(&b, rs.blocks);
+                let b_ok = k.and(&b_ok, &ok);
+                let b2 = k.mul(&b, 2);
+                let at = k.add(&base, &b2);
+                let v = k.load_run(arg, DType::F32, &at, 2, &[b_ok.clone(), b_ok.clone()], true);
+                // n_b: `width`, fewer in the last block.
+                let last = s.k - (rs.blocks - 1) * rs.width;
+                let last_c = k.ci(rs.blocks - 1);
+                let is_last = k.op(&format!("arith.cmpi eq, {b}, {last_c} : index"));
+                let (nf, nl) = (k.e.c_f32(rs.width as f64), k.e.c_f32(last as f64));
+                let nb = k.op(&format!("arith.select {is_last}, {nl}, {nf} : f32"));
+                let (rf, rl) = (k.e.c_f32(1.0 / rs.width as f64), k.e.c_f32(1.0 / last as f64));
+                let rnb = k.op(&format!("arith.select {is_last}, {rl}, {rf} : f32"));
+                (v[0].clone(), v[1].clone(), nb, rnb, b_ok)
             })
             .collect();
         let mut total = parts[0].0.clone();
-        for (sum, _, _) in &parts[1..] {
+        for (sum, ..) in &parts[1..] {
             total = k.op(&format!("arith.addf {total}, {sum} : f32"));
         }
-        let mean = k.op(&format!("arith.divf {total}, {kf} : f32"));
+        let total = across(k, total);
+        let mean = k.op(&format!("arith.mulf {total}, {inv_k} : f32"));
         let mut m2: Option<String> = None;
-        for (sum, m2_b, n_b) in &parts {
-            let nb = k.e.c_f32(*n_b as f64);
+        for (sum, m2_b, nb, rnb, b_ok) in &parts {
             let shift = k.op(&format!("arith.mulf {nb}, {mean} : f32"));
             let dv = k.op(&format!("arith.subf {sum}, {shift} : f32"));
             let sq = k.op(&format!("arith.mulf {dv}, {dv} : f32"));
-            let between = k.op(&format!("arith.divf {sq}, {nb} : f32"));
+            let between = k.op(&format!("arith.mulf {sq}, {rnb} : f32"));
             let term = k.op(&format!("arith.addf {m2_b}, {between} : f32"));
+            // A lane's block past `blocks` adds nothing.
+            let term = k.op(&format!("arith.select {b_ok}, {term}, {zero} : f32"));
             m2 = Some(match m2 {
                 None => term,
                 Some(p) => k.op(&format!("arith.addf {p}, {term} : f32")),
             });
         }
-        let var = k.op(&format!("arith.divf {}, {kf} : f32", m2.expect("at least one block")));
+        let m2 = across(k, m2.expect("at least one block"));
+        let var = k.op(&format!("arith.mulf {m2}, {inv_k} : f32"));
         let var = k.op(&format!("arith.maximumf {var}, {zero} : f32"));
         let ve = k.op(&format!("arith.addf {var}, {eps} : f32"));
         let rstd = crate::gpu::math::unary(&mut k.e, UnaryOp::Rsqrt, DType::F32, &ve);
         // Rows past `m` (their `A` loads are zeros) get 0, never an infinity.
         let rstd = k.op(&format!("arith.select {ok}, {rstd}, {zero} : f32"));
+        let z = k.ci(0);
+        let lead = k.op(&format!("arith.cmpi eq, {sub}, {z} : index"));
         let in_mp = k.lt(&r, mp);
+        let store = k.and(&lead, &in_mp);
         let at = k.addc(&r, mp);
-        k.line(&format!("scf.if {in_mp} {{"));
+        k.line(&format!("scf.if {store} {{"));
         k.line(&format!("  memref.store {mean}, %s2[{r}] : {smem_ty}"));
         k.line(&format!("  memref.store {rstd}, %s2[{at}] : {smem_ty}"));
         k.line("}");
@@ -1399,9 +1446,9 @@ fn store_row_stats(
     let last = s.n - (blocks - 1) * bn;
     let last_c = k.ci(blocks - 1);
     let is_last = k.op(&format!("arith.cmpi eq, {bx}, {last_c} : index"));
-    let (full, part) = (k.e.c_f32(bn as f64), k.e.c_f32(last as f64));
-    let count = k.op(&format!("arith.select {is_last}, {part}, {full} : f32"));
-    let mean = k.op(&format!("arith.divf {sum}, {count} : f32"));
+    let (full, part) = (k.e.c_f32(1.0 / bn as f64), k.e.c_f32(1.0 / last as f64));
+    let inv_count = k.op(&format!("arith.select {is_last}, {part}, {full} : f32"));
+    let mean = k.op(&format!("arith.mulf {sum}, {inv_count} : f32"));
     let sq: Vec<String> = x
         .iter()
         .zip(&ok)
@@ -1568,14 +1615,6 @@ pub(crate) fn main_kernel(
     if let Some(na) = norm_args.filter(|_| !s.invariant.norm) {
         stage_norm_params(&mut k, s, na, &tid, threads);
     }
-    // Statistics from the GEMM that wrote `a`: read after the wait.
-    let norm_rows = match (s.norm, stats_arg) {
-        (Some(nm), Some(arg)) => {
-            let rs = nm.stats.expect("stats_arg implies stats");
-            Some(stats_rows(&mut k, s, nm, rs, arg, (&tid, threads), (&g, mp, a_rows.len())))
-        }
-        _ => None,
-    };
     let late_bias = if s.invariant.bias { None } else { bias_arg };
     for ((m, _, n, m_ok), p) in places.iter().zip(&mut pre) {
         let late = k.prefetch(s, (late_bias, res_arg, out_arg), m, n, m_ok);
@@ -1590,6 +1629,20 @@ pub(crate) fn main_kernel(
     let first_b = match first_b {
         Some(b) => b,
         None => iteration(&mut k, &c0),
+    };
+    // Statistics from the GEMM that wrote `a`, read after the wait; iteration 0's `A` is
+    // loaded first when its registers fit, so that its latency overlaps theirs and their
+    // combination.
+    let (norm_rows, mut early_a) = match (s.norm, stats_arg) {
+        (Some(nm), Some(arg)) => {
+            let rs = nm.stats.expect("stats_arg implies stats");
+            let early = (first_b.len() * a_rows.len() * 4 <= MAX_EARLY_A_REGS).then(|| {
+                first_b.iter().map(|b| a_regs(&mut k, s, &a_rows, &b.j_ok, &b.kt, 8)).collect::<Vec<_>>()
+            });
+            let rows = stats_rows(&mut k, s, nm, rs, arg, (&tid, threads), (&g, mp, a_rows.len()));
+            (Some(rows), early)
+        }
+        _ => (None, None),
     };
     // Iteration 0 (peeled: its weights may come before the wait), then the rest in a loop.
     let n_acc = mt * nt * 4;
@@ -1614,7 +1667,22 @@ pub(crate) fn main_kernel(
                 .collect();
             mma_all(&mut k, s, mmas, &mut cur);
         }
-        _ => accumulate(&mut k, s, &a_rows, &first_b, &mut cur, norm_rows.as_ref()),
+        _ => match (early_a.take(), norm_rows.as_ref()) {
+            (Some(early), Some(nr)) => {
+                // The early `A` of each step, normalized now.
+                let mmas = first_b
+                    .iter()
+                    .zip(early)
+                    .flat_map(|(b, aregs)| {
+                        let x: Vec<Vec<String>> = aregs.iter().map(|r| unpack8(&mut k, r, s.dtype)).collect();
+                        let aregs = apply_norm(&mut k, s, nr.norm, &x, b, (&nr.mean, &nr.rstd));
+                        transposed_mmas(&aregs, b)
+                    })
+                    .collect();
+                mma_all(&mut k, s, mmas, &mut cur);
+            }
+            _ => accumulate(&mut k, s, &a_rows, &first_b, &mut cur, norm_rows.as_ref()),
+        },
     }
     if iters > 1 {
         let lo = k.ci(1);
