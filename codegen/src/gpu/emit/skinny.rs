@@ -1060,21 +1060,12 @@ fn unpack8(k: &mut K, regs: &[String], d: DType) -> Vec<String> {
 /// block-wide sums.
 #[allow(clippy::too_many_arguments)]
 fn block_row_sums(k: &mut K, parts: Vec<Vec<String>>, first: usize, warps: usize, mp: usize, warp: &str, g: &str, t: &str) -> Vec<Vec<String>> {
-    let width = k.e.c_i32(32);
     let smem_ty = format!("memref<{}xf32, #gpu.address_space<workgroup>>", 2 * warps * mp);
     let parts: Vec<Vec<String>> = parts
         .into_iter()
         .map(|part| {
             part.into_iter()
-                .map(|mut acc| {
-                    for off in [1, 2] {
-                        let o = k.e.c_i32(off);
-                        let (x, p) = (k.e.fresh(), k.e.fresh());
-                        k.line(&format!("{x}, {p} = gpu.shuffle xor {acc}, {o}, {width} : f32"));
-                        acc = k.op(&format!("arith.addf {acc}, {x} : f32"));
-                    }
-                    acc
-                })
+                .map(|acc| lane_sum(k, acc, 4))
                 .collect()
         })
         .collect();
@@ -1302,7 +1293,6 @@ fn stats_rows(
     let inv_k = k.e.c_f32(1.0 / s.k as f64);
     let eps = k.e.c_f32(norm.eps);
     let zero = k.e.c_f32(0.0);
-    let width = k.e.c_i32(32);
     // Lanes per row: a power of two that divides the warp, at most one per block.
     let mut lanes = 1;
     while lanes < 8 && lanes * 2 * mp <= threads && lanes * 2 <= rs.blocks {
@@ -1312,17 +1302,6 @@ fn stats_rows(
     let lanes_c = k.ci(lanes);
     let row_of = k.op(&format!("arith.divui {tid}, {lanes_c} : index"));
     let sub = k.op(&format!("arith.remui {tid}, {lanes_c} : index"));
-    let across = |k: &mut K, mut acc: String| -> String {
-        let mut off = 1;
-        while off < lanes {
-            let o = k.e.c_i32(off as i64);
-            let (y, p) = (k.e.fresh(), k.e.fresh());
-            k.line(&format!("{y}, {p} = gpu.shuffle xor {acc}, {o}, {width} : f32"));
-            acc = k.op(&format!("arith.addf {acc}, {y} : f32"));
-            off *= 2;
-        }
-        acc
-    };
     for round in 0..mp.div_ceil(per_round) {
         let r = k.addc(&row_of, round * per_round);
         let ok = k.lt(&r, s.m);
@@ -1351,7 +1330,7 @@ fn stats_rows(
         for (sum, ..) in &parts[1..] {
             total = k.op(&format!("arith.addf {total}, {sum} : f32"));
         }
-        let total = across(k, total);
+        let total = lane_sum(k, total, lanes);
         let mean = k.op(&format!("arith.mulf {total}, {inv_k} : f32"));
         let mut m2: Option<String> = None;
         for (sum, m2_b, nb, rnb, b_ok) in &parts {
@@ -1367,7 +1346,7 @@ fn stats_rows(
                 Some(p) => k.op(&format!("arith.addf {p}, {term} : f32")),
             });
         }
-        let m2 = across(k, m2.expect("at least one block"));
+        let m2 = lane_sum(k, m2.expect("at least one block"), lanes);
         let var = k.op(&format!("arith.mulf {m2}, {inv_k} : f32"));
         let var = k.op(&format!("arith.maximumf {var}, {zero} : f32"));
         let ve = k.op(&format!("arith.addf {var}, {eps} : f32"));
@@ -1393,6 +1372,21 @@ fn stats_rows(
         rstd.push(k.op(&format!("memref.load %s2[{at}] : {smem_ty}")));
     }
     NormRows { norm, mean, rstd }
+}
+
+/// `acc` summed over each group of `lanes` neighbouring lanes (a power of two dividing the
+/// warp), with xor shuffles: every lane of the group gets the sum, in the same order.
+fn lane_sum(k: &mut K, mut acc: String, lanes: usize) -> String {
+    let width = k.e.c_i32(32);
+    let mut off = 1;
+    while off < lanes {
+        let o = k.e.c_i32(off as i64);
+        let (y, p) = (k.e.fresh(), k.e.fresh());
+        k.line(&format!("{y}, {p} = gpu.shuffle xor {acc}, {o}, {width} : f32"));
+        acc = k.op(&format!("arith.addf {acc}, {y} : f32"));
+        off *= 2;
+    }
+    acc
 }
 
 /// Writes the row statistics of one epilogue item ([`RowStats`]): `vals` (8 columns from `n`
@@ -1424,22 +1418,13 @@ fn store_row_stats(
             k.op(&format!("arith.select {ok}, {v}, {zero} : f32"))
         })
         .collect();
-    let width = k.e.c_i32(32);
     let nt = s.n_tiles();
     let row_sum = |k: &mut K, vals: &[String]| -> String {
         let mut acc = vals[0].clone();
         for v in &vals[1..] {
             acc = k.op(&format!("arith.addf {acc}, {v} : f32"));
         }
-        let mut off = 1;
-        while off < nt {
-            let o = k.e.c_i32(off as i64);
-            let (y, p) = (k.e.fresh(), k.e.fresh());
-            k.line(&format!("{y}, {p} = gpu.shuffle xor {acc}, {o}, {width} : f32"));
-            acc = k.op(&format!("arith.addf {acc}, {y} : f32"));
-            off *= 2;
-        }
-        acc
+        lane_sum(k, acc, nt)
     };
     let sum = row_sum(k, &x);
     let (bn, blocks) = (s.block_n(), s.blocks_n());
