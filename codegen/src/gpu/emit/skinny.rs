@@ -145,9 +145,9 @@ pub(crate) struct Skinny {
 /// Row statistics of a GEMM's output that the GEMM writes beside it, for the layer norm that
 /// the next GEMM applies to its `A` ([`Norm::stats`]): per row and column block, the sum of the
 /// block's values (as stored, rounded) and their sum of squared deviations from the block's
-/// mean, `f32 [m, blocks, 2]`. The reader combines the blocks in block order (Chan et al.'s
-/// pairwise update, deterministic): the norm then needs no pass over the row of its own, and
-/// the GEMM after it keeps its K splits.
+/// mean, `f32 [m, blocks, 2]`. The reader combines the blocks (Chan et al.'s parallel update,
+/// in a fixed order: deterministic; [`stats_rows`]): the norm then needs no pass over the row
+/// of its own, and the GEMM after it keeps its K splits.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) struct RowStats {
     /// Column blocks of the writer (`ceil(k / width)`).
