@@ -427,6 +427,15 @@ def markdown(rows, meta) -> str:
         ratio = lambda a, b: f"{b / a:.2f}x" if a and b else ""
         hu = r.results.get("kiln", {}).get("host_us")
         out.append(f"| {r.name} | " + " | ".join(cells) + f" | {ratio(k, eg)} | {ratio(k, tc)} | " + (f"{hu:.1f}" if hu else "") + " |")
+    # Host time per call of every variant (GPU runs only: the device idle before each call).
+    hosted = [r for r in rows if any(e.get("host_us") for e in r.results.values())]
+    if hosted:
+        hnames = names + ["kiln static_weights"]
+        out += ["", "Host time per call (us; until the call returns, the device idle before it), same run:", "",
+                "| workload | " + " | ".join(hnames) + " |", "|---" * (len(hnames) + 1) + "|"]
+        for r in hosted:
+            cells = [f"{r.results.get(n, {}).get('host_us'):.1f}" if r.results.get(n, {}).get("host_us") else "" for n in hnames]
+            out.append(f"| {r.name} | " + " | ".join(cells) + " |")
     static = [(r.name, r.results["kiln static_weights"]) for r in rows if "ms" in r.results.get("kiln static_weights", {})]
     if static:
         out += ["", "kiln.compile(model, static_weights=True), same run:", "",
