@@ -297,6 +297,33 @@ fn skinny_gemm_norm_on_producer_stats() -> R<()> {
     Ok(())
 }
 
+/// Two layer norms of one residual GEMM's output, each before its own GEMM: the optimizer
+/// computes their statistics once, in one kernel with both norms' outputs, which no GEMM can
+/// take in (it has two outputs), so it stays a kernel, no statistics are written and the three
+/// GEMMs run plain; all of it matches the interpreter.
+#[test]
+fn skinny_stats_read_by_two_norms() -> R<()> {
+    let (d, m, k1, k, n) = (DType::BF16, 32, 512, 768, 256);
+    let g = trace("skinny_stats_two_norms", |t| {
+        let x = t.input("x", d, [m, k1])?;
+        let h = t.input("r", d, [m, k])?.add(&x.matmul(&t.input("w1", d, [k, k1])?.t()?)?)?;
+        let (g1, b1) = (t.input("gamma1", d, [k])?, t.input("beta1", d, [k])?);
+        let (g2, b2) = (t.input("gamma2", d, [k])?, t.input("beta2", d, [k])?);
+        let y1 = h.layer_norm(&[k], Some(&g1), Some(&b1), 1e-5)?.matmul(&t.input("w2", d, [n, k])?.t()?)?;
+        let y2 = h.layer_norm(&[k], Some(&g2), Some(&b2), 1e-6)?.matmul(&t.input("w3", d, [n, k])?.t()?)?;
+        Ok(vec![y1, y2, h])
+    });
+    let kg = passes::optimize(&g, &passes::DeviceProfile::h200())?.kernels;
+    let art = with_skinny_gemm(64, || codegen::gpu::compile(&kg, &Default::default()))?;
+    std::fs::create_dir_all(super::ptx_dir())?;
+    std::fs::write(super::ptx_dir().join("skinny_stats_two_norms.ptx"), &art.ptx)?;
+    assert_eq!(skinny_launches(&art), 3, "{}", art.summary());
+    let inputs = fan_in_weights(&g, 77);
+    let reference = ir::interp::run(&g, &inputs)?;
+    super::device::run_and_compare("skinny_stats_two_norms", &art, &inputs, &reference)?;
+    Ok(())
+}
+
 /// One split (enough column blocks to fill the GPU) and split-K (few columns, long `k`) both
 /// run (row-major and transposed weights); a batched `[b, s, k] @ [k, n]` folds into one skinny
 /// GEMM of `b * s` rows; `m > 64` stays on cuBLASLt.
