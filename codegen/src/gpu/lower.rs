@@ -55,9 +55,17 @@ struct Lowering {
     clusters: bool,
     /// Buffers whose row statistics a fused norm would read (`prologue::stats_wanted`).
     wants_stats: std::collections::HashSet<u32>,
-    /// Row statistics written so far: output buffer -> (statistics buffer, rows, columns,
-    /// layout), by the skinny GEMM that wrote it.
-    stats: HashMap<u32, (u32, usize, usize, emit::RowStats)>,
+    /// Row statistics written so far, by the output buffer of the skinny GEMM that wrote them.
+    stats: HashMap<u32, WrittenStats>,
+}
+
+/// Row statistics that a skinny GEMM writes beside its `[rows, cols]` output (`emit::RowStats`).
+#[derive(Clone, Copy)]
+struct WrittenStats {
+    buffer: u32,
+    rows: usize,
+    cols: usize,
+    layout: emit::RowStats,
 }
 
 impl Lowering {
@@ -605,17 +613,17 @@ impl<'a> BodyLowering<'a> {
             return Ok(false);
         }
         // The row statistics of `x` from the GEMM that wrote it, else (opt-in) the kernel's own.
-        let from = lw.stats.get(&x).filter(|st| st.1 == m && st.2 == k).copied().filter(|_| prologue::stats_enabled());
+        let from = lw.stats.get(&x).filter(|st| st.rows == m && st.cols == k).copied().filter(|_| prologue::stats_enabled());
         if from.is_none() && !prologue::enabled() {
             return Ok(false);
         }
-        let norm = emit::Norm { gamma: gamma.is_some(), beta: beta.is_some(), eps: ln.eps, stats: from.map(|st| st.3) };
+        let norm = emit::Norm { gamma: gamma.is_some(), beta: beta.is_some(), eps: ln.eps, stats: from.map(|st| st.layout) };
         let spec = lw.skinny_spec(node.dtype, (m, n, k), (wb, bt), (bias, act, residual), Some((norm, &params)));
         if !spec.fits() {
             return Ok(false);
         }
         let mut ins = params;
-        ins.extend(from.map(|st| st.0));
+        ins.extend(from.map(|st| st.buffer));
         self.skinny_gemm(lw, &spec, (x, &ins), wb, target, bias, residual)?;
         Ok(true)
     }
@@ -720,11 +728,11 @@ impl<'a> BodyLowering<'a> {
         let mut outs = vec![target];
         let mut spec = spec.clone();
         if lw.wants_stats.contains(&target) && !spec.clustered() && !lw.stats.contains_key(&target) {
-            let rs = emit::RowStats { blocks: spec.blocks_n(), width: spec.block_n() };
-            let buf = lw.temp(DType::F32, Shape::new([spec.m, rs.blocks, 2]));
+            let layout = emit::RowStats { blocks: spec.blocks_n(), width: spec.block_n() };
+            let buffer = lw.temp(DType::F32, Shape::new([spec.m, layout.blocks, 2]));
             spec.stats_out = true;
-            outs.push(buf);
-            lw.stats.insert(target, (buf, spec.m, spec.n, rs));
+            outs.push(buffer);
+            lw.stats.insert(target, WrittenStats { buffer, rows: spec.m, cols: spec.n, layout });
         }
         let spec = &spec;
         if splits == 1 || spec.clustered() {
