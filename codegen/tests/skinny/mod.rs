@@ -291,6 +291,21 @@ fn skinny_gemm_norm_on_producer_stats() -> R<()> {
             assert_eq!(skinny_launches(&art), 2, "{tag}: {}", art.summary());
             // More than 32 rows: the norm stays a kernel of its own.
             assert_eq!(others, usize::from(!stats || m > 32), "{tag}: {}", art.summary());
+            if stats && m <= 32 {
+                // The writer's last argument, f32 [m, blocks, 2], is among the reader's.
+                let gemms: Vec<&Vec<u32>> = art
+                    .steps
+                    .iter()
+                    .filter_map(|s| match s {
+                        GpuStep::Launch(l) if l.symbol.contains("_skinny_") => Some(&l.args),
+                        _ => None,
+                    })
+                    .collect();
+                let written = *gemms[0].last().expect("arguments");
+                let buf = &art.buffers[written as usize];
+                assert_eq!((buf.dtype, buf.shape.as_slice()), (DType::F32, &[m, k.div_ceil(32), 2][..]), "{tag}");
+                assert!(gemms[1].contains(&written), "{tag}: the reader does not take the statistics");
+            }
             super::device::run_and_compare(&tag, &art, &inputs, &reference)?;
         }
     }
