@@ -129,29 +129,35 @@ fn norm_gemm_graph(
 ) -> Graph {
     trace(name, |t| {
         let x = t.input("x", d, [m, k])?;
-        let gamma = if affine.0 {
-            Some(t.input("gamma", d, [k])?)
-        } else {
-            None
-        };
-        let beta = if affine.1 {
-            Some(t.input("beta", d, [k])?)
-        } else {
-            None
-        };
-        let h = x.layer_norm(&[k], gamma.as_ref(), beta.as_ref(), 1e-5)?;
-        let mut y = h.matmul(&t.input("w", d, [n, k])?.t()?)?;
-        if ep.contains("bias") {
-            y = y.add(&t.input("b", d, [n])?)?;
-        }
-        if ep.contains("gelu") {
-            y = y.gelu_tanh()?;
-        }
-        if ep.contains("res") {
-            y = t.input("r", d, [m, n])?.add(&y)?;
-        }
-        Ok(vec![y])
+        Ok(vec![norm_gemm(t, &x, d, (m, k, n), affine, ep, ("w", "r"))?])
     })
+}
+
+/// `layer_norm(x) @ w.t()` and epilogue `ep` on a traced `x [m, k]`; new inputs in this order:
+/// gamma, beta (as `affine` says), the weight and the residual as `names` call them, the bias.
+fn norm_gemm(
+    t: &frontend::Tracer,
+    x: &Tensor,
+    d: DType,
+    (m, k, n): (usize, usize, usize),
+    affine: (bool, bool),
+    ep: &str,
+    (w, r): (&str, &str),
+) -> frontend::Result<Tensor> {
+    let gamma = if affine.0 { Some(t.input("gamma", d, [k])?) } else { None };
+    let beta = if affine.1 { Some(t.input("beta", d, [k])?) } else { None };
+    let h = x.layer_norm(&[k], gamma.as_ref(), beta.as_ref(), 1e-5)?;
+    let mut y = h.matmul(&t.input(w, d, [n, k])?.t()?)?;
+    if ep.contains("bias") {
+        y = y.add(&t.input("b", d, [n])?)?;
+    }
+    if ep.contains("gelu") {
+        y = y.gelu_tanh()?;
+    }
+    if ep.contains("res") {
+        y = t.input(r, d, [m, n])?.add(&y)?;
+    }
+    Ok(y)
 }
 
 /// With fused norms on (`with_fused_norms`; off by default, docs/gpu-gemm.md), a layer norm
@@ -214,19 +220,7 @@ fn residual_norm_gemm_graph(
     trace(name, |t| {
         let x = t.input("x", d, [m, k1])?;
         let h = t.input("r", d, [m, k])?.add(&x.matmul(&t.input("w1", d, [k, k1])?.t()?)?)?;
-        let gamma = if affine.0 { Some(t.input("gamma", d, [k])?) } else { None };
-        let beta = if affine.1 { Some(t.input("beta", d, [k])?) } else { None };
-        let hn = h.layer_norm(&[k], gamma.as_ref(), beta.as_ref(), 1e-5)?;
-        let mut y = hn.matmul(&t.input("w2", d, [n, k])?.t()?)?;
-        if ep.contains("bias") {
-            y = y.add(&t.input("b", d, [n])?)?;
-        }
-        if ep.contains("gelu") {
-            y = y.gelu_tanh()?;
-        }
-        if ep.contains("res") {
-            y = t.input("r2", d, [m, n])?.add(&y)?;
-        }
+        let y = norm_gemm(t, &h, d, (m, k, n), affine, ep, ("w2", "r2"))?;
         Ok(vec![y, h])
     })
 }
