@@ -836,12 +836,11 @@ fn step_mmas(
     norm: Option<&NormRows>,
 ) -> Vec<(usize, Vec<[String; 4]>, [String; 2])> {
     if s.b_transposed {
-        let mut aregs = a_regs(k, s, a_rows, &b.j_ok, &b.kt, 8);
-        if let Some(nr) = norm {
-            let x: Vec<Vec<String>> = aregs.iter().map(|r| unpack8(k, r, s.dtype)).collect();
-            aregs = apply_norm(k, s, nr.norm, &x, b, (&nr.mean, &nr.rstd));
-        }
-        return transposed_mmas(&aregs, b);
+        let aregs = a_regs(k, s, a_rows, &b.j_ok, &b.kt, 8);
+        return match norm {
+            Some(nr) => normed_mmas(k, s, nr, b, &aregs),
+            None => transposed_mmas(&aregs, b),
+        };
     }
     let st = storage_type(s.dtype);
     let arows = a_regs(k, s, a_rows, &b.j_ok, &b.kt, 4);
@@ -859,6 +858,19 @@ fn step_mmas(
             (i, a, [b0, b1])
         })
         .collect()
+}
+
+/// [`transposed_mmas`] of a step's `A` registers layer-normed first ([`apply_norm`]).
+fn normed_mmas(
+    k: &mut K,
+    s: &Skinny,
+    nr: &NormRows,
+    b: &StepB,
+    aregs: &[Vec<String>],
+) -> Vec<(usize, Vec<[String; 4]>, [String; 2])> {
+    let x: Vec<Vec<String>> = aregs.iter().map(|r| unpack8(k, r, s.dtype)).collect();
+    let aregs = apply_norm(k, s, nr.norm, &x, b, (&nr.mean, &nr.rstd));
+    transposed_mmas(&aregs, b)
 }
 
 /// A transposed-weight step's mma operands from its `A` registers (per row of the lane, 4
@@ -1618,7 +1630,7 @@ pub(crate) fn main_kernel(
     // Statistics from the GEMM that wrote `a`, read after the wait; iteration 0's `A` is
     // loaded first when its registers fit, so that its latency overlaps theirs and their
     // combination.
-    let (norm_rows, mut early_a) = match (s.norm, stats_arg) {
+    let (norm_rows, early_a) = match (s.norm, stats_arg) {
         (Some(nm), Some(arg)) => {
             let rs = nm.stats.expect("stats_arg implies stats");
             let early = (first_b.len() * a_rows.len() * 4 <= MAX_EARLY_A_REGS).then(|| {
@@ -1652,18 +1664,10 @@ pub(crate) fn main_kernel(
                 .collect();
             mma_all(&mut k, s, mmas, &mut cur);
         }
-        _ => match (early_a.take(), norm_rows.as_ref()) {
+        _ => match (early_a, norm_rows.as_ref()) {
             (Some(early), Some(nr)) => {
                 // The early `A` of each step, normalized now.
-                let mmas = first_b
-                    .iter()
-                    .zip(early)
-                    .flat_map(|(b, aregs)| {
-                        let x: Vec<Vec<String>> = aregs.iter().map(|r| unpack8(&mut k, r, s.dtype)).collect();
-                        let aregs = apply_norm(&mut k, s, nr.norm, &x, b, (&nr.mean, &nr.rstd));
-                        transposed_mmas(&aregs, b)
-                    })
-                    .collect();
+                let mmas = first_b.iter().zip(&early).flat_map(|(b, a)| normed_mmas(&mut k, s, nr, b, a)).collect();
                 mma_all(&mut k, s, mmas, &mut cur);
             }
             _ => accumulate(&mut k, s, &a_rows, &first_b, &mut cur, norm_rows.as_ref()),
