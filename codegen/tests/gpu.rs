@@ -1104,6 +1104,68 @@ fn gpt2_small_b1_t32_compiles() -> R<()> {
 }
 
 
+/// The in-graph trace (`KILN_GPU_TRACE`, `runtime::cuda::trace`) of GPT-2 small b1 t32 through
+/// the optimizer: every kernel of the module is instrumented (its PTX goes to ptxas in CI). On
+/// a GPU: one replay records every block of every launch step, and under programmatic
+/// dependent launch no block of a step gets past its wait before the previous step's last
+/// block has left; the timeline is printed (`TRACE` lines).
+#[test]
+fn gpt2_small_b1_t32_in_graph_trace() -> R<()> {
+    use frontend::models::{Gpt2, Gpt2Config};
+    let cfg = Gpt2Config::small().with_dtype(DType::BF16);
+    let traced = frontend::trace(&Gpt2::new(cfg.clone()), &[cfg.input_spec(1, 32)])?;
+    let kg = passes::optimize(&traced.graph, &passes::DeviceProfile::h200())?.kernels;
+    let art = codegen::gpu::with_kernel_trace(true, || codegen::gpu::compile(&kg, &GpuOptions::default()))?;
+    let entries = runtime::cuda::trace::ptx_entries(&art.ptx).len();
+    assert!(entries > 0);
+    assert_eq!(art.ptx.matches("atom.global.add.u64 %ktd0").count(), entries);
+    assert_eq!(art.ptx.matches("[%ktd0+16]").count(), art.ptx.matches("griddepcontrol.wait;").count());
+    assert_eq!(art.ptx.matches("[%ktd0+24]").count(), art.ptx.matches("\tret;").count());
+    std::fs::create_dir_all(ptx_dir())?;
+    std::fs::write(ptx_dir().join("gpt2_small_b1_t32_traced.ptx"), &art.ptx)?;
+    #[cfg(feature = "cuda")]
+    {
+        use runtime::cuda::{CudaExecutor, GpuStep};
+        if !device::available("gpt2_small_b1_t32_in_graph_trace") {
+            return Ok(());
+        }
+        let mut ex = CudaExecutor::new(art.clone(), 0)?;
+        let inputs = traced.random_inputs(7);
+        let mut ins = Vec::new();
+        for v in &inputs {
+            let t = ex.alloc(v.data.len() * v.dtype.size_bytes())?;
+            t.upload(&device::to_bytes(v))?;
+            ins.push(t);
+        }
+        let on = traced.graph.node(traced.graph.outputs()[0]);
+        let o = ex.alloc(on.shape.numel() * on.dtype.size_bytes())?;
+        let in_ptrs: Vec<u64> = ins.iter().map(|t| t.ptr).collect();
+        let trace = unsafe { ex.trace(&in_ptrs, &[o.ptr])? };
+        for line in trace.report(&art).lines() {
+            println!("TRACE gpt2_small_b1_t32: {line}");
+        }
+        let steps = trace.steps(&art);
+        let launches = art.steps.iter().filter(|s| matches!(s, GpuStep::Launch(_))).count();
+        assert_eq!(steps.len(), launches);
+        assert_eq!(trace.dropped, 0);
+        for st in &steps {
+            assert_eq!(st.records, st.blocks, "step {} ({}): every block leaves a record", st.step, st.kernel);
+            assert!(st.first_start <= st.first_released && st.first_released <= st.last_exit, "step {}: {st:?}", st.step);
+        }
+        if ex.graph_mode() == runtime::cuda::GraphMode::Pdl {
+            for w in steps.windows(2) {
+                // %globaltimer ticks in steps of up to 1 us on some parts
+                assert!(
+                    w[1].first_released + 1024.0 >= w[0].last_exit,
+                    "step {} released at {} ns, before step {} finished at {} ns",
+                    w[1].step, w[1].first_released, w[0].step, w[0].last_exit
+                );
+            }
+        }
+    }
+    Ok(())
+}
+
 /// A causal mask built from a constant `true` tensor, one kernel per op (the eager-style
 /// baseline of kiln-bench): the bool constant is its own kernel (it once printed as
 /// `arith.constant true : i1`, which MLIR rejects).

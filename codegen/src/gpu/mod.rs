@@ -19,6 +19,7 @@ mod prologue;
 mod ptx;
 
 pub use emit::{with_skinny_clusters, with_skinny_gemm, EmittedKernel};
+pub use ptx::with_kernel_trace;
 pub use prologue::{with_fused_norms, with_norm_stats};
 pub use lower::single_kernel;
 

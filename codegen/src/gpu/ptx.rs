@@ -11,6 +11,7 @@ use melior::{
     Context,
 };
 use std::cell::RefCell;
+use std::fmt::Write as _;
 use std::rc::Rc;
 
 /// The pass pipeline; `{chip}` and `{features}` from the target, `{bits}` the index width.
@@ -55,10 +56,87 @@ pub(crate) fn to_ptx(mlir: &str, sm: SmVersion, index_bits: u32) -> Result<Strin
     }
     let ptx = unsafe { read_ptx(&module) }.ok_or_else(|| messages("reading the gpu.binary object"))?;
     context.detach_diagnostic_handler(handler);
-    Ok(match sm {
+    let ptx = match sm {
         SmVersion::Sm90 => with_cluster_dims(&with_grid_dependency_control(&ptx)),
         SmVersion::Sm80 => ptx,
-    })
+    };
+    Ok(if tracing() { with_trace(&ptx) } else { ptx })
+}
+
+thread_local! {
+    static TRACE: std::cell::Cell<Option<bool>> = const { std::cell::Cell::new(None) };
+}
+
+/// Whether kernels are instrumented for the in-graph trace: [`with_kernel_trace`]'s setting on
+/// this thread, else `KILN_GPU_TRACE=1`. Off by default.
+fn tracing() -> bool {
+    TRACE.with(|c| c.get()).unwrap_or_else(|| std::env::var("KILN_GPU_TRACE").is_ok_and(|v| v == "1"))
+}
+
+/// Runs `f` (which compiles graphs) with every kernel instrumented for the in-graph trace
+/// (`runtime::cuda::trace`, read back by `CudaExecutor::trace`) or not, on this thread,
+/// whatever the environment says.
+pub fn with_kernel_trace<T>(on: bool, f: impl FnOnce() -> T) -> T {
+    let old = TRACE.with(|c| c.replace(Some(on)));
+    let out = f();
+    TRACE.with(|c| c.set(old));
+    out
+}
+
+/// Instruments every entry of `ptx` for the in-graph trace (`runtime::cuda::trace` defines
+/// the record): the module gains the record counter and array; in each entry, thread 0 of the
+/// block takes a slot at entry and stores there the entry's index, `%smid`, the block index
+/// and `%globaltimer` / `%clock64`, again after `griddepcontrol.wait` and before each `ret`.
+/// Registers are prefixed `%kt` (LLVM's NVPTX backend names its own `%r`, `%rd`, `%p`, `%f`..).
+pub(crate) fn with_trace(ptx: &str) -> String {
+    use runtime::cuda::trace::{CAPACITY, COUNT_SYMBOL, LOG_SYMBOL, RECORD_BYTES};
+    let is_entry = |t: &str| t.starts_with(".visible .entry") || t.starts_with(".entry");
+    let stamp = |at: usize| {
+        format!(
+            "\tmov.u64 %ktd1, %globaltimer;\n\tmov.u64 %ktd2, %clock64;\n\t@%ktp st.global.u64 [%ktd0+{at}], %ktd1;\n\t@%ktp st.global.u64 [%ktd0+{}], %ktd2;\n",
+            at + 24
+        )
+    };
+    let mut out = String::with_capacity(ptx.len() + 4096);
+    // 0: outside an entry; 1: in an entry's header; 2: in its declarations.
+    let (mut state, mut entry) = (0, 0usize);
+    for line in ptx.lines() {
+        let t = line.trim_start();
+        if state == 2 && !(t.is_empty() || t.starts_with(".reg") || t.starts_with(".shared") || t.starts_with(".local") || t.starts_with("//")) {
+            let _ = write!(
+                out,
+                "\t.reg .pred %ktp;\n\t.reg .b32 %ktr<4>;\n\t.reg .b64 %ktd<4>;\n\
+                 \tmov.u64 %ktd1, %globaltimer;\n\tmov.u64 %ktd2, %clock64;\n\
+                 \tmov.u32 %ktr0, %tid.x;\n\tmov.u32 %ktr1, %tid.y;\n\tor.b32 %ktr0, %ktr0, %ktr1;\n\
+                 \tmov.u32 %ktr1, %tid.z;\n\tor.b32 %ktr0, %ktr0, %ktr1;\n\tsetp.eq.u32 %ktp, %ktr0, 0;\n\
+                 \tmov.u64 %ktd0, 0;\n\t@%ktp atom.global.add.u64 %ktd0, [{COUNT_SYMBOL}], 1;\n\
+                 \tmin.u64 %ktd0, %ktd0, {};\n\tmul.lo.u64 %ktd0, %ktd0, {RECORD_BYTES};\n\
+                 \tmov.u64 %ktd3, {LOG_SYMBOL};\n\tadd.u64 %ktd0, %ktd0, %ktd3;\n\
+                 \tmov.u32 %ktr2, {};\n\tmov.u32 %ktr3, %smid;\n\t@%ktp st.global.v2.u32 [%ktd0], {{%ktr2, %ktr3}};\n\
+                 \t@%ktp st.global.u64 [%ktd0+8], %ktd1;\n\t@%ktp st.global.u64 [%ktd0+32], %ktd2;\n\
+                 \tmov.u32 %ktr2, %ctaid.x;\n\tmov.u32 %ktr3, %ctaid.y;\n\t@%ktp st.global.v2.u32 [%ktd0+56], {{%ktr2, %ktr3}};\n",
+                CAPACITY - 1,
+                entry - 1
+            );
+            state = 0;
+        }
+        if t == "ret;" && entry > 0 {
+            out.push_str(&stamp(24));
+        }
+        out.push_str(line);
+        out.push('\n');
+        if t.starts_with(".address_size") {
+            let _ = writeln!(out, "\n.visible .global .align 8 .u64 {COUNT_SYMBOL};\n.visible .global .align 8 .b8 {LOG_SYMBOL}[{}];", CAPACITY * RECORD_BYTES);
+        } else if is_entry(t) {
+            state = 1;
+            entry += 1;
+        } else if state == 1 && t == "{" {
+            state = 2;
+        } else if t == "griddepcontrol.wait;" && entry > 0 {
+            out.push_str(&stamp(16));
+        }
+    }
+    out
 }
 
 /// Programmatic dependent launch (sm_90): every kernel begins with `griddepcontrol.wait`

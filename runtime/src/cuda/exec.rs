@@ -162,6 +162,8 @@ pub struct CudaExecutor {
     artifact: CudaArtifact,
     ctx: Arc<CudaContext>,
     stream: Arc<CudaStream>,
+    /// The artifact's PTX module (null when it has no kernels).
+    module: CUmodule,
     /// Per step: the kernel function (launch steps only).
     funcs: Vec<Option<CUfunction>>,
     plans: Vec<Option<Plan>>,
@@ -250,7 +252,7 @@ impl CudaExecutor {
         if let Some(b) = &blas {
             tune_gemms(&artifact, &mut plans, b, stream.cu_stream(), &alloc)?;
         }
-        Ok(CudaExecutor { artifact, ctx, stream, funcs, plans, blas, arena, workspace, graph: None, captures: 0, updates: 0, rebind_refused: None, mode: GraphMode::from_env(), gemm_waits: Vec::new(), programmatic_edges: 0, inlined_gemms: 0 })
+        Ok(CudaExecutor { artifact, ctx, stream, module, funcs, plans, blas, arena, workspace, graph: None, captures: 0, updates: 0, rebind_refused: None, mode: GraphMode::from_env(), gemm_waits: Vec::new(), programmatic_edges: 0, inlined_gemms: 0 })
     }
 
     pub fn artifact(&self) -> &CudaArtifact {
@@ -600,6 +602,54 @@ impl CudaExecutor {
         }
         captured.addresses = inputs.iter().chain(outputs).copied().collect();
         Ok((captured, edges))
+    }
+
+    /// Replays the graph once, L2 flushed before it as in [`CudaExecutor::time_runs`], and
+    /// reads back its kernels' trace records (`super::trace`). The artifact must be compiled
+    /// with tracing on (`KILN_GPU_TRACE=1`); a replay first builds the graph if needed.
+    ///
+    /// # Safety
+    /// As [`CudaExecutor::run_graph`]: the pointers must be live device buffers of the sizes
+    /// `check` verifies.
+    pub unsafe fn trace(&mut self, inputs: &[CUdeviceptr], outputs: &[CUdeviceptr]) -> Result<super::trace::Trace, CudaError> {
+        use super::trace::{Trace, TraceRecord, CAPACITY, COUNT_SYMBOL, LOG_SYMBOL, RECORD_BYTES};
+        if self.module.is_null() || !self.artifact.ptx.contains(LOG_SYMBOL) {
+            return Err(CudaError::BadArtifact {
+                artifact: self.artifact.name.clone(),
+                reason: "its kernels were compiled without tracing (KILN_GPU_TRACE=1)".into(),
+            });
+        }
+        unsafe { self.run_graph(inputs, outputs, None)? };
+        self.synchronize()?;
+        let global = |name: &str| -> Result<(CUdeviceptr, usize), CudaError> {
+            let c = CString::new(name).expect("no NUL");
+            let (mut ptr, mut bytes) = (0, 0);
+            unsafe { sys::cuModuleGetGlobal_v2(&mut ptr, &mut bytes, self.module, c.as_ptr()) }
+                .result()
+                .map_err(driver("finding the trace buffers"))?;
+            Ok((ptr, bytes))
+        };
+        let (count, _) = global(COUNT_SYMBOL)?;
+        let (log, log_bytes) = global(LOG_SYMBOL)?;
+        let flush = self.alloc(256 << 20)?;
+        let s = self.stream.cu_stream();
+        unsafe {
+            result::memset_d8_async(flush.ptr, 0x5a, flush.bytes, s).map_err(driver("memset"))?;
+            result::memset_d8_async(count, 0, 8, s).map_err(driver("memset"))?;
+            result::memset_d8_async(log, 0, log_bytes, s).map_err(driver("memset"))?;
+            self.run_graph(inputs, outputs, None)?;
+        }
+        self.synchronize()?;
+        let mut n = [0u64; 1];
+        unsafe { result::memcpy_dtoh_sync(&mut n, count) }.map_err(driver("device-to-host copy"))?;
+        let kept = (n[0] as usize).min(CAPACITY).min(log_bytes / RECORD_BYTES);
+        let mut raw = vec![0u8; kept * RECORD_BYTES];
+        unsafe { result::memcpy_dtoh_sync(&mut raw, log) }.map_err(driver("device-to-host copy"))?;
+        let records = raw
+            .chunks_exact(RECORD_BYTES)
+            .map(|c| TraceRecord::from_bytes(c.try_into().expect("chunks of RECORD_BYTES")))
+            .collect();
+        Ok(Trace { records, dropped: n[0] as usize - kept })
     }
 
     /// Times step `i` inside a CUDA graph of `copies` back-to-back launches of it (this

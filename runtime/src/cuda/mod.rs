@@ -10,6 +10,7 @@
 mod exec;
 #[cfg(feature = "cuda")]
 mod gemm;
+pub mod trace;
 
 #[cfg(feature = "cuda")]
 pub use exec::{driver_present, CudaExecutor, DeviceTensor, GraphMode};
