@@ -1,7 +1,7 @@
 //! MLIR text -> PTX through melior: parse, run the NVVM pipeline of `TOOLCHAIN.md`, and read
 //! the PTX out of the `gpu.binary` op's object attribute.
 
-use super::emit::{CLUSTER_MARK, WAIT_MARK};
+use super::emit::{CLUSTER_MARK, TRIGGER_MARK, WAIT_MARK};
 use super::{GpuError, SmVersion};
 use melior::{
     dialect::DialectRegistry,
@@ -69,9 +69,14 @@ thread_local! {
 
 /// Whether kernels are instrumented for the in-graph trace: [`with_kernel_trace`]'s setting on
 /// this thread, else `KILN_GPU_TRACE=1`. Off by default.
-fn tracing() -> bool {
+pub(crate) fn tracing() -> bool {
     TRACE.with(|c| c.get()).unwrap_or_else(|| std::env::var("KILN_GPU_TRACE").is_ok_and(|v| v == "1"))
 }
+
+/// The PTX comment (an asm statement's text, followed by the mark's number) that
+/// [`with_trace`] replaces by a time stamp in the block's record
+/// (`runtime::cuda::trace::TraceRecord::marks`).
+pub(crate) const TRACE_MARK: &str = "// kiln: trace mark ";
 
 /// Runs `f` (which compiles graphs) with every kernel instrumented for the in-graph trace
 /// (`runtime::cuda::trace`, read back by `CudaExecutor::trace`) or not, on this thread,
@@ -86,10 +91,11 @@ pub fn with_kernel_trace<T>(on: bool, f: impl FnOnce() -> T) -> T {
 /// Instruments every entry of `ptx` for the in-graph trace (`runtime::cuda::trace` defines
 /// the record): the module gains the record counter and array; in each entry, thread 0 of the
 /// block takes a slot at entry and stores there the entry's index, `%smid`, the block index
-/// and `%globaltimer` / `%clock64`, again after `griddepcontrol.wait` and before each `ret`.
+/// and `%globaltimer` / `%clock64`, again after `griddepcontrol.wait` and before each `ret`,
+/// and `%globaltimer` at each [`TRACE_MARK`] an emitter placed.
 /// Registers are prefixed `%kt` (LLVM's NVPTX backend names its own `%r`, `%rd`, `%p`, `%f`..).
 pub(crate) fn with_trace(ptx: &str) -> String {
-    use runtime::cuda::trace::{CAPACITY, COUNT_SYMBOL, LOG_SYMBOL, RECORD_BYTES};
+    use runtime::cuda::trace::{CAPACITY, COUNT_SYMBOL, LOG_SYMBOL, MARKS, MARKS_AT, RECORD_BYTES};
     let is_entry = |t: &str| t.starts_with(".visible .entry") || t.starts_with(".entry");
     let stamp = |at: usize| {
         format!(
@@ -123,6 +129,10 @@ pub(crate) fn with_trace(ptx: &str) -> String {
         if t == "ret;" && entry > 0 {
             out.push_str(&stamp(24));
         }
+        if let Some(n) = t.strip_prefix(TRACE_MARK).and_then(|n| n.trim().parse::<usize>().ok()).filter(|&n| n < MARKS) {
+            let _ = write!(out, "\tmov.u64 %ktd1, %globaltimer;\n\t@%ktp st.global.u64 [%ktd0+{}], %ktd1;\n", MARKS_AT + 8 * n);
+            continue;
+        }
         out.push_str(line);
         out.push('\n');
         if t.starts_with(".address_size") {
@@ -143,36 +153,47 @@ pub(crate) fn with_trace(ptx: &str) -> String {
 /// (nothing of it runs before the kernel it depends on has finished and its writes are
 /// visible), then `griddepcontrol.launch_dependents` (the next kernel may be launched now; its
 /// blocks wait the same way). A kernel that marks its own wait ([`WAIT_MARK`]: the skinny GEMM
-/// loads its weights first) waits there instead. Launched without the programmatic attribute or
+/// loads its weights first) waits there instead, and one that marks its trigger
+/// ([`TRIGGER_MARK`]) lets the next kernel launch there instead. Launched without the programmatic attribute or
 /// edge both are no-ops. The executor makes an edge programmatic only into a kernel that
 /// waits, so every kernel completing still implies every earlier one has.
 pub(crate) fn with_grid_dependency_control(ptx: &str) -> String {
-    const WAIT: &str = "\tgriddepcontrol.wait;\n\tgriddepcontrol.launch_dependents;\n";
+    const WAIT: &str = "\tgriddepcontrol.wait;\n";
+    const TRIGGER: &str = "\tgriddepcontrol.launch_dependents;\n";
     let is_entry = |t: &str| t.starts_with(".visible .entry") || t.starts_with(".entry");
-    // Whether each entry marks its own wait.
+    // Whether each entry marks its own wait, and its own trigger ([`TRIGGER_MARK`]).
     let mut marked = Vec::new();
     for t in ptx.lines().map(str::trim_start) {
         if is_entry(t) {
-            marked.push(false);
-        } else if t == WAIT_MARK {
-            if let Some(m) = marked.last_mut() {
-                *m = true;
-            }
+            marked.push((false, false));
+        } else if let Some(m) = marked.last_mut() {
+            m.0 |= t == WAIT_MARK;
+            m.1 |= t == TRIGGER_MARK;
         }
     }
     let mut out = String::with_capacity(ptx.len() + 256);
     // 0: outside an entry; 1: in an entry's header; 2: in its declarations.
     let (mut state, mut entry) = (0, 0);
+    let wait = |out: &mut String, entry: usize| {
+        out.push_str(WAIT);
+        if !marked[entry - 1].1 {
+            out.push_str(TRIGGER);
+        }
+    };
     for line in ptx.lines() {
         let t = line.trim_start();
         if state == 2 && !(t.is_empty() || t.starts_with(".reg") || t.starts_with(".shared") || t.starts_with(".local") || t.starts_with("//")) {
-            if !marked[entry - 1] {
-                out.push_str(WAIT);
+            if !marked[entry - 1].0 {
+                wait(&mut out, entry);
             }
             state = 0;
         }
         if t == WAIT_MARK {
-            out.push_str(WAIT);
+            wait(&mut out, entry);
+            continue;
+        }
+        if t == TRIGGER_MARK {
+            out.push_str(TRIGGER);
             continue;
         }
         out.push_str(line);

@@ -25,8 +25,14 @@ pub const COUNT_SYMBOL: &str = "kiln_trace_count";
 /// The module's record array (`CAPACITY x RECORD_BYTES` bytes).
 pub const LOG_SYMBOL: &str = "kiln_trace_log";
 /// Bytes per record: `u32 entry, u32 sm, u64 start_ns, u64 waited_ns, u64 exit_ns,
-/// u64 start_clk, u64 waited_clk, u64 exit_clk, u32 block_x, u32 block_y`.
-pub const RECORD_BYTES: usize = 64;
+/// u64 start_clk, u64 waited_clk, u64 exit_clk, u32 block_x, u32 block_y, u64 marks[MARKS]`.
+pub const RECORD_BYTES: usize = 64 + 8 * MARKS;
+/// Points inside a kernel that its emitter marks (`%globaltimer` at each; 0 where a block did
+/// not pass one). The skinny GEMM's: 1 the norm's statistics combined, 2 every mma done and
+/// the warps summed, 3 the block counted in its split-K counter (0 is free).
+pub const MARKS: usize = 4;
+/// Where the marks start in a record.
+pub const MARKS_AT: usize = 64;
 /// Records the module holds; blocks past it overwrite the last slot (and the counter says how
 /// many there were).
 pub const CAPACITY: usize = 1 << 15;
@@ -45,6 +51,7 @@ pub struct TraceRecord {
     pub start_clk: u64,
     pub waited_clk: u64,
     pub exit_clk: u64,
+    pub marks: [u64; MARKS],
 }
 
 impl TraceRecord {
@@ -62,6 +69,7 @@ impl TraceRecord {
             waited_clk: u64_at(40),
             exit_clk: u64_at(48),
             block: [u32_at(56), u32_at(60)],
+            marks: std::array::from_fn(|i| u64_at(MARKS_AT + 8 * i)),
         }
     }
 
@@ -108,6 +116,11 @@ pub struct StepTrace {
     /// Median over blocks of the time from release to exit, and from entry to release.
     pub block_median: f64,
     pub prewait_median: f64,
+    /// Per mark: the median over the blocks that passed it of the time from release to it
+    /// (`None`: no block did).
+    pub marks_median: [Option<f64>; MARKS],
+    /// The block that left last: from its last mark to its exit (`None`: it passed none).
+    pub last_tail: Option<f64>,
 }
 
 impl Trace {
@@ -155,6 +168,13 @@ impl Trace {
                 last_exit: rs.iter().map(|r| rel(r.exit_ns)).fold(0.0, f64::max),
                 block_median: median(rs.iter().map(|r| r.exit_ns.saturating_sub(r.released_ns()) as f64).collect()),
                 prewait_median: median(rs.iter().map(|r| r.released_ns().saturating_sub(r.start_ns) as f64).collect()),
+                marks_median: std::array::from_fn(|i| {
+                    let v: Vec<f64> = rs.iter().filter(|r| r.marks[i] != 0).map(|r| r.marks[i].saturating_sub(r.released_ns()) as f64).collect();
+                    (!v.is_empty()).then(|| median(v))
+                }),
+                last_tail: rs.iter().max_by_key(|r| r.exit_ns).and_then(|r| {
+                    r.marks.iter().filter(|&&m| m != 0).max().map(|&m| r.exit_ns.saturating_sub(m) as f64)
+                }),
             });
         }
         out
@@ -171,15 +191,27 @@ impl Trace {
 
     /// The timeline as text: per launch step, when its first block entered and was released
     /// and its last block left, the gap from the previous step's last exit to this step's
-    /// first release (the kernel boundary), and the step's span from release to last exit;
-    /// then the sums.
+    /// first release (the kernel boundary), the step's span from release to last exit, the
+    /// medians over blocks of release to exit and entry to release, of release to each mark
+    /// passed, and the last block's time from its last mark to its exit; then the sums.
     pub fn report(&self, art: &CudaArtifact) -> String {
         let steps = self.steps(art);
         let mut s = String::new();
         let _ = writeln!(
             s,
-            "{:>4}  {:<34} {:>6}  {:>9} {:>9} {:>9}  {:>8} {:>8}  {:>8} {:>8}",
-            "step", "kernel", "blocks", "enter us", "release", "exit", "gap", "span", "block50", "prewait50"
+            "{:>4}  {:<34} {:>6}  {:>9} {:>9} {:>9}  {:>8} {:>8}  {:>8} {:>8}  {}  {:>8}",
+            "step",
+            "kernel",
+            "blocks",
+            "enter us",
+            "release",
+            "exit",
+            "gap",
+            "span",
+            "block50",
+            "prewait50",
+            (1..MARKS).map(|i| format!("{:>8}", format!("mark{i}"))).collect::<Vec<_>>().join(" "),
+            "lasttail"
         );
         let (mut gaps, mut spans, mut prev_exit) = (0.0, 0.0, None::<f64>);
         for st in &steps {
@@ -192,9 +224,10 @@ impl Trace {
             gaps += gap;
             spans += span;
             prev_exit = Some(st.last_exit);
+            let opt = |v: Option<f64>| v.map_or(format!("{:>8}", "-"), |x| format!("{:>8.2}", x / 1e3));
             let _ = writeln!(
                 s,
-                "{:>4}  {:<34} {:>6}  {:>9.2} {:>9.2} {:>9.2}  {:>8.2} {:>8.2}  {:>8.2} {:>8.2}{}",
+                "{:>4}  {:<34} {:>6}  {:>9.2} {:>9.2} {:>9.2}  {:>8.2} {:>8.2}  {:>8.2} {:>8.2}  {}  {}{}",
                 st.step,
                 short(&st.kernel),
                 st.blocks,
@@ -205,6 +238,8 @@ impl Trace {
                 span / 1e3,
                 st.block_median / 1e3,
                 st.prewait_median / 1e3,
+                st.marks_median[1..].iter().map(|&m| opt(m)).collect::<Vec<_>>().join(" "),
+                opt(st.last_tail),
                 if st.records != st.blocks { format!("  ({} records)", st.records) } else { String::new() }
             );
         }
@@ -269,7 +304,9 @@ mod tests {
         b[48..56].copy_from_slice(&1800u64.to_le_bytes());
         b[56..60].copy_from_slice(&3u32.to_le_bytes());
         b[60..64].copy_from_slice(&4u32.to_le_bytes());
+        b[MARKS_AT + 16..MARKS_AT + 24].copy_from_slice(&700u64.to_le_bytes());
         let r = TraceRecord::from_bytes(&b);
+        assert_eq!(r.marks, [0, 0, 700, 0]);
         assert_eq!((r.entry, r.sm, r.start_ns, r.waited_ns, r.exit_ns, r.exit_clk, r.block), (7, 131, 100, 150, 900, 1800, [3, 4]));
         assert_eq!(r.released_ns(), 150);
         assert_eq!(TraceRecord { waited_ns: 0, ..r }.released_ns(), 100);
@@ -296,8 +333,12 @@ mod tests {
             ],
             dropped: 0,
         };
+        let mut trace = trace;
+        trace.records[1].marks[2] = 1300; // a's first block: summed 200 ns after its release
         let steps = trace.steps(&art);
         assert_eq!(steps.len(), 3);
+        assert_eq!(steps[0].marks_median, [None, None, Some(200.0), None]);
+        assert_eq!((steps[0].last_tail, steps[1].last_tail), (None, None));
         assert_eq!((steps[0].records, steps[0].first_released, steps[0].last_exit), (2, 100.0, 600.0));
         assert_eq!((steps[1].first_start, steps[1].first_released, steps[1].last_exit), (400.0, 1000.0, 2000.0));
         assert_eq!((steps[2].first_start, steps[2].first_released, steps[2].last_exit), (3000.0, 4100.0, 4600.0));

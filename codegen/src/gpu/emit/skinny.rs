@@ -370,6 +370,31 @@ pub(crate) const WAIT_MARK: &str = "// kiln: griddepcontrol.wait";
 const WAIT_MARK_OP: &str =
     "llvm.inline_asm has_side_effects \"// kiln: griddepcontrol.wait\", \"\" : () -> ()";
 
+/// Where a kernel lets the next one launch (`griddepcontrol.launch_dependents`, sm_90) when
+/// not right after its wait: a PTX comment that `ptx::with_grid_dependency_control` replaces.
+pub(crate) const TRIGGER_MARK: &str = "// kiln: griddepcontrol.launch_dependents";
+const TRIGGER_MARK_OP: &str =
+    "llvm.inline_asm has_side_effects \"// kiln: griddepcontrol.launch_dependents\", \"\" : () -> ()";
+
+/// Whether the skinny GEMM lets the next kernel launch only once its mmas are done and summed
+/// (`KILN_GPU_LATE_TRIGGER=1`, an experiment) rather than right after its wait: the next
+/// kernel's weight stream then overlaps only this one's split-K reduction instead of
+/// competing with its `A` loads.
+fn late_trigger() -> bool {
+    std::env::var("KILN_GPU_LATE_TRIGGER").is_ok_and(|v| v == "1")
+}
+
+/// Marks point `n` of the block's work for the in-graph trace when kernels are traced
+/// (`ptx::with_trace` stamps the time there; `runtime::cuda::trace::MARKS`): 1 the norm's row
+/// statistics combined, 2 the warps' sums in shared memory (every mma done), 3 the block
+/// counted in its column block's split-K counter. Nothing when not tracing (the asm statement
+/// would order the loads around it).
+fn trace_mark(k: &mut K, n: usize) {
+    if super::super::ptx::tracing() {
+        k.line(&format!("llvm.inline_asm has_side_effects \"{}{n}\", \"\" : () -> ()", super::super::ptx::TRACE_MARK));
+    }
+}
+
 /// An item's epilogue operands, loaded early.
 #[derive(Default)]
 struct Prefetched {
@@ -1637,6 +1662,7 @@ pub(crate) fn main_kernel(
                 first_b.iter().map(|b| a_regs(&mut k, s, &a_rows, &b.j_ok, &b.kt, 8)).collect::<Vec<_>>()
             });
             let rows = stats_rows(&mut k, s, nm, rs, arg, (&tid, threads), (&g, mp, a_rows.len()));
+            trace_mark(&mut k, 1);
             (Some(rows), early)
         }
         _ => (None, None),
@@ -1744,6 +1770,10 @@ pub(crate) fn main_kernel(
         k.e.indent -= 1;
         k.line("}");
         k.line("gpu.barrier");
+    }
+    trace_mark(&mut k, 2);
+    if late_trigger() {
+        k.line(TRIGGER_MARK_OP);
     }
     // Each thread: row m, 8 columns from c8 * 8 of the block.
     for (m, lc, n, m_ok, pre) in &items {
@@ -1944,6 +1974,7 @@ fn last_block_sums(
     k.line(&format!("  memref.store {flag}, %s1[{z}] : {smem_flag}"));
     k.line("}");
     k.line("gpu.barrier");
+    trace_mark(k, 3);
     let flag = k.op(&format!("memref.load %s1[{z}] : {smem_flag}"));
     let zi = k.e.c_i32(0);
     let am_last = k.op(&format!("arith.cmpi ne, {flag}, {zi} : i32"));
