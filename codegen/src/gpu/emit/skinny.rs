@@ -326,16 +326,14 @@ impl Skinny {
     /// their weights fit in [`MAX_WEIGHT_REGS`] (then every weight load comes before the
     /// kernel's wait), else as many as fit.
     fn unroll(&self) -> usize {
-        // A row-major step holds 4 rows x 8 values, a transposed one 8 values per n-tile.
-        let regs_per_step = if self.b_transposed {
-            4 * self.n_tiles()
-        } else {
-            16
-        };
-        self.splits()
-            .1
-            .div_ceil(self.warps())
-            .clamp(1, (MAX_WEIGHT_REGS / regs_per_step).max(1))
+        self.splits().1.div_ceil(self.warps()).clamp(1, self.max_unroll())
+    }
+
+    /// The most steps whose weights a lane holds at once ([`MAX_WEIGHT_REGS`]): a row-major
+    /// step holds 4 rows x 8 values, a transposed one 8 values per n-tile.
+    fn max_unroll(&self) -> usize {
+        let regs_per_step = if self.b_transposed { 4 * self.n_tiles() } else { 16 };
+        (MAX_WEIGHT_REGS / regs_per_step).max(1)
     }
 
     /// Whether the K splits of a column block run as one thread-block cluster and are summed
@@ -357,7 +355,11 @@ impl Skinny {
         let target = Self::target_ctas();
         // At least one step per warp in each split.
         let max_splits = (steps / self.warps()).max(1);
-        let want = target.div_ceil(blocks_n).clamp(1, max_splits);
+        let want = if fit_splits() {
+            steps.div_ceil(self.warps() * self.max_unroll()).clamp(1, max_splits)
+        } else {
+            target.div_ceil(blocks_n).clamp(1, max_splits)
+        };
         let per = steps.div_ceil(want);
         (steps.div_ceil(per), per)
     }
@@ -369,6 +371,14 @@ impl Skinny {
 pub(crate) const WAIT_MARK: &str = "// kiln: griddepcontrol.wait";
 const WAIT_MARK_OP: &str =
     "llvm.inline_asm has_side_effects \"// kiln: griddepcontrol.wait\", \"\" : () -> ()";
+
+/// Whether the skinny GEMM takes the fewest K splits in which every warp holds all of its
+/// weights in registers (`KILN_GPU_SKINNY_SPLITS=fit`, an experiment: every weight load
+/// before the wait, and no split-K reduction where one split fits) rather than enough splits
+/// for [`Skinny::target_ctas`] blocks.
+fn fit_splits() -> bool {
+    std::env::var("KILN_GPU_SKINNY_SPLITS").is_ok_and(|v| v == "fit")
+}
 
 /// Where a kernel lets the next one launch (`griddepcontrol.launch_dependents`, sm_90) when
 /// not right after its wait: a PTX comment that `ptx::with_grid_dependency_control` replaces.
