@@ -21,7 +21,7 @@ mod skinny;
 
 pub(crate) use attn::{attention, is_index_map};
 pub(crate) use flash::{flash_attention, flash_fits};
-pub use skinny::{with_skinny_clusters, with_skinny_gemm};
+pub use skinny::{with_skinny_clusters, with_skinny_gemm, with_skinny_splits, SplitPolicy};
 pub(crate) use skinny::{main_kernel as skinny_gemm, zero_counters as skinny_zero_counters, Invariant, Norm, RowStats, Skinny, CLUSTER_MARK, TRIGGER_MARK, WAIT_MARK};
 
 use super::math;

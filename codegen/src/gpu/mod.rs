@@ -18,7 +18,7 @@ mod math;
 mod prologue;
 mod ptx;
 
-pub use emit::{with_skinny_clusters, with_skinny_gemm, EmittedKernel};
+pub use emit::{with_skinny_clusters, with_skinny_gemm, with_skinny_splits, EmittedKernel, SplitPolicy};
 pub use ptx::with_kernel_trace;
 pub use prologue::{with_fused_norms, with_norm_stats};
 pub use lower::single_kernel;

@@ -355,7 +355,7 @@ impl Skinny {
         let target = Self::target_ctas();
         // At least one step per warp in each split.
         let max_splits = (steps / self.warps()).max(1);
-        let want = if fit_splits() {
+        let want = if split_policy() == SplitPolicy::Fit {
             steps.div_ceil(self.warps() * self.max_unroll()).clamp(1, max_splits)
         } else {
             target.div_ceil(blocks_n).clamp(1, max_splits)
@@ -372,12 +372,38 @@ pub(crate) const WAIT_MARK: &str = "// kiln: griddepcontrol.wait";
 const WAIT_MARK_OP: &str =
     "llvm.inline_asm has_side_effects \"// kiln: griddepcontrol.wait\", \"\" : () -> ()";
 
-/// Whether the skinny GEMM takes the fewest K splits in which every warp holds all of its
-/// weights in registers (`KILN_GPU_SKINNY_SPLITS=fit`, an experiment: every weight load
-/// before the wait, and no split-K reduction where one split fits) rather than enough splits
-/// for [`Skinny::target_ctas`] blocks.
-fn fit_splits() -> bool {
-    std::env::var("KILN_GPU_SKINNY_SPLITS").is_ok_and(|v| v == "fit")
+/// How the skinny GEMM picks its K splits.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SplitPolicy {
+    /// Enough splits for about [`Skinny::target_ctas`] blocks (the SM count).
+    Ctas,
+    /// The fewest splits in which every warp holds all of its weights in registers: every
+    /// weight load comes before the kernel's wait, and a GEMM whose warps fit in one split
+    /// has no split-K reduction (GPT-2 b1: one split for qkv, the attention projection and
+    /// the MLP up projection, 4 for the MLP down projection).
+    Fit,
+}
+
+thread_local! {
+    static SPLITS: std::cell::Cell<Option<SplitPolicy>> = const { std::cell::Cell::new(None) };
+}
+
+/// The split policy: [`with_skinny_splits`]' on this thread, else `KILN_GPU_SKINNY_SPLITS`
+/// (`fit` or `ctas`), else [`SplitPolicy::Ctas`].
+fn split_policy() -> SplitPolicy {
+    SPLITS.with(|c| c.get()).unwrap_or_else(|| match std::env::var("KILN_GPU_SKINNY_SPLITS").as_deref() {
+        Ok("fit") => SplitPolicy::Fit,
+        _ => SplitPolicy::Ctas,
+    })
+}
+
+/// Runs `f` (which compiles graphs) with the skinny GEMM picking its K splits by `policy` on
+/// this thread, whatever the environment says.
+pub fn with_skinny_splits<T>(policy: SplitPolicy, f: impl FnOnce() -> T) -> T {
+    let old = SPLITS.with(|c| c.replace(Some(policy)));
+    let out = f();
+    SPLITS.with(|c| c.set(old));
+    out
 }
 
 /// Where a kernel lets the next one launch (`griddepcontrol.launch_dependents`, sm_90) when
