@@ -313,4 +313,36 @@ mod tests {
         assert!(wait > k0.find("ld.global.v4").unwrap() && wait < k0.find("ld.global.u32").unwrap());
         assert!(k1.find("griddepcontrol.wait").unwrap() < k1.find("ret").unwrap());
     }
+
+    #[test]
+    fn a_kernel_that_marks_its_trigger_lets_the_next_launch_there_only() {
+        let (wait, trigger) = (super::WAIT_MARK, super::TRIGGER_MARK);
+        let ptx = format!(".visible .entry k0(\n)\n{{\n\t.reg .b32 %r<4>;\n\t{wait}\n\tld.global.u32 %r0, [%rd2];\n\t{trigger}\n\tst.global.u32 [%rd3], %r0;\n\tret;\n}}\n.visible .entry k1(\n)\n{{\n\tret;\n}}\n");
+        let out = super::with_grid_dependency_control(&ptx);
+        assert!(!out.contains(trigger));
+        assert_eq!(out.matches("griddepcontrol.launch_dependents;").count(), 2);
+        let (k0, k1) = out.split_at(out.find(".entry k1").unwrap());
+        let launch = k0.find("griddepcontrol.launch_dependents").unwrap();
+        assert!(launch > k0.find("ld.global.u32").unwrap() && launch < k0.find("st.global.u32").unwrap());
+        // the other kernel triggers right after its wait, as before
+        assert!(k1.find("griddepcontrol.wait").unwrap() < k1.find("griddepcontrol.launch_dependents").unwrap());
+    }
+
+    #[test]
+    fn tracing_stamps_entry_release_marks_and_exit() {
+        use runtime::cuda::trace::{ptx_entries, MARKS_AT};
+        let mark = format!("{}2", super::TRACE_MARK);
+        let ptx = format!(".version 8.0\n.target sm_90a\n.address_size 64\n\n.visible .entry a(\n)\n{{\n\t.reg .b32 %r<2>;\n\tgriddepcontrol.wait;\n\t{mark}\n\tret;\n}}\n.visible .entry b(\n)\n{{\n\tret;\n}}\n");
+        let out = super::with_trace(&ptx);
+        assert_eq!(ptx_entries(&out), vec!["a", "b"]);
+        assert_eq!(out.matches(".visible .global").count(), 2, "the counter and the log, once per module");
+        assert_eq!(out.matches("atom.global.add.u64 %ktd0").count(), 2, "one slot per block, in each entry");
+        assert_eq!(out.matches("[%ktd0+16]").count(), 1, "the release, where there is a wait");
+        assert_eq!(out.matches("[%ktd0+24]").count(), 2, "the exit, before each ret");
+        assert!(out.contains(&format!("[%ktd0+{}]", MARKS_AT + 16)) && !out.contains(&mark));
+        assert!(out.contains("mov.u32 %ktr2, 1;"), "the second entry records its index");
+        // the declarations come before the first instruction of each entry
+        let a = &out[out.find(".entry a").unwrap()..out.find(".entry b").unwrap()];
+        assert!(a.find(".reg .b64 %ktd<4>").unwrap() < a.find("griddepcontrol.wait").unwrap());
+    }
 }

@@ -493,3 +493,31 @@ fn bench_skinny_gemms() -> R<()> {
     }
     Ok(())
 }
+
+/// The K splits each policy gives GPT-2 small's four GEMMs at b1 t32 (`nn.Linear` weights,
+/// 32-column blocks): `Ctas` enough for about 132 blocks, `Fit` the fewest in which a warp
+/// holds all of its weights in registers (one split, no split-K reduction, for three of
+/// them). Under `Fit` each runs against the interpreter too (with a GPU).
+#[test]
+fn skinny_split_policies_on_gpt2_shapes() -> R<()> {
+    use codegen::gpu::{with_skinny_splits, SplitPolicy};
+    let shapes = [("qkv", 768, 2304, 2, 1), ("proj", 768, 768, 6, 1), ("fc", 768, 3072, 2, 1), ("fc2", 3072, 768, 6, 4)];
+    for (i, (what, k, n, ctas, fit)) in shapes.into_iter().enumerate() {
+        let name = format!("skinny_fit_{what}_m32_k{k}_n{n}");
+        let g = gemm_graph(&name, DType::BF16, 32, k, n, "wt_res");
+        let splits = |art: &CudaArtifact| -> Vec<u32> {
+            art.steps.iter().filter_map(|s| match s {
+                GpuStep::Launch(l) if l.symbol.contains("_skinny_") => Some(l.grid[1]),
+                _ => None,
+            }).collect()
+        };
+        let opts = codegen::gpu::GpuOptions::default();
+        let by_ctas = with_skinny_splits(SplitPolicy::Ctas, || codegen::gpu::compile_graph(&g, &opts))?;
+        assert_eq!(splits(&by_ctas), vec![ctas], "{name}: {}", by_ctas.summary());
+        let by_fit = with_skinny_splits(SplitPolicy::Fit, || super::check_with(&name, &g, scaled_weights(&g, 300 + i as u64)))?;
+        assert_eq!(splits(&by_fit), vec![fit], "{name}: {}", by_fit.summary());
+        // one split: no counters to zero before it
+        assert_eq!(by_fit.steps.len(), if fit == 1 { 1 } else { 2 }, "{name}: {}", by_fit.summary());
+    }
+    Ok(())
+}
