@@ -108,7 +108,8 @@ pub(crate) fn with_trace(ptx: &str) -> String {
     let (mut state, mut entry) = (0, 0usize);
     for line in ptx.lines() {
         let t = line.trim_start();
-        if state == 2 && !(t.is_empty() || t.starts_with(".reg") || t.starts_with(".shared") || t.starts_with(".local") || t.starts_with("//")) {
+        let declaration = t.is_empty() || t.starts_with(".reg") || t.starts_with(".shared") || t.starts_with(".local") || (t.starts_with("//") && !t.starts_with(TRACE_MARK));
+        if state == 2 && !declaration {
             let _ = write!(
                 out,
                 "\t.reg .pred %ktp;\n\t.reg .b32 %ktr<4>;\n\t.reg .b64 %ktd<4>;\n\
