@@ -433,6 +433,26 @@ impl Bound<'_> {
         Ok(None)
     }
 
+    /// One replay with every block of every kernel recorded, as a timeline of the steps
+    /// (`runtime::cuda::trace`, docs/gpu.md): for a CUDA graph compiled with
+    /// `KILN_GPU_TRACE=1` (an error names the variable otherwise). `None` on a backend without
+    /// a device.
+    pub fn trace(&mut self) -> Result<Option<String>> {
+        #[cfg(feature = "cuda")]
+        if let Exec::Cuda(e) = &self.compiled.exec {
+            self.run()?; // uploads the inputs on the first call
+            let (ins, outs) = self.device.as_ref().expect("bound by run");
+            let ip: Vec<_> = ins.iter().map(|d| d.ptr).collect();
+            let op: Vec<_> = outs.iter().map(|d| d.ptr).collect();
+            let mut e = e.lock().unwrap_or_else(|p| p.into_inner());
+            // SAFETY: as in `run`: live device allocations of the graph's sizes, owned by
+            // this binding.
+            let trace = unsafe { e.trace(&ip, &op)? };
+            return Ok(Some(trace.report(e.artifact())));
+        }
+        Ok(None)
+    }
+
     /// Waits for the device to finish (a no-op on the CPU).
     pub fn synchronize(&self) -> Result<()> {
         #[cfg(feature = "cuda")]

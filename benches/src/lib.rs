@@ -170,6 +170,20 @@ pub fn check_against_reference(w: &Workload, opts: &SuiteOptions) -> Result<f64,
     Ok(diff)
 }
 
+/// The in-graph trace of one workload's compiled graph (CUDA; the process must have
+/// `KILN_GPU_TRACE=1` set before compiling): checked against the reference first, then one
+/// replay of the suite's shapes with every block recorded; the timeline as text.
+pub fn trace_workload(w: &Workload, opts: &SuiteOptions) -> Result<String, BenchError> {
+    check_against_reference(w, opts)?;
+    let built = (w.build)(opts.size, opts.dtype).map_err(|e| BenchError::Build { workload: w.name.into(), source: e })?;
+    let compiled = kiln::compile(&built.graph, &config(opts.backend, true, None))?;
+    let inputs = to_host(&workload_inputs(&built, 11));
+    let mut bound = compiled.bind(&inputs)?;
+    bound
+        .trace()?
+        .ok_or_else(|| kiln::Error::Unavailable(format!("tracing {} needs the CUDA backend", w.name)).into())
+}
+
 /// Runs one workload: check, compile cold and cached, cross-check, time both ways.
 pub fn run_workload(w: &Workload, opts: &SuiteOptions, ceilings: &Ceilings, copy: &CopyBench) -> Result<WorkloadResult, BenchError> {
     let check_rel_diff = check_against_reference(w, opts)?;

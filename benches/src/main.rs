@@ -49,6 +49,16 @@ enum Cmd {
         #[arg(long)]
         full: bool,
     },
+    /// Trace one replay of each chosen workload on the GPU: per kernel, when its first block
+    /// was released and its last block left (docs/gpu.md, `KILN_GPU_TRACE`).
+    Trace {
+        /// Only workloads whose name contains this.
+        #[arg(long, default_value = "")]
+        filter: String,
+        /// Element type: bf16, f16 or f32.
+        #[arg(long, default_value = "bf16")]
+        dtype: String,
+    },
     /// Benchmark one graph written in Kiln's IR text format.
     Kernel {
         file: PathBuf,
@@ -61,6 +71,11 @@ enum Cmd {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if matches!(cli.cmd, Cmd::Trace { .. }) {
+        // SAFETY: set before any other thread exists (nothing has run but argument parsing);
+        // the GPU code generator reads it when the workloads compile.
+        unsafe { std::env::set_var("KILN_GPU_TRACE", "1") };
+    }
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
@@ -134,6 +149,23 @@ fn run(cli: Cli) -> Result<(), BenchError> {
             }
             if !failures.is_empty() {
                 return Err(BenchError::Failed(failures.len()));
+            }
+            Ok(())
+        }
+        Cmd::Trace { filter, dtype } => {
+            if backend != Backend::Cuda {
+                return Err(kiln::Error::Unavailable("kiln-bench trace records GPU kernels: it needs --backend cuda (or auto on a GPU machine)".into()).into());
+            }
+            let dtype = ir::DType::from_name(&dtype).filter(|d| d.is_float()).ok_or_else(|| kiln::Error::Config(format!("--dtype {dtype:?}: expected bf16, f16 or f32")))?;
+            let chosen: Vec<_> = WORKLOADS.iter().filter(|w| w.name.contains(&filter)).collect();
+            if chosen.is_empty() {
+                let known: Vec<_> = WORKLOADS.iter().map(|w| w.name).collect();
+                return Err(BenchError::UnknownWorkload(filter, known.join(", ")));
+            }
+            let opts = SuiteOptions { backend, size: Size::Full, dtype, repeat: 1, budget: Duration::from_secs(5) };
+            for w in chosen {
+                println!("== {} ({dtype}) ==", w.name);
+                print!("{}", kiln_bench::trace_workload(w, &opts)?);
             }
             Ok(())
         }
