@@ -415,22 +415,33 @@ impl Bound<'_> {
         }
     }
 
+    /// Runs `f` on the executor with the device addresses of the bound inputs and outputs
+    /// (uploaded by a first `run`): `None` on a backend without a device.
+    #[cfg(feature = "cuda")]
+    fn on_device<T>(&mut self, f: impl FnOnce(&mut runtime::cuda::CudaExecutor, &[u64], &[u64]) -> Result<T>) -> Result<Option<T>> {
+        let Exec::Cuda(e) = &self.compiled.exec else { return Ok(None) };
+        self.run()?; // uploads the inputs on the first call
+        let (ins, outs) = self.device.as_ref().expect("bound by run");
+        let ip: Vec<_> = ins.iter().map(|d| d.ptr).collect();
+        let op: Vec<_> = outs.iter().map(|d| d.ptr).collect();
+        let mut e = e.lock().unwrap_or_else(|p| p.into_inner());
+        f(&mut e, &ip, &op).map(Some)
+    }
+
     /// Device-side times of `reps` runs in seconds (CUDA events around each run, L2 flushed
     /// before each, as `triton.testing.do_bench` does), or `None` on a backend without a
     /// device clock (the CPU: time `run` with a wall clock instead).
     pub fn device_times(&mut self, reps: usize) -> Result<Option<Vec<f64>>> {
         #[cfg(feature = "cuda")]
-        if let Exec::Cuda(e) = &self.compiled.exec {
-            self.run()?; // uploads the inputs on the first call
-            let (ins, outs) = self.device.as_ref().expect("bound by run");
-            let ip: Vec<_> = ins.iter().map(|d| d.ptr).collect();
-            let op: Vec<_> = outs.iter().map(|d| d.ptr).collect();
-            let mut e = e.lock().unwrap_or_else(|p| p.into_inner());
-            let ms = e.time_runs(&ip, &op, reps, self.compiled.cuda_graph)?;
-            return Ok(Some(ms.into_iter().map(|m| m * 1e-3).collect()));
+        {
+            let graph = self.compiled.cuda_graph;
+            self.on_device(|e, ip, op| Ok(e.time_runs(ip, op, reps, graph)?.into_iter().map(|m| m * 1e-3).collect()))
         }
-        let _ = reps;
-        Ok(None)
+        #[cfg(not(feature = "cuda"))]
+        {
+            let _ = reps;
+            Ok(None)
+        }
     }
 
     /// One replay with every block of every kernel recorded, as a timeline of the steps
@@ -439,17 +450,12 @@ impl Bound<'_> {
     /// a device.
     pub fn trace(&mut self) -> Result<Option<String>> {
         #[cfg(feature = "cuda")]
-        if let Exec::Cuda(e) = &self.compiled.exec {
-            self.run()?; // uploads the inputs on the first call
-            let (ins, outs) = self.device.as_ref().expect("bound by run");
-            let ip: Vec<_> = ins.iter().map(|d| d.ptr).collect();
-            let op: Vec<_> = outs.iter().map(|d| d.ptr).collect();
-            let mut e = e.lock().unwrap_or_else(|p| p.into_inner());
+        {
             // SAFETY: as in `run`: live device allocations of the graph's sizes, owned by
             // this binding.
-            let trace = unsafe { e.trace(&ip, &op)? };
-            return Ok(Some(trace.report(e.artifact())));
+            self.on_device(|e, ip, op| Ok(unsafe { e.trace(ip, op)? }.report(e.artifact())))
         }
+        #[cfg(not(feature = "cuda"))]
         Ok(None)
     }
 
