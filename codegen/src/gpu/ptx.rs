@@ -63,6 +63,18 @@ pub(crate) fn to_ptx(mlir: &str, sm: SmVersion, index_bits: u32) -> Result<Strin
     Ok(if tracing() { with_trace(&ptx) } else { ptx })
 }
 
+/// Whether a (trimmed) PTX line begins a kernel entry.
+fn is_entry(t: &str) -> bool {
+    t.starts_with(".visible .entry") || t.starts_with(".entry")
+}
+
+/// Whether a (trimmed) line inside an entry's body still belongs to its declarations (the
+/// PTX transforms insert their code before the first line that does not): blank, a register,
+/// shared or local declaration, or a comment other than a [`TRACE_MARK`].
+fn is_declaration(t: &str) -> bool {
+    t.is_empty() || t.starts_with(".reg") || t.starts_with(".shared") || t.starts_with(".local") || (t.starts_with("//") && !t.starts_with(TRACE_MARK))
+}
+
 thread_local! {
     static TRACE: std::cell::Cell<Option<bool>> = const { std::cell::Cell::new(None) };
 }
@@ -96,7 +108,6 @@ pub fn with_kernel_trace<T>(on: bool, f: impl FnOnce() -> T) -> T {
 /// Registers are prefixed `%kt` (LLVM's NVPTX backend names its own `%r`, `%rd`, `%p`, `%f`..).
 pub(crate) fn with_trace(ptx: &str) -> String {
     use runtime::cuda::trace::{CAPACITY, COUNT_SYMBOL, LOG_SYMBOL, MARKS, MARKS_AT, RECORD_BYTES};
-    let is_entry = |t: &str| t.starts_with(".visible .entry") || t.starts_with(".entry");
     let stamp = |at: usize| {
         format!(
             "\tmov.u64 %ktd1, %globaltimer;\n\tmov.u64 %ktd2, %clock64;\n\t@%ktp st.global.u64 [%ktd0+{at}], %ktd1;\n\t@%ktp st.global.u64 [%ktd0+{}], %ktd2;\n",
@@ -108,8 +119,7 @@ pub(crate) fn with_trace(ptx: &str) -> String {
     let (mut state, mut entry) = (0, 0usize);
     for line in ptx.lines() {
         let t = line.trim_start();
-        let declaration = t.is_empty() || t.starts_with(".reg") || t.starts_with(".shared") || t.starts_with(".local") || (t.starts_with("//") && !t.starts_with(TRACE_MARK));
-        if state == 2 && !declaration {
+        if state == 2 && !is_declaration(t) {
             let _ = write!(
                 out,
                 "\t.reg .pred %ktp;\n\t.reg .b32 %ktr<4>;\n\t.reg .b64 %ktd<4>;\n\
@@ -161,7 +171,6 @@ pub(crate) fn with_trace(ptx: &str) -> String {
 pub(crate) fn with_grid_dependency_control(ptx: &str) -> String {
     const WAIT: &str = "\tgriddepcontrol.wait;\n";
     const TRIGGER: &str = "\tgriddepcontrol.launch_dependents;\n";
-    let is_entry = |t: &str| t.starts_with(".visible .entry") || t.starts_with(".entry");
     // Whether each entry marks its own wait, and its own trigger ([`TRIGGER_MARK`]).
     let mut marked = Vec::new();
     for t in ptx.lines().map(str::trim_start) {
@@ -183,7 +192,7 @@ pub(crate) fn with_grid_dependency_control(ptx: &str) -> String {
     };
     for line in ptx.lines() {
         let t = line.trim_start();
-        if state == 2 && !(t.is_empty() || t.starts_with(".reg") || t.starts_with(".shared") || t.starts_with(".local") || t.starts_with("//")) {
+        if state == 2 && !is_declaration(t) {
             if !marked[entry - 1].0 {
                 wait(&mut out, entry);
             }
@@ -214,7 +223,6 @@ pub(crate) fn with_grid_dependency_control(ptx: &str) -> String {
 /// in a CUDA graph, runs its blocks as clusters of that shape (the grid is a multiple of it).
 /// The mark itself is dropped.
 pub(crate) fn with_cluster_dims(ptx: &str) -> String {
-    let is_entry = |t: &str| t.starts_with(".visible .entry") || t.starts_with(".entry");
     // Each entry's cluster shape, if it has one.
     let mut dims: Vec<Option<String>> = Vec::new();
     for t in ptx.lines().map(str::trim_start) {
