@@ -94,6 +94,21 @@ fn write(path: &PathBuf, text: &str) -> Result<(), BenchError> {
     std::fs::write(path, text).map_err(|e| BenchError::Write { path: path.display().to_string(), source: e })
 }
 
+/// A `--dtype` value: bf16, f16 or f32.
+fn parse_dtype(d: &str) -> Result<ir::DType, BenchError> {
+    Ok(ir::DType::from_name(d).filter(|d| d.is_float()).ok_or_else(|| kiln::Error::Config(format!("--dtype {d:?}: expected bf16, f16 or f32")))?)
+}
+
+/// The workloads whose name contains `filter` (an error listing them all when none does).
+fn choose(filter: String) -> Result<Vec<&'static kiln_bench::workloads::Workload>, BenchError> {
+    let chosen: Vec<_> = WORKLOADS.iter().filter(|w| w.name.contains(&filter)).collect();
+    if chosen.is_empty() {
+        let known: Vec<_> = WORKLOADS.iter().map(|w| w.name).collect();
+        return Err(BenchError::UnknownWorkload(filter, known.join(", ")));
+    }
+    Ok(chosen)
+}
+
 fn run(cli: Cli) -> Result<(), BenchError> {
     let backend = kiln::resolve_backend(Backend::parse(&cli.backend).ok_or_else(|| kiln::Error::Config(format!("--backend {:?}: expected auto, cpu or cuda", cli.backend)))?)?;
     match cli.cmd {
@@ -101,14 +116,10 @@ fn run(cli: Cli) -> Result<(), BenchError> {
             let on_gpu = backend == Backend::Cuda;
             let dtype = match dtype.as_deref() {
                 None => if on_gpu { ir::DType::BF16 } else { ir::DType::F32 },
-                Some(d) => ir::DType::from_name(d).filter(|d| d.is_float()).ok_or_else(|| kiln::Error::Config(format!("--dtype {d:?}: expected bf16, f16 or f32")))?,
+                Some(d) => parse_dtype(d)?,
             };
             let size = if on_gpu || full { Size::Full } else { Size::Cpu };
-            let chosen: Vec<_> = WORKLOADS.iter().filter(|w| w.name.contains(&filter)).collect();
-            if chosen.is_empty() {
-                let known: Vec<_> = WORKLOADS.iter().map(|w| w.name).collect();
-                return Err(BenchError::UnknownWorkload(filter, known.join(", ")));
-            }
+            let chosen = choose(filter)?;
             // Fail on unwritable outputs before spending minutes measuring.
             for p in [&json, &plot, &markdown].into_iter().flatten() {
                 write(p, "")?;
@@ -156,12 +167,8 @@ fn run(cli: Cli) -> Result<(), BenchError> {
             if backend != Backend::Cuda {
                 return Err(kiln::Error::Unavailable("kiln-bench trace records GPU kernels: it needs --backend cuda (or auto on a GPU machine)".into()).into());
             }
-            let dtype = ir::DType::from_name(&dtype).filter(|d| d.is_float()).ok_or_else(|| kiln::Error::Config(format!("--dtype {dtype:?}: expected bf16, f16 or f32")))?;
-            let chosen: Vec<_> = WORKLOADS.iter().filter(|w| w.name.contains(&filter)).collect();
-            if chosen.is_empty() {
-                let known: Vec<_> = WORKLOADS.iter().map(|w| w.name).collect();
-                return Err(BenchError::UnknownWorkload(filter, known.join(", ")));
-            }
+            let dtype = parse_dtype(&dtype)?;
+            let chosen = choose(filter)?;
             let opts = SuiteOptions { backend, size: Size::Full, dtype, repeat: 1, budget: Duration::from_secs(5) };
             for w in chosen {
                 println!("== {} ({dtype}) ==", w.name);
